@@ -1,0 +1,210 @@
+"""Structure → neighbour graph, with the checks a model needs (known elements, no
+isolated atoms); bad structures are reported, not fatal."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
+from itertools import islice
+
+import numpy as np
+import torch
+from pymatgen.core import Element, Molecule, Structure
+
+from tlmat.graphs.data import CrystalGraph
+from tlmat.graphs.neighbors import bond_pairs, nearest_neighbor_list
+from tlmat.graphs.settings import GraphSettings
+from tlmat.io.records import InputError, Problem, ProblemLog, Reason, Record
+
+
+@dataclass
+class GraphArrays:
+    """One graph as numpy arrays: what the cache stores and :class:`CrystalGraph` wraps."""
+
+    z: np.ndarray  # (N,) int8 atomic numbers
+    pos: np.ndarray  # (N, 3) float32, Å
+    cell: np.ndarray  # (3, 3) float32, Å (zeros for molecules)
+    pbc: np.ndarray  # (3,) bool
+    edge_index: np.ndarray  # (2, E) int32: (neighbour j, centre i)
+    edge_dist: np.ndarray  # (E,) float32, Å
+    edge_vec: np.ndarray  # (E, 3) float32, Å
+    edge_shift: np.ndarray  # (E, 3) int8 image of j
+    line_index: np.ndarray | None = None  # (2, T) int32 edge pairs sharing a centre
+    line_cos: np.ndarray | None = None  # (T,) float32
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.z)
+
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+    def to_data(self) -> CrystalGraph:
+        """A PyTorch Geometric graph (PyG wants int64 indices)."""
+        out = {
+            "z": torch.from_numpy(self.z.astype(np.int64)),
+            "pos": torch.from_numpy(np.ascontiguousarray(self.pos)),
+            "cell": torch.from_numpy(np.ascontiguousarray(self.cell)).unsqueeze(0),
+            "pbc": torch.from_numpy(np.ascontiguousarray(self.pbc)).unsqueeze(0),
+            "edge_index": torch.from_numpy(self.edge_index.astype(np.int64)),
+            "edge_dist": torch.from_numpy(np.ascontiguousarray(self.edge_dist)),
+            "edge_vec": torch.from_numpy(np.ascontiguousarray(self.edge_vec)),
+            "edge_shift": torch.from_numpy(self.edge_shift.astype(np.int64)),
+        }
+        if self.line_index is not None:
+            out["line_index"] = torch.from_numpy(self.line_index.astype(np.int64))
+            out["line_cos"] = torch.from_numpy(np.ascontiguousarray(self.line_cos))
+        return CrystalGraph(num_nodes=len(self.z), **out)
+
+    def equals(self, other: GraphArrays) -> bool:
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if (a is None) != (b is None) or (a is not None and not np.array_equal(a, b)):
+                return False
+        return True
+
+
+def structure_arrays(
+    structure: Structure | Molecule,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Atomic numbers, Cartesian positions (Å), cell (Å) and periodicity of a structure."""
+    z = np.fromiter((site.specie.Z for site in structure), dtype=np.int64, count=len(structure))
+    pos = np.asarray(structure.cart_coords, dtype=np.float64)
+    if isinstance(structure, Structure):
+        cell = np.asarray(structure.lattice.matrix, dtype=np.float64)
+        pbc = np.asarray(structure.lattice.pbc, dtype=bool)
+    else:
+        cell, pbc = np.zeros((3, 3)), np.zeros(3, dtype=bool)
+    return z, pos, cell, pbc
+
+
+def graph_arrays(
+    z: np.ndarray, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, settings: GraphSettings
+) -> GraphArrays:
+    """Build the neighbour graph (and line graph when asked) of one structure."""
+    pairs = nearest_neighbor_list(pos, cell, pbc, settings.cutoff, settings.max_neighbors)
+    arrays = GraphArrays(
+        z=z.astype(np.int8),
+        pos=pos.astype(np.float32),
+        cell=cell.astype(np.float32),
+        pbc=pbc.astype(bool),
+        edge_index=np.stack([pairs.neighbors, pairs.centers]).astype(np.int32),
+        edge_dist=pairs.distances.astype(np.float32),
+        edge_vec=pairs.vectors.astype(np.float32),
+        edge_shift=pairs.shifts.astype(np.int8),
+    )
+    if settings.line_graph:
+        allowed = None
+        if settings.line_graph_cutoff is not None:
+            allowed = pairs.distances <= settings.line_graph_cutoff
+        line = bond_pairs(pairs.centers, len(pairs.centers), allowed)
+        va, vb = pairs.vectors[line[0]], pairs.vectors[line[1]]
+        cos = np.einsum("ij,ij->i", va, vb) / (pairs.distances[line[0]] * pairs.distances[line[1]])
+        arrays.line_index = line.astype(np.int32)
+        arrays.line_cos = np.clip(cos, -1.0, 1.0).astype(np.float32)
+    return arrays
+
+
+def graph_problem(arrays: GraphArrays, settings: GraphSettings) -> tuple[Reason, str] | None:
+    """Why a built graph cannot be used, or ``None``."""
+    degree = np.bincount(arrays.edge_index[1], minlength=arrays.num_nodes)
+    lonely = np.flatnonzero(degree < settings.min_neighbors)
+    if len(lonely):
+        atom = int(lonely[0])
+        symbol = Element.from_Z(int(arrays.z[atom])).symbol
+        return (
+            Reason.ISOLATED_ATOM,
+            f"{len(lonely)} atom(s) with fewer than {settings.min_neighbors} neighbour(s) "
+            f"within {settings.cutoff} Å, e.g. atom {atom} ({symbol}); "
+            "a larger cutoff may help",
+        )
+    return None
+
+
+def element_problem(z: np.ndarray, elements: Collection[int] | None) -> tuple[Reason, str] | None:
+    if elements is None:
+        return None
+    unknown = sorted(set(z.tolist()) - set(elements))
+    if unknown:
+        symbols = ", ".join(Element.from_Z(int(u)).symbol for u in unknown)
+        return Reason.UNKNOWN_ELEMENT, f"{symbols} not in the model's element vocabulary"
+    return None
+
+
+def graph_or_problem(
+    record: Record, settings: GraphSettings, elements: Collection[int] | None = None
+) -> GraphArrays | Problem:
+    """The graph of one record, or the reason it has none."""
+    z, pos, cell, pbc = structure_arrays(record.structure)
+    fault = element_problem(z, elements)
+    if fault is None:
+        arrays = graph_arrays(z, pos, cell, pbc, settings)
+        fault = graph_problem(arrays, settings)
+    if fault is not None:
+        return Problem(record.where or record.id, fault[0], fault[1], record.id)
+    return arrays
+
+
+def build_graph(
+    structure: Structure | Molecule | Record,
+    settings: GraphSettings | None = None,
+    elements: Collection[int] | None = None,
+) -> CrystalGraph:
+    """The graph of one structure; raises :class:`InputError` when it has none.
+
+    Example:
+        >>> graph = build_graph(Structure.from_file("NaCl.cif"), GraphSettings.preset("cgcnn"))
+        >>> graph.edge_index.shape  # (2, 12 * n_atoms)
+    """
+    record = structure if isinstance(structure, Record) else Record("structure", structure)
+    result = graph_or_problem(record, settings or GraphSettings(), elements)
+    if isinstance(result, Problem):
+        raise InputError(result)
+    return result.to_data()
+
+
+def _build_chunk(
+    args: tuple[list[Record], GraphSettings, Collection[int] | None],
+) -> list[GraphArrays | Problem]:
+    records, settings, elements = args
+    return [graph_or_problem(r, settings, elements) for r in records]
+
+
+def iter_graph_arrays(
+    records: Iterable[Record],
+    settings: GraphSettings,
+    log: ProblemLog,
+    elements: Collection[int] | None = None,
+    workers: int = 1,
+    chunk_size: int = 256,
+) -> Iterator[tuple[Record, GraphArrays]]:
+    """(record, graph) for every record that has a usable graph; the others go to ``log``."""
+    iterator = iter(records)
+    chunks = iter(lambda: list(islice(iterator, chunk_size)), [])
+    if workers > 1:
+        pool = ProcessPoolExecutor(workers)
+        pairs = (
+            (chunk, results)
+            for chunk, results in zip(*_tee_map(pool, chunks, settings, elements), strict=True)
+        )
+    else:
+        pairs = ((chunk, _build_chunk((chunk, settings, elements))) for chunk in chunks)
+    try:
+        for chunk, results in pairs:
+            for record, result in zip(chunk, results, strict=True):
+                if isinstance(result, Problem):
+                    log.skip(result)
+                else:
+                    yield record, result
+    finally:
+        if workers > 1:
+            pool.shutdown(cancel_futures=True)
+
+
+def _tee_map(pool, chunks, settings, elements):
+    from itertools import tee
+
+    mine, theirs = tee(chunks)
+    return mine, pool.map(_build_chunk, ((c, settings, elements) for c in theirs))

@@ -1,0 +1,149 @@
+"""From a raw item a reader found to a checked :class:`Record`, or a :class:`Problem`.
+
+Readers only locate items (id, where, structure payload, raw target values); every
+format shares the parsing and the checks here, so a fault is judged the same way
+whatever file it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pymatgen.core import Molecule, Structure
+from scipy.spatial.distance import pdist
+
+from tlmat.io.parse import Payload, to_structure
+from tlmat.io.records import Problem, Reason, Record, Target
+
+DisorderPolicy = Literal["skip", "majority"]
+
+#: Interatomic distances below this (Å) mean a broken structure, not chemistry.
+MIN_DISTANCE = 0.5
+
+
+@dataclass
+class RawItem:
+    """What a reader found: where it is, its id, the structure payload and raw targets."""
+
+    id: str
+    where: str
+    payload: Payload
+    targets: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How strictly structures and targets are checked.
+
+    ``disorder``: ``"skip"`` structures with partially occupied sites, or take each
+    site's ``"majority"`` species (vacancies ignored). ``min_distance``: Å below which
+    two atoms count as overlapping. ``targets``: names that must be present and finite;
+    ``None`` keeps whatever the reader found (still checked for being finite numbers).
+    """
+
+    disorder: DisorderPolicy = "skip"
+    min_distance: float = MIN_DISTANCE
+    targets: tuple[str, ...] | None = None
+
+
+def majority_species(structure: Structure) -> Structure:
+    """Replace every disordered site by its most abundant species."""
+    species = [max(site.species.items(), key=lambda kv: kv[1])[0] for site in structure]
+    return Structure(
+        structure.lattice,
+        species,
+        structure.frac_coords,
+        site_properties=structure.site_properties or None,
+    )
+
+
+def closest_pair(structure: Structure | Molecule, cutoff: float) -> tuple[int, int, float] | None:
+    """The closest pair of atoms nearer than ``cutoff`` Å (periodic images included)."""
+    if len(structure) == 0:
+        return None
+    if isinstance(structure, Structure):
+        centers, neighbors, _, distances = structure.get_neighbor_list(cutoff)
+        if len(distances) == 0:
+            return None
+        k = int(np.argmin(distances))
+        return int(centers[k]), int(neighbors[k]), float(distances[k])
+    if len(structure) < 2:
+        return None
+    distances = pdist(structure.cart_coords)
+    k = int(np.argmin(distances))
+    if distances[k] >= cutoff:
+        return None
+    i, j = np.triu_indices(len(structure), 1)
+    return int(i[k]), int(j[k]), float(distances[k])
+
+
+def parse_target(name: str, value: Any) -> Target | Problem:
+    """A float (or float array) from a raw table cell; a ``Problem`` when it is not one."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return Problem("", Reason.MISSING_TARGET, f"{name!r} is empty")
+    try:
+        if isinstance(value, list | tuple | np.ndarray):
+            number = np.asarray(value, dtype=float)
+            finite = bool(np.all(np.isfinite(number)))
+        else:
+            number = float(value)
+            finite = math.isfinite(number)
+    except (TypeError, ValueError):
+        return Problem("", Reason.NON_NUMERIC_TARGET, f"{name!r} = {str(value)[:40]!r}")
+    if not finite:
+        return Problem("", Reason.NON_FINITE_TARGET, f"{name!r} = {value!r}")
+    return number
+
+
+def _problem(item: RawItem, reason: Reason, detail: str) -> Problem:
+    return Problem(item.where, reason, detail, item.id)
+
+
+def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record | Problem:
+    """Parse and check one raw item."""
+    names = options.targets if options.targets is not None else tuple(item.targets)
+    targets: dict[str, Target] = {}
+    for name in names:
+        if name not in item.targets:
+            return _problem(item, Reason.MISSING_TARGET, f"no {name!r} column/key")
+        parsed = parse_target(name, item.targets[name])
+        if isinstance(parsed, Problem):
+            return _problem(item, parsed.reason, parsed.detail)
+        targets[name] = parsed
+
+    try:
+        structure = to_structure(item.payload)
+    except FileNotFoundError as error:
+        return _problem(item, Reason.MISSING_FILE, str(error.filename or error))
+    except Exception as error:  # every parser raises its own kind; all mean "unparsable"
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return _problem(item, Reason.UNPARSABLE, f"{type(error).__name__}: {message}"[:200])
+
+    if len(structure) == 0:
+        return _problem(item, Reason.EMPTY_STRUCTURE, "no atoms")
+    if not structure.is_ordered:
+        disordered = sum(not site.is_ordered for site in structure)
+        if options.disorder == "skip":
+            return _problem(
+                item,
+                Reason.PARTIAL_OCCUPANCY,
+                f"{disordered} disordered site(s); use disorder='majority' to keep it",
+            )
+        if isinstance(structure, Molecule):
+            return _problem(item, Reason.PARTIAL_OCCUPANCY, "disordered molecule")
+        structure = majority_species(structure)
+
+    pair = closest_pair(structure, options.min_distance)
+    if pair is not None:
+        i, j, d = pair
+        return _problem(
+            item,
+            Reason.OVERLAPPING_ATOMS,
+            f"atoms {i} ({structure[i].specie}) and {j} ({structure[j].specie})"
+            f" are {d:.3f} Å apart",
+        )
+    return Record(item.id, structure, targets, item.where, item.meta)

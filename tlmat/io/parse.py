@@ -1,0 +1,112 @@
+"""Turn the payloads readers find (CIF/POSCAR text, pymatgen or JARVIS dicts, ASE Atoms,
+files) into pymatgen ``Structure`` (periodic) or ``Molecule`` (no cell) objects."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from pymatgen.core import Lattice, Molecule, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+
+@dataclass(frozen=True)
+class Text:
+    """Structure text in a known format (``"cif"``, ``"poscar"``, ``"extxyz"``…)."""
+
+    text: str
+    fmt: str
+
+
+Payload = str | Text | dict | Atoms | Path
+
+
+def detect_text_format(text: str) -> str:
+    """``"cif"`` for CIF text, ``"poscar"`` otherwise (the two text formats tables carry)."""
+    head = text[:4000]
+    if "_cell_length_a" in head or any(
+        line.lstrip().startswith("data_") for line in head.splitlines()[:50]
+    ):
+        return "cif"
+    return "poscar"
+
+
+def structure_from_text(text: str, fmt: str | None = None) -> Structure:
+    """Parse CIF or POSCAR text; ``fmt`` is detected when not given.
+
+    JARVIS-Leaderboard files store POSCARs with literal ``\\n`` escapes: they are undone here.
+    """
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")
+    fmt = fmt or detect_text_format(text)
+    with warnings.catch_warnings():
+        # pymatgen warns about every rounded occupancy or missing symmetry tag; faults that
+        # matter surface as exceptions or as disordered/overlapping sites checked later.
+        warnings.simplefilter("ignore")
+        return Structure.from_str(text, fmt=fmt)
+
+
+def structure_from_dict(data: dict[str, Any]) -> Structure | Molecule:
+    """A pymatgen ``as_dict()`` (Structure or Molecule) or a JARVIS ``atoms`` dict."""
+    if "lattice_mat" in data and "elements" in data:  # JARVIS Atoms.to_dict()
+        lattice = Lattice(np.asarray(data["lattice_mat"], dtype=float))
+        return Structure(
+            lattice,
+            data["elements"],
+            np.asarray(data["coords"], dtype=float),
+            coords_are_cartesian=bool(data.get("cartesian", False)),
+        )
+    if "lattice" in data and "sites" in data:
+        return Structure.from_dict(data)
+    if "sites" in data:
+        return Molecule.from_dict(data)
+    raise ValueError("dict is neither a pymatgen Structure/Molecule nor a JARVIS atoms dict")
+
+
+def structure_from_atoms(atoms: Atoms) -> Structure | Molecule:
+    """ASE ``Atoms`` → ``Structure`` when any direction is periodic, else ``Molecule``."""
+    if not np.any(atoms.pbc):
+        return AseAtomsAdaptor.get_molecule(atoms, charge_spin_check=False)
+    return AseAtomsAdaptor.get_structure(atoms)
+
+
+def structure_from_file(path: Path) -> Structure | Molecule:
+    """Any single-structure file pymatgen or ASE understands (CIF, POSCAR, xyz, …)."""
+    name = path.name.lower()
+    if name.endswith((".xyz", ".extxyz", ".traj", ".json")):
+        import ase.io
+
+        return structure_from_atoms(ase.io.read(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name.endswith(".cif") or name.endswith(".mcif"):
+            return Structure.from_str(path.read_text(errors="replace"), fmt="cif")
+        if name.endswith(".vasp") or name.startswith(("poscar", "contcar")):
+            return Structure.from_str(path.read_text(errors="replace"), fmt="poscar")
+        return Structure.from_file(path)
+
+
+def to_structure(payload: Payload) -> Structure | Molecule:
+    """Dispatch on the payload's type."""
+    if isinstance(payload, Structure | Molecule):
+        return payload
+    if isinstance(payload, Atoms):
+        return structure_from_atoms(payload)
+    if isinstance(payload, Path):
+        return structure_from_file(payload)
+    if isinstance(payload, dict):
+        return structure_from_dict(payload)
+    if isinstance(payload, str):
+        return structure_from_text(payload)
+    if isinstance(payload, Text):
+        if payload.fmt in ("extxyz", "xyz"):
+            import ase.io
+
+            return structure_from_atoms(ase.io.read(io.StringIO(payload.text), format="extxyz"))
+        return structure_from_text(payload.text, payload.fmt)
+    raise TypeError(f"cannot make a structure from {type(payload).__name__}")

@@ -1,0 +1,163 @@
+"""One entry point for every format: ``read_records(path)`` finds the right reader,
+parses and checks each item (optionally on several processes), skips bad ones with a
+reason, and returns the records with the log of what was skipped."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
+from pathlib import Path
+
+from ase import Atoms
+from pymatgen.core import Molecule, Structure
+
+from tlmat.io.ase_formats import iter_ase_db, iter_extxyz
+from tlmat.io.checks import CheckOptions, DisorderPolicy, RawItem, make_record
+from tlmat.io.folder import ID_PROP, iter_id_prop_folder, iter_structure_files
+from tlmat.io.records import InputError, Problem, ProblemLog, ReadResult, Record
+from tlmat.io.table import iter_csv, iter_json
+
+logger = logging.getLogger("tlmat")
+
+
+def _strip(name: str) -> str:
+    for suffix in (".gz", ".zip"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def detect_format(path: Path) -> str:
+    """``folder``, ``files``, ``csv``, ``json``, ``extxyz``, ``asedb`` or ``file``."""
+    if path.is_dir():
+        return "folder" if (path / ID_PROP).is_file() else "files"
+    name = _strip(path.name.lower())
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".json"):
+        return "json"
+    if name.endswith((".xyz", ".extxyz")):
+        return "extxyz"
+    if name.endswith(".db"):
+        return "asedb"
+    return "file"
+
+
+def iter_raw(
+    path: str | Path,
+    targets: Sequence[str] | None = None,
+    structure_column: str | None = None,
+    id_column: str | None = None,
+) -> Iterator[RawItem]:
+    """Raw (unparsed, unchecked) items of any supported source."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    fmt = detect_format(path)
+    if fmt == "folder":
+        yield from iter_id_prop_folder(path, targets)
+    elif fmt == "files":
+        yield from iter_structure_files(path)
+    elif fmt == "csv":
+        yield from iter_csv(path, structure_column, id_column, targets)
+    elif fmt == "json":
+        yield from iter_json(path, structure_column, id_column, targets)
+    elif fmt == "extxyz":
+        yield from iter_extxyz(path, targets)
+    elif fmt == "asedb":
+        yield from iter_ase_db(path, targets)
+    else:
+        yield RawItem(path.stem, path.name, path)
+
+
+def _check_chunk(args: tuple[list[RawItem], CheckOptions]) -> list[Record | Problem]:
+    items, options = args
+    return [make_record(item, options) for item in items]
+
+
+def _chunks(items: Iterable[RawItem], size: int) -> Iterator[list[RawItem]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def check_items(
+    items: Iterable[RawItem], options: CheckOptions, log: ProblemLog, workers: int = 1
+) -> Iterator[Record]:
+    """Parse and check raw items in order, on ``workers`` processes; faults go to ``log``."""
+    if workers <= 1:
+        results: Iterable[Record | Problem] = (make_record(item, options) for item in items)
+    else:
+        pool = ProcessPoolExecutor(workers)
+        chunked = pool.map(_check_chunk, ((c, options) for c in _chunks(items, 64)))
+        results = (r for chunk in chunked for r in chunk)
+    try:
+        for result in results:
+            if isinstance(result, Problem):
+                log.skip(result)
+            else:
+                log.n_ok += 1
+                yield result
+    finally:
+        if workers > 1:
+            pool.shutdown(cancel_futures=True)
+
+
+def read_records(
+    path: str | Path,
+    targets: Sequence[str] | None = None,
+    *,
+    strict: bool = False,
+    disorder: DisorderPolicy = "skip",
+    min_distance: float = CheckOptions.min_distance,
+    structure_column: str | None = None,
+    id_column: str | None = None,
+    limit: int | None = None,
+    workers: int = 1,
+) -> ReadResult:
+    """Read every structure of a file or folder into checked :class:`Record` objects.
+
+    Formats: CGCNN/ALIGNN folders (``id_prop.csv``), folders of CIF/POSCAR files, CSV with
+    a CIF/POSCAR column, Matbench/pymatgen/JARVIS JSON, extended XYZ, ASE databases, single
+    structure files; ``.gz``/``.zip`` are opened transparently.
+
+    ``targets`` names the properties to keep (each must be a finite number); ``None``
+    keeps every numeric column. Bad items are skipped with a reason (``result.log``);
+    ``strict=True`` raises :class:`InputError` on the first one.
+
+    Example:
+        >>> result = read_records("perov_5/test.csv.gz", targets=["heat_ref"])
+        >>> print(result.log.summary())
+    """
+    options = CheckOptions(disorder, min_distance, tuple(targets) if targets is not None else None)
+    log = ProblemLog(strict=strict)
+    items = iter_raw(path, targets, structure_column, id_column)
+    if limit is not None:
+        items = islice(items, limit)
+    records = list(check_items(items, options, log, workers))
+    if not records and log.problems:
+        raise InputError(f"{path}: no structure could be read ({log.summary()})")
+    logger.info("%s: %s", path, log.summary())
+    return ReadResult(records, log, str(path))
+
+
+def records_from_structures(
+    structures: Iterable[Structure | Molecule | Atoms],
+    ids: Iterable[str] | None = None,
+    targets: dict[str, Sequence[float]] | None = None,
+    *,
+    strict: bool = False,
+    disorder: DisorderPolicy = "skip",
+) -> ReadResult:
+    """Records from in-memory pymatgen or ASE objects, with the same checks as files."""
+    structures = list(structures)
+    ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(structures))]
+    targets = targets or {}
+    items = (
+        RawItem(ids[i], f"structure {i}", s, {k: v[i] for k, v in targets.items()})
+        for i, s in enumerate(structures)
+    )
+    log = ProblemLog(strict=strict)
+    records = list(check_items(items, CheckOptions(disorder=disorder), log))
+    return ReadResult(records, log, "memory")

@@ -1,0 +1,201 @@
+"""Tables of structures: CSV with a CIF/POSCAR column, and JSON in the shapes the field
+ships (pandas/Matbench "split", column dicts, lists of records, JARVIS-Leaderboard
+``{split: {id: POSCAR}}``), plain, gzipped or zipped."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import sys
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tlmat.io.checks import RawItem
+
+#: Column names that hold a structure, in order of preference.
+STRUCTURE_COLUMNS = ("cif", "poscar", "structure", "atoms", "initial_structure")
+#: Column names that hold an id, in order of preference.
+ID_COLUMNS = ("material_id", "mp_id", "mpid", "jid", "id", "name", "filename")
+#: Numeric columns that describe a row rather than measure a property.
+_NOT_TARGETS = ("index", "unnamed", "spacegroup", "space_group", "spg", "nsites", "split")
+
+csv.field_size_limit(sys.maxsize)  # whole CIFs live in single cells
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """Open a text file, gunzipping ``.gz`` transparently."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8", errors="replace")
+    return path.open(newline="", encoding="utf-8", errors="replace")
+
+
+def _pick(columns: Sequence[str], preferred: Sequence[str], what: str, path: Path) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    for name in preferred:
+        if name in lower:
+            return lower[name]
+    if what == "structure":
+        raise ValueError(
+            f"{path}: no structure column; expected one of {', '.join(preferred)} "
+            f"(found {', '.join(columns)}); pass structure_column="
+        )
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, list) and value and all(isinstance(v, int | float) for v in value):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def guess_target_columns(
+    row: dict[str, Any], exclude: Iterable[str | None] = ()
+) -> tuple[str, ...]:
+    """Columns of a first row that look like properties: numeric and not id/index-like."""
+    skip = {c for c in exclude if c}
+    return tuple(
+        name
+        for name, value in row.items()
+        if name
+        and name not in skip
+        and not any(tag in name.lower() for tag in _NOT_TARGETS)
+        and _is_number(value)
+    )
+
+
+def _structure_format(column: str) -> str | None:
+    return {"cif": "cif", "poscar": "poscar"}.get(column.lower())
+
+
+def rows_to_items(
+    rows: Iterable[dict[str, Any]],
+    path: Path,
+    structure_column: str | None = None,
+    id_column: str | None = None,
+    targets: Sequence[str] | None = None,
+    where: str = "row",
+) -> Iterator[RawItem]:
+    """Raw items from table rows (dicts); column roles are guessed from the first row."""
+    from tlmat.io.parse import Text
+
+    chosen: tuple[str, str | None, tuple[str, ...]] | None = None
+    for number, row in enumerate(rows, start=1):
+        if chosen is None:
+            columns = list(row)
+            scol = structure_column or _pick(columns, STRUCTURE_COLUMNS, "structure", path)
+            icol = id_column or _pick(columns, ID_COLUMNS, "id", path)
+            tcols = (
+                tuple(targets) if targets is not None else guess_target_columns(row, [scol, icol])
+            )
+            chosen = (scol, icol, tcols)
+        scol, icol, tcols = chosen
+        if scol not in row:
+            raise ValueError(f"{path}: structure column {scol!r} not found")
+        payload = row[scol]
+        fmt = _structure_format(scol)
+        if isinstance(payload, str) and fmt:
+            payload = Text(payload.replace("\\n", "\n") if "\n" not in payload else payload, fmt)
+        item_id = str(row[icol]) if icol and row.get(icol) not in (None, "") else f"{number}"
+        meta = {
+            k: str(v)
+            for k, v in row.items()
+            if k and k not in (scol, icol) and k not in tcols and not isinstance(v, dict | list)
+        }
+        yield RawItem(
+            id=item_id,
+            where=f"{path.name}:{where} {number}",
+            payload=payload,
+            targets={t: row.get(t) for t in tcols if t in row},
+            meta=meta,
+        )
+
+
+def iter_csv(
+    path: Path,
+    structure_column: str | None = None,
+    id_column: str | None = None,
+    targets: Sequence[str] | None = None,
+) -> Iterator[RawItem]:
+    """CSV (optionally ``.gz``) with one structure per row as CIF or POSCAR text."""
+    with open_text(path) as handle:
+        yield from rows_to_items(csv.DictReader(handle), path, structure_column, id_column, targets)
+
+
+def load_json(path: Path) -> Any:
+    """JSON from ``.json``, ``.json.gz`` or a ``.zip`` holding one JSON file."""
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(".json")]
+            if len(names) != 1:
+                raise ValueError(f"{path}: expected one .json inside the zip, found {names}")
+            return json.loads(archive.read(names[0]))
+    with open_text(path) as handle:
+        return json.load(handle)
+
+
+def _nan_to_none(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def json_rows(data: Any, path: Path) -> tuple[list[dict[str, Any]], str]:
+    """Normalise the JSON table shapes to a list of row dicts (and what a row is called)."""
+    if isinstance(data, list):
+        if not all(isinstance(row, dict) for row in data[:10]):
+            raise ValueError(f"{path}: a JSON list must hold one object per structure")
+        return data, "entry"
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: unsupported JSON layout ({type(data).__name__})")
+    if {"columns", "data"} <= set(data):  # pandas orient="split" (Matbench, matminer)
+        index = data.get("index", range(len(data["data"])))
+        rows = []
+        for idx, values in zip(index, data["data"], strict=True):
+            row = dict(zip(data["columns"], values, strict=True))
+            row.setdefault("id", idx)
+            rows.append(row)
+        return rows, "row"
+    splits = {"train", "val", "test"} & set(data)
+    if splits and all(isinstance(data[s], dict) for s in splits):  # JARVIS-Leaderboard
+        rows = []
+        for split in ("train", "val", "test"):
+            for key, value in data.get(split, {}).items():
+                if not isinstance(value, str | dict):
+                    raise ValueError(
+                        f"{path}: {split}/{key} holds {type(value).__name__}, not a structure; "
+                        "this looks like a labels-only leaderboard file"
+                    )
+                rows.append({"id": key, "structure": value, "split": split})
+        return rows, "entry"
+    values = list(data.values())
+    if values and all(isinstance(v, dict) for v in values):  # pandas orient="columns"
+        keys = list(values[0])
+        rows = [{col: _nan_to_none(data[col].get(k)) for col in data} | {"id": k} for k in keys]
+        if not any(c.lower() in ID_COLUMNS for c in data):
+            return rows, "row"
+        for row in rows:  # a real id column wins over the pandas index
+            del row["id"]
+        return rows, "row"
+    raise ValueError(f"{path}: unsupported JSON layout (keys: {list(data)[:8]})")
+
+
+def iter_json(
+    path: Path,
+    structure_column: str | None = None,
+    id_column: str | None = None,
+    targets: Sequence[str] | None = None,
+) -> Iterator[RawItem]:
+    """Matbench/matminer/pymatgen/JARVIS JSON (plain, ``.gz`` or ``.zip``)."""
+    rows, where = json_rows(load_json(path), path)
+    yield from rows_to_items(rows, path, structure_column, id_column, targets, where)
