@@ -123,6 +123,7 @@ def load_dataset(
     disorder: str = "skip",
     elements: Collection[int] | None = None,
     workers: int = 1,
+    progress: bool = False,
     **read_options: Any,
 ) -> GraphDataset:
     """Read a structure source and return its graphs, through the on-disk cache.
@@ -153,10 +154,16 @@ def load_dataset(
         return cached
 
     result = read_records(
-        path, targets, strict=strict, disorder=disorder, workers=workers, **read_options
+        path,
+        targets,
+        strict=strict,
+        disorder=disorder,
+        workers=workers,
+        progress=progress,
+        **read_options,
     )
     log = result.log
-    graphs = cache.graphs(result.records, log, elements, workers)
+    graphs = cache.graphs(result.records, log, elements, workers, progress=progress)
     kept = [result.records[i] for i in graphs.source_index]
     if not kept:
         raise InputError(f"{path}: no structure has a usable graph ({log.summary()})")

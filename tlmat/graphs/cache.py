@@ -35,6 +35,7 @@ from tlmat.graphs.builder import GraphArrays, element_problem, iter_graph_arrays
 from tlmat.graphs.data import CrystalGraph
 from tlmat.graphs.settings import GRAPH_FORMAT_VERSION, GraphSettings
 from tlmat.io.records import Problem, ProblemLog, Record
+from tlmat.progress import track
 
 logger = logging.getLogger("tlmat")
 
@@ -258,6 +259,7 @@ class GraphCache:
         elements: Collection[int] | None = None,
         workers: int = 1,
         shard_size: int = 20_000,
+        progress: bool = False,
     ) -> CachedGraphs:
         """Graphs of ``records``: loaded when cached, built (and stored) otherwise.
 
@@ -275,7 +277,12 @@ class GraphCache:
         self.n_built = 0
         if missing:
             todo = [records[i] for i in missing]
-            built = iter_graph_arrays(todo, self.settings, log, elements, workers)
+            built = track(
+                iter_graph_arrays(todo, self.settings, log, elements, workers),
+                "building graphs",
+                len(todo),
+                enabled=progress,
+            )
             batch_keys: list[str] = []
             batch: list[GraphArrays] = []
             for record, arrays in built:

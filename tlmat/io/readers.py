@@ -18,6 +18,7 @@ from tlmat.io.checks import CheckOptions, DisorderPolicy, RawItem, make_record
 from tlmat.io.folder import ID_PROP, iter_id_prop_folder, iter_structure_files
 from tlmat.io.records import InputError, Problem, ProblemLog, ReadResult, Record
 from tlmat.io.table import iter_csv, iter_json
+from tlmat.progress import track
 
 logger = logging.getLogger("tlmat")
 
@@ -115,6 +116,7 @@ def read_records(
     id_column: str | None = None,
     limit: int | None = None,
     workers: int = 1,
+    progress: bool = False,
 ) -> ReadResult:
     """Read every structure of a file or folder into checked :class:`Record` objects.
 
@@ -135,7 +137,8 @@ def read_records(
     items = iter_raw(path, targets, structure_column, id_column)
     if limit is not None:
         items = islice(items, limit)
-    records = list(check_items(items, options, log, workers))
+    checked = check_items(items, options, log, workers)
+    records = list(track(checked, f"reading {Path(path).name}", limit, enabled=progress))
     if not records and log.problems:
         raise InputError(f"{path}: no structure could be read ({log.summary()})")
     logger.info("%s: %s", path, log.summary())

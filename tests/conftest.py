@@ -1,0 +1,29 @@
+"""Shared fixtures: the real datasets in $TLMAT_DATA_DIR (default ../shared/data)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tlmat.datasets import data_dir
+
+
+@pytest.fixture(scope="session")
+def data() -> Path:
+    root = data_dir()
+    if root is None or not root.is_dir():
+        pytest.skip("real datasets not found: set TLMAT_DATA_DIR")
+    return root
+
+
+@pytest.fixture()
+def cgcnn_folder(data: Path, tmp_path: Path) -> Path:
+    """A writable copy of the original CGCNN sample folder (10 COD CIFs + id_prop.csv)."""
+    folder = tmp_path / "sample"
+    shutil.copytree(data / "cgcnn_sample_regression", folder)
+    for path in folder.iterdir():
+        path.chmod(0o644)
+    folder.chmod(0o755)
+    return folder

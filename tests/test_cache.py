@@ -1,0 +1,100 @@
+"""The graph cache: built once, loaded after; damage is detected and rebuilt, never used."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlmat.graphs import GraphCache, GraphSettings, graph_or_problem, structure_key
+from tlmat.io import read_records
+
+
+@pytest.fixture(scope="module")
+def records(data: Path):
+    return read_records(data / "carbon_24" / "val.csv.gz", limit=120).records
+
+
+def fresh(records, settings):
+    return [graph_or_problem(r, settings) for r in records]
+
+
+def assert_same(cached, built) -> None:
+    assert len(cached) == len(built)
+    assert all(cached.arrays(i).equals(b) for i, b in enumerate(built))
+
+
+def test_second_run_loads_instead_of_building(records, tmp_path: Path) -> None:
+    settings = GraphSettings.preset("alignn")
+    first = GraphCache(tmp_path, settings)
+    graphs = first.graphs(records)
+    assert first.n_built == len(records)
+    again = GraphCache(tmp_path, settings)
+    loaded = again.graphs(records)
+    assert again.n_built == 0
+    assert_same(loaded, fresh(records, settings))
+    assert loaded[3].num_edges == graphs[3].num_edges
+
+
+def test_only_new_structures_are_built(records, tmp_path: Path) -> None:
+    cache = GraphCache(tmp_path, GraphSettings())
+    cache.graphs(records[:50])
+    cache.graphs(records)
+    assert cache.n_built == len(records) - 50 and len(cache) == len(records)
+
+
+def test_same_structure_content_shares_one_entry(records, tmp_path: Path) -> None:
+    moved = records[0].structure.copy()
+    assert structure_key(moved) == structure_key(records[0].structure)
+    moved.translate_sites([0], [0.01, 0, 0])
+    assert structure_key(moved) != structure_key(records[0].structure)
+
+
+def test_corrupted_entry_is_detected_and_rebuilt(records, tmp_path, caplog) -> None:
+    settings = GraphSettings()
+    GraphCache(tmp_path, settings).graphs(records)
+    shard = next((tmp_path / f"graphs-{settings.key()}").glob("shard-*"))
+    distances = shard / "edge_dist.npy"
+    raw = bytearray(distances.read_bytes())
+    raw[-40:-36] = np.float32(123.0).tobytes()  # flip one distance of the last graph
+    distances.write_bytes(bytes(raw))
+
+    cache = GraphCache(tmp_path, settings)
+    with caplog.at_level(logging.WARNING, logger="tlmat"):
+        graphs = cache.graphs(records)
+    assert cache.n_built == 1
+    assert "checksum mismatch" in caplog.text
+    assert_same(graphs, fresh(records, settings))
+
+
+def test_truncated_or_missing_shard_is_rebuilt(records, tmp_path, caplog) -> None:
+    settings = GraphSettings()
+    GraphCache(tmp_path, settings).graphs(records)
+    shard = next((tmp_path / f"graphs-{settings.key()}").glob("shard-*"))
+    (shard / "edge_vec.npy").write_bytes((shard / "edge_vec.npy").read_bytes()[:1000])
+    cache = GraphCache(tmp_path, settings)
+    with caplog.at_level(logging.WARNING, logger="tlmat"):
+        graphs = cache.graphs(records)
+    assert cache.n_built == len(records) and "unreadable" in caplog.text
+    assert_same(graphs, fresh(records, settings))
+
+
+def test_settings_change_never_reuses_graphs(records, tmp_path: Path) -> None:
+    GraphCache(tmp_path, GraphSettings(cutoff=8.0)).graphs(records[:10])
+    other = GraphCache(tmp_path, GraphSettings(cutoff=6.0))
+    graphs = other.graphs(records[:10])
+    assert other.n_built == 10
+    assert float(graphs[0].edge_dist.max()) <= 6.0
+
+
+def test_tampered_settings_file_clears_the_cache(records, tmp_path: Path) -> None:
+    settings = GraphSettings()
+    GraphCache(tmp_path, settings).graphs(records[:10])
+    meta = tmp_path / f"graphs-{settings.key()}" / "settings.json"
+    meta.write_text(json.dumps({"format": 0, "settings": {}}))
+    cache = GraphCache(tmp_path, settings)
+    cache.graphs(records[:10])
+    assert cache.n_built == 10

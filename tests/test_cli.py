@@ -1,0 +1,77 @@
+"""The command line end to end on small real datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tlmat.cli import app
+
+runner = CliRunner()
+
+
+def test_help_shows_examples() -> None:
+    for command in ("info", "cache"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_info_summarises_a_dataset(data: Path, tmp_path: Path) -> None:
+    skipped = tmp_path / "skipped.csv"
+    result = runner.invoke(
+        app,
+        [
+            "info",
+            str(data / "jarvis_tc_supercon" / "jarvis_tc_supercon_merged.csv.gz"),
+            "--target",
+            "Tc_K",
+            "--skipped-csv",
+            str(skipped),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "structures read" in out and "616" in out
+    assert "Tc_K" in out and "missing target" in out and "440" in out
+    assert skipped.read_text().splitlines()[0] == "where,id,reason,detail"
+    assert len(skipped.read_text().splitlines()) == 441
+
+
+def test_info_strict_fails_with_the_reason(cgcnn_folder: Path) -> None:
+    path = cgcnn_folder / "1000050.cif"
+    path.write_text("not a cif")
+    result = runner.invoke(app, ["info", str(cgcnn_folder), "--strict"])
+    assert result.exit_code == 1
+    assert "id_prop.csv:line 2" in result.output and "unparsable" in result.output
+
+
+def test_cache_builds_then_loads(data: Path, tmp_path: Path) -> None:
+    args = [
+        "cache",
+        str(data / "cgcnn_sample_regression"),
+        "--cache-dir",
+        str(tmp_path),
+        "--preset",
+        "alignn",
+    ]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "10 graphs built" in first.output and "structures/s" in first.output
+    second = runner.invoke(app, args)
+    assert "10 graphs loaded from cache" in second.output
+
+
+def test_cache_rejects_bad_settings(data: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "cache",
+            str(data / "cgcnn_sample_regression"),
+            "--cache-dir",
+            str(tmp_path),
+            "--cutoff",
+            "-2",
+        ],
+    )
+    assert result.exit_code == 1 and "cutoff" in result.output

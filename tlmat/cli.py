@@ -1,0 +1,229 @@
+"""The ``tlmat`` command line: a thin layer over the library, one command per user task."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from pymatgen.core import Element
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from tlmat import __version__
+from tlmat.io import InputError, ReadResult, read_records
+
+app = typer.Typer(
+    help="Transfer learning of graph neural networks for crystal properties.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+console = Console()
+
+Targets = Annotated[
+    list[str] | None,
+    typer.Option("--target", "-t", help="Property column/key to keep (repeatable)."),
+]
+Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first bad structure.")]
+Disorder = Annotated[
+    str,
+    typer.Option(
+        help="Partially occupied sites: 'skip' the structure or keep each site's 'majority' "
+        "species."
+    ),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_time=False, show_path=False)],
+        force=True,
+    )
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More messages.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    _setup_logging(verbose)
+    if version:
+        console.print(f"tlmat {__version__}")
+        raise typer.Exit()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _skipped_table(result_log) -> Table | None:
+    if not result_log.problems:
+        return None
+    table = Table(title="Skipped", title_justify="left")
+    table.add_column("reason")
+    table.add_column("count", justify="right")
+    table.add_column("first example")
+    first = {}
+    for problem in result_log.problems:
+        first.setdefault(problem.reason, problem)
+    for reason, count in result_log.by_reason().most_common():
+        table.add_row(reason.value, str(count), str(first[reason]))
+    return table
+
+
+def summarise(result: ReadResult) -> list[Table]:
+    """Rich tables describing a dataset: structures, elements, targets, skipped rows."""
+    records = result.records
+    sites = np.array([len(r.structure) for r in records])
+    elements = Counter(el for r in records for el in r.structure.composition.elements)
+    periodic = sum(r.periodic for r in records)
+
+    overview = Table(title=f"{result.source}", title_justify="left", show_header=False)
+    overview.add_column("what")
+    overview.add_column("value")
+    overview.add_row("structures read", f"{len(records)}")
+    overview.add_row("skipped", f"{result.log.n_skipped}")
+    overview.add_row("periodic / molecules", f"{periodic} / {len(records) - periodic}")
+    overview.add_row(
+        "sites per cell (min / median / max)",
+        f"{sites.min()} / {np.median(sites):g} / {sites.max()}",
+    )
+    ordered = sorted(elements, key=lambda e: Element(str(e)).Z)
+    overview.add_row(f"elements ({len(ordered)})", " ".join(str(e) for e in ordered))
+    tables = [overview]
+
+    if result.target_names:
+        targets = Table(title="Targets (units as in the source)", title_justify="left")
+        for column in ("target", "n", "mean", "std", "min", "median", "max"):
+            targets.add_column(column, justify="left" if column == "target" else "right")
+        for name in result.target_names:
+            values = [r.targets[name] for r in records if name in r.targets]
+            array = np.asarray(values, dtype=float) if values else np.zeros(0)
+            if array.ndim > 1:
+                targets.add_row(
+                    name, str(len(values)), f"vector of {array.shape[1]}", "", "", "", ""
+                )
+                continue
+            stats = (array.mean(), array.std(), array.min(), np.median(array), array.max())
+            targets.add_row(name, str(len(array)), *(f"{v:.4g}" for v in stats))
+        tables.append(targets)
+    skipped = _skipped_table(result.log)
+    if skipped is not None:
+        tables.append(skipped)
+    return tables
+
+
+@app.command()
+def info(
+    path: Annotated[Path, typer.Argument(help="File or folder of structures.")],
+    target: Targets = None,
+    strict: Strict = False,
+    disorder: Disorder = "skip",
+    limit: Annotated[int | None, typer.Option(help="Read only the first N items.")] = None,
+    skipped_csv: Annotated[
+        Path | None, typer.Option(help="Write every skipped item with its reason here.")
+    ] = None,
+) -> None:
+    """Summarise a dataset: count, elements, sites per cell, target statistics, skipped
+    rows by reason.
+
+    Reads CGCNN/ALIGNN folders (id_prop.csv), folders of CIF/POSCAR files, CSV with a CIF
+    or POSCAR column, Matbench/pymatgen/JARVIS JSON, extended XYZ and ASE databases
+    (.gz and .zip too).
+
+    Example:
+
+        tlmat info ../shared/data/perov_5/test.csv.gz --target heat_ref
+    """
+    try:
+        result = read_records(
+            path, target, strict=strict, disorder=disorder, limit=limit, progress=True
+        )
+    except (InputError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    for table in summarise(result):
+        console.print(table)
+    if skipped_csv is not None:
+        result.log.write_csv(skipped_csv)
+        console.print(f"skipped items written to {skipped_csv}")
+
+
+@app.command()
+def cache(
+    data: Annotated[Path, typer.Argument(help="File or folder of structures.")],
+    preset: Annotated[
+        str, typer.Option(help="Graph convention: cgcnn (8 Å, 12 nearest), schnet, alignn.")
+    ] = "cgcnn",
+    cutoff: Annotated[float | None, typer.Option(help="Neighbour cutoff in Å.")] = None,
+    max_neighbors: Annotated[
+        int | None, typer.Option(help="Nearest neighbours kept per atom; 0 keeps all.")
+    ] = None,
+    line_graph: Annotated[
+        bool | None, typer.Option("--line-graph/--no-line-graph", help="Bond-angle line graph.")
+    ] = None,
+    target: Targets = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache folder (default $TLMAT_CACHE_DIR or ~/.cache/tlmat).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Processes for parsing and building.")] = 1,
+    strict: Strict = False,
+    disorder: Disorder = "skip",
+) -> None:
+    """Build and store the graphs of a dataset ahead of training (preprocess once on a
+    cluster, train many times); a second run only loads them.
+
+    Example:
+
+        tlmat cache ../shared/data/perov_5/train.csv.gz --preset cgcnn --workers 2
+    """
+    from tlmat.data import load_dataset
+    from tlmat.graphs import GraphSettings
+
+    try:
+        settings = GraphSettings.preset(preset)
+        overrides = {}
+        if cutoff is not None:
+            overrides["cutoff"] = cutoff
+        if max_neighbors is not None:
+            overrides["max_neighbors"] = max_neighbors or None
+        if line_graph is not None:
+            overrides["line_graph"] = line_graph
+        settings = settings.model_copy(update=overrides)
+        settings = GraphSettings(**settings.model_dump())  # re-validate the overrides
+        start = time.perf_counter()
+        dataset = load_dataset(
+            data,
+            settings,
+            target,
+            cache_dir=cache_dir,
+            strict=strict,
+            disorder=disorder,
+            workers=workers,
+            progress=True,
+        )
+        seconds = time.perf_counter() - start
+    except (InputError, FileNotFoundError, ValueError) as error:
+        _fail(str(error))
+    where = dataset.graphs.cache.directory
+    how = "loaded from cache" if dataset.from_cache else "built"
+    console.print(
+        f"{len(dataset)} graphs {how} in {seconds:.2f} s "
+        f"([bold]{len(dataset) / seconds:,.0f} structures/s[/]); "
+        f"{dataset.log.n_skipped} skipped"
+    )
+    skipped = _skipped_table(dataset.log)
+    if skipped is not None:
+        console.print(skipped)
+    console.print(f"settings {settings.model_dump()}  →  {where}")
+
+
+if __name__ == "__main__":
+    app()
