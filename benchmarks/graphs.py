@@ -1,5 +1,5 @@
-"""Benchmark: structure parsing (CIF, POSCAR), graph building (vs the original CGCNN loader), cache loading,
-peak memory, line graphs — on real perovskite and carbon structures.
+"""Benchmark: structure parsing (CIF, POSCAR), graph building (vs the original CGCNN
+loader), cache loading, peak memory, line graphs — on real perovskite and carbon structures.
 
 Run:  python benchmarks/graphs.py [--n 5000] [--out benchmarks/results/graphs.json]
 

@@ -1,9 +1,108 @@
-"""Where the public datasets live: ``TLMAT_DATA_DIR``, else ``../shared/data`` when present."""
+"""Published files tlmat knows by name: datasets and pretrained weights.
+
+``fetch(name)`` returns a local path: the copy under ``$TLMAT_DATA_DIR`` (default
+``../shared/data`` when present) when it exists, else a previously downloaded copy in
+the cache, else a fresh download from the public source — always checked against the
+published SHA-256 before use. Offline without a local copy, it fails with a message that
+says where to put the file.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+_CGCNN = "https://raw.githubusercontent.com/txie-93/cgcnn/master"
+_CDVAE = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A public file: where it lives online, its checksum, its place in the data folder."""
+
+    url: str
+    sha256: str | None  # None: the source publishes no fixed bytes; checked by content
+    local: str  # path under $TLMAT_DATA_DIR
+    description: str = ""
+
+
+def _cgcnn_model(file: str, sha256: str, what: str) -> RemoteFile:
+    return RemoteFile(
+        f"{_CGCNN}/pre-trained/{file}", sha256, f"cgcnn_pretrained/pre-trained/{file}", what
+    )
+
+
+REGISTRY: dict[str, RemoteFile] = {
+    "cgcnn/atom_init.json": RemoteFile(
+        f"{_CGCNN}/data/sample-regression/atom_init.json",
+        "cb90bd2257dbf8cfc4e6b2b6d4348d4616e8e9680f1339b1461137032e0f1894",
+        "cgcnn_sample_regression/atom_init.json",
+        "CGCNN 92-d element features (Xie & Grossman 2018)",
+    ),
+    "cgcnn/formation-energy-per-atom": _cgcnn_model(
+        "formation-energy-per-atom.pth.tar",
+        "e2f8bb910744f2c2f21d968285b6fd4316d795d0f3e7465ed0e3b4f3c92651a1",
+        "formation energy per atom (eV/atom)",
+    ),
+    "cgcnn/final-energy-per-atom": _cgcnn_model(
+        "final-energy-per-atom.pth.tar",
+        "1afe9260a0b7bd01d2a0a752fbac12be5badea6a56e57aeea5877ae8f9a32c57",
+        "final (total) energy per atom (eV/atom)",
+    ),
+    "cgcnn/band-gap": _cgcnn_model(
+        "band-gap.pth.tar",
+        "d269775b9be0995c046abed3dd6556c281a3eff7b2e1d73cf81b99e2a1d4aa6c",
+        "PBE band gap (eV)",
+    ),
+    "cgcnn/efermi": _cgcnn_model(
+        "efermi.pth.tar",
+        "5ed4ba15b5bd3e04ce6b0eca75f15bb6465557aada4097f11291ea1e7cd48afb",
+        "Fermi energy (eV)",
+    ),
+    "cgcnn/bulk-moduli": _cgcnn_model(
+        "bulk-moduli.pth.tar",
+        "0a3f66b9a0ee6acef11bb852717424a6c3560073239c17bdbea568cc43816dd3",
+        "bulk modulus K_VRH (log10 GPa)",
+    ),
+    "cgcnn/shear-moduli": _cgcnn_model(
+        "shear-moduli.pth.tar",
+        "34173bc59a0a8f9f74021155b304b74d9e709b1ff241d3f02e83031c9deb216c",
+        "shear modulus G_VRH (log10 GPa)",
+    ),
+    "cgcnn/poisson-ratio": _cgcnn_model(
+        "poisson-ratio.pth.tar",
+        "8d152338550b49ff6c3790cccdb892ee8bafe513bc49ab21955cdf7807e89513",
+        "Poisson ratio",
+    ),
+    "cgcnn/semi-metal-classification": _cgcnn_model(
+        "semi-metal-classification.pth.tar",
+        "3791d48885afafb28c0797e22637b63ea591cf7fb27497ce537911261b92edc8",
+        "metal / semiconductor classification",
+    ),
+    "perov_5/val": RemoteFile(
+        f"{_CDVAE}/perov_5/val.csv",
+        None,
+        "perov_5/val.csv.gz",
+        "Castelli perovskites, CDVAE validation split (heat_ref in eV per 5-atom cell)",
+    ),
+    "perov_5/test": RemoteFile(
+        f"{_CDVAE}/perov_5/test.csv",
+        None,
+        "perov_5/test.csv.gz",
+        "Castelli perovskites, CDVAE test split (heat_ref in eV per 5-atom cell)",
+    ),
+    "perov_5/train": RemoteFile(
+        f"{_CDVAE}/perov_5/train.csv",
+        None,
+        "perov_5/train.csv.gz",
+        "Castelli perovskites, CDVAE training split (heat_ref in eV per 5-atom cell)",
+    ),
+}
 
 
 def data_dir() -> Path | None:
@@ -16,3 +115,53 @@ def data_dir() -> Path | None:
         if candidate.is_dir():
             return candidate
     return None
+
+
+def download_dir() -> Path:
+    return Path(os.environ.get("TLMAT_CACHE_DIR", Path.home() / ".cache" / "tlmat")) / "downloads"
+
+
+def sha256sum(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, entry: RemoteFile) -> bool:
+    return path.is_file() and (entry.sha256 is None or sha256sum(path) == entry.sha256)
+
+
+def fetch(name: str, timeout: float = 30.0) -> Path:
+    """A verified local path for a registered file (see module docstring)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown file {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    entry = REGISTRY[name]
+    root = data_dir()
+    if root is not None and (root / entry.local).is_file():
+        local = root / entry.local
+        if not _verified(local, entry):
+            raise ValueError(f"{local}: checksum differs from the published {entry.sha256}")
+        return local
+    cached = download_dir() / Path(entry.url).name
+    if _verified(cached, entry):
+        return cached
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with (
+            urllib.request.urlopen(entry.url, timeout=timeout) as response,
+            tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp,
+        ):
+            shutil.copyfileobj(response, tmp)
+    except OSError as error:
+        raise FileNotFoundError(
+            f"{name}: no local copy under $TLMAT_DATA_DIR ({root}/{entry.local}) and the "
+            f"download from {entry.url} failed ({error}); are you offline?"
+        ) from error
+    tmp_path = Path(tmp.name)
+    if entry.sha256 is not None and sha256sum(tmp_path) != entry.sha256:
+        tmp_path.unlink()
+        raise ValueError(f"{entry.url}: downloaded bytes do not match the published checksum")
+    os.replace(tmp_path, cached)
+    return cached

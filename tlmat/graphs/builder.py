@@ -70,7 +70,7 @@ def structure_arrays(
     structure: Structure | Molecule,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Atomic numbers, Cartesian positions (Å), cell (Å) and periodicity of a structure."""
-    z = np.fromiter((site.specie.Z for site in structure), dtype=np.int64, count=len(structure))
+    z = np.array(structure.atomic_numbers, dtype=np.int64)
     pos = np.asarray(structure.cart_coords, dtype=np.float64)
     if isinstance(structure, Structure):
         cell = np.asarray(structure.lattice.matrix, dtype=np.float64)

@@ -44,11 +44,34 @@ def neighbor_list(
     i, j, d = i[not_self], j[not_self], d[not_self]
     shifts = images[not_self].astype(np.int64)
     vectors = positions[j] + shifts @ box - positions[i]
-    # symmetric neighbours sit at equal distances up to float noise; sorting on distances
-    # rounded to 1e-6 Å, then neighbour index and image, selects the same atoms whatever
-    # the noise of the search
-    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, np.round(d, 6), i))
+    # Stable sort on the exact distances, keeping the search's order among equal ones: the
+    # original CGCNN loader does exactly this (get_all_neighbors, then sorted by distance),
+    # so the nearest-k selection below picks the same atoms it does, ties included.
+    order = np.argsort(d, kind="stable")
+    order = order[np.argsort(i[order], kind="stable")]
     return Neighbors(i[order], j[order], shifts[order], d[order], vectors[order])
+
+
+def _boundary_tie(pairs: Neighbors, n_atoms: int, k: int) -> bool:
+    """Whether some atom's k-th neighbour distance is shared, exactly, by a pair beyond the
+    k-th with a different neighbour atom (ties among images of one atom change nothing a
+    distance-based model sees)."""
+    counts = np.bincount(pairs.centers, minlength=n_atoms)
+    starts = np.cumsum(counts) - counts
+    atoms = np.flatnonzero(counts > k)
+    kth = starts[atoms] + k - 1
+    tied = pairs.distances[kth] == pairs.distances[kth + 1]
+    if not tied.any():
+        return False
+    atoms, boundary = atoms[tied], pairs.distances[kth[tied]]
+    # pairs of the tied atoms at their boundary distance: do they name more than one atom?
+    at_boundary = np.full(n_atoms, -1.0)  # no distance equals -1: untied atoms drop out
+    at_boundary[atoms] = boundary
+    in_group = pairs.distances == at_boundary[pairs.centers]
+    centers, neighbors = pairs.centers[in_group], pairs.neighbors[in_group]
+    first = np.full(n_atoms, -1)
+    first[centers[::-1]] = neighbors[::-1]
+    return bool(np.any(neighbors != first[centers]))
 
 
 def nearest_neighbor_list(
@@ -64,6 +87,11 @@ def nearest_neighbor_list(
     searched within a smaller radius guessed from the atomic density: when every atom
     already has ``max_neighbors`` neighbours there, no farther atom can be among its
     nearest. Dense crystals need only a fraction of the 8 Å images this way.
+
+    Distances are bitwise the same in both searches, but the order of exactly equal ones
+    depends on the search radius; when such a tie between different atoms straddles the
+    k-th neighbour, the full search decides, so that the selection is always the original
+    CGCNN loader's.
     """
     n_atoms = len(positions)
     if max_neighbors is not None and n_atoms and bool(np.all(pbc)):
@@ -72,7 +100,8 @@ def nearest_neighbor_list(
         guess = 1.3 * (3 * (max_neighbors + 1) * volume_per_atom / (4 * np.pi)) ** (1 / 3) + 0.5
         if guess < cutoff:
             pairs = neighbor_list(positions, cell, pbc, guess)
-            if np.bincount(pairs.centers, minlength=n_atoms).min() >= max_neighbors:
+            enough = np.bincount(pairs.centers, minlength=n_atoms).min() >= max_neighbors
+            if enough and not _boundary_tie(pairs, n_atoms, max_neighbors):
                 return nearest(pairs, n_atoms, max_neighbors)
     return nearest(neighbor_list(positions, cell, pbc, cutoff), n_atoms, max_neighbors)
 
