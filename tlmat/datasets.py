@@ -165,3 +165,16 @@ def fetch(name: str, timeout: float = 30.0) -> Path:
         raise ValueError(f"{entry.url}: downloaded bytes do not match the published checksum")
     os.replace(tmp_path, cached)
     return cached
+
+
+def resolve(spec: str | Path) -> Path:
+    """A path as given, or the local path of a registered name (``perov_5/train``)."""
+    path = Path(spec)
+    if path.exists():
+        return path
+    if str(spec) in REGISTRY:
+        return fetch(str(spec))
+    raise FileNotFoundError(
+        f"{spec}: no such file or folder, and not a registered name "
+        f"({', '.join(n for n in REGISTRY if not n.startswith('cgcnn/'))})"
+    )

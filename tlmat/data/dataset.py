@@ -93,6 +93,25 @@ class GraphDataset(Sequence[CrystalGraph]):
         )
 
 
+def concat(first: GraphDataset, second: GraphDataset) -> GraphDataset:
+    """Two datasets built with the same graph settings as one (targets both have)."""
+    if first.graphs.cache.directory != second.graphs.cache.directory:
+        raise ValueError("datasets built with different graph settings cannot be joined")
+    names = [n for n in first.targets if n in second.targets]
+    graphs = CachedGraphs(first.graphs.cache, first.graphs.entries + second.graphs.entries)
+    log = ProblemLog()
+    log.problems = first.log.problems + second.log.problems
+    log.n_ok = len(first) + len(second)
+    return GraphDataset(
+        graphs,
+        first.ids + second.ids,
+        first.formulas + second.formulas,
+        {n: np.concatenate([first.targets[n], second.targets[n]]) for n in names},
+        log,
+        f"{first.source} + {second.source}",
+    )
+
+
 def _targets_array(values: list[Any], name: str) -> np.ndarray:
     try:
         return np.asarray(values, dtype=np.float64)

@@ -1,8 +1,7 @@
-"""The ``tlmat`` command line: a thin layer over the library, one command per user task."""
+"""Data commands: ``tlmat info`` and ``tlmat cache``."""
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,72 +10,18 @@ from typing import Annotated
 import numpy as np
 import typer
 from pymatgen.core import Element
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
-from tlmat import __version__
-from tlmat.io import InputError, ReadResult, read_records
-
-app = typer.Typer(
-    help="Transfer learning of graph neural networks for crystal properties.",
-    no_args_is_help=True,
-    rich_markup_mode="markdown",
+from tlmat.cli.common import (
+    CacheDir,
+    Disorder,
+    Strict,
+    Targets,
+    console,
+    fail,
+    skipped_table,
 )
-console = Console()
-
-Targets = Annotated[
-    list[str] | None,
-    typer.Option("--target", "-t", help="Property column/key to keep (repeatable)."),
-]
-Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first bad structure.")]
-Disorder = Annotated[
-    str,
-    typer.Option(
-        help="Partially occupied sites: 'skip' the structure or keep each site's 'majority' "
-        "species."
-    ),
-]
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_time=False, show_path=False)],
-        force=True,
-    )
-
-
-@app.callback()
-def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More messages.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
-) -> None:
-    _setup_logging(verbose)
-    if version:
-        console.print(f"tlmat {__version__}")
-        raise typer.Exit()
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(1)
-
-
-def _skipped_table(result_log) -> Table | None:
-    if not result_log.problems:
-        return None
-    table = Table(title="Skipped", title_justify="left")
-    table.add_column("reason")
-    table.add_column("count", justify="right")
-    table.add_column("first example")
-    first = {}
-    for problem in result_log.problems:
-        first.setdefault(problem.reason, problem)
-    for reason, count in result_log.by_reason().most_common():
-        table.add_row(reason.value, str(count), str(first[reason]))
-    return table
+from tlmat.io import InputError, ReadResult, read_records
 
 
 def summarise(result: ReadResult) -> list[Table]:
@@ -115,13 +60,12 @@ def summarise(result: ReadResult) -> list[Table]:
             stats = (array.mean(), array.std(), array.min(), np.median(array), array.max())
             targets.add_row(name, str(len(array)), *(f"{v:.4g}" for v in stats))
         tables.append(targets)
-    skipped = _skipped_table(result.log)
+    skipped = skipped_table(result.log)
     if skipped is not None:
         tables.append(skipped)
     return tables
 
 
-@app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="File or folder of structures.")],
     target: Targets = None,
@@ -148,7 +92,7 @@ def info(
             path, target, strict=strict, disorder=disorder, limit=limit, progress=True
         )
     except (InputError, FileNotFoundError, ValueError) as error:
-        _fail(str(error))
+        fail(str(error))
     for table in summarise(result):
         console.print(table)
     if skipped_csv is not None:
@@ -156,7 +100,6 @@ def info(
         console.print(f"skipped items written to {skipped_csv}")
 
 
-@app.command()
 def cache(
     data: Annotated[Path, typer.Argument(help="File or folder of structures.")],
     preset: Annotated[
@@ -170,9 +113,7 @@ def cache(
         bool | None, typer.Option("--line-graph/--no-line-graph", help="Bond-angle line graph.")
     ] = None,
     target: Targets = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="Cache folder (default $TLMAT_CACHE_DIR or ~/.cache/tlmat).")
-    ] = None,
+    cache_dir: CacheDir = None,
     workers: Annotated[int, typer.Option(help="Processes for parsing and building.")] = 1,
     strict: Strict = False,
     disorder: Disorder = "skip",
@@ -211,7 +152,7 @@ def cache(
         )
         seconds = time.perf_counter() - start
     except (InputError, FileNotFoundError, ValueError) as error:
-        _fail(str(error))
+        fail(str(error))
     where = dataset.graphs.cache.directory
     how = "loaded from cache" if dataset.from_cache else "built"
     console.print(
@@ -219,11 +160,7 @@ def cache(
         f"([bold]{len(dataset) / seconds:,.0f} structures/s[/]); "
         f"{dataset.log.n_skipped} skipped"
     )
-    skipped = _skipped_table(dataset.log)
+    skipped = skipped_table(dataset.log)
     if skipped is not None:
         console.print(skipped)
     console.print(f"settings {settings.model_dump()}  →  {where}")
-
-
-if __name__ == "__main__":
-    app()

@@ -1,0 +1,44 @@
+"""The ``tlmat`` command line: a thin layer over the library, one command per user task."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from tlmat import __version__
+from tlmat.cli.common import console
+from tlmat.cli.data import cache, info
+from tlmat.cli.inference import embed, evaluate, models, predict
+from tlmat.cli.training import compare, finetune, train
+
+app = typer.Typer(
+    help="Transfer learning of graph neural networks for crystal properties.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More messages.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_time=False, show_path=False)],
+        force=True,
+    )
+    if version:
+        console.print(f"tlmat {__version__}")
+        raise typer.Exit()
+
+
+for command in (info, cache, train, finetune, compare, predict, embed, evaluate, models):
+    app.command()(command)
+
+__all__ = ["app"]

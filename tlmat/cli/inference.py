@@ -1,0 +1,194 @@
+"""Inference commands: ``tlmat predict``, ``tlmat embed``, ``tlmat evaluate``, ``tlmat models``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from tlmat.cli.common import CacheDir, Overwrite, console, fail, metrics_table, skipped_table
+from tlmat.data import GraphDataset, concat, load_dataset
+from tlmat.datasets import data_dir, resolve
+from tlmat.evaluation import regression_metrics
+from tlmat.io import InputError
+from tlmat.models import CheckpointError, TrainedModel
+from tlmat.training import predict as predict_values
+from tlmat.transfer.features import extract_features
+from tlmat.transfer.finetune import PRETRAINED, load_source
+
+Checkpoint = Annotated[
+    str, typer.Argument(help="tlmat checkpoint, registered name or original CGCNN .pth.tar.")
+]
+
+
+def _refuse_overwrite(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        fail(f"{path} exists; pass --overwrite to replace it")
+
+
+def _structures(trained: TrainedModel, sources: list[str], cache_dir, targets=()) -> GraphDataset:
+    datasets = [
+        load_dataset(
+            resolve(s),
+            trained.model.graph_settings,
+            list(targets),
+            cache_dir=cache_dir or Path(tempfile.gettempdir()) / "tlmat-cache",
+            elements=trained.model.elements,
+            progress=True,
+        )
+        for s in sources
+    ]
+    dataset = datasets[0]
+    for other in datasets[1:]:
+        dataset = concat(dataset, other)
+    table = skipped_table(dataset.log)
+    if table is not None:
+        console.print(table)
+    return dataset
+
+
+def predict(
+    checkpoint: Checkpoint,
+    structures: Annotated[list[str], typer.Argument(help="Files or folders of structures.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write.")] = Path(
+        "predictions.csv"
+    ),
+    cache_dir: CacheDir = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Predict a property for new structures; writes ``id`` and the prediction per row.
+
+    Example:
+
+        tlmat predict cgcnn/formation-energy-per-atom my_cifs/ -o eform.csv
+    """
+    _refuse_overwrite(output, overwrite)
+    try:
+        trained = load_source(checkpoint)
+        dataset = _structures(trained, structures, cache_dir)
+    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        fail(str(error))
+    values = predict_values(trained, dataset)
+    name = trained.target.name + (f" ({trained.target.unit})" if trained.target.unit else "")
+    with output.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        if values.ndim == 2:  # class probabilities
+            writer.writerow(["id", *(f"p_class_{k}" for k in range(values.shape[1]))])
+            writer.writerows(
+                [i, *map(float, row)] for i, row in zip(dataset.ids, values, strict=True)
+            )
+        else:
+            writer.writerow(["id", name])
+            writer.writerows([i, float(v)] for i, v in zip(dataset.ids, values, strict=True))
+    console.print(f"{len(dataset)} predictions → {output} ({dataset.log.n_skipped} skipped)")
+
+
+def embed(
+    checkpoint: Checkpoint,
+    data: Annotated[str, typer.Argument(help="Structures: file, folder or registered name.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help=".npz or .parquet file.")] = Path(
+        "embeddings.npz"
+    ),
+    layers: Annotated[
+        bool, typer.Option("--layers", help="Per-layer pooled features (Gupta et al.).")
+    ] = False,
+    cache_dir: CacheDir = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Pooled crystal embeddings of a dataset, batched, for your own models.
+
+    Example:
+
+        tlmat embed cgcnn/band-gap perov_5/test -o perov_test.parquet
+    """
+    _refuse_overwrite(output, overwrite)
+    try:
+        trained = load_source(checkpoint)
+        dataset = _structures(trained, [data], cache_dir)
+    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        fail(str(error))
+    features = extract_features(trained, dataset, kind="layers" if layers else "embedding")
+    if output.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.DataFrame(features, columns=[f"e{k}" for k in range(features.shape[1])])
+        frame.insert(0, "id", dataset.ids)
+        frame.to_parquet(output, index=False)
+    else:
+        np.savez(output, ids=np.array(dataset.ids), embeddings=features)
+    console.print(f"{features.shape[0]} × {features.shape[1]} embeddings → {output}")
+
+
+def evaluate(
+    checkpoint: Checkpoint,
+    data: Annotated[str, typer.Argument(help="Labelled structures: file, folder or name.")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Column with true values.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Per-structure CSV.")
+    ] = None,
+    cache_dir: CacheDir = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Score a model on labelled data (MAE, RMSE, R², max error).
+
+    Example:
+
+        tlmat evaluate runs/train/model.pt perov_5/test -t heat_ref
+    """
+    if output is not None:
+        _refuse_overwrite(output, overwrite)
+    try:
+        trained = load_source(checkpoint)
+        dataset = _structures(trained, [data], cache_dir, targets=[target])
+    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        fail(str(error))
+    values = predict_values(trained, dataset)
+    truth = dataset.targets[target]
+    metrics = regression_metrics(truth, values)
+    console.print(
+        metrics_table(
+            f"{checkpoint} on {data}", {trained.target.name: metrics}, trained.target.unit
+        )
+    )
+    console.print_json(json.dumps(metrics))
+    if output is not None:
+        with output.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "true", "predicted", "error"])
+            writer.writerows(
+                [i, float(t), float(p), float(p - t)]
+                for i, t, p in zip(dataset.ids, truth, values, strict=True)
+            )
+
+
+def models() -> None:
+    """List the pretrained sources tlmat can start from, with their provenance.
+
+    Example:
+
+        tlmat models
+    """
+    table = Table(title="Pretrained models", title_justify="left")
+    for column in ("name", "property", "source", "sha256", "local copy"):
+        table.add_column(column)
+    root = data_dir()
+    for name, entry in PRETRAINED.items():
+        local = root is not None and (root / entry.local).is_file()
+        table.add_row(
+            name,
+            entry.description,
+            entry.url,
+            (entry.sha256 or "")[:12] + "…",
+            "yes" if local else "download on first use",
+        )
+    console.print(table)
+    console.print(
+        "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "
+        "2018), MIT licence. Loaded with torch.load(weights_only=True)."
+    )

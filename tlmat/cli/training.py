@@ -1,0 +1,356 @@
+"""Training commands: ``tlmat train``, ``tlmat finetune``, ``tlmat compare``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from tlmat.cli.common import CacheDir, Overwrite, console, fail, metrics_table, skipped_table
+from tlmat.data import GraphDataset, Split, concat, load_dataset, random_split, subsample
+from tlmat.datasets import resolve
+from tlmat.evaluation import regression_metrics
+from tlmat.graphs import GraphSettings
+from tlmat.io import InputError
+from tlmat.models import CGCNNConfig, CheckpointError, TargetSpec, TrainedModel, build_cgcnn
+from tlmat.models.atom_features import load_atom_init
+from tlmat.training import RunExistsError, TrainConfig, fit, predict
+from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+
+ALL_STRATEGIES = (
+    "scratch",
+    "full",
+    "freeze-embedding",
+    "head-only",
+    "freeze-first-k",
+    "discriminative",
+    "features+mlp",
+    "features+rf",
+)
+
+Target = Annotated[str, typer.Option("--target", "-t", help="Property to learn (column/key).")]
+RunDir = Annotated[Path, typer.Option(help="Folder for checkpoints, metrics and the manifest.")]
+Config = Annotated[
+    Path | None, typer.Option(help="YAML file with training settings (flags override it).")
+]
+Epochs = Annotated[int | None, typer.Option(help="Maximum epochs [300].")]
+LR = Annotated[float | None, typer.Option("--lr", help="Learning rate [1e-3].")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size [64].")]
+Optimizer = Annotated[str | None, typer.Option(help="adam, adamw or sgd [adam].")]
+Scheduler = Annotated[str | None, typer.Option(help="plateau, cyclic or none [plateau].")]
+Loss = Annotated[str | None, typer.Option(help="l1 or mse [l1].")]
+WeightDecay = Annotated[float | None, typer.Option(help="L2 penalty [0].")]
+Normalization = Annotated[str | None, typer.Option(help="standard, tanh or none [standard].")]
+Log10 = Annotated[bool, typer.Option("--log10", help="Learn log10 of the target.")]
+Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs [50].")]
+Seed = Annotated[int, typer.Option(help="Seed for the split, initialisation and order.")]
+TrainSize = Annotated[
+    int | None, typer.Option(help="Use only this many training structures (data-scarce runs).")
+]
+ValSize = Annotated[float, typer.Option(help="Validation size: fraction or count.")]
+TestSize = Annotated[
+    float | None,
+    typer.Option(help="Test size: fraction or count [0.1 of DATA; all of --test]."),
+]
+TestData = Annotated[
+    str | None, typer.Option("--test", help="Separate test set (file, folder or name).")
+]
+Unit = Annotated[str, typer.Option(help="Unit of the target, for tables and checkpoints.")]
+
+
+def training_config(
+    config: Path | None, target: str, seed: int, log10: bool, unit: str, **flags
+) -> TrainConfig:
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides.update(target=target, seed=seed, unit=unit)
+    if log10:
+        overrides["log10"] = True
+    if config is not None:
+        return TrainConfig.from_yaml(config, **overrides)
+    return TrainConfig(**overrides)
+
+
+def dataset_and_split(
+    data: str,
+    test: str | None,
+    target: str,
+    settings: GraphSettings,
+    elements,
+    cache_dir,
+    train_size,
+    val_size,
+    test_size,
+    seed,
+) -> tuple[GraphDataset, Split]:
+    """Load the data (and a separate test set), and split it with the seed."""
+    dataset = load_dataset(
+        resolve(data), settings, [target], cache_dir=cache_dir, elements=elements, progress=True
+    )
+    if test is not None:
+        test_set = load_dataset(
+            resolve(test), settings, [target], cache_dir=cache_dir, elements=elements, progress=True
+        )
+        n = len(dataset)
+        val_count = int(val_size if val_size >= 1 else round(val_size * n))
+        inner = random_split(n, (n - val_count, val_count, 0), seed)
+        test_idx = np.arange(len(test_set))
+        if test_size is not None:
+            count = int(test_size if test_size >= 1 else round(test_size * len(test_set)))
+            test_idx = np.sort(subsample(test_idx, count, seed=0))  # the same for every seed
+        split = Split(inner.train, inner.val, test_idx + n)
+        dataset = concat(dataset, test_set)
+    else:
+        n = len(dataset)
+        test_size = 0.1 if test_size is None else test_size
+        test_count = int(test_size if test_size >= 1 else round(test_size * n))
+        val_count = int(val_size if val_size >= 1 else round(val_size * n))
+        split = random_split(n, (n - val_count - test_count, val_count, test_count), seed)
+    if train_size is not None:
+        split = Split(subsample(split.train, train_size, seed), split.val, split.test)
+    for table in filter(None, [skipped_table(dataset.log)]):
+        console.print(table)
+    return dataset, split
+
+
+def train(
+    data: Annotated[str, typer.Argument(help="Training data: file, folder or registered name.")],
+    target: Target,
+    run_dir: RunDir = Path("runs/train"),
+    config: Config = None,
+    test: TestData = None,
+    train_size: TrainSize = None,
+    val_size: ValSize = 0.1,
+    test_size: TestSize = None,
+    atom_fea_len: Annotated[int, typer.Option(help="CGCNN atom feature width.")] = 64,
+    n_conv: Annotated[int, typer.Option(help="CGCNN convolutions.")] = 3,
+    h_fea_len: Annotated[int, typer.Option(help="CGCNN crystal feature width.")] = 128,
+    n_h: Annotated[int, typer.Option(help="CGCNN hidden layers after pooling.")] = 1,
+    epochs: Epochs = None,
+    lr: LR = None,
+    batch_size: BatchSize = None,
+    optimizer: Optimizer = None,
+    scheduler: Scheduler = None,
+    loss: Loss = None,
+    weight_decay: WeightDecay = None,
+    normalization: Normalization = None,
+    log10: Log10 = False,
+    early_stopping_patience: Patience = None,
+    seed: Seed = 0,
+    unit: Unit = "",
+    cache_dir: CacheDir = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train a CGCNN from scratch (an interrupted run resumes from its last checkpoint).
+
+    Example:
+
+        tlmat train ../shared/data/mp_cgcnn_36k/mp_cgcnn_36k.csv.gz
+            -t formation_energy_per_atom --unit eV/atom --run-dir runs/mp-eform --epochs 100
+    """
+    try:
+        cfg = training_config(
+            config,
+            target,
+            seed,
+            log10,
+            unit,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss=loss,
+            weight_decay=weight_decay,
+            normalization=normalization,
+            early_stopping_patience=early_stopping_patience,
+        )
+        features = load_atom_init()
+        elements = [int(z) for z in np.flatnonzero(features.abs().sum(1))]
+        settings = GraphSettings.preset("cgcnn")
+        dataset, split = dataset_and_split(
+            data, test, target, settings, elements, cache_dir, train_size, val_size, test_size, seed
+        )
+        model_cfg = CGCNNConfig(
+            atom_fea_len=atom_fea_len, n_conv=n_conv, h_fea_len=h_fea_len, n_h=n_h
+        )
+        import torch
+
+        torch.manual_seed(seed)
+        model = TrainedModel(build_cgcnn(model_cfg, features, settings), TargetSpec())
+        result = fit(model, dataset, split, cfg, run_dir, overwrite=overwrite)
+    except (InputError, FileNotFoundError, ValueError, RunExistsError) as error:
+        fail(str(error))
+    y = dataset.targets[target]
+    metrics = regression_metrics(y[split.test], predict(result.trained, dataset, split.test))
+    (Path(run_dir) / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+    console.print(metrics_table(f"{target}: test set", {"scratch": metrics}, unit))
+    console.print(
+        f"{result.epochs} epochs, {result.seconds / max(result.epochs, 1):.2f} s/epoch;"
+        f" model → {Path(run_dir) / 'model.pt'}"
+    )
+
+
+def finetune(
+    data: Annotated[str, typer.Argument(help="Target data: file, folder or registered name.")],
+    target: Target,
+    source: Annotated[
+        str, typer.Option(help="Source: registered name (tlmat models), tlmat or CGCNN file.")
+    ] = "cgcnn/formation-energy-per-atom",
+    strategy: Annotated[str, typer.Option(help=f"One of {', '.join(ALL_STRATEGIES)}.")] = "full",
+    freeze_k: Annotated[int, typer.Option(help="Interactions frozen by freeze-first-k.")] = 1,
+    keep_head: Annotated[
+        bool, typer.Option("--keep-head", help="Keep the source head even for a new target.")
+    ] = False,
+    run_dir: RunDir = Path("runs/finetune"),
+    config: Config = None,
+    test: TestData = None,
+    train_size: TrainSize = None,
+    val_size: ValSize = 0.1,
+    test_size: TestSize = None,
+    epochs: Epochs = None,
+    lr: LR = None,
+    batch_size: BatchSize = None,
+    optimizer: Optimizer = None,
+    scheduler: Scheduler = None,
+    loss: Loss = None,
+    weight_decay: WeightDecay = None,
+    normalization: Normalization = None,
+    log10: Log10 = False,
+    early_stopping_patience: Patience = None,
+    seed: Seed = 0,
+    unit: Unit = "",
+    cache_dir: CacheDir = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Fine-tune a pretrained model on a (small) target set; prints the source's zero-shot
+    score beside the fine-tuned one.
+
+    Example:
+
+        tlmat finetune perov_5/train -t heat_ref --test perov_5/test --train-size 300
+            --source cgcnn/formation-energy-per-atom --strategy freeze-embedding
+    """
+    try:
+        cfg = training_config(
+            config,
+            target,
+            seed,
+            log10,
+            unit,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss=loss,
+            weight_decay=weight_decay,
+            normalization=normalization,
+            early_stopping_patience=early_stopping_patience,
+        )
+        source_model = load_source(source)
+        dataset, split = dataset_and_split(
+            data,
+            test,
+            target,
+            source_model.model.graph_settings,
+            source_model.model.elements,
+            cache_dir,
+            train_size,
+            val_size,
+            test_size,
+            seed,
+        )
+        rows = zero_shot(source_model, dataset, split, target)
+        result = run_strategy(
+            strategy,
+            source_model,
+            dataset,
+            split,
+            cfg,
+            run_dir,
+            keep_head=keep_head,
+            freeze_k=freeze_k,
+            overwrite=overwrite,
+        )
+    except (InputError, FileNotFoundError, ValueError, RunExistsError, CheckpointError) as error:
+        fail(str(error))
+    rows[result.strategy] = result.test
+    console.print(
+        metrics_table(f"{target}: test set ({len(split.train)} training structures)", rows, unit)
+    )
+    console.print(f"run → {run_dir}")
+
+
+def compare(
+    data: Annotated[str, typer.Argument(help="Target data: file, folder or registered name.")],
+    target: Target,
+    source: Annotated[str, typer.Option(help="Source model.")] = "cgcnn/formation-energy-per-atom",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies, or 'all'.")] = "all",
+    run_dir: RunDir = Path("runs/compare"),
+    config: Config = None,
+    test: TestData = None,
+    train_size: TrainSize = None,
+    val_size: ValSize = 0.1,
+    test_size: TestSize = None,
+    epochs: Epochs = None,
+    lr: LR = None,
+    batch_size: BatchSize = None,
+    log10: Log10 = False,
+    early_stopping_patience: Patience = None,
+    seed: Seed = 0,
+    unit: Unit = "",
+    cache_dir: CacheDir = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Scratch against every transfer strategy from one source, on one held-out test set.
+
+    Example (fine-tune the MP formation-energy CGCNN on 300 Castelli perovskites):
+
+        tlmat compare perov_5/train -t heat_ref --unit eV/cell --test perov_5/test
+            --test-size 1000 --train-size 300 --val-size 100 --epochs 60
+    """
+    chosen = ALL_STRATEGIES if strategies == "all" else tuple(strategies.split(","))
+    try:
+        cfg = training_config(
+            config,
+            target,
+            seed,
+            log10,
+            unit,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            early_stopping_patience=early_stopping_patience,
+        )
+        cfg = cfg.model_copy(update={"progress_bar": False})
+        source_model = load_source(source)
+        dataset, split = dataset_and_split(
+            data,
+            test,
+            target,
+            source_model.model.graph_settings,
+            source_model.model.elements,
+            cache_dir,
+            train_size,
+            val_size,
+            test_size,
+            seed,
+        )
+        rows = zero_shot(source_model, dataset, split, target)
+        for name in chosen:
+            console.print(f"[bold]{name}[/] …")
+            result = run_strategy(
+                name, source_model, dataset, split, cfg, Path(run_dir) / name, overwrite=overwrite
+            )
+            rows[result.strategy] = result.test
+    except (InputError, FileNotFoundError, ValueError, RunExistsError, CheckpointError) as error:
+        fail(str(error))
+    title = (
+        f"{target}: {len(split.train)} training, {len(split.val)} validation, "
+        f"{len(split.test)} test structures; source {source}"
+    )
+    console.print(metrics_table(title, rows, unit))
+    (Path(run_dir) / "comparison.json").write_text(json.dumps(rows, indent=2))

@@ -1,0 +1,51 @@
+"""Mini-batches of cached graphs for training and inference."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch
+
+from tlmat.data.dataset import GraphDataset
+
+
+class GraphLoader:
+    """Iterates PyG batches of ``dataset[indices]``; with ``shuffle`` the order is drawn from
+    (``seed``, epoch) — the trainer sets the epoch, so a resumed run sees the same order as
+    an uninterrupted one."""
+
+    def __init__(
+        self,
+        dataset: GraphDataset,
+        indices: Sequence[int] | None = None,
+        batch_size: int = 64,
+        shuffle: bool = False,
+        target: str | None = None,
+        seed: int = 0,
+    ):
+        self.dataset = dataset
+        self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.target = target
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = self.indices
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            order = order[rng.permutation(len(order))]
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            batch = self.dataset.batch(chunk.tolist(), self.target)
+            batch.index = torch.from_numpy(chunk.copy())
+            yield batch

@@ -1,0 +1,50 @@
+"""Training settings: one pydantic model that equals the CLI flags and the YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from tlmat.models.targets import Normalization
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run (defaults follow the papers where they agree).
+
+    Schedules: ``plateau`` multiplies the LR by ``plateau_factor`` after
+    ``plateau_patience`` epochs without improvement, down to ``min_lr`` (Krawczuk &
+    Venturi: 0.8, 25, 1e-6); ``cyclic`` is triangular between ``cyclic_low`` × LR and LR
+    with a period of ``cyclic_period`` epochs (Hoffmann et al.).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = "target"
+    unit: str = ""
+    log10: bool = False
+    normalization: Normalization = "standard"
+    loss: Literal["l1", "mse"] = "l1"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["none", "plateau", "cyclic"] = "plateau"
+    plateau_factor: float = 0.8
+    plateau_patience: int = 25
+    min_lr: float = 1e-6
+    cyclic_period: int = 100
+    cyclic_low: float = 0.1
+    epochs: int = Field(300, ge=1)
+    early_stopping_patience: int | None = 50
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    progress_bar: bool = True
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,246 @@
+"""Train a model on a dataset split: checkpoints, early stopping, resume, run manifest.
+
+A run folder holds everything needed to trust and repeat the result::
+
+    run.json            config, seed, strategy, versions, data fingerprint, timings, metrics
+    split.json          the train/val/test ids
+    metrics.csv         per-epoch losses and validation MAE (Lightning CSV logger)
+    checkpoints/        best.ckpt (lowest validation MAE) and last.ckpt (for resume)
+    model.pt            the best model as a self-describing tlmat checkpoint
+
+An interrupted run resumes from ``checkpoints/last.ckpt`` when started again with the
+same folder; a finished one is never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import resource
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+import tlmat
+from tlmat.data.dataset import GraphDataset
+from tlmat.data.loader import GraphLoader
+from tlmat.data.splits import Split
+from tlmat.models.checkpoint import TrainedModel, save_checkpoint
+from tlmat.models.targets import TargetSpec
+from tlmat.training.config import TrainConfig
+from tlmat.training.module import PropertyModule
+from tlmat.transfer.strategies import Strategy, apply_strategy
+
+logger = logging.getLogger("tlmat")
+
+
+class RunExistsError(FileExistsError):
+    """A finished run is in the way."""
+
+
+@dataclass
+class FitResult:
+    trained: TrainedModel
+    run_dir: Path
+    best_val_mae: float
+    epochs: int
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _trainer(config: TrainConfig, callbacks: list, run_dir: Path, steps: int) -> L.Trainer:
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=1,
+        deterministic=True,
+        callbacks=callbacks,
+        logger=CSVLogger(run_dir, name="", version=""),
+        enable_model_summary=False,
+        enable_progress_bar=config.progress_bar,
+        log_every_n_steps=max(1, min(50, steps)),
+        num_sanity_val_steps=0,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning announces GPUs, TPUs and cloud loggers at INFO on every fit."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def versions() -> dict[str, str]:
+    import pymatgen.core
+    import torch_geometric
+
+    return {
+        "tlmat": tlmat.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_geometric": torch_geometric.__version__,
+        "lightning": L.__version__,
+        "pymatgen": pymatgen.core.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> bool:
+    """Create the folder; ``True`` when an interrupted run there should be resumed."""
+    finished = [name for name in ("model.pt", "result.json") if (run_dir / name).exists()]
+    if finished:
+        if not overwrite:
+            raise RunExistsError(
+                f"{run_dir} holds a finished run ({finished[0]}); choose another folder or "
+                "pass overwrite=True (--overwrite) to replace it"
+            )
+        shutil.rmtree(run_dir)
+    resume = (run_dir / "checkpoints" / "last.ckpt").exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return resume
+
+
+@torch.no_grad()
+def predict(
+    trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int = 256
+) -> np.ndarray:
+    """Predictions in physical units for ``dataset[indices]`` (all when ``None``)."""
+    model = trained.model
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for batch in GraphLoader(dataset, indices, batch_size=batch_size):
+        out = model(batch.to(device))
+        outputs.append(trained.target.decode(out.squeeze(-1) if out.shape[-1] == 1 else out).cpu())
+    return torch.cat(outputs).numpy() if outputs else np.zeros(0)
+
+
+def fit(
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    split: Split,
+    config: TrainConfig,
+    run_dir: str | Path,
+    strategy: Strategy | None = None,
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> FitResult:
+    """Train ``trained.model`` on ``dataset[split.train]``, selecting the epoch with the
+    lowest validation MAE; the target normaliser is refitted on the training split."""
+    run_dir = Path(run_dir)
+    resume = prepare_run_dir(run_dir, overwrite)
+    strategy = strategy or Strategy(name="scratch", from_source=False)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    start = time.perf_counter()
+
+    y_train = dataset.targets[config.target][split.train]
+    target = TargetSpec(
+        name=config.target, unit=config.unit, log10=config.log10, normalization=config.normalization
+    ).fit(y_train)
+    model = trained.model
+    # Lightning keeps each module's mode; a source used for predictions is in eval mode,
+    # and batch norm must train (frozen groups go back to eval every epoch)
+    model.train()
+    param_groups = apply_strategy(model, strategy, config.lr, config.weight_decay)
+    if not param_groups:
+        raise ValueError(f"strategy {strategy.name!r} leaves nothing to train")
+
+    train_loader = GraphLoader(
+        dataset,
+        split.train,
+        config.batch_size,
+        shuffle=True,
+        target=config.target,
+        seed=config.seed,
+    )
+    val_loader = GraphLoader(dataset, split.val, 256, target=config.target)
+    module = PropertyModule(model, target, config, param_groups, len(train_loader))
+    module.train_loader = train_loader
+
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_mae",
+        mode="min",
+        save_last=True,
+    )
+    callbacks: list = [checkpoints]
+    if config.early_stopping_patience:
+        callbacks.append(
+            EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience)
+        )
+    with _quiet_lightning():
+        trainer = _trainer(config, callbacks, run_dir, len(train_loader))
+    split.save(run_dir / "split.json", dataset.ids)
+    ckpt = run_dir / "checkpoints" / "last.ckpt" if resume else None
+    if ckpt is not None:
+        logger.warning("%s: resuming the interrupted run from %s", run_dir, ckpt)
+    with warnings.catch_warnings(), _quiet_lightning():
+        # our loaders are plain iterables: Lightning's worker advice does not apply
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*isn't an instance of `torch.utils.data.*")
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+
+    best_path = Path(checkpoints.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+    state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(
+        {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    )
+    model.cpu()
+    best = (
+        float(checkpoints.best_model_score)
+        if checkpoints.best_model_score is not None
+        else float("nan")
+    )
+    seconds = time.perf_counter() - start
+    run_provenance = {
+        **(provenance or {}),
+        **(trained.provenance if strategy.from_source else {}),
+        "strategy": strategy.model_dump(),
+        "data_source": dataset.source,
+        "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    result = TrainedModel(model, target, run_provenance)
+    save_checkpoint(result, run_dir / "model.pt")
+    manifest = {
+        "command_config": config.model_dump(),
+        "seed": config.seed,
+        "strategy": strategy.model_dump(),
+        "target": target.model_dump(),
+        "provenance": run_provenance,
+        "versions": versions(),
+        "data": {
+            "source": dataset.source,
+            "n_train": len(split.train),
+            "n_val": len(split.val),
+            "n_test": len(split.test),
+        },
+        "epochs": trainer.current_epoch,
+        "best_val_mae": best,
+        "seconds": seconds,
+        "seconds_per_epoch": seconds / max(trainer.current_epoch, 1),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "resumed": resume,
+    }
+    (run_dir / "run.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return FitResult(result, run_dir, best, trainer.current_epoch, seconds, manifest)

@@ -1,0 +1,101 @@
+"""The Lightning module: loss in the normalised target space, MAE in physical units."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from tlmat.models.base import CrystalModel
+from tlmat.models.targets import TargetSpec
+from tlmat.training.config import TrainConfig
+from tlmat.transfer.strategies import keep_frozen_in_eval
+
+
+class PropertyModule(L.LightningModule):
+    """Trains a :class:`CrystalModel` on one target with the given parameter groups."""
+
+    def __init__(
+        self,
+        model: CrystalModel,
+        target: TargetSpec,
+        config: TrainConfig,
+        param_groups: list[dict[str, Any]],
+        steps_per_epoch: int,
+    ):
+        super().__init__()
+        self.model = model
+        self.target = target
+        self.config = config
+        self.param_groups = param_groups
+        self.steps_per_epoch = max(steps_per_epoch, 1)
+        self.train_loader = None  # set by fit(); its shuffle order follows the epoch
+        # plain values only, so Lightning checkpoints load with weights_only=True
+        self.save_hyperparameters({"config": config.model_dump(), "target": target.model_dump()})
+
+    def forward(self, batch) -> torch.Tensor:
+        out = self.model(batch)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out
+
+    def _loss(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        encoded = self.target.encode(y)
+        if self.config.loss == "mse":
+            return F.mse_loss(prediction, encoded)
+        return F.l1_loss(prediction, encoded)
+
+    def on_train_epoch_start(self) -> None:
+        keep_frozen_in_eval(self.model)
+        if self.train_loader is not None:
+            self.train_loader.set_epoch(self.current_epoch)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(self(batch), batch.y)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch.num_graphs,
+            prog_bar=True,
+        )
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        prediction = self(batch)
+        self.log("val_loss", self._loss(prediction, batch.y), batch_size=batch.num_graphs)
+        mae = (self.target.decode(prediction) - batch.y).abs().mean()
+        self.log("val_mae", mae, batch_size=batch.num_graphs, prog_bar=True)
+
+    def configure_optimizers(self):
+        c = self.config
+        if c.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.param_groups, lr=c.lr, momentum=c.momentum)
+        elif c.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.param_groups, lr=c.lr)
+        else:
+            optimizer = torch.optim.Adam(self.param_groups, lr=c.lr)
+        if c.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=c.plateau_factor, patience=c.plateau_patience, min_lr=c.min_lr
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_mae"},
+            }
+        if c.scheduler == "cyclic":
+            half = max(c.cyclic_period * self.steps_per_epoch // 2, 1)
+            scheduler = torch.optim.lr_scheduler.CyclicLR(
+                optimizer,
+                base_lr=[g["lr"] * c.cyclic_low for g in self.param_groups],
+                max_lr=[g["lr"] for g in self.param_groups],
+                step_size_up=half,
+                mode="triangular",
+                cycle_momentum=c.optimizer == "sgd",
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
+        return optimizer

@@ -1,0 +1,119 @@
+"""Feature extraction (Gupta et al.): the frozen source network as a featuriser, then a
+17-layer MLP or a random forest on the pooled features."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.ensemble import RandomForestRegressor
+from torch import nn
+
+from tlmat.data.dataset import GraphDataset
+from tlmat.data.loader import GraphLoader
+from tlmat.models.checkpoint import TrainedModel
+
+FeatureKind = Literal["embedding", "layers"]
+#: Gupta et al.'s MLP: [1024×4, 512×3, 256×3, 128×3, 64×2, 32] hidden layers, then 1 output.
+GUPTA_MLP = (1024,) * 4 + (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
+
+
+@torch.no_grad()
+def extract_features(
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    indices=None,
+    kind: FeatureKind = "embedding",
+    batch_size: int = 256,
+) -> np.ndarray:
+    """Pooled features of ``dataset[indices]``: the crystal embedding, or the mean-pooled
+    atom features after every group concatenated (``layers``)."""
+    model = trained.model.eval()
+    chunks = []
+    for batch in GraphLoader(dataset, indices, batch_size=batch_size):
+        if kind == "layers":
+            layers = model.backbone.layer_features(batch)
+            chunks.append(torch.cat([*layers.values(), model.embed(batch)], dim=1))
+        else:
+            chunks.append(model.embed(batch))
+    return torch.cat(chunks).numpy()
+
+
+class MLPRegressor:
+    """Gupta et al.'s deep MLP on standardised features (ReLU, Adam, early stopping)."""
+
+    def __init__(
+        self,
+        hidden=GUPTA_MLP,
+        lr: float = 1e-4,
+        batch_size: int = 64,
+        epochs: int = 500,
+        patience: int = 50,
+        seed: int = 0,
+    ):
+        self.hidden, self.lr, self.batch_size = hidden, lr, batch_size
+        self.epochs, self.patience, self.seed = epochs, patience, seed
+
+    def fit(self, X, y, X_val, y_val) -> MLPRegressor:
+        torch.manual_seed(self.seed)
+        self.mu, self.sigma = X.mean(0), X.std(0) + 1e-8
+        self.y_mu, self.y_sigma = float(y.mean()), float(y.std() or 1.0)
+        layers: list[nn.Module] = []
+        width = X.shape[1]
+        for size in self.hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        Xt = torch.as_tensor((X - self.mu) / self.sigma, dtype=torch.float32)
+        yt = torch.as_tensor((y - self.y_mu) / self.y_sigma, dtype=torch.float32)
+        generator = torch.Generator().manual_seed(self.seed)
+        best, best_state, wait = float("inf"), None, 0
+        for _ in range(self.epochs):
+            self.net.train()
+            for idx in torch.randperm(len(Xt), generator=generator).split(self.batch_size):
+                optimizer.zero_grad()
+                loss = (self.net(Xt[idx]).squeeze(-1) - yt[idx]).abs().mean()
+                loss.backward()
+                optimizer.step()
+            val = float(np.abs(self.predict(X_val) - y_val).mean())
+            if val < best:
+                best, wait = val, 0
+                best_state = {k: v.clone() for k, v in self.net.state_dict().items()}
+            else:
+                wait += 1
+                if wait >= self.patience:
+                    break
+        self.net.load_state_dict(best_state)
+        return self
+
+    @torch.no_grad()
+    def predict(self, X) -> np.ndarray:
+        self.net.eval()
+        Xt = torch.as_tensor((X - self.mu) / self.sigma, dtype=torch.float32)
+        return self.net(Xt).squeeze(-1).numpy() * self.y_sigma + self.y_mu
+
+
+class ForestRegressor:
+    """A scikit-learn random forest with the same ``fit(X, y, X_val, y_val)`` call (the
+    validation set is unused: forests need no early stopping)."""
+
+    def __init__(self, seed: int = 0, n_estimators: int = 300):
+        self.forest = RandomForestRegressor(n_estimators=n_estimators, n_jobs=-1, random_state=seed)
+
+    def fit(self, X, y, X_val=None, y_val=None) -> ForestRegressor:
+        self.forest.fit(X, y)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return self.forest.predict(X)
+
+
+def feature_regressor(
+    kind: Literal["mlp", "rf"], seed: int = 0, epochs: int = 500, patience: int = 50
+) -> MLPRegressor | ForestRegressor:
+    """The regressor of ``features+mlp`` / ``features+rf``."""
+    if kind == "rf":
+        return ForestRegressor(seed)
+    return MLPRegressor(epochs=epochs, patience=patience, seed=seed)

@@ -1,0 +1,130 @@
+"""Transfer strategies as data over a model's named parameter groups.
+
+Every strategy is a preset of one mechanism: which groups are frozen, a learning-rate
+factor per group, and whether the head is re-initialised. Groups are the model's own
+(``embedding``, ``interactions.0`` … ``interactions.k``, ``readout``, ``head``), so every
+strategy works on every architecture.
+
+| preset | paper name | what trains |
+|---|---|---|
+| ``scratch`` | — | everything, from random weights |
+| ``full`` | TL1, "full transfer", fine-tuning | everything, from the source |
+| ``freeze-embedding`` | TL2 | all but the embedding |
+| ``head-only`` | TL3, "only regression head" | the head |
+| ``freeze-first-k`` | partial freezing (Lee & Asahi) | embedding and first k interactions frozen |
+| ``discriminative`` | lower LR for fine-tuning (Hoffmann et al.) | all, backbone at 0.1 × LR |
+
+``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser;
+see :mod:`tlmat.transfer.features`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from tlmat.models.base import CrystalModel
+
+FEATURE_STRATEGIES = ("features+mlp", "features+rf")
+
+
+class Strategy(BaseModel):
+    """Which groups train, how fast, and whether the head starts afresh."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = "full"
+    from_source: bool = True
+    freeze: tuple[str, ...] = ()
+    lr_factors: dict[str, float] = Field(default_factory=dict)
+    reinit_head: bool = False
+
+
+def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1) -> Strategy:
+    """A named strategy; ``k`` for ``freeze-first-k``, the factor for ``discriminative``."""
+    if name == "scratch":
+        return Strategy(name=name, from_source=False)
+    if name == "full":
+        return Strategy(name=name)
+    if name == "freeze-embedding":
+        return Strategy(name=name, freeze=("embedding",))
+    if name == "head-only":
+        return Strategy(name=name, freeze=("embedding", "interactions.*", "readout"))
+    if name == "freeze-first-k":
+        frozen = ("embedding", *(f"interactions.{i}" for i in range(k)))
+        return Strategy(name=f"freeze-first-{k}", freeze=frozen)
+    if name == "discriminative":
+        return Strategy(name=name, lr_factors={"backbone": backbone_lr_factor})
+    raise ValueError(
+        f"unknown strategy {name!r}; choose from scratch, full, freeze-embedding, head-only, "
+        f"freeze-first-k, discriminative, {', '.join(FEATURE_STRATEGIES)}"
+    )
+
+
+def _expand(patterns: Iterable[str], names: list[str]) -> set[str]:
+    """Group names matching the patterns (``interactions.*``; ``backbone`` = all but head)."""
+    out: set[str] = set()
+    for pattern in patterns:
+        if pattern == "backbone":
+            out.update(n for n in names if n != "head")
+        elif pattern.endswith(".*"):
+            out.update(n for n in names if n.startswith(pattern[:-1]))
+        elif pattern in names:
+            out.add(pattern)
+        else:
+            raise ValueError(f"no parameter group {pattern!r}; groups: {names}")
+    return out
+
+
+def apply_strategy(
+    model: CrystalModel, strategy: Strategy, lr: float, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
+    """Freeze groups (``requires_grad=False``; their batch-norm statistics too, see
+    :func:`keep_frozen_in_eval`), re-initialise the head if asked, and return optimiser
+    parameter groups with per-group learning rates."""
+    groups = model.groups()
+    names = list(groups)
+    frozen = _expand(strategy.freeze, names)
+    if strategy.reinit_head:
+        model.head.reset_parameters()
+    factors: dict[str, float] = {}
+    for pattern, factor in strategy.lr_factors.items():
+        for name in _expand([pattern], names):
+            factors[name] = factor
+    param_groups = []
+    for name, module in groups.items():
+        trainable = name not in frozen
+        for parameter in module.parameters():
+            parameter.requires_grad_(trainable)
+        if trainable:
+            params = [p for p in module.parameters()]
+            if params:
+                param_groups.append(
+                    {
+                        "params": params,
+                        "lr": lr * factors.get(name, 1.0),
+                        "weight_decay": weight_decay,
+                        "name": name,
+                    }
+                )
+    model.frozen_groups = sorted(frozen)
+    return param_groups
+
+
+def keep_frozen_in_eval(model: CrystalModel) -> None:
+    """Put frozen groups in eval mode, so that their batch-norm running statistics stay
+    those of the source (a frozen layer must not drift)."""
+    groups = model.groups()
+    for name in getattr(model, "frozen_groups", []):
+        groups[name].eval()
+
+
+def trainable_groups(model: CrystalModel) -> list[str]:
+    return [n for n, m in model.groups().items() if any(p.requires_grad for p in m.parameters())]
+
+
+def count_parameters(module: nn.Module, trainable: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
