@@ -175,19 +175,16 @@ def models() -> None:
         tlmat models
     """
     table = Table(title="Pretrained models", title_justify="left")
-    for column in ("name", "property", "source", "sha256", "local copy"):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("property")
+    table.add_column("local copy")
     root = data_dir()
     for name, entry in PRETRAINED.items():
         local = root is not None and (root / entry.local).is_file()
-        table.add_row(
-            name,
-            entry.description,
-            entry.url,
-            (entry.sha256 or "")[:12] + "…",
-            "yes" if local else "download on first use",
-        )
+        table.add_row(name, entry.description, "yes" if local else "downloaded on first use")
     console.print(table)
+    for name, entry in PRETRAINED.items():
+        console.print(f"{name}: {entry.url} (sha256 {entry.sha256})", soft_wrap=True)
     console.print(
         "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "
         "2018), MIT licence. Loaded with torch.load(weights_only=True)."

@@ -32,6 +32,7 @@ class PropertyModule(L.LightningModule):
         self.param_groups = param_groups
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.train_loader = None  # set by fit(); its shuffle order follows the epoch
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         # plain values only, so Lightning checkpoints load with weights_only=True
         self.save_hyperparameters({"config": config.model_dump(), "target": target.model_dump()})
 
@@ -62,11 +63,30 @@ class PropertyModule(L.LightningModule):
         )
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_error = torch.zeros((), dtype=torch.float64)
+        self._val_count = 0
+
     def validation_step(self, batch, batch_idx: int) -> None:
         prediction = self(batch)
         self.log("val_loss", self._loss(prediction, batch.y), batch_size=batch.num_graphs)
-        mae = (self.target.decode(prediction) - batch.y).abs().mean()
-        self.log("val_mae", mae, batch_size=batch.num_graphs, prog_bar=True)
+        errors = (self.target.decode(prediction) - batch.y).abs()
+        self._val_error += errors.sum().detach().double().cpu()
+        self._val_count += errors.numel()
+        self.log("val_mae", errors.mean(), batch_size=batch.num_graphs, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        # The plateau schedule is stepped here, not by Lightning: Lightning steps it after
+        # the last checkpoint is written, so a resumed run would miss one step.
+        if self.plateau is not None and self._val_count and not self.trainer.sanity_checking:
+            self.plateau.step(float(self._val_error / self._val_count))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.plateau is not None:
+            checkpoint["tlmat_plateau"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._plateau_state = checkpoint.get("tlmat_plateau")
 
     def configure_optimizers(self):
         c = self.config
@@ -77,13 +97,12 @@ class PropertyModule(L.LightningModule):
         else:
             optimizer = torch.optim.Adam(self.param_groups, lr=c.lr)
         if c.scheduler == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, factor=c.plateau_factor, patience=c.plateau_patience, min_lr=c.min_lr
             )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": "val_mae"},
-            }
+            if getattr(self, "_plateau_state", None) is not None:
+                self.plateau.load_state_dict(self._plateau_state)
+            return optimizer
         if c.scheduler == "cyclic":
             half = max(c.cyclic_period * self.steps_per_epoch // 2, 1)
             scheduler = torch.optim.lr_scheduler.CyclicLR(

@@ -1,0 +1,208 @@
+"""train / finetune / compare / predict / embed / evaluate / models from the command line,
+end to end on small real subsets."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from tlmat.cli import app
+
+runner = CliRunner()
+QUICK = ["--epochs", "2", "--batch-size", "16"]
+
+
+def run(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def small_perov(data: Path, tmp_path_factory) -> Path:
+    """60 real Castelli perovskites as a CSV with a CIF column."""
+    from tlmat.io import read_records, write_csv
+
+    path = tmp_path_factory.mktemp("data") / "perov60.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "command", ["train", "finetune", "compare", "predict", "embed", "evaluate", "models"]
+)
+def test_help_has_a_real_example(command: str) -> None:
+    output = run([command, "--help"])
+    assert "Example" in output
+
+
+def test_train_then_evaluate_predict_embed(small_perov: Path, tmp_path: Path) -> None:
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out = run(
+        [
+            "train",
+            str(small_perov),
+            "-t",
+            "heat_ref",
+            "--unit",
+            "eV/cell",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--n-conv",
+            "2",
+            *QUICK,
+            *cache,
+        ]
+    )
+    assert "scratch" in out and "s/epoch" in out
+    model = tmp_path / "run" / "model.pt"
+    assert json.loads((tmp_path / "run" / "test_metrics.json").read_text())["n"] == 6
+
+    out = run(
+        [
+            "evaluate",
+            str(model),
+            str(small_perov),
+            "-t",
+            "heat_ref",
+            "-o",
+            str(tmp_path / "eval.csv"),
+            *cache,
+        ]
+    )
+    assert "MAE" in out
+    rows = list(csv.DictReader((tmp_path / "eval.csv").open()))
+    assert list(rows[0]) == ["id", "true", "predicted", "error"] and len(rows) == 60
+
+    run(["predict", str(model), str(small_perov), "-o", str(tmp_path / "pred.csv"), *cache])
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert list(pred.columns) == ["id", "heat_ref (eV/cell)"] and len(pred) == 60
+    np.testing.assert_allclose(
+        pred["heat_ref (eV/cell)"], [float(r["predicted"]) for r in rows], rtol=1e-5
+    )
+
+    run(["embed", str(model), str(small_perov), "-o", str(tmp_path / "emb.parquet"), *cache])
+    emb = pd.read_parquet(tmp_path / "emb.parquet")
+    assert emb.shape == (60, 1 + 128) and emb.columns[0] == "id"
+    run(
+        ["embed", str(model), str(small_perov), "-o", str(tmp_path / "emb.npz"), "--layers", *cache]
+    )
+    with np.load(tmp_path / "emb.npz") as npz:
+        assert npz["embeddings"].shape == (60, 64 * 3 + 128)
+
+
+def test_predict_with_original_cgcnn_file_and_never_overwrites(data: Path, tmp_path) -> None:
+    original = data / "cgcnn_pretrained" / "pre-trained" / "band-gap.pth.tar"
+    out_file = tmp_path / "gaps.csv"
+    run(
+        [
+            "predict",
+            str(original),
+            str(data / "cgcnn_sample_regression"),
+            "-o",
+            str(out_file),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert list(pd.read_csv(out_file).columns) == ["id", "band_gap"]
+    out_file.write_text("mine\n")
+    result = runner.invoke(
+        app, ["predict", str(original), str(data / "cgcnn_sample_regression"), "-o", str(out_file)]
+    )
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert out_file.read_text() == "mine\n"
+
+
+def test_finetune_reports_zero_shot(small_perov: Path, tmp_path: Path) -> None:
+    out = run(
+        [
+            "finetune",
+            str(small_perov),
+            "-t",
+            "heat_ref",
+            "--strategy",
+            "freeze-first-k",
+            "--freeze-k",
+            "2",
+            "--run-dir",
+            str(tmp_path / "ft"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *QUICK,
+        ]
+    )
+    assert "zero-shot" in out and "freeze-first-2" in out
+    manifest = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert manifest["strategy"]["freeze"] == ["embedding", "interactions.0", "interactions.1"]
+    assert manifest["provenance"]["name"] == "cgcnn/formation-energy-per-atom"
+
+
+def test_finetune_with_yaml_config(small_perov: Path, tmp_path: Path) -> None:
+    config = tmp_path / "ft.yaml"
+    config.write_text("epochs: 1\nlr: 0.0005\noptimizer: adamw\nscheduler: cyclic\n")
+    run(
+        [
+            "finetune",
+            str(small_perov),
+            "-t",
+            "heat_ref",
+            "--config",
+            str(config),
+            "--run-dir",
+            str(tmp_path / "ft"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    saved = json.loads((tmp_path / "ft" / "run.json").read_text())["command_config"]
+    assert saved["optimizer"] == "adamw" and saved["lr"] == 0.0005 and saved["epochs"] == 1
+
+
+def test_compare_prints_every_method(small_perov: Path, tmp_path: Path) -> None:
+    out = run(
+        [
+            "compare",
+            str(small_perov),
+            "-t",
+            "heat_ref",
+            "--strategies",
+            "scratch,full,head-only,features+rf",
+            "--run-dir",
+            str(tmp_path / "cmp"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *QUICK,
+        ]
+    )
+    for method in ("zero-shot", "zero-shot+linear", "scratch", "full", "head-only", "features+rf"):
+        assert method in out
+    table = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert set(table) == {
+        "zero-shot",
+        "zero-shot+linear",
+        "scratch",
+        "full",
+        "head-only",
+        "features+rf",
+    }
+
+
+def test_models_lists_the_cgcnn_checkpoints() -> None:
+    out = run(["models"])
+    assert "cgcnn/formation-energy-per-atom" in out and "weights_only=True" in out
+
+
+def test_errors_are_clear(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["finetune", "no/such/data", "-t", "x", "--run-dir", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1 and "no such file" in result.output
+    result = runner.invoke(app, ["predict", "not-a-model", str(tmp_path)])
+    assert result.exit_code == 1 and "registered model" in result.output

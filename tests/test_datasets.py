@@ -1,0 +1,71 @@
+"""Registered files: local copy first, else a checked download into the cache; offline
+without a copy, a clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tlmat import datasets
+from tlmat.datasets import REGISTRY, RemoteFile, fetch, resolve, sha256sum
+
+
+def test_local_copy_is_used_and_verified(data: Path) -> None:
+    path = fetch("cgcnn/formation-energy-per-atom")
+    assert path == data / "cgcnn_pretrained" / "pre-trained" / "formation-energy-per-atom.pth.tar"
+    assert sha256sum(path) == REGISTRY["cgcnn/formation-energy-per-atom"].sha256
+
+
+def test_download_is_checked_and_cached(data: Path, tmp_path: Path, monkeypatch) -> None:
+    real = data / "cgcnn_sample_regression" / "atom_init.json"
+    entry = REGISTRY["cgcnn/atom_init.json"]
+    monkeypatch.setenv("TLMAT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("TLMAT_CACHE_DIR", str(tmp_path / "cache"))
+    # the real download code, pointed at a file:// URL because CI has no internet
+    monkeypatch.setitem(
+        REGISTRY, "cgcnn/atom_init.json", RemoteFile(real.as_uri(), entry.sha256, entry.local)
+    )
+    path = fetch("cgcnn/atom_init.json")
+    assert path.parent == tmp_path / "cache" / "downloads"
+    assert path.read_bytes() == real.read_bytes()
+    real_bytes = path.read_bytes()
+    assert fetch("cgcnn/atom_init.json") == path and path.read_bytes() == real_bytes
+
+    monkeypatch.setitem(
+        REGISTRY, "cgcnn/atom_init.json", RemoteFile(real.as_uri(), "0" * 64, entry.local)
+    )
+    path.unlink()
+    with pytest.raises(ValueError, match="do not match the published checksum"):
+        fetch("cgcnn/atom_init.json")
+    assert not path.exists()
+
+
+def test_offline_without_local_copy_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TLMAT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("TLMAT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(
+        REGISTRY,
+        "perov_5/test",
+        RemoteFile("http://127.0.0.1:9/perov_5/test.csv", None, "perov_5/test.csv.gz"),
+    )
+    with pytest.raises(FileNotFoundError, match="are you offline"):
+        fetch("perov_5/test", timeout=2)
+
+
+def test_tampered_local_copy_is_refused(data: Path, tmp_path: Path, monkeypatch) -> None:
+    copy = tmp_path / "cgcnn_sample_regression" / "atom_init.json"
+    copy.parent.mkdir()
+    copy.write_text((data / "cgcnn_sample_regression" / "atom_init.json").read_text() + " ")
+    monkeypatch.setenv("TLMAT_DATA_DIR", str(tmp_path))
+    with pytest.raises(ValueError, match="checksum differs"):
+        fetch("cgcnn/atom_init.json")
+
+
+def test_resolve_names_and_paths(data: Path, tmp_path: Path) -> None:
+    assert resolve("perov_5/test") == data / "perov_5" / "test.csv.gz"
+    assert resolve(tmp_path) == tmp_path
+    with pytest.raises(FileNotFoundError, match="not a registered name"):
+        resolve("perov_6/test")
+    with pytest.raises(KeyError, match="unknown file"):
+        datasets.fetch("nope")

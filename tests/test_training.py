@@ -1,0 +1,174 @@
+"""Training on real structures: it learns, it resumes exactly, it records what it did."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tlmat.data import load_dataset, random_split
+from tlmat.graphs import GraphSettings
+from tlmat.models import CGCNNConfig, TargetSpec, TrainedModel, build_cgcnn, load_checkpoint
+from tlmat.models.atom_features import load_atom_init
+from tlmat.training import RunExistsError, TrainConfig, fit, predict
+
+
+@pytest.fixture(scope="module")
+def perovskites(data: Path, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return load_dataset(
+        data / "perov_5" / "val.csv.gz",
+        GraphSettings.preset("cgcnn"),
+        ["heat_ref"],
+        cache_dir=cache,
+        limit=120,
+    )
+
+
+def small_cgcnn(seed: int = 0) -> TrainedModel:
+    torch.manual_seed(seed)
+    config = CGCNNConfig(atom_fea_len=32, n_conv=2, h_fea_len=32)
+    return TrainedModel(build_cgcnn(config, load_atom_init()), TargetSpec())
+
+
+def quick(**overrides) -> TrainConfig:
+    base = dict(
+        target="heat_ref",
+        unit="eV/cell",
+        epochs=4,
+        batch_size=16,
+        progress_bar=False,
+        early_stopping_patience=None,
+        scheduler="none",
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_overfits_fifty_real_structures(perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (50, 0, 0), seed=0)
+    split.val = split.train  # judge on the training structures themselves
+    fit(
+        small_cgcnn(),
+        perovskites,
+        split,
+        quick(epochs=100, lr=1e-2, batch_size=50),
+        tmp_path / "run",
+    )
+    losses = pd.read_csv(tmp_path / "run" / "metrics.csv")["train_loss"].dropna().to_numpy()
+    assert losses[0] / losses[-5:].min() > 10, losses[[0, -1]]
+
+
+def test_run_folder_records_everything(perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (60, 20, 40), seed=1)
+    result = fit(small_cgcnn(), perovskites, split, quick(seed=1), tmp_path / "run")
+    run = tmp_path / "run"
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["seed"] == 1 and manifest["command_config"]["target"] == "heat_ref"
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert manifest["data"] == {
+        "source": perovskites.source,
+        "n_train": 60,
+        "n_val": 20,
+        "n_test": 40,
+    }
+    saved = json.loads((run / "split.json").read_text())
+    assert saved["test"] == [perovskites.ids[i] for i in split.test]
+    assert (run / "checkpoints" / "last.ckpt").exists() and (run / "model.pt").exists()
+    # the checkpoint alone reproduces the predictions
+    loaded = load_checkpoint(run / "model.pt")
+    np.testing.assert_allclose(
+        predict(loaded, perovskites, split.test),
+        predict(result.trained, perovskites, split.test),
+        rtol=1e-6,
+    )
+    assert loaded.target.name == "heat_ref" and loaded.target.unit == "eV/cell"
+    assert loaded.target.mean == pytest.approx(perovskites.targets["heat_ref"][split.train].mean())
+
+
+def test_same_seed_same_numbers(perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (60, 20, 40), seed=2)
+    a = fit(small_cgcnn(), perovskites, split, quick(seed=3), tmp_path / "a")
+    b = fit(small_cgcnn(), perovskites, split, quick(seed=3), tmp_path / "b")
+    assert a.best_val_mae == b.best_val_mae
+
+
+def test_resume_equals_uninterrupted(perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (60, 20, 40), seed=4)
+    config = quick(epochs=6, scheduler="plateau", plateau_patience=1)
+    whole = fit(small_cgcnn(), perovskites, split, config, tmp_path / "whole")
+
+    # "interrupt" after 3 epochs: keep only the last checkpoint, as a killed run would
+    fit(
+        small_cgcnn(), perovskites, split, config.model_copy(update={"epochs": 3}), tmp_path / "cut"
+    )
+    for name in ("model.pt", "run.json"):
+        (tmp_path / "cut" / name).unlink()
+    resumed = fit(small_cgcnn(seed=99), perovskites, split, config, tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["resumed"] is True
+    assert resumed.epochs == whole.epochs == 6
+    for key, value in whole.trained.model.state_dict().items():
+        torch.testing.assert_close(
+            resumed.trained.model.state_dict()[key], value, rtol=0, atol=0, msg=key
+        )
+
+
+def test_finished_run_is_not_overwritten(perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    fit(small_cgcnn(), perovskites, split, quick(epochs=1), tmp_path / "run")
+    before = (tmp_path / "run" / "model.pt").read_bytes()
+    with pytest.raises(RunExistsError, match="finished run"):
+        fit(small_cgcnn(), perovskites, split, quick(epochs=1), tmp_path / "run")
+    assert (tmp_path / "run" / "model.pt").read_bytes() == before
+    fit(small_cgcnn(), perovskites, split, quick(epochs=1), tmp_path / "run", overwrite=True)
+
+
+@pytest.mark.parametrize("normalization", ["standard", "tanh", "none"])
+@pytest.mark.parametrize("log10", [False, True])
+def test_target_normalisation_round_trips(normalization: str, log10: bool) -> None:
+    k_vrh = np.array([4.0, 60.0, 117.0, 250.0, 401.0])  # GPa, the range of mp_elasticity_3k
+    spec = TargetSpec(name="K_VRH", log10=log10, normalization=normalization).fit(k_vrh)
+    y = torch.tensor(k_vrh, dtype=torch.float64)
+    torch.testing.assert_close(spec.decode(spec.encode(y)), y, rtol=1e-6, atol=1e-6)
+    if normalization == "tanh":  # Lee & Asahi eq. 6 maps into (0, 1) around 1/2
+        assert bool(((spec.encode(y) > 0) & (spec.encode(y) < 1)).all())
+
+
+def test_cyclic_schedule_and_sgd_run(perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    result = fit(
+        small_cgcnn(),
+        perovskites,
+        split,
+        quick(
+            epochs=2,
+            optimizer="sgd",
+            scheduler="cyclic",
+            cyclic_period=2,
+            loss="mse",
+            weight_decay=1e-3,
+        ),
+        tmp_path / "run",
+    )
+    assert np.isfinite(result.best_val_mae)
+
+
+def test_yaml_config_equals_flags(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text("target: heat_ref\nlr: 0.0001\nweight_decay: 0.001\nscheduler: plateau\n")
+    config = TrainConfig.from_yaml(path, epochs=7)
+    assert config == TrainConfig(target="heat_ref", lr=1e-4, weight_decay=1e-3, epochs=7)
+    path.write_text("target: heat_ref\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_yaml(path)
+
+
+def test_copying_a_run_folder_keeps_it_loadable(perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    fit(small_cgcnn(), perovskites, split, quick(epochs=1), tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "moved")
+    assert load_checkpoint(tmp_path / "moved" / "model.pt").model.config.n_conv == 2

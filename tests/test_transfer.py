@@ -1,0 +1,179 @@
+"""Transfer strategies freeze exactly what they say; fine-tuning has safe defaults."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tlmat.data import load_dataset, random_split
+from tlmat.graphs import GraphSettings
+from tlmat.training import TrainConfig, fit
+from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups
+from tlmat.transfer.features import extract_features
+from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+
+GROUPS = [
+    "embedding",
+    "interactions.0",
+    "interactions.1",
+    "interactions.2",
+    "interactions.3",
+    "readout",
+    "head",
+]
+
+
+@pytest.fixture(scope="module")
+def source():
+    return load_source("cgcnn/formation-energy-per-atom")
+
+
+@pytest.fixture(scope="module")
+def perovskites(data: Path, tmp_path_factory):
+    return load_dataset(
+        data / "perov_5" / "val.csv.gz",
+        GraphSettings.preset("cgcnn"),
+        ["heat_ref"],
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        limit=90,
+    )
+
+
+def test_groups_are_named_in_forward_order(source) -> None:
+    assert list(source.model.groups()) == GROUPS
+
+
+@pytest.mark.parametrize(
+    ("name", "frozen"),
+    [
+        ("full", []),
+        ("scratch", []),
+        ("freeze-embedding", ["embedding"]),
+        ("head-only", GROUPS[:-1]),
+        ("freeze-first-k", ["embedding", "interactions.0"]),
+        ("discriminative", []),
+    ],
+)
+def test_strategy_freezes_exactly_its_groups(name, frozen, source, perovskites) -> None:
+    model = copy.deepcopy(source.model)
+    strategy = preset(name, k=1)
+    groups = apply_strategy(model, strategy, lr=1e-2)
+    assert trainable_groups(model) == [g for g in GROUPS if g not in frozen]
+    for group_name, module in model.groups().items():
+        assert all(p.requires_grad == (group_name not in frozen) for p in module.parameters())
+
+    # one real optimisation step on real structures
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    keep_frozen_in_eval(model)
+    optimizer = torch.optim.Adam(groups)
+    batch = perovskites.batch(list(range(32)), "heat_ref")
+    loss = (model(batch).squeeze(-1) - batch.y).abs().mean()
+    loss.backward()
+    optimizer.step()
+    after = model.state_dict()
+    for group_name, module in model.groups().items():
+        prefix = next(k for k, v in model.named_modules() if v is module)
+        keys = [k for k in before if k.startswith(prefix + ".")]
+        changed = any(not torch.equal(before[k], after[k]) for k in keys)
+        if group_name in frozen:  # weights and batch-norm statistics bit-identical
+            assert not changed, group_name
+        else:
+            assert changed, group_name
+
+
+def test_discriminative_learning_rates(source) -> None:
+    model = copy.deepcopy(source.model)
+    groups = apply_strategy(model, preset("discriminative", backbone_lr_factor=0.1), lr=1e-3)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["head"] == pytest.approx(1e-3)
+    assert all(lrs[g] == pytest.approx(1e-4) for g in GROUPS[:-1])
+
+
+def test_unknown_group_is_an_error(source) -> None:
+    from tlmat.transfer import Strategy
+
+    with pytest.raises(ValueError, match="no parameter group 'convs'"):
+        apply_strategy(copy.deepcopy(source.model), Strategy(freeze=("convs",)), lr=1e-3)
+
+
+def test_finetune_safe_defaults(source, perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (40, 20, 30), seed=0)
+    config = TrainConfig(
+        target="heat_ref", epochs=2, progress_bar=False, early_stopping_patience=None
+    )
+    original_head = source.model.head.out.weight.clone()
+    result = run_strategy("full", source, perovskites, split, config, tmp_path / "full")
+    manifest = json.loads((tmp_path / "full" / "run.json").read_text())
+    # new target → new head; the source itself is untouched
+    assert manifest["strategy"]["reinit_head"] is True
+    assert torch.equal(source.model.head.out.weight, original_head)
+    # normaliser refitted on the target's training split, not the source's E_f statistics
+    y = perovskites.targets["heat_ref"][split.train]
+    assert manifest["target"]["mean"] == pytest.approx(y.mean())
+    assert manifest["target"]["mean"] != pytest.approx(source.target.mean)
+    # training starts afresh: epoch counter from 0, not the source's 968
+    assert manifest["epochs"] == 2 and result.epochs == 2
+    assert manifest["provenance"]["source_epoch"] == 968
+
+    kept = run_strategy(
+        "full", source, perovskites, split, config, tmp_path / "kept", keep_head=True
+    )
+    assert (
+        json.loads((tmp_path / "kept" / "run.json").read_text())["strategy"]["reinit_head"] is False
+    )
+    assert np.isfinite(kept.test["mae"])
+
+
+def test_zero_shot_and_linear_recalibration(source, perovskites) -> None:
+    split = random_split(len(perovskites), (40, 20, 30), seed=0)
+    scores = zero_shot(source, perovskites, split, "heat_ref")
+    # eV/atom predictions against eV/cell targets: recalibration must help
+    assert scores["zero-shot+linear"]["mae"] < scores["zero-shot"]["mae"]
+
+
+@pytest.mark.parametrize("kind", ["embedding", "layers"])
+def test_feature_extraction_shapes(kind, source, perovskites) -> None:
+    features = extract_features(source, perovskites, list(range(10)), kind)
+    assert features.shape == (10, 32 if kind == "embedding" else 64 * 5 + 32)
+    again = extract_features(source, perovskites, list(range(10)), kind)
+    np.testing.assert_array_equal(features, again)
+
+
+@pytest.mark.parametrize("name", ["features+rf", "features+mlp"])
+def test_feature_strategies_run(name, source, perovskites, tmp_path: Path) -> None:
+    split = random_split(len(perovskites), (40, 20, 30), seed=0)
+    config = TrainConfig(target="heat_ref", epochs=5, early_stopping_patience=3)
+    result = run_strategy(name, source, perovskites, split, config, tmp_path / name)
+    assert result.predictions.shape == (30,) and np.isfinite(result.test["mae"])
+    assert json.loads((tmp_path / name / "result.json").read_text())["strategy"] == name
+
+
+def test_frozen_groups_stay_in_eval_mode(source) -> None:
+    model = copy.deepcopy(source.model)
+    apply_strategy(model, preset("freeze-first-k", k=1), lr=1e-3)
+    model.train()
+    keep_frozen_in_eval(model)  # what the training module does at every epoch start
+    assert not model.backbone.convs[0].bn1.training  # frozen: statistics stay the source's
+    assert model.backbone.convs[1].bn1.training
+
+
+def test_fit_rejects_strategy_that_trains_nothing(source, perovskites, tmp_path) -> None:
+    from tlmat.transfer import Strategy
+
+    split = random_split(len(perovskites), (40, 20, 30), seed=0)
+    everything = Strategy(name="frozen", freeze=tuple(GROUPS))
+    with pytest.raises(ValueError, match="nothing to train"):
+        fit(
+            copy.deepcopy(source),
+            perovskites,
+            split,
+            TrainConfig(target="heat_ref"),
+            tmp_path / "x",
+            everything,
+        )
