@@ -75,3 +75,25 @@ def test_cache_rejects_bad_settings(data: Path, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 1 and "cutoff" in result.output
+
+
+def test_info_exports_the_cleaned_dataset(cgcnn_folder: Path, tmp_path: Path) -> None:
+    (cgcnn_folder / "1000050.cif").write_text("not a cif")
+    out = tmp_path / "clean.extxyz"
+    result = runner.invoke(app, ["info", str(cgcnn_folder), "--export", str(out)])
+    assert result.exit_code == 0 and "9 cleaned structures" in result.output
+    from tlmat.io import read_records
+
+    assert [r.id for r in read_records(out)] == [
+        "1000041",
+        "1101051",
+        "1507756",
+        "7206075",
+        "9000046",
+        "9009743",
+        "9011050",
+        "9011998",
+        "9012304",
+    ]
+    again = runner.invoke(app, ["info", str(cgcnn_folder), "--export", str(out)])
+    assert again.exit_code == 1 and "overwrite" in again.output

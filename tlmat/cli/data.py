@@ -9,26 +9,29 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from pymatgen.core import Element
 from rich.table import Table
 
 from tlmat.cli.common import (
     CacheDir,
     Disorder,
+    Overwrite,
     Strict,
     Targets,
     console,
     fail,
     skipped_table,
 )
-from tlmat.io import InputError, ReadResult, read_records
+from tlmat.io import InputError, ReadResult, read_records, write_csv, write_extxyz
 
 
 def summarise(result: ReadResult) -> list[Table]:
     """Rich tables describing a dataset: structures, elements, targets, skipped rows."""
     records = result.records
     sites = np.array([len(r.structure) for r in records])
-    elements = Counter(el for r in records for el in r.structure.composition.elements)
+    # species may carry oxidation states (COD CIFs: "Na+"); list their elements
+    elements = Counter(
+        getattr(el, "element", el) for r in records for el in r.structure.composition.elements
+    )
     periodic = sum(r.periodic for r in records)
 
     overview = Table(title=f"{result.source}", title_justify="left", show_header=False)
@@ -41,7 +44,7 @@ def summarise(result: ReadResult) -> list[Table]:
         "sites per cell (min / median / max)",
         f"{sites.min()} / {np.median(sites):g} / {sites.max()}",
     )
-    ordered = sorted(elements, key=lambda e: Element(str(e)).Z)
+    ordered = sorted(elements, key=lambda e: e.Z)
     overview.add_row(f"elements ({len(ordered)})", " ".join(str(e) for e in ordered))
     tables = [overview]
 
@@ -75,6 +78,11 @@ def info(
     skipped_csv: Annotated[
         Path | None, typer.Option(help="Write every skipped item with its reason here.")
     ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(help="Write the cleaned dataset: .extxyz/.xyz, or .csv (with a CIF column)."),
+    ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Summarise a dataset: count, elements, sites per cell, target statistics, skipped
     rows by reason.
@@ -86,6 +94,8 @@ def info(
     Example:
 
         tlmat info ../shared/data/perov_5/test.csv.gz --target heat_ref
+
+        tlmat info my_cifs/ --disorder majority --export clean.extxyz
     """
     try:
         result = read_records(
@@ -98,6 +108,13 @@ def info(
     if skipped_csv is not None:
         result.log.write_csv(skipped_csv)
         console.print(f"skipped items written to {skipped_csv}")
+    if export is not None:
+        writer = write_csv if export.suffix == ".csv" else write_extxyz
+        try:
+            n = writer(result.records, export, overwrite=overwrite)
+        except FileExistsError as error:
+            fail(str(error))
+        console.print(f"{n} cleaned structures written to {export}")
 
 
 def cache(

@@ -26,7 +26,12 @@ def write_extxyz(records: Iterable[Record], path: str | Path, *, overwrite: bool
     _refuse_overwrite(path, overwrite)
     frames = []
     for record in records:
-        atoms = AseAtomsAdaptor.get_atoms(record.structure)
+        structure = record.structure
+        if any(getattr(sp, "oxi_state", None) for sp in structure.composition):
+            # ASE has no oxidation states (COD CIFs give "Na+"): write the elements
+            structure = structure.copy()
+            structure.remove_oxidation_states()
+        atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms.info = {"id": record.id}
         for name, value in record.targets.items():
             atoms.info[name] = np.asarray(value) if np.ndim(value) else float(value)
