@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,10 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from tlmat.graphs.cache import CachedGraphs, GraphCache, structure_key
+from tlmat.graphs.cache import CachedGraphs, GraphCache
 from tlmat.graphs.data import CrystalGraph
 from tlmat.graphs.settings import GraphSettings
-from tlmat.io.readers import read_records
+from tlmat.io.readers import iter_records
 from tlmat.io.records import InputError, Problem, ProblemLog, Reason
 
 #: Bumped when the manifest layout changes.
@@ -143,6 +144,7 @@ def load_dataset(
     elements: Collection[int] | None = None,
     workers: int = 1,
     progress: bool = False,
+    chunk_size: int = 20_000,
     **read_options: Any,
 ) -> GraphDataset:
     """Read a structure source and return its graphs, through the on-disk cache.
@@ -172,31 +174,48 @@ def load_dataset(
         cached.source = str(path)
         return cached
 
-    result = read_records(
+    # Stream: parse, check and build a chunk at a time, keeping only ids, formulas,
+    # targets and cache entries, so that no dataset has to fit in memory as structures.
+    log = ProblemLog(strict=strict)
+    records = iter_records(
         path,
         targets,
-        strict=strict,
+        log=log,
         disorder=disorder,
         workers=workers,
         progress=progress,
         **read_options,
     )
-    log = result.log
-    graphs = cache.graphs(result.records, log, elements, workers, progress=progress)
-    kept = [result.records[i] for i in graphs.source_index]
-    if not kept:
-        raise InputError(f"{path}: no structure has a usable graph ({log.summary()})")
-    log.n_ok = len(kept)
-    names = result.target_names
+    ids: list[str] = []
+    formulas: list[str] = []
+    keys: list[str] = []
+    entries: list[tuple[str, int, int]] = []
+    values: list[dict[str, Any]] = []
+    while chunk := list(islice(records, chunk_size)):
+        graphs = cache.graphs(chunk, log, elements, workers)
+        for position, entry, key in zip(
+            graphs.source_index, graphs.entries, graphs.keys, strict=True
+        ):
+            record = chunk[position]
+            ids.append(record.id)
+            formulas.append(record.formula)
+            keys.append(key)
+            entries.append(entry)
+            values.append(record.targets)
+    if not ids:
+        what = "could be read" if log.n_ok == 0 else "has a usable graph"
+        raise InputError(f"{path}: no structure {what} ({log.summary()})")
+    log.n_ok = len(ids)
+    names = list(dict.fromkeys(name for row in values for name in row))
     dataset = GraphDataset(
-        graphs,
-        [r.id for r in kept],
-        [r.formula for r in kept],
-        {n: _targets_array([r.targets.get(n, np.nan) for r in kept], n) for n in names},
+        CachedGraphs(cache, entries),
+        ids,
+        formulas,
+        {n: _targets_array([row.get(n, np.nan) for row in values], n) for n in names},
         log,
         str(path),
     )
-    _write_manifest(manifest_dir, dataset, [structure_key(r.structure) for r in kept])
+    _write_manifest(manifest_dir, dataset, keys)
     return dataset
 
 

@@ -298,7 +298,7 @@ class GraphCache:
         kept = [i for i, k in enumerate(keys) if k in entries]
         if elements is not None:  # cached graphs were built without this vocabulary check
             kept = [i for i in kept if self._known(entries[keys[i]], elements, records[i], log)]
-        return CachedGraphs(self, [entries[keys[i]] for i in kept], kept)
+        return CachedGraphs(self, [entries[keys[i]] for i in kept], kept, [keys[i] for i in kept])
 
     def _known(self, entry, elements, record, log) -> bool:
         graph = self._shard(entry[0]).get(entry[1], copy=False)
@@ -324,9 +324,12 @@ class CachedGraphs(Sequence[CrystalGraph]):
         cache: GraphCache,
         entries: list[tuple[str, int, int]],
         source_index: list[int] | None = None,
+        keys: list[str] | None = None,
     ):
         self.cache = cache
         self.entries = entries
+        #: structure content key of each graph (when known)
+        self.keys = keys
         #: position of each graph's record in the input (records without a graph skipped)
         self.source_index = source_index if source_index is not None else list(range(len(entries)))
 

@@ -105,6 +105,29 @@ def check_items(
             pool.shutdown(cancel_futures=True)
 
 
+def iter_records(
+    path: str | Path,
+    targets: Sequence[str] | None = None,
+    *,
+    log: ProblemLog,
+    disorder: DisorderPolicy = "skip",
+    min_distance: float = CheckOptions.min_distance,
+    structure_column: str | None = None,
+    id_column: str | None = None,
+    limit: int | None = None,
+    workers: int = 1,
+    progress: bool = False,
+) -> Iterator[Record]:
+    """Checked records one at a time (for datasets that should not sit in memory as
+    Python objects); faults go to ``log``. Options as in :func:`read_records`."""
+    options = CheckOptions(disorder, min_distance, tuple(targets) if targets is not None else None)
+    items = iter_raw(path, targets, structure_column, id_column)
+    if limit is not None:
+        items = islice(items, limit)
+    checked = check_items(items, options, log, workers)
+    yield from track(checked, f"reading {Path(path).name}", limit, enabled=progress)
+
+
 def read_records(
     path: str | Path,
     targets: Sequence[str] | None = None,
@@ -132,13 +155,21 @@ def read_records(
         >>> result = read_records("perov_5/test.csv.gz", targets=["heat_ref"])
         >>> print(result.log.summary())
     """
-    options = CheckOptions(disorder, min_distance, tuple(targets) if targets is not None else None)
     log = ProblemLog(strict=strict)
-    items = iter_raw(path, targets, structure_column, id_column)
-    if limit is not None:
-        items = islice(items, limit)
-    checked = check_items(items, options, log, workers)
-    records = list(track(checked, f"reading {Path(path).name}", limit, enabled=progress))
+    records = list(
+        iter_records(
+            path,
+            targets,
+            log=log,
+            disorder=disorder,
+            min_distance=min_distance,
+            structure_column=structure_column,
+            id_column=id_column,
+            limit=limit,
+            workers=workers,
+            progress=progress,
+        )
+    )
     if not records and log.problems:
         raise InputError(f"{path}: no structure could be read ({log.summary()})")
     logger.info("%s: %s", path, log.summary())
