@@ -8,15 +8,33 @@ from tlmat.data.dataset import (
     source_fingerprint,
 )
 from tlmat.data.loader import GraphLoader
-from tlmat.data.splits import Split, random_split, subsample
+from tlmat.data.splits import (
+    MATBENCH_SEED,
+    Split,
+    composition_disjoint,
+    disjoint_subsplits,
+    extrapolation_split,
+    kfold_splits,
+    learning_curve_subsets,
+    matbench_folds,
+    random_split,
+    subsample,
+)
 
 __all__ = [
+    "MATBENCH_SEED",
     "GraphDataset",
     "GraphLoader",
     "Split",
+    "composition_disjoint",
     "concat",
     "default_cache_dir",
+    "disjoint_subsplits",
+    "extrapolation_split",
+    "kfold_splits",
+    "learning_curve_subsets",
     "load_dataset",
+    "matbench_folds",
     "random_split",
     "source_fingerprint",
     "subsample",

@@ -65,3 +65,140 @@ def subsample(indices: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     if size > len(indices):
         raise ValueError(f"asked for {size} items, only {len(indices)} available")
     return np.asarray(indices)[np.random.default_rng(seed).permutation(len(indices))[:size]]
+
+
+def _unique_indices(indices, name: str = "indices") -> np.ndarray:
+    array = np.asarray(indices)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if len(np.unique(array)) != len(array):
+        # Repeated positions would put one structure in two "disjoint" subsets.
+        raise ValueError(f"{name} contains repeated entries")
+    return array
+
+
+def _take_val(rest: np.ndarray, val_fraction: float, rng: np.random.Generator) -> Split:
+    """Train/val from the non-test positions ``rest``: ``val_fraction`` of them, drawn with
+    ``rng`` (test left empty for the caller to fill)."""
+    order = rest[rng.permutation(len(rest))]
+    n_val = round(val_fraction * len(rest))
+    empty = np.empty(0, dtype=np.int64)
+    return Split(np.sort(order[n_val:]), np.sort(order[:n_val]), empty)
+
+
+def _check_fraction(value: float, name: str, allow_zero: bool = True) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value < 1):
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"{name} must lie in {interval}, got {value}")
+
+
+def kfold_splits(n: int, k: int, seed: int, val_fraction: float = 0.1) -> list[Split]:
+    """``k`` seeded folds of ``range(n)``: fold ``i`` is the test set of split ``i``, and
+    ``val_fraction`` of the remaining positions (seeded) is its validation set. The test
+    sets partition ``range(n)``; their sizes differ by at most one. Gupta et al., Nat.
+    Commun. 12, 6595 (2021) used ``k = 9``."""
+    if not 2 <= k <= n:
+        raise ValueError(f"need 2 <= k <= n, got k={k} for n={n}")
+    _check_fraction(val_fraction, "val_fraction")
+    rng = np.random.default_rng(seed)
+    folds = np.array_split(rng.permutation(n).astype(np.int64), k)
+    splits = []
+    for i, fold in enumerate(folds):
+        rest = np.concatenate([f for j, f in enumerate(folds) if j != i])
+        split = _take_val(rest, val_fraction, rng)
+        split.test = np.sort(fold)
+        splits.append(split)
+    return splits
+
+
+#: Seed of the Matbench v0.1 regression folds (Dunn et al., npj Comput. Mater. 6, 138 (2020)).
+MATBENCH_SEED = 18012019
+
+
+def matbench_folds(n: int) -> list[Split]:
+    """The 5 folds of Matbench v0.1 for a regression task of ``n`` entries in its shipped
+    row order: ``KFold(n_splits=5, shuffle=True, random_state=18012019)`` (Dunn et al.
+    2020). Test = the fold, train = the rest, val empty (Matbench leaves validation to the
+    model). Classification tasks use a stratified split instead and are not covered."""
+    from sklearn.model_selection import KFold  # sklearn is slow to import; only needed here
+
+    if n < 5:
+        raise ValueError(f"Matbench's 5-fold split needs at least 5 entries, got {n}")
+    kfold = KFold(n_splits=5, shuffle=True, random_state=MATBENCH_SEED)
+    empty = np.empty(0, dtype=np.int64)
+    return [
+        Split(train.astype(np.int64), empty.copy(), test.astype(np.int64))
+        for train, test in kfold.split(np.arange(n))
+    ]
+
+
+def extrapolation_split(
+    values, fraction: float = 0.1, val_fraction: float = 0.1, seed: int = 0
+) -> Split:
+    """Extrapolation test (Gupta et al. 2021): the test set is the ``fraction`` of entries
+    with the lowest target ``values`` (ties at the cut-off go to the earlier position); the
+    rest is split into train and ``val_fraction`` validation, seeded. The model never sees
+    a target as low as the test targets."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) < 2:
+        raise ValueError(f"values must be a 1-D sequence of at least 2, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("values contains non-finite targets (NaN or inf)")
+    _check_fraction(fraction, "fraction", allow_zero=False)
+    _check_fraction(val_fraction, "val_fraction")
+    n_test = max(1, round(fraction * len(values)))
+    order = np.argsort(values, kind="stable").astype(np.int64)
+    split = _take_val(order[n_test:], val_fraction, np.random.default_rng(seed))
+    split.test = np.sort(order[:n_test])
+    return split
+
+
+def composition_disjoint(
+    source_formulas: Sequence[str], target_formulas: Sequence[str]
+) -> np.ndarray:
+    """Boolean mask over the source, ``True`` where the entry's reduced formula does not
+    occur in the target, so pretraining never sees a target composition (Krawczuk &
+    Venturi). Formulas are normalised with pymatgen, so ``"Fe2O3"``, ``"O3Fe2"`` and
+    ``"Fe4O6"`` are one composition."""
+    from pymatgen.core import Composition
+
+    reduced: dict[str, str] = {}
+
+    def normalise(formula: str) -> str:
+        # Many entries share a formula (polymorphs); parse each spelling once.
+        if formula not in reduced:
+            try:
+                reduced[formula] = Composition(formula).reduced_formula
+            except Exception as error:  # pymatgen raises several types for bad input
+                raise ValueError(f"cannot parse formula {formula!r}: {error}") from error
+        return reduced[formula]
+
+    excluded = {normalise(f) for f in target_formulas}
+    return np.array([normalise(f) not in excluded for f in source_formulas], dtype=bool)
+
+
+def disjoint_subsplits(indices, size: int, seed: int) -> list[np.ndarray]:
+    """``len(indices) // size`` disjoint subsets of ``size`` each, seeded; the remainder is
+    left out. One permutation per seed is cut in consecutive blocks, so halving ``size``
+    halves each block: 400 → 2×200 → 4×100 as in Krawczuk & Venturi, each 100 inside a
+    200 of the same seed."""
+    array = _unique_indices(indices)
+    if not 1 <= size <= len(array):
+        raise ValueError(f"size must lie in [1, {len(array)}], got {size}")
+    order = array[np.random.default_rng(seed).permutation(len(array))]
+    return [order[i * size : (i + 1) * size] for i in range(len(array) // size)]
+
+
+def learning_curve_subsets(indices, sizes: Sequence[int], seed: int) -> dict[int, np.ndarray]:
+    """Nested training subsets for a learning curve: each smaller one lies inside every
+    larger one (the first ``size`` of one seeded permutation, as :func:`subsample`), so the
+    curve's differences come from the size, not from a new draw. Keys in increasing
+    order."""
+    array = _unique_indices(indices)
+    if not len(sizes):
+        raise ValueError("sizes is empty")
+    for size in sizes:
+        if not 1 <= size <= len(array):
+            raise ValueError(f"size {size} is outside [1, {len(array)}]")
+    return {int(size): subsample(array, int(size), seed) for size in sorted(set(sizes))}

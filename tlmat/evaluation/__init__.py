@@ -1,5 +1,34 @@
 """Metrics, learning curves, statistics and reports."""
 
 from tlmat.evaluation.metrics import CHEMICAL_ACCURACY_EV, regression_metrics
+from tlmat.evaluation.statistics import (
+    EquivalentSize,
+    LogLogFit,
+    SizeSummary,
+    TTestResult,
+    WilcoxonResult,
+    corrected_resampled_t_test,
+    equivalent_training_size,
+    loglog_fit,
+    mean_std_by_size,
+    paired_t_test,
+    sign_test,
+    wilcoxon_signed_rank,
+)
 
-__all__ = ["CHEMICAL_ACCURACY_EV", "regression_metrics"]
+__all__ = [
+    "CHEMICAL_ACCURACY_EV",
+    "EquivalentSize",
+    "LogLogFit",
+    "SizeSummary",
+    "TTestResult",
+    "WilcoxonResult",
+    "corrected_resampled_t_test",
+    "equivalent_training_size",
+    "loglog_fit",
+    "mean_std_by_size",
+    "paired_t_test",
+    "regression_metrics",
+    "sign_test",
+    "wilcoxon_signed_rank",
+]
