@@ -189,44 +189,14 @@ def grid(args) -> None:
 
 
 def summary(args) -> None:
-    lines = [
-        "# Transfer benchmark results",
-        "",
-        "Test MAE, mean ± std over seeds (n = seeds). Command lines in the docstring of "
-        "benchmarks/transfer.py.",
-        "",
-    ]
-    table = {}
-    for grid_dir in sorted(RESULTS.glob("grid-*")):
-        for job in sorted(grid_dir.glob("n*-s*")):
-            size = int(job.name.split("-")[0][1:])
-            for zs_name, m in json.loads((job / "zero-shot.json").read_text()).items():
-                table.setdefault((grid_dir.name, zs_name, size), []).append(m["mae"])
-            for result in job.glob("*/result.json"):
-                r = json.loads(result.read_text())
-                key = (grid_dir.name, r["strategy"], size)
-                table.setdefault(key, []).append(r["test"]["mae"])
-                table.setdefault((grid_dir.name, "_sec_per_epoch", size), []).append(
-                    r.get("seconds_per_epoch", float("nan"))
-                )
-    for grid_name in sorted({k[0] for k in table}):
-        sizes = sorted({k[2] for k in table if k[0] == grid_name})
-        methods = sorted({k[1] for k in table if k[0] == grid_name and not k[1].startswith("_")})
-        lines += [
-            f"## {grid_name}",
-            "",
-            "| method | " + " | ".join(f"N={s}" for s in sizes) + " |",
-            "|---|" + "---|" * len(sizes),
-        ]
-        for method in methods:
-            cells = []
-            for s in sizes:
-                v = table.get((grid_name, method, s), [])
-                cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f} (n={len(v)})" if v else "")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        lines.append("")
-    (RESULTS / "transfer.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    """A report per grid (tables, statistics, figures) via tlmat.evaluation.report."""
+    from tlmat.evaluation.report import write_report
+
+    units = {"perov": ("eV/cell", 0.0434 * 5), "bulk": ("log10 GPa", None)}
+    for grid in sorted(RESULTS.glob("grid-*")):
+        unit, threshold = units[grid.name.split("-")[1]]
+        path = write_report(grid, unit=unit, threshold=threshold, title=grid.name)
+        print(path.read_text())
 
 
 def main() -> None:
@@ -246,9 +216,19 @@ def main() -> None:
     g.add_argument("--epochs", type=int, default=80)
     g.add_argument("--patience", type=int, default=20)
     g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per process; 1 when several grids share the cores",
+    )
     sub.add_parser("summary")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)  # oversubscribed threads spin and stall
     {"pretrain": pretrain, "grid": grid, "summary": summary}[args.command](args)
 
 

@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from tlmat import __version__
 from tlmat.cli.common import console
 from tlmat.cli.data import cache, info
-from tlmat.cli.inference import embed, evaluate, models, predict
+from tlmat.cli.inference import embed, evaluate, models, predict, report
 from tlmat.cli.training import compare, finetune, train
 
 app = typer.Typer(
@@ -38,7 +38,7 @@ def main(
         raise typer.Exit()
 
 
-for command in (info, cache, train, finetune, compare, predict, embed, evaluate, models):
+for command in (info, cache, train, finetune, compare, predict, embed, evaluate, models, report):
     app.command()(command)
 
 __all__ = ["app"]

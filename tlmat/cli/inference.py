@@ -189,3 +189,32 @@ def models() -> None:
         "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "
         "2018), MIT licence. Loaded with torch.load(weights_only=True)."
     )
+
+
+def report(
+    results: Annotated[Path, typer.Argument(help="Results grid: n<size>-s<seed>/<method>/.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder [RESULTS/report].")] = None,
+    unit: Annotated[str, typer.Option(help="Unit of the target, for tables and axes.")] = "",
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Error threshold for the CDF, e.g. chemical accuracy 0.0434 eV."),
+    ] = None,
+    baseline: Annotated[str, typer.Option(help="Method the others are tested against.")] = (
+        "scratch"
+    ),
+    title: Annotated[str | None, typer.Option(help="Report title.")] = None,
+) -> None:
+    """Markdown + HTML report of a results grid: MAE tables, paired t-tests, equivalent
+    training-set sizes, learning curves, parity plots, error distributions.
+
+    Example:
+
+        tlmat report benchmarks/results/grid-perov-cgcnn-mp --unit eV/cell --threshold 0.217
+    """
+    from tlmat.evaluation.report import write_report
+
+    try:
+        path = write_report(results, out, unit, threshold, baseline, title)
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    console.print(f"report → {path} (and report.html, figures beside it)")

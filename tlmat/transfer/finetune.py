@@ -142,7 +142,7 @@ def run_strategy(
             predictions=prediction,
             extra={"n_features": int(X["train"].shape[1])},
         )
-        _write_result(run_dir, result, config)
+        _write_result(run_dir, result, config, dataset, split)
         return result
 
     strategy = preset(name, k=freeze_k)
@@ -163,7 +163,7 @@ def run_strategy(
         prediction,
         {"seconds_per_epoch": fitted.seconds / max(fitted.epochs, 1)},
     )
-    _write_result(Path(run_dir), result, config)
+    _write_result(Path(run_dir), result, config, dataset, split)
     return result
 
 
@@ -171,7 +171,20 @@ def _target_changed(source: TargetSpec, target_name: str) -> bool:
     return source.name != target_name or source.task != "regression"
 
 
-def _write_result(run_dir: Path, result: StrategyResult, config: TrainConfig) -> None:
+def _write_result(
+    run_dir: Path, result: StrategyResult, config: TrainConfig, dataset: GraphDataset, split: Split
+) -> None:
+    """``result.json`` (metrics, config) and ``predictions.csv`` (id, true, predicted) on
+    the test split, for reports: parity plots and error distributions."""
+    import pandas as pd
+
+    pd.DataFrame(
+        {
+            "id": [dataset.ids[i] for i in split.test],
+            "true": dataset.targets[config.target][split.test],
+            "predicted": result.predictions,
+        }
+    ).to_csv(run_dir / "predictions.csv", index=False)
     payload = {
         "strategy": result.strategy,
         "test": result.test,

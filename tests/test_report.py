@@ -1,0 +1,98 @@
+"""Reports from a real results grid: tables agree with scipy, figures and HTML exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from tlmat.data import Split, load_dataset, random_split, subsample
+from tlmat.evaluation.report import load_runs, summary_tables, write_report
+from tlmat.graphs import GraphSettings
+from tlmat.training import TrainConfig
+from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+
+
+@pytest.fixture(scope="module")
+def grid(data: Path, tmp_path_factory) -> Path:
+    """2 sizes × 2 seeds × (scratch, full, features+rf) on real perovskites."""
+    import json
+
+    root = tmp_path_factory.mktemp("grid")
+    dataset = load_dataset(
+        data / "perov_5" / "val.csv.gz",
+        GraphSettings.preset("cgcnn"),
+        ["heat_ref"],
+        cache_dir=root / "cache",
+        limit=120,
+    )
+    source = load_source("cgcnn/formation-energy-per-atom")
+    fixed = random_split(len(dataset), (60, 20, 40), seed=0)
+    config = TrainConfig(
+        target="heat_ref", epochs=2, batch_size=16, progress_bar=False, early_stopping_patience=None
+    )
+    for size in (20, 60):
+        for seed in (0, 1):
+            split = Split(subsample(fixed.train, size, seed), fixed.val, fixed.test)
+            job = root / f"n{size}-s{seed}"
+            job.mkdir()
+            (job / "zero-shot.json").write_text(
+                json.dumps(zero_shot(source, dataset, split, "heat_ref"))
+            )
+            for method in ("scratch", "full", "features+rf"):
+                run_strategy(
+                    method,
+                    source,
+                    dataset,
+                    split,
+                    config.model_copy(update={"seed": seed}),
+                    job / method,
+                )
+    return root
+
+
+def test_runs_and_tables(grid: Path) -> None:
+    runs = load_runs(grid)
+    assert set(runs["method"]) == {
+        "scratch",
+        "full",
+        "features+rf",
+        "zero-shot",
+        "zero-shot+linear",
+    }
+    assert sorted(runs["size"].unique()) == [20, 60] and sorted(runs["seed"].unique()) == [0, 1]
+    tables = summary_tables(runs)
+    full = runs[(runs.method == "full") & (runs["size"] == 60)].sort_values("seed")["mae"]
+    scratch = runs[(runs.method == "scratch") & (runs["size"] == 60)].sort_values("seed")["mae"]
+    expected = stats.ttest_rel(full.to_numpy(), scratch.to_numpy()).pvalue
+    cell = tables["paired t-test vs scratch"].loc["full", 60]
+    assert float(cell.split(" ")[0]) == pytest.approx(expected, rel=1e-2)
+    mean = runs.groupby(["method", "size"])["mae"].mean()
+    assert tables["test MAE"].loc["scratch", 20].startswith(f"{mean['scratch', 20]:.4f}")
+    assert "equivalent scratch training-set size" in tables
+
+
+def test_write_report(grid: Path, tmp_path: Path) -> None:
+    path = write_report(grid, tmp_path / "report", unit="eV/cell", threshold=0.217)
+    text = path.read_text()
+    for heading in (
+        "## test MAE",
+        "## paired t-test vs scratch",
+        "## equivalent scratch training-set size",
+        "![parity.png](parity.png)",
+    ):
+        assert heading in text
+    for figure in ("learning_curves.png", "parity.png", "error_cdf.png", "error_hist.png"):
+        assert (tmp_path / "report" / figure).stat().st_size > 10_000  # a real picture
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("<table>") == 4 and '<img src="learning_curves.png"' in html
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert np.isfinite(runs["mae"]).all()
+
+
+def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no n<size>-s<seed>"):
+        load_runs(tmp_path)

@@ -1,0 +1,318 @@
+"""Reports a scientist can put in a paper: tables and figures from a results grid.
+
+A results grid is a folder of jobs ``n{size}-s{seed}/``, each holding one folder per method
+with ``result.json`` (metrics) and ``predictions.csv`` (id, true, predicted on the test
+set), and optionally ``zero-shot.json`` (the source's scores). ``benchmarks/transfer.py``
+and ``tlmat compare`` write this layout.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written on headless machines
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from tlmat.evaluation.statistics import (
+    equivalent_training_size,
+    loglog_fit,
+    paired_t_test,
+)
+
+JOB = re.compile(r"^n(\d+)-s(\d+)$")
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per (method, size, seed): test metrics, seconds per epoch, run folder."""
+    rows = []
+    for job in sorted(Path(root).iterdir()):
+        match = JOB.match(job.name)
+        if not match or not job.is_dir():
+            continue
+        size, seed = int(match[1]), int(match[2])
+        zero = job / "zero-shot.json"
+        if zero.exists():
+            for method, metrics in json.loads(zero.read_text()).items():
+                rows.append(
+                    {"method": method, "size": size, "seed": seed, **metrics, "path": str(job)}
+                )
+        for result in sorted(job.glob("*/result.json")):
+            r = json.loads(result.read_text())
+            rows.append(
+                {
+                    "method": r["strategy"],
+                    "size": size,
+                    "seed": seed,
+                    **r["test"],
+                    "sec_per_epoch": r.get("seconds_per_epoch", np.nan),
+                    "path": str(result.parent),
+                }
+            )
+    if not rows:
+        raise FileNotFoundError(f"{root}: no n<size>-s<seed>/<method>/result.json found")
+    return pd.DataFrame(rows)
+
+
+def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, pd.DataFrame]:
+    """Test MAE (mean ± std, n), paired t-test p-values against the baseline over seeds,
+    equivalent baseline training-set sizes, and seconds per epoch; methods × sizes."""
+    grouped = runs.groupby(["method", "size"])["mae"]
+    mean, std, count = grouped.mean(), grouped.std(ddof=0), grouped.count()
+    mae = (
+        mean.map("{:.4f}".format)
+        + " ± "
+        + std.map("{:.4f}".format)
+        + " (n="
+        + count.astype(str)
+        + ")"
+    ).unstack("size")
+
+    def p_value(group: pd.DataFrame) -> str:
+        method, size = group.name
+        base = runs[(runs.method == baseline) & (runs["size"] == size)].set_index("seed")["mae"]
+        mine = group.set_index("seed")["mae"]
+        seeds = sorted(set(mine.index) & set(base.index))
+        if method == baseline or len(seeds) < 2:
+            return ""
+        test = paired_t_test(mine[seeds].to_numpy(), base[seeds].to_numpy())
+        return f"{test.p_value:.3g} (Δ {test.mean_difference:+.4f})"
+
+    p_values = runs.groupby(["method", "size"]).apply(p_value, include_groups=False)
+    tables = {"test MAE": mae, f"paired t-test vs {baseline}": p_values.unstack("size")}
+
+    base_curve = (
+        mean.xs(baseline, level="method") if baseline in mean.index.get_level_values(0) else None
+    )
+    if base_curve is not None and len(base_curve) >= 2:
+        fit = loglog_fit(base_curve.index.to_numpy(), base_curve.to_numpy())
+
+        def equivalent(value: float, size: int) -> str:
+            eq = equivalent_training_size(fit, value)
+            return f"{eq.size:.0f}{'*' if eq.extrapolated else ''} ({eq.size / size:.1f}×)"
+
+        eq_table = {(m, s): equivalent(v, s) for (m, s), v in mean.items() if m != baseline}
+        tables[f"equivalent {baseline} training-set size"] = (
+            pd.Series(eq_table).rename_axis(["method", "size"]).unstack("size")
+        )
+        tables["_fit"] = pd.DataFrame(
+            {"slope": [fit.slope], "intercept": [fit.intercept], "r2": [fit.r2]}
+        )
+    if "sec_per_epoch" in runs:
+        speed = runs.dropna(subset=["sec_per_epoch"]).groupby(["method", "size"])["sec_per_epoch"]
+        tables["seconds per epoch"] = speed.mean().map("{:.2f}".format).unstack("size")
+    return tables
+
+
+def _predictions(runs: pd.DataFrame, size: int) -> dict[str, pd.DataFrame]:
+    """Test-set predictions of every method at one size (the lowest seed that has them)."""
+    out = {}
+    for method, group in runs[runs["size"] == size].sort_values("seed").groupby("method"):
+        for path in group["path"]:
+            file = Path(path) / "predictions.csv"
+            if file.exists():
+                out[method] = pd.read_csv(file)
+                break
+    return out
+
+
+def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: str) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    stats = runs.groupby(["method", "size"])["mae"].agg(["mean", "std"]).reset_index()
+    for method, group in stats.groupby("method"):
+        if method == "zero-shot":  # raw source output in another unit: off the scale
+            continue
+        style = "--" if method.startswith("zero") else "-"
+        line = ax.errorbar(
+            group["size"],
+            group["mean"],
+            yerr=group["std"].fillna(0),
+            fmt="o" + style,
+            capsize=3,
+            label=method,
+            lw=2.5 if method == baseline else 1.2,
+        )
+        if method == baseline and len(group) >= 2:
+            fit = loglog_fit(group["size"].to_numpy(), group["mean"].to_numpy())
+            sizes = np.geomspace(group["size"].min(), group["size"].max(), 50)
+            ax.plot(
+                sizes,
+                fit.predict(sizes),
+                ":",
+                color=line[0].get_color(),
+                label=f"{baseline} fit, slope {fit.slope:.2f}",
+            )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training-set size N (structures)")
+    ax.set_ylabel(f"test MAE ({unit})" if unit else "test MAE")
+    ax.set_title("Learning curves (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_parity(predictions: dict[str, pd.DataFrame], path: Path, unit: str, size: int) -> None:
+    methods = list(predictions)
+    cols = min(4, len(methods))
+    rows = int(np.ceil(len(methods) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    label = f" ({unit})" if unit else ""
+    for ax, method in zip(axes.flat, methods, strict=False):
+        frame = predictions[method]
+        lo = min(frame["true"].min(), frame["predicted"].min())
+        hi = max(frame["true"].max(), frame["predicted"].max())
+        ax.scatter(frame["true"], frame["predicted"], s=4, alpha=0.4)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        mae = (frame["predicted"] - frame["true"]).abs().mean()
+        ax.set_title(f"{method}\nMAE {mae:.3f}{label}", fontsize=9)
+        ax.set_xlabel(f"DFT{label}", fontsize=8)
+        ax.set_ylabel(f"predicted{label}", fontsize=8)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.axis("off")
+    fig.suptitle(f"Parity on the test set, N = {size}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def plot_error_distributions(
+    predictions: dict[str, pd.DataFrame],
+    cdf_path: Path,
+    hist_path: Path,
+    unit: str,
+    threshold: float | None,
+    size: int,
+) -> None:
+    label = f" ({unit})" if unit else ""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for method, frame in predictions.items():
+        errors = np.sort((frame["predicted"] - frame["true"]).abs().to_numpy())
+        ax.plot(errors, np.arange(1, len(errors) + 1) / len(errors), label=method)
+    if threshold is not None:
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}{label}")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"absolute error{label}")
+    ax.set_ylabel("fraction of test structures")
+    ax.set_title(f"Cumulative error distribution, N = {size}")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(cdf_path, dpi=130)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for method, frame in predictions.items():
+        ax.hist(
+            frame["predicted"] - frame["true"], bins=60, histtype="step", label=method, density=True
+        )
+    ax.set_xlabel(f"prediction − DFT{label}")
+    ax.set_ylabel("density")
+    ax.set_title(f"Error histogram, N = {size}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(hist_path, dpi=130)
+    plt.close(fig)
+
+
+def _markdown_table(frame: pd.DataFrame) -> list[str]:
+    frame = frame.fillna("")
+    header = "| " + " | ".join([frame.index.name or "", *[f"N={c}" for c in frame.columns]])
+    lines = [header + " |", "|---" * (len(frame.columns) + 1) + "|"]
+    for index, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(index), *map(str, row.to_numpy())]) + " |")
+    return lines
+
+
+def write_report(
+    root: str | Path,
+    out: str | Path | None = None,
+    unit: str = "",
+    threshold: float | None = None,
+    baseline: str = "scratch",
+    title: str | None = None,
+) -> Path:
+    """Write ``report.md``, ``report.html`` and PNG figures for a results grid."""
+    root = Path(root)
+    out = Path(out) if out is not None else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(root)
+    runs.to_csv(out / "runs.csv", index=False)
+    tables = summary_tables(runs, baseline)
+    largest = int(runs["size"].max())
+    plot_learning_curves(runs, out / "learning_curves.png", unit, baseline)
+    predictions = _predictions(runs, largest)
+    figures = ["learning_curves.png"]
+    if predictions:
+        plot_parity(predictions, out / "parity.png", unit, largest)
+        plot_error_distributions(
+            predictions, out / "error_cdf.png", out / "error_hist.png", unit, threshold, largest
+        )
+        figures += ["parity.png", "error_cdf.png", "error_hist.png"]
+
+    lines = [
+        f"# {title or root.name}",
+        "",
+        f"{runs['seed'].nunique()} seed(s), training-set sizes "
+        f"{', '.join(map(str, sorted(runs['size'].unique())))}; test-set metrics in "
+        f"{unit or 'target units'}. Source data: `{root}`.",
+        "",
+    ]
+    for name, table in tables.items():
+        if name.startswith("_"):
+            continue
+        lines += [f"## {name}", ""]
+        if name.startswith("equivalent") and "_fit" in tables:
+            fit = tables["_fit"].iloc[0]
+            lines += [
+                f"{baseline} learning curve: log10 MAE = {fit.intercept:.3f} "
+                f"{fit.slope:+.3f} log10 N (r² {fit.r2:.3f}); * = outside the fitted "
+                "range.",
+                "",
+            ]
+        lines += [*_markdown_table(table), ""]
+    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    markdown = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(_html(markdown, title or root.name))
+    return out / "report.md"
+
+
+def _html(markdown: str, title: str) -> str:
+    """A plain HTML rendering of the report's headings, paragraphs, tables and images."""
+    body, table = [], []
+    for line in [*markdown.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+                tag = "th" if not table else "td"
+                table.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if table:
+            body.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
+        elif line.startswith("!["):
+            src = line[line.index("(") + 1 : -1]
+            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(src)}">')
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    )
