@@ -13,7 +13,7 @@ from tlmat import __version__
 from tlmat.cli.common import console
 from tlmat.cli.data import cache, info
 from tlmat.cli.inference import embed, evaluate, models, predict, report
-from tlmat.cli.training import compare, finetune, train
+from tlmat.cli.training import benchmark, compare, finetune, train
 
 app = typer.Typer(
     help="Transfer learning of graph neural networks for crystal properties.",
@@ -38,7 +38,19 @@ def main(
         raise typer.Exit()
 
 
-for command in (info, cache, train, finetune, compare, predict, embed, evaluate, models, report):
+for command in (
+    info,
+    cache,
+    train,
+    finetune,
+    compare,
+    benchmark,
+    predict,
+    embed,
+    evaluate,
+    models,
+    report,
+):
     app.command()(command)
 
 __all__ = ["app"]

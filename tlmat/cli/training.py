@@ -354,3 +354,36 @@ def compare(
     )
     console.print(metrics_table(title, rows, unit))
     (Path(run_dir) / "comparison.json").write_text(json.dumps(rows, indent=2))
+
+
+def benchmark(
+    config: Annotated[Path, typer.Argument(help="Benchmark YAML (see benchmarks/configs/).")],
+    results: Annotated[Path | None, typer.Option(help="Results folder [results/NAME].")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Two smallest sizes, one seed, two epochs.")
+    ] = False,
+    workers: Annotated[int | None, typer.Option(help="Parallel local jobs.")] = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Run a grid (sizes × seeds × sources × methods) in parallel, resumably (finished jobs
+    are skipped), then write a report per source.
+
+    Example:
+
+        tlmat benchmark benchmarks/configs/perovskites.yaml --quick
+    """
+    from tlmat.evaluation.benchmark import BenchmarkConfig, run_benchmark
+
+    try:
+        cfg = BenchmarkConfig.from_yaml(config)
+        if quick:
+            cfg = cfg.quick()
+        if workers is not None:
+            cfg = cfg.model_copy(
+                update={"executor": cfg.executor.model_copy(update={"workers": workers})}
+            )
+        reports = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
+    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        fail(str(error))
+    for report in reports:
+        console.print(f"report → {report}")

@@ -1,0 +1,5 @@
+"""``python -m tlmat.cli``."""
+
+from tlmat.cli import app
+
+app()

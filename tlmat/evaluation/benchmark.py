@@ -1,0 +1,256 @@
+"""Benchmark grids from a YAML file: training-set sizes × seeds × sources × methods on a
+fixed test set, run in parallel, resumable, reported.
+
+Jobs run on the local cores through the standard library's process pool, or on a SLURM
+cluster through submitit (``executor: slurm``). A job whose ``result.json`` exists is
+skipped, so an interrupted grid continues where it stopped. Every job folder holds its
+manifest (``run.json`` or ``result.json``: config, seed, versions, data source and
+fingerprint, split ids, wall time, peak memory) and its test-set predictions.
+
+Example ``perov.yaml``::
+
+    name: perov-transfer
+    data: perov_5/train          # training pool (file, folder or registered name)
+    val: perov_5/val             # optional fixed validation source
+    test: perov_5/test           # fixed test set (else test_size from the pool)
+    target: heat_ref
+    unit: eV/cell
+    sizes: [50, 100, 250]
+    seeds: [0, 1, 2]
+    val_size: 200
+    test_size: 1000
+    sources: {cgcnn-mp: cgcnn/formation-energy-per-atom}
+    methods: [scratch, full, freeze-embedding, head-only, features+rf]
+    training: {epochs: 60, early_stopping_patience: 15}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger("tlmat")
+
+
+class ExecutorConfig(BaseModel):
+    """Where jobs run: ``local`` processes (``workers`` at a time), ``slurm`` through
+    submitit (``slurm`` holds its parameters, e.g. partition, timeout_min), or ``debug``
+    (in this process, one after the other)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "slurm", "debug"] = "local"
+    workers: int = Field(2, ge=1)
+    threads_per_job: int = Field(1, ge=1)
+    slurm: dict[str, Any] = Field(default_factory=dict)
+
+
+class BenchmarkConfig(BaseModel):
+    """One benchmark grid (see the module docstring for a YAML example)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    data: str
+    target: str
+    unit: str = ""
+    log10: bool = False
+    test: str | None = None
+    val: str | None = None
+    sizes: list[int]
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    val_size: float = 0.1
+    test_size: float | None = None
+    sources: dict[str, str] = Field(
+        default_factory=lambda: {"cgcnn-mp": "cgcnn/formation-energy-per-atom"}
+    )
+    methods: list[str] = Field(default_factory=lambda: ["scratch", "full"])
+    freeze_k: int = 1
+    training: dict[str, Any] = Field(default_factory=dict)
+    threshold: float | None = None
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
+        return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+
+    def quick(self) -> BenchmarkConfig:
+        """A few-minute version for CI: two smallest sizes, one seed, two epochs."""
+        return self.model_copy(
+            update={
+                "sizes": sorted(self.sizes)[:2],
+                "seeds": self.seeds[:1],
+                "training": {**self.training, "epochs": 2, "early_stopping_patience": None},
+                "test_size": 200
+                if self.test_size is None or self.test_size > 200
+                else self.test_size,
+                "val_size": min(self.val_size, 50) if self.val_size >= 1 else self.val_size,
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    size: int
+    seed: int
+    source: str
+    method: str
+
+    def folder(self, root: Path) -> Path:
+        # one grid per source, so that every report compares methods of one source
+        return root / self.source / f"n{self.size}-s{self.seed}" / self.method
+
+
+def jobs(config: BenchmarkConfig) -> list[Job]:
+    return [
+        Job(size, seed, source, method)
+        for source in config.sources
+        for size in sorted(config.sizes)
+        for seed in config.seeds
+        for method in config.methods
+    ]
+
+
+def _data(config: BenchmarkConfig, cache_dir: Path | None):
+    """The dataset (pool [+ val] [+ test]) and the fixed split every job draws from."""
+    from tlmat.data import Split, concat, load_dataset, random_split, subsample
+    from tlmat.datasets import resolve
+    from tlmat.graphs import GraphSettings
+
+    settings = GraphSettings.preset("cgcnn")
+
+    def load(spec: str):
+        return load_dataset(resolve(spec), settings, [config.target], cache_dir=cache_dir)
+
+    pool = load(config.data)
+    n_pool = len(pool)
+    dataset, parts = pool, {"pool": np.arange(n_pool)}
+    for part in ("val", "test"):
+        spec = getattr(config, part)
+        if spec is not None:
+            extra = load(spec)
+            parts[part] = np.arange(len(dataset), len(dataset) + len(extra))
+            dataset = concat(dataset, extra)
+
+    def count(size: float, n: int) -> int:
+        return int(size if size >= 1 else round(size * n))
+
+    rest = parts["pool"]
+    if "test" in parts:
+        test = parts["test"]
+        if config.test_size is not None and count(config.test_size, len(test)) < len(test):
+            test = np.sort(subsample(test, count(config.test_size, len(test)), seed=0))
+    else:
+        cut = random_split(len(rest), (0, 0, count(config.test_size or 0.1, len(rest))), 12345)
+        test = rest[cut.test]
+        rest = np.setdiff1d(rest, test)
+    if "val" in parts:
+        val = subsample(
+            parts["val"], min(count(config.val_size, len(parts["val"])), len(parts["val"])), seed=0
+        )
+    else:
+        val = subsample(rest, count(config.val_size, len(rest)), seed=0)
+        rest = np.setdiff1d(rest, val)
+    if config.log10:
+        dataset.targets[config.target] = np.log10(dataset.targets[config.target])
+    return dataset, Split(rest, np.sort(val), test)
+
+
+def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | None) -> dict:
+    """Train and evaluate one (size, seed, source, method); writes its folder."""
+    import torch
+
+    from tlmat.data import Split, source_fingerprint, subsample
+    from tlmat.datasets import resolve
+    from tlmat.training import TrainConfig
+    from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+
+    torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
+    start = time.perf_counter()
+    dataset, fixed = _data(config, cache_dir)
+    split = Split(subsample(fixed.train, job.size, job.seed), fixed.val, fixed.test)
+    source = load_source(config.sources[job.source])
+    folder = job.folder(root)
+    zero = folder.parent / "zero-shot.json"
+    if not zero.exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        zero.write_text(json.dumps(zero_shot(source, dataset, split, config.target), indent=2))
+    train_config = TrainConfig(
+        target=config.target, unit=config.unit, seed=job.seed, progress_bar=False, **config.training
+    )
+    result = run_strategy(
+        job.method,
+        source,
+        dataset,
+        split,
+        train_config,
+        folder,
+        freeze_k=config.freeze_k,
+        overwrite=True,
+    )
+    manifest = json.loads((folder / "result.json").read_text())
+    manifest.update(
+        {
+            "job": job.__dict__,
+            "data_fingerprint": source_fingerprint(resolve(config.data)),
+            "split_ids": {
+                "train": [dataset.ids[i] for i in split.train],
+                "val": [dataset.ids[i] for i in split.val],
+            },
+            "wall_seconds": time.perf_counter() - start,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
+    (folder / "result.json").write_text(json.dumps(manifest, indent=2, default=str))
+    return {"job": job.__dict__, "mae": result.test["mae"]}
+
+
+def run_benchmark(
+    config: BenchmarkConfig, root: str | Path, cache_dir: str | Path | None = None
+) -> list[Path]:
+    """Run every unfinished job, then write one report per source; returns the reports."""
+    from tlmat.evaluation.report import write_report
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "benchmark.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
+    cache = Path(cache_dir) if cache_dir is not None else None
+    todo = [j for j in jobs(config) if not (j.folder(root) / "result.json").exists()]
+    logger.info("%s: %d jobs, %d to run", config.name, len(jobs(config)), len(todo))
+    _data(config, cache)  # build the graph cache once, before jobs read it in parallel
+    kind = config.executor.kind
+    if kind == "debug" or (kind == "local" and config.executor.workers == 1):
+        for job in todo:
+            run_job(config, job, root, cache)
+    elif kind == "local":
+        with ProcessPoolExecutor(config.executor.workers) as pool:
+            futures = [pool.submit(run_job, config, job, root, cache) for job in todo]
+            for future in as_completed(futures):
+                future.result()
+    else:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=root / ".submitit", cluster="slurm")
+        executor.update_parameters(**config.executor.slurm)
+        submitted = [executor.submit(run_job, config, job, root, cache) for job in todo]
+        for job in submitted:
+            job.result()
+    return [
+        write_report(
+            root / source,
+            unit=config.unit,
+            threshold=config.threshold,
+            title=f"{config.name}: {source}",
+        )
+        for source in config.sources
+    ]
