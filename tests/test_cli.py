@@ -97,3 +97,10 @@ def test_info_exports_the_cleaned_dataset(cgcnn_folder: Path, tmp_path: Path) ->
     ]
     again = runner.invoke(app, ["info", str(cgcnn_folder), "--export", str(out)])
     assert again.exit_code == 1 and "overwrite" in again.output
+
+
+def test_version_and_bare_command() -> None:
+    from tlmat import __version__
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"tlmat {__version__}"
+    assert "Commands" in runner.invoke(app, []).output

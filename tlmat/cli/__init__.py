@@ -18,12 +18,14 @@ from tlmat.cli.training import benchmark, compare, finetune, train
 app = typer.Typer(
     help="Transfer learning of graph neural networks for crystal properties.",
     no_args_is_help=True,
+    invoke_without_command=True,  # so that `tlmat --version` works alone
     rich_markup_mode="markdown",
 )
 
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More messages.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
@@ -35,6 +37,9 @@ def main(
     )
     if version:
         console.print(f"tlmat {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        console.print(ctx.get_help())
         raise typer.Exit()
 
 
