@@ -112,3 +112,29 @@ def test_quick_and_bad_configs(small_csv: Path, tmp_path: Path) -> None:
     assert quick.training["epochs"] == 2
     with pytest.raises(ValueError, match="epochs"):
         BenchmarkConfig(**config_for(small_csv, epochs=3))
+
+
+@pytest.mark.integration
+def test_shipped_perovskite_config_runs_quick(tmp_path: Path) -> None:
+    """The shipped config, end to end on the real CDVAE splits, with --quick."""
+    from typer.testing import CliRunner
+
+    from tlmat.cli import app
+
+    config = Path(__file__).parents[1] / "benchmarks" / "configs" / "perovskites.yaml"
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            str(config),
+            "--quick",
+            "--results",
+            str(tmp_path / "res"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "res" / "cgcnn-mp" / "report" / "report.md").read_text()
+    for method in ("base", "scratch", "full", "features+rf", "zero-shot"):
+        assert f"| {method} |" in report

@@ -177,3 +177,13 @@ def test_fit_rejects_strategy_that_trains_nothing(source, perovskites, tmp_path)
             tmp_path / "x",
             everything,
         )
+
+
+def test_base_model_predicts_the_training_mean(source, perovskites, tmp_path) -> None:
+    split = random_split(len(perovskites), (40, 20, 30), seed=0)
+    result = run_strategy(
+        "base", source, perovskites, split, TrainConfig(target="heat_ref"), tmp_path / "base"
+    )
+    y = perovskites.targets["heat_ref"]
+    np.testing.assert_allclose(result.predictions, np.full(30, y[split.train].mean()))
+    assert result.test["mae"] == pytest.approx(np.abs(y[split.test] - y[split.train].mean()).mean())

@@ -117,6 +117,24 @@ def run_strategy(
     and evaluate it on the test split."""
     start = time.perf_counter()
     y = dataset.targets[config.target]
+    if name == "base":  # Gupta et al.'s "Base" model: the training mean, the floor to beat
+        run_dir = Path(run_dir)
+        prepare_run_dir(run_dir, overwrite)
+        prediction = np.full(len(split.test), float(np.mean(y[split.train])))
+        val_mae = (
+            float(np.abs(np.mean(y[split.train]) - y[split.val]).mean())
+            if len(split.val)
+            else float("nan")
+        )
+        result = StrategyResult(
+            name,
+            regression_metrics(y[split.test], prediction),
+            val_mae,
+            time.perf_counter() - start,
+            predictions=prediction,
+        )
+        _write_result(run_dir, result, config, dataset, split)
+        return result
     if name in FEATURE_STRATEGIES:
         run_dir = Path(run_dir)
         prepare_run_dir(run_dir, overwrite)

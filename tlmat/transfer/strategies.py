@@ -15,7 +15,8 @@ strategy works on every architecture.
 | ``discriminative`` | lower LR for fine-tuning (Hoffmann et al.) | all, backbone at 0.1 × LR |
 
 ``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser;
-see :mod:`tlmat.transfer.features`.
+see :mod:`tlmat.transfer.features`. ``base`` (Gupta et al.'s "Base" model) predicts the
+training mean.
 """
 
 from __future__ import annotations
