@@ -24,6 +24,7 @@ import numpy as np
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.splits import Split
 from tlmat.datasets import REGISTRY, fetch
+from tlmat.evaluation.baselines import BASELINES, fit_predict
 from tlmat.evaluation.metrics import regression_metrics
 from tlmat.models.checkpoint import TrainedModel, build_model, load_checkpoint
 from tlmat.models.targets import TargetSpec
@@ -132,6 +133,22 @@ def run_strategy(
             val_mae,
             time.perf_counter() - start,
             predictions=prediction,
+        )
+        _write_result(run_dir, result, config, dataset, split)
+        return result
+    if name in BASELINES:
+        run_dir = Path(run_dir)
+        prepare_run_dir(run_dir, overwrite)
+        prediction, extra = fit_predict(
+            name, dataset, split.train, split.test, y[split.train], config.seed
+        )
+        result = StrategyResult(
+            name,
+            regression_metrics(y[split.test], prediction),
+            float("nan"),
+            time.perf_counter() - start,
+            predictions=prediction,
+            extra=extra,
         )
         _write_result(run_dir, result, config, dataset, split)
         return result
