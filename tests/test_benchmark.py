@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -138,3 +140,32 @@ def test_shipped_perovskite_config_runs_quick(tmp_path: Path) -> None:
     report = (tmp_path / "res" / "cgcnn-mp" / "report" / "report.md").read_text()
     for method in ("base", "scratch", "full", "features+rf", "zero-shot"):
         assert f"| {method} |" in report
+
+
+def test_matbench_protocol_tests_on_the_official_fold(data: Path, tmp_path: Path) -> None:
+    from sklearn.model_selection import KFold
+
+    config = BenchmarkConfig(
+        name="phonons",
+        data=str(data / "matbench_phonons" / "matbench_phonons.json.gz"),
+        target="last phdos peak",
+        protocol="matbench",
+        sizes=[40],
+        seeds=[2],
+        val_size=20,
+        methods=["base", "magpie+rf"],
+        training={"epochs": 1},
+        executor={"kind": "debug"},
+    )
+    run_benchmark(config, tmp_path / "res", tmp_path / "cache")
+    predictions = pd.read_csv(tmp_path / "res" / "cgcnn-mp" / "n40-s2" / "base" / "predictions.csv")
+    folds = list(KFold(5, shuffle=True, random_state=18012019).split(np.arange(1265)))
+    assert sorted(predictions["id"].astype(str)) == sorted(str(i) for i in folds[2][1])
+
+
+@pytest.mark.parametrize("name", ["perovskites", "phonons", "dielectric", "tc"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    config = BenchmarkConfig.from_yaml(
+        Path(__file__).parents[1] / "benchmarks" / "configs" / f"{name}.yaml"
+    )
+    assert config.sizes and config.methods and config.sources

@@ -63,6 +63,9 @@ class BenchmarkConfig(BaseModel):
     name: str
     data: str
     target: str
+    #: ``fixed-test``: one test set for every job; ``matbench``: Matbench v0.1's 5 folds,
+    #: seed i testing on fold i (the data in its shipped order, no row skipped)
+    protocol: Literal["fixed-test", "matbench"] = "fixed-test"
     unit: str = ""
     log10: bool = False
     test: str | None = None
@@ -146,6 +149,11 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None):
         return int(size if size >= 1 else round(size * n))
 
     rest = parts["pool"]
+    if config.protocol == "matbench":  # folds are drawn per job
+        empty = np.empty(0, dtype=np.int64)
+        if config.log10:
+            dataset.targets[config.target] = np.log10(dataset.targets[config.target])
+        return dataset, Split(rest, empty, empty)
     if "test" in parts:
         test = parts["test"]
         if config.test_size is not None and count(config.test_size, len(test)) < len(test):
@@ -166,6 +174,25 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None):
     return dataset, Split(rest, np.sort(val), test)
 
 
+def _matbench_fold(config: BenchmarkConfig, dataset, fold: int):
+    """Matbench fold ``fold`` as train pool / validation (from the training folds) / test."""
+    from tlmat.data import Split, matbench_folds, subsample
+
+    if dataset.log.n_skipped or config.val or config.test:
+        raise ValueError(
+            "the matbench protocol needs the whole task in its shipped order: "
+            "no skipped rows and no separate val/test files"
+        )
+    if not 0 <= fold < 5:
+        raise ValueError(f"matbench seeds are folds 0–4, got {fold}")
+    split = matbench_folds(len(dataset))[fold]
+    n_val = int(
+        config.val_size if config.val_size >= 1 else round(config.val_size * len(split.train))
+    )
+    val = np.sort(subsample(split.train, n_val, seed=0))
+    return Split(np.setdiff1d(split.train, val), val, split.test)
+
+
 def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | None) -> dict:
     """Train and evaluate one (size, seed, source, method); writes its folder."""
     import torch
@@ -178,7 +205,11 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
     start = time.perf_counter()
     dataset, fixed = _data(config, cache_dir)
-    split = Split(subsample(fixed.train, job.size, job.seed), fixed.val, fixed.test)
+    if config.protocol == "matbench":
+        fixed = _matbench_fold(config, dataset, job.seed)
+    # a size beyond the pool means "all of it" (Matbench's full-data point)
+    size = min(job.size, len(fixed.train))
+    split = Split(subsample(fixed.train, size, job.seed), fixed.val, fixed.test)
     source = load_source(config.sources[job.source])
     folder = job.folder(root)
     zero = folder.parent / "zero-shot.json"
