@@ -118,64 +118,17 @@ def run_strategy(
     and evaluate it on the test split."""
     start = time.perf_counter()
     y = dataset.targets[config.target]
-    if name == "base":  # Gupta et al.'s "Base" model: the training mean, the floor to beat
+    if name == "base" or name in BASELINES or name in FEATURE_STRATEGIES:
         run_dir = Path(run_dir)
         prepare_run_dir(run_dir, overwrite)
-        prediction = np.full(len(split.test), float(np.mean(y[split.train])))
-        val_mae = (
-            float(np.abs(np.mean(y[split.train]) - y[split.val]).mean())
-            if len(split.val)
-            else float("nan")
-        )
+        prediction, val_mae, extra = _predict_without_training(name, source, dataset, split, config)
         result = StrategyResult(
             name,
             regression_metrics(y[split.test], prediction),
             val_mae,
-            time.perf_counter() - start,
-            predictions=prediction,
-        )
-        _write_result(run_dir, result, config, dataset, split)
-        return result
-    if name in BASELINES:
-        run_dir = Path(run_dir)
-        prepare_run_dir(run_dir, overwrite)
-        prediction, extra = fit_predict(
-            name, dataset, split.train, split.test, y[split.train], config.seed
-        )
-        result = StrategyResult(
-            name,
-            regression_metrics(y[split.test], prediction),
-            float("nan"),
             time.perf_counter() - start,
             predictions=prediction,
             extra=extra,
-        )
-        _write_result(run_dir, result, config, dataset, split)
-        return result
-    if name in FEATURE_STRATEGIES:
-        run_dir = Path(run_dir)
-        prepare_run_dir(run_dir, overwrite)
-        kind = "layers"
-        X = {
-            part: extract_features(source, dataset, getattr(split, part), kind)
-            for part in ("train", "val", "test")
-        }
-        regressor = feature_regressor(
-            "rf" if name.endswith("rf") else "mlp",
-            config.seed,
-            epochs=config.epochs,
-            patience=config.early_stopping_patience or config.epochs,
-        )
-        regressor.fit(X["train"], y[split.train], X["val"], y[split.val])
-        val_mae = float(np.abs(regressor.predict(X["val"]) - y[split.val]).mean())
-        prediction = regressor.predict(X["test"])
-        result = StrategyResult(
-            name,
-            regression_metrics(y[split.test], prediction),
-            val_mae,
-            time.perf_counter() - start,
-            predictions=prediction,
-            extra={"n_features": int(X["train"].shape[1])},
         )
         _write_result(run_dir, result, config, dataset, split)
         return result
@@ -200,6 +153,40 @@ def run_strategy(
     )
     _write_result(Path(run_dir), result, config, dataset, split)
     return result
+
+
+def _predict_without_training(
+    name: str, source: TrainedModel, dataset: GraphDataset, split: Split, config: TrainConfig
+) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """Test predictions, validation MAE and details of the methods that fine-tune no
+    network: the training mean, descriptor baselines, and source features + MLP/RF."""
+    y = dataset.targets[config.target]
+    if name == "base":  # Gupta et al.'s "Base" model: the training mean, the floor to beat
+        mean = float(np.mean(y[split.train]))
+        val_mae = float(np.abs(mean - y[split.val]).mean()) if len(split.val) else float("nan")
+        return np.full(len(split.test), mean), val_mae, {}
+    if name in BASELINES:
+        prediction, extra = fit_predict(
+            name, dataset, split.train, split.test, y[split.train], config.seed
+        )
+        return prediction, float("nan"), extra
+    features = {
+        part: extract_features(source, dataset, getattr(split, part), "layers")
+        for part in ("train", "val", "test")
+    }
+    regressor = feature_regressor(
+        "rf" if name.endswith("rf") else "mlp",
+        config.seed,
+        epochs=config.epochs,
+        patience=config.early_stopping_patience or config.epochs,
+    )
+    regressor.fit(features["train"], y[split.train], features["val"], y[split.val])
+    val_mae = float(np.abs(regressor.predict(features["val"]) - y[split.val]).mean())
+    return (
+        regressor.predict(features["test"]),
+        val_mae,
+        {"n_features": int(features["train"].shape[1])},
+    )
 
 
 def _target_changed(source: TargetSpec, target_name: str) -> bool:
