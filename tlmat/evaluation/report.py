@@ -97,7 +97,12 @@ def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, p
             eq = equivalent_training_size(fit, value)
             return f"{eq.size:.0f}{'*' if eq.extrapolated else ''} ({eq.size / size:.1f}×)"
 
-        eq_table = {(m, s): equivalent(v, s) for (m, s), v in mean.items() if m != baseline}
+        # the raw zero-shot output is in the source's unit (eV/atom against eV/cell, say)
+        eq_table = {
+            (m, s): equivalent(v, s)
+            for (m, s), v in mean.items()
+            if m not in (baseline, "zero-shot")
+        }
         tables[f"equivalent {baseline} training-set size"] = (
             pd.Series(eq_table).rename_axis(["method", "size"]).unstack("size")
         )
