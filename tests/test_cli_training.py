@@ -206,3 +206,33 @@ def test_errors_are_clear(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no such file" in result.output
     result = runner.invoke(app, ["predict", "not-a-model", str(tmp_path)])
     assert result.exit_code == 1 and "registered model" in result.output
+
+
+def test_train_excludes_given_ids(small_perov: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    ids = pd.read_csv(small_perov)["id"].astype(str).tolist()
+    held_out = tmp_path / "target_split.json"
+    held_out.write_text(json.dumps({"train": [], "val": [], "test": ids[:25]}))
+    out = run(
+        [
+            "train",
+            str(small_perov),
+            "-t",
+            "heat_ref",
+            "--exclude-ids",
+            str(held_out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--n-conv",
+            "1",
+            "--test-size",
+            "5",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *QUICK,
+        ]
+    )
+    assert "excluded from training" in out
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert not set(ids[:25]) & set(split["train"] + split["val"])

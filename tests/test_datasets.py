@@ -69,3 +69,40 @@ def test_resolve_names_and_paths(data: Path, tmp_path: Path) -> None:
         resolve("perov_6/test")
     with pytest.raises(KeyError, match="unknown file"):
         datasets.fetch("nope")
+
+
+def test_download_without_checksum_is_checked_by_content(data: Path, tmp_path, monkeypatch):
+    import gzip
+
+    monkeypatch.setenv("TLMAT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("TLMAT_CACHE_DIR", str(tmp_path / "cache"))
+    good = tmp_path / "train.csv"
+    good.write_bytes(gzip.decompress((data / "perov_5" / "train.csv.gz").read_bytes()))
+    entry = REGISTRY["perov_5/train"]
+    monkeypatch.setitem(
+        REGISTRY,
+        "perov_5/train",
+        RemoteFile(good.as_uri(), None, entry.local, rows=entry.rows, columns=entry.columns),
+    )
+    assert fetch("perov_5/train").name == "train.csv"
+
+    short = tmp_path / "short" / "train.csv"
+    short.parent.mkdir()
+    short.write_text("\n".join(good.read_text().splitlines()[:50]) + "\n")
+    (tmp_path / "cache" / "downloads" / "train.csv").unlink()
+    monkeypatch.setitem(
+        REGISTRY,
+        "perov_5/train",
+        RemoteFile(short.as_uri(), None, entry.local, rows=entry.rows, columns=entry.columns),
+    )
+    with pytest.raises(ValueError, match="rows instead of 11356"):
+        fetch("perov_5/train")
+
+
+def test_published_checksums_match_the_local_copies(data: Path) -> None:
+    import gzip
+    import hashlib
+
+    for name in ("perov_5/val", "perov_5/test"):
+        raw = gzip.decompress((data / REGISTRY[name].local).read_bytes())
+        assert hashlib.sha256(raw).hexdigest() == REGISTRY[name].sha256

@@ -9,6 +9,7 @@ says where to put the file.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import shutil
@@ -26,9 +27,11 @@ class RemoteFile:
     """A public file: where it lives online, its checksum, its place in the data folder."""
 
     url: str
-    sha256: str | None  # None: the source publishes no fixed bytes; checked by content
+    sha256: str | None  # of the bytes at ``url``; None when unknown (then ``rows`` checks)
     local: str  # path under $TLMAT_DATA_DIR
     description: str = ""
+    rows: int | None = None  # data rows a downloaded CSV must have
+    columns: tuple[str, ...] = ()  # columns it must have
 
 
 def _cgcnn_model(file: str, sha256: str, what: str) -> RemoteFile:
@@ -86,21 +89,25 @@ REGISTRY: dict[str, RemoteFile] = {
     ),
     "perov_5/val": RemoteFile(
         f"{_CDVAE}/perov_5/val.csv",
-        None,
+        "326f401219901270374b71e2faff63df3a29a99fd26f469993b9f476b693daf2",
         "perov_5/val.csv.gz",
         "Castelli perovskites, CDVAE validation split (heat_ref in eV per 5-atom cell)",
     ),
     "perov_5/test": RemoteFile(
         f"{_CDVAE}/perov_5/test.csv",
-        None,
+        "a85878c685037f0a578257f6d4fcdde00e968dbab73c5f1e90ecef65218513f6",
         "perov_5/test.csv.gz",
         "Castelli perovskites, CDVAE test split (heat_ref in eV per 5-atom cell)",
     ),
+    # CDVAE's train.csv is not in the offline snapshot, so the checksum of its bytes is
+    # unknown here: a download is checked by its row count and columns instead
     "perov_5/train": RemoteFile(
         f"{_CDVAE}/perov_5/train.csv",
         None,
         "perov_5/train.csv.gz",
         "Castelli perovskites, CDVAE training split (heat_ref in eV per 5-atom cell)",
+        rows=11_356,
+        columns=("material_id", "cif", "heat_ref"),
     ),
 }
 
@@ -121,16 +128,45 @@ def download_dir() -> Path:
     return Path(os.environ.get("TLMAT_CACHE_DIR", Path.home() / ".cache" / "tlmat")) / "downloads"
 
 
-def sha256sum(path: Path) -> str:
+def sha256sum(path: Path, decompress: bool = False) -> str:
+    """SHA-256 of a file's bytes (of its gunzipped bytes with ``decompress``)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    opener = gzip.open if decompress else Path.open
+    with opener(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
 
 def _verified(path: Path, entry: RemoteFile) -> bool:
-    return path.is_file() and (entry.sha256 is None or sha256sum(path) == entry.sha256)
+    """Whether ``path`` holds the published bytes (a local ``.gz`` copy of an uncompressed
+    download is compared by its content)."""
+    if not path.is_file():
+        return False
+    if entry.sha256 is None:
+        return True
+    gunzip = path.suffix == ".gz" and not entry.url.endswith(".gz")
+    return sha256sum(path, decompress=gunzip) == entry.sha256
+
+
+def _content_problem(path: Path, entry: RemoteFile) -> str | None:
+    """Why a downloaded CSV without a published checksum is not the expected table."""
+    if entry.rows is None and not entry.columns:
+        return None
+    import csv
+    import sys
+
+    csv.field_size_limit(sys.maxsize)
+    with path.open(newline="", errors="replace") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        rows = sum(1 for _ in reader)
+    missing = [c for c in entry.columns if c not in header]
+    if missing:
+        return f"columns {missing} missing"
+    if entry.rows is not None and rows != entry.rows:
+        return f"{rows} rows instead of {entry.rows}"
+    return None
 
 
 def fetch(name: str, timeout: float = 30.0) -> Path:
@@ -163,6 +199,10 @@ def fetch(name: str, timeout: float = 30.0) -> Path:
     if entry.sha256 is not None and sha256sum(tmp_path) != entry.sha256:
         tmp_path.unlink()
         raise ValueError(f"{entry.url}: downloaded bytes do not match the published checksum")
+    problem = _content_problem(tmp_path, entry) if entry.sha256 is None else None
+    if problem is not None:
+        tmp_path.unlink()
+        raise ValueError(f"{entry.url}: not the expected table ({problem})")
     os.replace(tmp_path, cached)
     return cached
 

@@ -61,6 +61,15 @@ TestData = Annotated[
 Unit = Annotated[str, typer.Option(help="Unit of the target, for tables and checkpoints.")]
 
 
+def read_ids(path: Path) -> set[str]:
+    """Ids from a ``split.json`` (its test ids), a JSON list, or a text file (one a line)."""
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        return {str(i) for i in (data["test"] if isinstance(data, dict) else data)}
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
 def training_config(
     config: Path | None, target: str, seed: int, log10: bool, unit: str, **flags
 ) -> TrainConfig:
@@ -84,8 +93,10 @@ def dataset_and_split(
     val_size,
     test_size,
     seed,
+    exclude: set[str] | None = None,
 ) -> tuple[GraphDataset, Split]:
-    """Load the data (and a separate test set), and split it with the seed."""
+    """Load the data (and a separate test set), and split it with the seed; ids in
+    ``exclude`` never enter training or validation."""
     dataset = load_dataset(
         resolve(data), settings, [target], cache_dir=cache_dir, elements=elements, progress=True
     )
@@ -108,6 +119,10 @@ def dataset_and_split(
         test_count = int(test_size if test_size >= 1 else round(test_size * n))
         val_count = int(val_size if val_size >= 1 else round(val_size * n))
         split = random_split(n, (n - val_count - test_count, val_count, test_count), seed)
+    if exclude:
+        keep = np.array([i not in exclude for i in dataset.ids])
+        split = Split(split.train[keep[split.train]], split.val[keep[split.val]], split.test)
+        console.print(f"{int((~keep).sum())} structures excluded from training and validation")
     if train_size is not None:
         split = Split(subsample(split.train, train_size, seed), split.val, split.test)
     for table in filter(None, [skipped_table(dataset.log)]):
@@ -128,6 +143,13 @@ def train(
     n_conv: Annotated[int, typer.Option(help="CGCNN convolutions.")] = 3,
     h_fea_len: Annotated[int, typer.Option(help="CGCNN crystal feature width.")] = 128,
     n_h: Annotated[int, typer.Option(help="CGCNN hidden layers after pooling.")] = 1,
+    exclude_ids: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ids never to train on: a split.json (its test ids), a JSON list, "
+            "or one id per line (e.g. a target's test materials)."
+        ),
+    ] = None,
     epochs: Epochs = None,
     lr: LR = None,
     batch_size: BatchSize = None,
@@ -170,8 +192,19 @@ def train(
         features = load_atom_init()
         elements = [int(z) for z in np.flatnonzero(features.abs().sum(1))]
         settings = GraphSettings.preset("cgcnn")
+        excluded = read_ids(exclude_ids) if exclude_ids is not None else None
         dataset, split = dataset_and_split(
-            data, test, target, settings, elements, cache_dir, train_size, val_size, test_size, seed
+            data,
+            test,
+            target,
+            settings,
+            elements,
+            cache_dir,
+            train_size,
+            val_size,
+            test_size,
+            seed,
+            excluded,
         )
         model_cfg = CGCNNConfig(
             atom_fea_len=atom_fea_len, n_conv=n_conv, h_fea_len=h_fea_len, n_h=n_h
