@@ -35,9 +35,10 @@ import numpy as np
 from tlmat.data import Split, concat, load_dataset, random_split, subsample
 from tlmat.datasets import data_dir
 from tlmat.evaluation import regression_metrics
+from tlmat.evaluation.experiments import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig, fit, predict
-from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+from tlmat.transfer.sources import load_source
 
 RESULTS = Path("benchmarks/results")
 CACHE = Path(".tlmat-cache")
@@ -108,7 +109,7 @@ def pretrain(args) -> None:
     inner = random_split(len(keep), (0.9, 0.05, 0.05), seed=0)
     split = Split(keep[inner.train], keep[inner.val], keep[inner.test])
     source = load_source("cgcnn/formation-energy-per-atom")  # architecture only
-    from tlmat.transfer.finetune import fresh_like
+    from tlmat.transfer.sources import fresh_like
 
     model = fresh_like(source, seed=0)
     config = TrainConfig(
@@ -118,8 +119,8 @@ def pretrain(args) -> None:
         lr=args.lr,
         batch_size=128,
         scheduler="plateau",
-        plateau_patience=5,
-        early_stopping_patience=10,
+        plateau_patience=3,
+        early_stopping_patience=args.patience,
         progress_bar=False,
     )
     result = fit(
@@ -207,6 +208,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--patience", type=int, default=6, help="early-stopping patience")
     g = sub.add_parser("grid")
     g.add_argument("--target", choices=["perov", "bulk"], required=True)
     g.add_argument("--source", choices=["cgcnn-mp", "tlmat-mp"], default="cgcnn-mp")

@@ -10,10 +10,11 @@ import pytest
 from scipy import stats
 
 from tlmat.data import Split, load_dataset, random_split, subsample
+from tlmat.evaluation.experiments import run_strategy, zero_shot
 from tlmat.evaluation.report import load_runs, summary_tables, write_report
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig
-from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+from tlmat.transfer.sources import load_source
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from tlmat.data import load_dataset, random_split
+from tlmat.evaluation.experiments import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig, fit
 from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups
 from tlmat.transfer.features import extract_features
-from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+from tlmat.transfer.sources import load_source
 
 GROUPS = [
     "embedding",

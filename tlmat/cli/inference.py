@@ -20,7 +20,7 @@ from tlmat.io import InputError
 from tlmat.models import CheckpointError, TrainedModel
 from tlmat.training import predict as predict_values
 from tlmat.transfer.features import extract_features
-from tlmat.transfer.finetune import PRETRAINED, load_source
+from tlmat.transfer.sources import PRETRAINED, load_source
 
 Checkpoint = Annotated[
     str, typer.Argument(help="tlmat checkpoint, registered name or original CGCNN .pth.tar.")

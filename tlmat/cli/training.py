@@ -13,12 +13,13 @@ from tlmat.cli.common import CacheDir, Overwrite, console, fail, metrics_table, 
 from tlmat.data import GraphDataset, Split, concat, load_dataset, random_split, subsample
 from tlmat.datasets import resolve
 from tlmat.evaluation import regression_metrics
+from tlmat.evaluation.experiments import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
 from tlmat.io import InputError
 from tlmat.models import CGCNNConfig, CheckpointError, TargetSpec, TrainedModel, build_cgcnn
 from tlmat.models.atom_features import load_atom_init
 from tlmat.training import RunExistsError, TrainConfig, fit, predict
-from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+from tlmat.transfer.sources import load_source
 
 ALL_STRATEGIES = (
     "scratch",

@@ -199,8 +199,9 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
 
     from tlmat.data import Split, source_fingerprint, subsample
     from tlmat.datasets import resolve
+    from tlmat.evaluation.experiments import run_strategy, zero_shot
     from tlmat.training import TrainConfig
-    from tlmat.transfer.finetune import load_source, run_strategy, zero_shot
+    from tlmat.transfer.sources import load_source
 
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
     start = time.perf_counter()

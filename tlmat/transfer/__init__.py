@@ -1,5 +1,6 @@
-"""Transfer learning: strategies over named parameter groups, feature extraction."""
+"""Transfer learning: sources, strategies over named parameter groups, feature extraction."""
 
+from tlmat.transfer.sources import PRETRAINED, fresh_like, load_source, prepare_transfer
 from tlmat.transfer.strategies import (
     FEATURE_STRATEGIES,
     Strategy,
@@ -11,9 +12,13 @@ from tlmat.transfer.strategies import (
 
 __all__ = [
     "FEATURE_STRATEGIES",
+    "PRETRAINED",
     "Strategy",
     "apply_strategy",
+    "fresh_like",
     "keep_frozen_in_eval",
+    "load_source",
+    "prepare_transfer",
     "preset",
     "trainable_groups",
 ]

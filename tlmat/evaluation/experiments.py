@@ -1,19 +1,11 @@
-"""Fine-tune a source model on a target with safe defaults, and compare strategies.
-
-Safe defaults (what the original CGCNN ``--resume``, ALIGNN and matgl get wrong):
-
-- the target normaliser is refitted on the target's training split;
-- epoch counter, optimiser state and best metric start afresh (only weights are taken);
-- the head is re-initialised when the target's name or dimension differs from the
-  source's (``keep_head=True`` to keep it);
-- the source model's zero-shot prediction is reported next to the fine-tuned one.
-"""
+"""Run one method on one split and score it on the test set: every transfer strategy,
+the descriptor baselines, source features + MLP/RF, the training-mean "Base" model, and
+the source's zero-shot prediction. Each run leaves ``result.json`` and
+``predictions.csv`` (and, for networks, the run folder of :func:`tlmat.training.fit`)."""
 
 from __future__ import annotations
 
-import copy
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,57 +15,14 @@ import numpy as np
 
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.splits import Split
-from tlmat.datasets import REGISTRY, fetch
 from tlmat.evaluation.baselines import BASELINES, fit_predict
 from tlmat.evaluation.metrics import regression_metrics
-from tlmat.models.checkpoint import TrainedModel, build_model, load_checkpoint
-from tlmat.models.targets import TargetSpec
+from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig
 from tlmat.training.fit import fit, predict, prepare_run_dir
 from tlmat.transfer.features import extract_features, feature_regressor
-from tlmat.transfer.strategies import FEATURE_STRATEGIES, preset
-
-logger = logging.getLogger("tlmat")
-
-#: Pretrained sources known by name (``tlmat models`` lists them).
-PRETRAINED = {
-    name: entry
-    for name, entry in REGISTRY.items()
-    if name.endswith(
-        ("energy-per-atom", "band-gap", "efermi", "moduli", "poisson-ratio", "classification")
-    )
-}
-
-
-def load_source(source: str | Path) -> TrainedModel:
-    """A source model from a registered name (``cgcnn/formation-energy-per-atom``), a tlmat
-    checkpoint, or an original CGCNN ``.pth.tar``."""
-    if isinstance(source, str) and source in PRETRAINED:
-        trained = load_checkpoint(fetch(source))
-        trained.provenance["name"] = source
-        return trained
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{source}: neither a file nor a registered model ({', '.join(PRETRAINED)})"
-        )
-    return load_checkpoint(path)
-
-
-def fresh_like(source: TrainedModel, seed: int = 0) -> TrainedModel:
-    """The source's architecture with new random weights (the fair scratch baseline)."""
-    import torch
-
-    torch.manual_seed(seed)
-    model = source.model
-    state = model.state_dict()
-    scratch = build_model(
-        model.config.architecture,
-        model.config.model_dump(),
-        model.graph_settings,
-        atom_features=state.get("backbone.atom_features"),
-    )
-    return TrainedModel(scratch, TargetSpec(), {"initialisation": "random", "seed": seed})
+from tlmat.transfer.sources import prepare_transfer
+from tlmat.transfer.strategies import FEATURE_STRATEGIES
 
 
 @dataclass
@@ -133,13 +82,9 @@ def run_strategy(
         _write_result(run_dir, result, config, dataset, split)
         return result
 
-    strategy = preset(name, k=freeze_k)
-    if strategy.from_source:
-        model = copy.deepcopy(source)
-        if not keep_head and _target_changed(source.target, config.target):
-            strategy = strategy.model_copy(update={"reinit_head": True})
-    else:
-        model = fresh_like(source, config.seed)
+    model, strategy = prepare_transfer(
+        name, source, config.target, keep_head, freeze_k, config.seed
+    )
     fitted = fit(model, dataset, split, config, run_dir, strategy, overwrite=overwrite)
     prediction = predict(fitted.trained, dataset, split.test)
     result = StrategyResult(
@@ -187,10 +132,6 @@ def _predict_without_training(
         val_mae,
         {"n_features": int(features["train"].shape[1])},
     )
-
-
-def _target_changed(source: TargetSpec, target_name: str) -> bool:
-    return source.name != target_name or source.task != "regression"
 
 
 def _write_result(
