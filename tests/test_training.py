@@ -111,6 +111,9 @@ def test_resume_equals_uninterrupted(perovskites, tmp_path: Path) -> None:
     resumed = fit(small_cgcnn(seed=99), perovskites, split, config, tmp_path / "cut")
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["resumed"] is True
     assert resumed.epochs == whole.epochs == 6
+    # the per-epoch log survives the interruption
+    logged = pd.read_csv(tmp_path / "cut" / "metrics.csv")["epoch"].dropna().unique()
+    assert sorted(logged) == list(range(6))
     for key, value in whole.trained.model.state_dict().items():
         torch.testing.assert_close(
             resumed.trained.model.state_dict()[key], value, rtol=0, atol=0, msg=key

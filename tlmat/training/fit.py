@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
@@ -191,8 +192,12 @@ def fit(
         trainer = _trainer(config, callbacks, run_dir, len(train_loader))
     split.save(run_dir / "split.json", dataset.ids)
     ckpt = run_dir / "checkpoints" / "last.ckpt" if resume else None
+    metrics_file = run_dir / "metrics.csv"
+    earlier = None
     if ckpt is not None:
         logger.warning("%s: resuming the interrupted run from %s", run_dir, ckpt)
+        # Lightning's CSV logger starts the file afresh: keep the epochs already logged
+        earlier = pd.read_csv(metrics_file) if metrics_file.exists() else None
     with warnings.catch_warnings(), _quiet_lightning():
         # our loaders are plain iterables: Lightning's worker advice does not apply
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -200,6 +205,11 @@ def fit(
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+    if earlier is not None and metrics_file.exists():
+        resumed = pd.read_csv(metrics_file)
+        first = resumed["epoch"].min() if len(resumed) else np.inf
+        merged = pd.concat([earlier[earlier["epoch"] < first], resumed], ignore_index=True)
+        merged.to_csv(metrics_file, index=False)
 
     best_path = Path(checkpoints.best_model_path or run_dir / "checkpoints" / "last.ckpt")
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
