@@ -126,7 +126,8 @@ def dataset_and_split(
         console.print(f"{int((~keep).sum())} structures excluded from training and validation")
     if train_size is not None:
         split = Split(subsample(split.train, train_size, seed), split.val, split.test)
-    for table in filter(None, [skipped_table(dataset.log)]):
+    table = skipped_table(dataset.log)
+    if table is not None:
         console.print(table)
     return dataset, split
 

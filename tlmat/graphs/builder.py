@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
-from itertools import islice
+from itertools import islice, tee
 
 import numpy as np
 import torch
@@ -185,9 +185,10 @@ def iter_graph_arrays(
     chunks = iter(lambda: list(islice(iterator, chunk_size)), [])
     if workers > 1:
         pool = ProcessPoolExecutor(workers)
-        pairs = (
-            (chunk, results)
-            for chunk, results in zip(*_tee_map(pool, chunks, settings, elements), strict=True)
+        # tee: each chunk is sent to the pool and kept here to pair with its results
+        mine, theirs = tee(chunks)
+        pairs = zip(
+            mine, pool.map(_build_chunk, ((c, settings, elements) for c in theirs)), strict=True
         )
     else:
         pairs = ((chunk, _build_chunk((chunk, settings, elements))) for chunk in chunks)
@@ -201,10 +202,3 @@ def iter_graph_arrays(
     finally:
         if workers > 1:
             pool.shutdown(cancel_futures=True)
-
-
-def _tee_map(pool, chunks, settings, elements):
-    from itertools import tee
-
-    mine, theirs = tee(chunks)
-    return mine, pool.map(_build_chunk, ((c, settings, elements) for c in theirs))
