@@ -46,22 +46,24 @@ def config_for(csv: Path, **overrides) -> dict:
 
 def test_grid_runs_every_job_and_reports(small_csv: Path, tmp_path: Path) -> None:
     config = BenchmarkConfig(**config_for(small_csv))
-    reports = run_benchmark(config, tmp_path / "results", tmp_path / "cache")
+    report = run_benchmark(config, tmp_path / "results", tmp_path / "cache")
     done = [j for j in jobs(config) if (j.folder(tmp_path / "results") / "result.json").exists()]
     assert len(done) == len(jobs(config)) == 2 * 2 * 3
+    assert {j.source for j in jobs(config) if j.method == "scratch"} == {"common"}
     manifest = json.loads(
         (jobs(config)[0].folder(tmp_path / "results") / "result.json").read_text()
     )
     for key in ("config", "job", "data_fingerprint", "split_ids", "wall_seconds", "peak_rss_mib"):
         assert key in manifest
     assert len(manifest["split_ids"]["train"]) == 20
-    assert "## paired t-test vs scratch" in reports[0].read_text()
+    text = report.read_text()
+    assert "## paired t-test vs scratch" in text and "| full [cgcnn-mp] |" in text
     # the same seed draws the same training subset for every method
     a, b = (
-        json.loads((tmp_path / "results" / "cgcnn-mp" / "n20-s1" / m / "result.json").read_text())[
+        json.loads((tmp_path / "results" / s / "n20-s1" / m / "result.json").read_text())[
             "split_ids"
         ]["train"]
-        for m in ("scratch", "full")
+        for s, m in (("common", "scratch"), ("cgcnn-mp", "full"))
     )
     assert a == b
 
@@ -137,9 +139,10 @@ def test_shipped_perovskite_config_runs_quick(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    report = (tmp_path / "res" / "cgcnn-mp" / "report" / "report.md").read_text()
-    for method in ("base", "scratch", "full", "features+rf", "zero-shot"):
+    report = (tmp_path / "res" / "report" / "report.md").read_text()
+    for method in ("base", "scratch", "full [cgcnn-mp]", "features+rf [cgcnn-mp]"):
         assert f"| {method} |" in report
+    assert "| zero-shot+linear [cgcnn-mp] |" in report
 
 
 def test_matbench_protocol_tests_on_the_official_fold(data: Path, tmp_path: Path) -> None:
@@ -158,7 +161,7 @@ def test_matbench_protocol_tests_on_the_official_fold(data: Path, tmp_path: Path
         executor={"kind": "debug"},
     )
     run_benchmark(config, tmp_path / "res", tmp_path / "cache")
-    predictions = pd.read_csv(tmp_path / "res" / "cgcnn-mp" / "n40-s2" / "base" / "predictions.csv")
+    predictions = pd.read_csv(tmp_path / "res" / "common" / "n40-s2" / "base" / "predictions.csv")
     folds = list(KFold(5, shuffle=True, random_state=18012019).split(np.arange(1265)))
     assert sorted(predictions["id"].astype(str)) == sorted(str(i) for i in folds[2][1])
 
@@ -169,3 +172,60 @@ def test_shipped_configs_are_valid(name: str) -> None:
         Path(__file__).parents[1] / "benchmarks" / "configs" / f"{name}.yaml"
     )
     assert config.sizes and config.methods and config.sources
+
+
+def test_pretrained_sources_never_see_the_test_materials(
+    data: Path, small_csv: Path, tmp_path: Path
+) -> None:
+    """Sources pretrained inside the grid lose every test id and test formula; two
+    pretraining sizes give the error-vs-pretraining-size table; a finished source is
+    reused, and a changed one is refused rather than overwritten."""
+    from tlmat.io import read_records, write_csv
+
+    source_csv = tmp_path / "source.csv"  # contains all 80 target materials
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_all"], limit=400), source_csv)
+
+    def pretrained(size: int) -> dict:
+        spec = {"data": str(source_csv), "target": "heat_all", "size": size, "seed": 1}
+        return {"pretrain": {**spec, "training": {"epochs": 1, "batch_size": 32}}}
+
+    raw = config_for(
+        small_csv,
+        sizes=[20],
+        methods=["scratch", "full"],
+        sources={"p100": pretrained(100), "p200": pretrained(200)},
+        executor={"kind": "debug"},
+    )
+    results = tmp_path / "results"
+    report = run_benchmark(BenchmarkConfig(**raw), results, tmp_path / "cache")
+
+    test_ids = pd.read_csv(results / "common" / "n20-s0" / "scratch" / "predictions.csv")["id"]
+    formulas = {
+        r.formula for r in read_records(small_csv, ["heat_ref"]).records if r.id in set(test_ids)
+    }
+    for name, size in (("p100", 100), ("p200", 200)):
+        summary = json.loads((results / "sources" / name / "pretrain.json").read_text())
+        assert summary["n_excluded_same_id"] == 20  # the 20 test materials are in source.csv
+        assert summary["n_pretrain"] + summary["n_val"] + summary["n_test"] == size
+        seen = json.loads((results / "sources" / name / "split.json").read_text())
+        used = {i for part in seen.values() for i in part}
+        assert not used & set(test_ids)
+        source_formulas = {
+            r.formula for r in read_records(source_csv, ["heat_all"]).records if r.id in used
+        }
+        assert not source_formulas & formulas
+    text = report.read_text()
+    assert "## Sources" in text and "## test MAE vs pretraining-set size" in text
+    assert "| full, N=20 |" in text and (results / "report" / "pretraining_scaling.png").exists()
+
+    stamp = (results / "sources" / "p100" / "pretrain.json").stat().st_mtime_ns
+    run_benchmark(BenchmarkConfig(**raw), results, tmp_path / "cache")  # reused, not retrained
+    assert (results / "sources" / "p100" / "pretrain.json").stat().st_mtime_ns == stamp
+    raw["sources"]["p100"]["pretrain"]["size"] = 150
+    with pytest.raises(ValueError, match="other settings"):
+        run_benchmark(BenchmarkConfig(**raw), results, tmp_path / "cache")
+
+
+def test_source_needs_one_origin(small_csv: Path) -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        BenchmarkConfig(**config_for(small_csv, sources={"x": {"methods": ["full"]}}))

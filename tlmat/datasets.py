@@ -208,12 +208,17 @@ def fetch(name: str, timeout: float = 30.0) -> Path:
 
 
 def resolve(spec: str | Path) -> Path:
-    """A path as given, or the local path of a registered name (``perov_5/train``)."""
+    """A path as given, a path inside the local dataset folder
+    (``mp_cgcnn_36k/mp_cgcnn_36k.csv.gz``), or the local path of a registered name
+    (``perov_5/train``)."""
     path = Path(spec)
     if path.exists():
         return path
     if str(spec) in REGISTRY:
         return fetch(str(spec))
+    root = data_dir()
+    if root is not None and not path.is_absolute() and (root / path).exists():
+        return root / path
     raise FileNotFoundError(
         f"{spec}: no such file or folder, and not a registered name "
         f"({', '.join(n for n in REGISTRY if not n.startswith('cgcnn/'))})"

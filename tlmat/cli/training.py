@@ -401,7 +401,8 @@ def benchmark(
     cache_dir: CacheDir = None,
 ) -> None:
     """Run a grid (sizes × seeds × sources × methods) in parallel, resumably (finished jobs
-    are skipped), then write a report per source.
+    are skipped), then write one report. Sources declared with ``pretrain:`` are trained
+    first, without the target's test materials (same id or same reduced formula).
 
     Example:
 
@@ -417,8 +418,7 @@ def benchmark(
             cfg = cfg.model_copy(
                 update={"executor": cfg.executor.model_copy(update={"workers": workers})}
             )
-        reports = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
+        report = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
     except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))
-    for report in reports:
-        console.print(f"report → {report}")
+    console.print(f"report → {report}")

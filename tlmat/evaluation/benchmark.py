@@ -1,11 +1,19 @@
 """Benchmark grids from a YAML file: training-set sizes × seeds × sources × methods on a
 fixed test set, run in parallel, resumable, reported.
 
+Methods that need no source (``base``, ``scratch``, the descriptor baselines) run once
+per (size, seed) under ``common/``; transfer methods run once per source under
+``<source>/``. A source is a published checkpoint or is pretrained inside the grid
+(:mod:`tlmat.evaluation.pretraining`) on data with the target's held-out materials
+removed; a checkpoint known to have seen them is declared with ``saw_test`` and marked in
+the report, never a headline number.
+
 Jobs run on the local cores through the standard library's process pool, or on a SLURM
 cluster through submitit (``executor: slurm``). A job whose ``result.json`` exists is
 skipped, so an interrupted grid continues where it stopped. Every job folder holds its
-manifest (``run.json`` or ``result.json``: config, seed, versions, data source and
-fingerprint, split ids, wall time, peak memory) and its test-set predictions.
+manifest (``result.json``: config, seed, versions, data source and fingerprint, split
+ids, wall time, peak memory) and its test-set predictions; ``sources.json`` describes the
+sources, and ``report/`` holds one report comparing everything.
 
 Example ``perov.yaml``::
 
@@ -19,8 +27,12 @@ Example ``perov.yaml``::
     seeds: [0, 1, 2]
     val_size: 200
     test_size: 1000
-    sources: {cgcnn-mp: cgcnn/formation-energy-per-atom}
-    methods: [scratch, full, freeze-embedding, head-only, features+rf]
+    sources:
+      cgcnn-mp: cgcnn/formation-energy-per-atom      # a published checkpoint
+      mp-10k:                                        # pretrained here, leakage-free
+        pretrain: {data: mp_cgcnn_36k/mp_cgcnn_36k.csv.gz,
+                   target: formation_energy_per_atom, size: 10000}
+    methods: [base, scratch, magpie+rf, full, freeze-embedding, head-only, features+rf]
     training: {epochs: 60, early_stopping_patience: 15}
 """
 
@@ -37,7 +49,10 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from tlmat.evaluation.baselines import BASELINES
+from tlmat.evaluation.pretraining import PretrainConfig
 
 logger = logging.getLogger("tlmat")
 
@@ -55,6 +70,30 @@ class ExecutorConfig(BaseModel):
     slurm: dict[str, Any] = Field(default_factory=dict)
 
 
+#: Methods that use no source: run once per (size, seed), in ``common/``.
+SOURCE_FREE = ("base", "scratch", *BASELINES)
+COMMON = "common"
+
+
+class SourceConfig(BaseModel):
+    """A published ``checkpoint`` (registered name or file) or a source to ``pretrain``;
+    ``methods`` overrides the grid's transfer methods for this source; ``saw_test`` says
+    why the source has seen test materials (its rows are marked, not headline numbers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str | None = None
+    pretrain: PretrainConfig | None = None
+    methods: list[str] | None = None
+    saw_test: str | None = None
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> SourceConfig:
+        if (self.checkpoint is None) == (self.pretrain is None):
+            raise ValueError("a source needs exactly one of checkpoint: or pretrain:")
+        return self
+
+
 class BenchmarkConfig(BaseModel):
     """One benchmark grid (see the module docstring for a YAML example)."""
 
@@ -68,20 +107,38 @@ class BenchmarkConfig(BaseModel):
     protocol: Literal["fixed-test", "matbench"] = "fixed-test"
     unit: str = ""
     log10: bool = False
+    #: optional label-only table joined to ``data`` on ``join_on`` (e.g. HSE band gaps)
+    labels: str | None = None
+    join_on: str = "material_id"
+    #: keep only targets in [target_min, target_max] (before log10), e.g. non-metals
+    target_min: float | None = None
+    target_max: float | None = None
     test: str | None = None
     val: str | None = None
     sizes: list[int]
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     val_size: float = 0.1
     test_size: float | None = None
-    sources: dict[str, str] = Field(
-        default_factory=lambda: {"cgcnn-mp": "cgcnn/formation-energy-per-atom"}
+    sources: dict[str, SourceConfig] = Field(
+        default_factory=lambda: {
+            "cgcnn-mp": SourceConfig(checkpoint="cgcnn/formation-energy-per-atom")
+        }
     )
     methods: list[str] = Field(default_factory=lambda: ["scratch", "full"])
+    #: the network ``scratch`` trains from random weights (and the pretraining template)
+    architecture: str = "cgcnn/formation-energy-per-atom"
     freeze_k: int = 1
     training: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = None
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _checkpoint_names(cls, value: Any) -> Any:
+        # ``name: cgcnn/…`` is short for ``name: {checkpoint: cgcnn/…}``
+        if isinstance(value, dict):
+            return {k: {"checkpoint": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
@@ -98,8 +155,20 @@ class BenchmarkConfig(BaseModel):
                 if self.test_size is None or self.test_size > 200
                 else self.test_size,
                 "val_size": min(self.val_size, 50) if self.val_size >= 1 else self.val_size,
+                "sources": {
+                    name: source.model_copy(update={"pretrain": _quick_pretrain(source.pretrain)})
+                    for name, source in self.sources.items()
+                },
             }
         )
+
+
+def _quick_pretrain(spec: PretrainConfig | None) -> PretrainConfig | None:
+    if spec is None:
+        return None
+    size = min(spec.size or 400, 400)
+    training = {**spec.training, "epochs": 1, "early_stopping_patience": None}
+    return spec.model_copy(update={"size": size, "training": training})
 
 
 @dataclass(frozen=True)
@@ -115,25 +184,27 @@ class Job:
 
 
 def jobs(config: BenchmarkConfig) -> list[Job]:
-    return [
-        Job(size, seed, source, method)
-        for source in config.sources
-        for size in sorted(config.sizes)
-        for seed in config.seeds
-        for method in config.methods
-    ]
+    """Every (size, seed, source, method); source-free methods once, under ``common``."""
+    grid = [(size, seed) for size in sorted(config.sizes) for seed in config.seeds]
+    common = [m for m in config.methods if m in SOURCE_FREE]
+    out = [Job(size, seed, COMMON, m) for size, seed in grid for m in common]
+    for name, source in config.sources.items():
+        methods = [m for m in (source.methods or config.methods) if m not in SOURCE_FREE]
+        out += [Job(size, seed, name, m) for size, seed in grid for m in methods]
+    return out
 
 
 def _data(config: BenchmarkConfig, cache_dir: Path | None):
     """The dataset (pool [+ val] [+ test]) and the fixed split every job draws from."""
     from tlmat.data import Split, concat, load_dataset, random_split, subsample
-    from tlmat.datasets import resolve
+    from tlmat.evaluation.pretraining import table_path
     from tlmat.graphs import GraphSettings
 
     settings = GraphSettings.preset("cgcnn")
 
     def load(spec: str):
-        return load_dataset(resolve(spec), settings, [config.target], cache_dir=cache_dir)
+        path = table_path(spec, config.labels, config.join_on, cache_dir)
+        return load_dataset(path, settings, [config.target], cache_dir=cache_dir)
 
     pool = load(config.data)
     n_pool = len(pool)
@@ -144,6 +215,14 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None):
             extra = load(spec)
             parts[part] = np.arange(len(dataset), len(dataset) + len(extra))
             dataset = concat(dataset, extra)
+    if config.target_min is not None or config.target_max is not None:
+        if config.protocol == "matbench":
+            raise ValueError("the matbench protocol keeps every row: drop target_min/max")
+        y = dataset.targets[config.target]
+        inside = (y >= (config.target_min if config.target_min is not None else -np.inf)) & (
+            y <= (config.target_max if config.target_max is not None else np.inf)
+        )
+        parts = {name: index[inside[index]] for name, index in parts.items()}
 
     def count(size: float, n: int) -> int:
         return int(size if size >= 1 else round(size * n))
@@ -193,6 +272,49 @@ def _matbench_fold(config: BenchmarkConfig, dataset, fold: int):
     return Split(np.setdiff1d(split.train, val), val, split.test)
 
 
+def held_out_materials(config: BenchmarkConfig, dataset, fixed) -> tuple[list[str], list[str]]:
+    """Ids and formulas no source may train on: the fixed test set, or every material of
+    a Matbench task (each fold tests on another fifth)."""
+    index = np.arange(len(dataset)) if config.protocol == "matbench" else fixed.test
+    return [dataset.ids[i] for i in index], [dataset.formulas[i] for i in index]
+
+
+def source_path(config: BenchmarkConfig, name: str, root: Path) -> str | Path:
+    """A source's checkpoint: the published one, or the one pretrained under ``root``."""
+    if name == COMMON:
+        return config.architecture
+    source = config.sources[name]
+    return source.checkpoint if source.pretrain is None else root / "sources" / name / "model.pt"
+
+
+def prepare_sources(
+    config: BenchmarkConfig, root: Path, cache_dir: Path | None, dataset, fixed
+) -> dict[str, dict[str, Any]]:
+    """Pretrain the sources that need it (leakage-free), then describe every source in
+    ``sources.json``."""
+    from tlmat.evaluation.pretraining import pretrain_source
+
+    ids, formulas = held_out_materials(config, dataset, fixed)
+    described = {}
+    for name, source in config.sources.items():
+        entry: dict[str, Any] = {"saw_test": source.saw_test}
+        if source.pretrain is None:
+            entry.update(kind="checkpoint", checkpoint=source.checkpoint)
+        else:
+            folder = root / "sources" / name
+            pretrain_source(source.pretrain, ids, formulas, folder, cache_dir)
+            summary = json.loads((folder / "pretrain.json").read_text())
+            entry.update(
+                kind="pretrained",
+                checkpoint=str(folder / "model.pt"),
+                **{k: summary[k] for k in summary if k.startswith("n_")},
+                pretrain_test=summary["test"],
+            )
+        described[name] = entry
+    (root / "sources.json").write_text(json.dumps(described, indent=2))
+    return described
+
+
 def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | None) -> dict:
     """Train and evaluate one (size, seed, source, method); writes its folder."""
     import torch
@@ -211,10 +333,10 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     # a size beyond the pool means "all of it" (Matbench's full-data point)
     size = min(job.size, len(fixed.train))
     split = Split(subsample(fixed.train, size, job.seed), fixed.val, fixed.test)
-    source = load_source(config.sources[job.source])
+    source = load_source(source_path(config, job.source, root))
     folder = job.folder(root)
     zero = folder.parent / "zero-shot.json"
-    if not zero.exists():
+    if job.source != COMMON and not zero.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         zero.write_text(json.dumps(zero_shot(source, dataset, split, config.target), indent=2))
     train_config = TrainConfig(
@@ -234,6 +356,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     manifest.update(
         {
             "job": job.__dict__,
+            "source": str(source_path(config, job.source, root)),
             "data_fingerprint": source_fingerprint(resolve(config.data)),
             "split_ids": {
                 "train": [dataset.ids[i] for i in split.train],
@@ -249,8 +372,11 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
 
 def run_benchmark(
     config: BenchmarkConfig, root: str | Path, cache_dir: str | Path | None = None
-) -> list[Path]:
-    """Run every unfinished job, then write one report per source; returns the reports."""
+) -> Path:
+    """Pretrain the sources that need it, run every unfinished job, then write the
+    report; returns ``report/report.md``."""
+    import torch
+
     from tlmat.evaluation.report import write_report
 
     root = Path(root)
@@ -259,7 +385,14 @@ def run_benchmark(
     cache = Path(cache_dir) if cache_dir is not None else None
     todo = [j for j in jobs(config) if not (j.folder(root) / "result.json").exists()]
     logger.info("%s: %d jobs, %d to run", config.name, len(jobs(config)), len(todo))
-    _data(config, cache)  # build the graph cache once, before jobs read it in parallel
+    # build the graph cache once, before jobs read it in parallel
+    dataset, fixed = _data(config, cache)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.executor.workers * config.executor.threads_per_job)
+    try:
+        prepare_sources(config, root, cache, dataset, fixed)
+    finally:
+        torch.set_num_threads(threads)
     kind = config.executor.kind
     if kind == "debug" or (kind == "local" and config.executor.workers == 1):
         for job in todo:
@@ -277,12 +410,4 @@ def run_benchmark(
         submitted = [executor.submit(run_job, config, job, root, cache) for job in todo]
         for job in submitted:
             job.result()
-    return [
-        write_report(
-            root / source,
-            unit=config.unit,
-            threshold=config.threshold,
-            title=f"{config.name}: {source}",
-        )
-        for source in config.sources
-    ]
+    return write_report(root, unit=config.unit, threshold=config.threshold, title=config.name)

@@ -2,8 +2,10 @@
 
 A results grid is a folder of jobs ``n{size}-s{seed}/``, each holding one folder per method
 with ``result.json`` (metrics) and ``predictions.csv`` (id, true, predicted on the test
-set), and optionally ``zero-shot.json`` (the source's scores). ``benchmarks/transfer.py``
-and ``tlmat compare`` write this layout.
+set), and optionally ``zero-shot.json`` (the source's scores). ``tlmat compare`` writes
+this layout. ``tlmat benchmark`` writes one such folder per source plus ``common/`` (the
+methods without a source) and ``sources.json``; its methods are then labelled
+``full [source]``, with ``†`` on a source that saw test materials.
 """
 
 from __future__ import annotations
@@ -29,35 +31,133 @@ from tlmat.evaluation.statistics import (
 JOB = re.compile(r"^n(\d+)-s(\d+)$")
 
 
-def load_runs(root: str | Path) -> pd.DataFrame:
-    """One row per (method, size, seed): test metrics, seconds per epoch, run folder."""
+def _grid_rows(grid: Path, label: str, extra: dict) -> list[dict]:
     rows = []
-    for job in sorted(Path(root).iterdir()):
+    for job in sorted(grid.iterdir()):
         match = JOB.match(job.name)
         if not match or not job.is_dir():
             continue
-        size, seed = int(match[1]), int(match[2])
+        where = {"size": int(match[1]), "seed": int(match[2]), **extra}
         zero = job / "zero-shot.json"
         if zero.exists():
             for method, metrics in json.loads(zero.read_text()).items():
-                rows.append(
-                    {"method": method, "size": size, "seed": seed, **metrics, "path": str(job)}
-                )
+                rows.append({"method": method + label, **where, **metrics, "path": str(job)})
         for result in sorted(job.glob("*/result.json")):
             r = json.loads(result.read_text())
             rows.append(
                 {
-                    "method": r["strategy"],
-                    "size": size,
-                    "seed": seed,
+                    "method": r["strategy"] + label,
+                    **where,
                     **r["test"],
                     "sec_per_epoch": r.get("seconds_per_epoch", np.nan),
                     "path": str(result.parent),
                 }
             )
+    return rows
+
+
+def load_sources(root: str | Path) -> dict[str, dict]:
+    """``sources.json`` of a benchmark grid (empty when there is none)."""
+    path = Path(root) / "sources.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per (method, size, seed): test metrics, seconds per epoch, run folder, and
+    for benchmark grids the source and its pretraining-set size."""
+    root = Path(root)
+    rows = _grid_rows(root, "", {})
+    sources = load_sources(root)
+    for grid in sorted(p for p in root.iterdir() if p.is_dir() and not JOB.match(p.name)):
+        if grid.name == "common":
+            rows += _grid_rows(grid, "", {"source": ""})
+        elif grid.name in sources:
+            info = sources[grid.name]
+            mark = "†" if info.get("saw_test") else ""
+            extra = {"source": grid.name, "n_pretrain": info.get("n_pretrain", np.nan)}
+            rows += _grid_rows(grid, f" [{grid.name}{mark}]", extra)
     if not rows:
         raise FileNotFoundError(f"{root}: no n<size>-s<seed>/<method>/result.json found")
     return pd.DataFrame(rows)
+
+
+def _raw_zero_shot(method: str) -> bool:
+    """The source's raw output, in the source's unit (eV/atom against eV/cell, say)."""
+    return method.split(" [")[0] == "zero-shot"
+
+
+def pretraining_scaling(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Test MAE against pretraining-set size (Hoffmann et al. Fig. 3): mean over seeds per
+    (method, training-set size) and pretraining size, with the log–log slope; ``None``
+    unless the grid has sources pretrained on at least two sizes."""
+    if "n_pretrain" not in runs:
+        return None
+    pretrained = runs.dropna(subset=["n_pretrain"]).copy()
+    if pretrained["n_pretrain"].nunique() < 2:
+        return None
+    pretrained["base"] = pretrained["method"].str.split(" [", regex=False).str[0]
+    pretrained = pretrained[~pretrained["base"].map(_raw_zero_shot)]
+    mean = pretrained.groupby(["base", "size", "n_pretrain"])["mae"].mean().unstack("n_pretrain")
+    mean.columns = [f"P={int(c)}" for c in mean.columns]
+    sizes = np.array([int(c[2:]) for c in mean.columns], dtype=float)
+    slopes = []
+    for _, row in mean.iterrows():
+        ok = row.notna().to_numpy()
+        slopes.append(loglog_fit(sizes[ok], row.to_numpy()[ok]).slope if ok.sum() >= 2 else np.nan)
+    table = mean.map("{:.4f}".format)
+    table["slope"] = [f"{v:+.3f}" for v in slopes]
+    table.index = [f"{m}, N={n}" for m, n in table.index]
+    table.index.name = "method, target size"
+    return table
+
+
+def plot_pretraining_scaling(runs: pd.DataFrame, path: Path, unit: str) -> None:
+    pretrained = runs.dropna(subset=["n_pretrain"]).copy()
+    pretrained["base"] = pretrained["method"].str.split(" [", regex=False).str[0]
+    pretrained = pretrained[~pretrained["base"].map(_raw_zero_shot)]
+    stats = pretrained.groupby(["base", "size", "n_pretrain"])["mae"].agg(["mean", "std"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for (method, size), group in stats.groupby(level=["base", "size"]):
+        group = group.droplevel(["base", "size"])
+        ax.errorbar(
+            group.index,
+            group["mean"],
+            yerr=group["std"].fillna(0),
+            fmt="o-",
+            capsize=3,
+            label=f"{method}, N={size}",
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("pretraining-set size P (structures)")
+    ax.set_ylabel(f"test MAE ({unit})" if unit else "test MAE")
+    ax.set_title("Error vs pretraining-set size (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def sources_table(sources: dict[str, dict]) -> pd.DataFrame:
+    """One row per source: origin, pretraining-set size and error, leakage."""
+    rows = {}
+    for name, info in sources.items():
+        test = info.get("pretrain_test") or {}
+        rows[name] = {
+            "kind": info.get("kind", ""),
+            "pretraining size": info.get("n_pretrain", ""),
+            "removed (same id / same formula)": (
+                f"{info['n_excluded_same_id']} / {info['n_excluded_same_formula']}"
+                if "n_excluded_same_id" in info
+                else ""
+            ),
+            "pretraining test MAE": f"{test['mae']:.4f}" if "mae" in test else "",
+            "saw test materials": f"† {info['saw_test']}" if info.get("saw_test") else "no",
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.name = "source"
+    return frame
 
 
 def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, pd.DataFrame]:
@@ -101,7 +201,7 @@ def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, p
         eq_table = {
             (m, s): equivalent(v, s)
             for (m, s), v in mean.items()
-            if m not in (baseline, "zero-shot")
+            if m != baseline and not _raw_zero_shot(m)
         }
         tables[f"equivalent {baseline} training-set size"] = (
             pd.Series(eq_table).rename_axis(["method", "size"]).unstack("size")
@@ -131,9 +231,9 @@ def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: st
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     stats = runs.groupby(["method", "size"])["mae"].agg(["mean", "std"]).reset_index()
     for method, group in stats.groupby("method"):
-        if method == "zero-shot":  # raw source output in another unit: off the scale
+        if _raw_zero_shot(method):  # raw source output in another unit: off the scale
             continue
-        style = "--" if method.startswith("zero") else "-"
+        style = "--" if method.startswith("zero") or "†" in method else "-"
         line = ax.errorbar(
             group["size"],
             group["mean"],
@@ -230,7 +330,8 @@ def plot_error_distributions(
 
 def _markdown_table(frame: pd.DataFrame) -> list[str]:
     frame = frame.fillna("")
-    header = "| " + " | ".join([frame.index.name or "", *[f"N={c}" for c in frame.columns]])
+    names = [f"N={c}" if isinstance(c, int | np.integer) else str(c) for c in frame.columns]
+    header = "| " + " | ".join([frame.index.name or "", *names])
     lines = [header + " |", "|---" * (len(frame.columns) + 1) + "|"]
     for index, row in frame.iterrows():
         lines.append("| " + " | ".join([str(index), *map(str, row.to_numpy())]) + " |")
@@ -262,6 +363,12 @@ def write_report(
             predictions, out / "error_cdf.png", out / "error_hist.png", unit, threshold, largest
         )
         figures += ["parity.png", "error_cdf.png", "error_hist.png"]
+    sources = load_sources(root)
+    scaling = pretraining_scaling(runs)
+    if scaling is not None:
+        tables["test MAE vs pretraining-set size"] = scaling
+        plot_pretraining_scaling(runs, out / "pretraining_scaling.png", unit)
+        figures.append("pretraining_scaling.png")
 
     lines = [
         f"# {title or root.name}",
@@ -271,6 +378,17 @@ def write_report(
         f"{unit or 'target units'}. Source data: `{root}`.",
         "",
     ]
+    if sources:
+        lines += [
+            "## Sources",
+            "",
+            "Pretrained sources never saw the target's held-out materials (same id or same "
+            "reduced formula removed). † marks a source that saw test materials: its rows "
+            "are shown for reference, not as headline numbers.",
+            "",
+            *_markdown_table(sources_table(sources)),
+            "",
+        ]
     for name, table in tables.items():
         if name.startswith("_"):
             continue
@@ -281,6 +399,11 @@ def write_report(
                 f"{baseline} learning curve: log10 MAE = {fit.intercept:.3f} "
                 f"{fit.slope:+.3f} log10 N (r² {fit.r2:.3f}); * = outside the fitted "
                 "range.",
+                "",
+            ]
+        if name.startswith("test MAE vs pretraining"):
+            lines += [
+                "Mean over seeds; slope of log10 MAE against log10 P (Hoffmann et al. Fig. 3).",
                 "",
             ]
         lines += [*_markdown_table(table), ""]

@@ -199,3 +199,42 @@ def iter_json(
     """Matbench/matminer/pymatgen/JARVIS JSON (plain, ``.gz`` or ``.zip``)."""
     rows, where = json_rows(load_json(path), path)
     yield from rows_to_items(rows, path, structure_column, id_column, targets, where)
+
+
+def join_labels(structures: Path, labels: Path, on: str, out_dir: Path) -> Path:
+    """A gzipped CSV of the rows of ``structures`` (a table with a structure column)
+    joined to the rows of ``labels`` (a label-only table, e.g. the multi-fidelity band
+    gaps keyed by Materials Project id) on the column ``on``.
+
+    Label columns win a name clash (the structure table's copy gets ``_structures``).
+    The result is written once to ``out_dir``, named by a hash of both files' bytes, so a
+    changed input gives a new table and an unchanged one is not joined again.
+    """
+    import hashlib
+
+    import pandas as pd
+
+    digest = hashlib.sha256(on.encode())
+    for path in (structures, labels):
+        with Path(path).open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    out = (
+        Path(out_dir)
+        / f"{Path(structures).name.split('.')[0]}+{Path(labels).name.split('.')[0]}-{digest.hexdigest()[:12]}.csv.gz"
+    )
+    if out.exists():
+        return out
+    left = pd.read_csv(structures, dtype={on: str})
+    right = pd.read_csv(labels, dtype={on: str})
+    for name, table in (("structures", left), ("labels", right)):
+        if on not in table.columns:
+            raise ValueError(f"{name} table has no column {on!r} to join on")
+    clash = [c for c in left.columns if c in right.columns and c != on]
+    left = left.rename(columns={c: f"{c}_structures" for c in clash})
+    joined = left.merge(right, on=on, how="inner")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    joined.to_csv(tmp, index=False, compression="gzip")
+    tmp.replace(out)
+    return out

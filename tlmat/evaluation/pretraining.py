@@ -1,0 +1,169 @@
+"""Sources pretrained inside a benchmark, with the target's test materials held out.
+
+A transfer score means nothing if the source saw the test materials. A pretrained source
+of a benchmark is therefore trained on its own data *minus* every entry whose id, or
+whose reduced formula (any polymorph, Krawczuk & Venturi), belongs to the target's held-out
+materials. What was removed is written to ``pretrain.json`` beside the model, with the
+pretraining-set size that Hoffmann et al.'s error-vs-pretraining-size curve needs.
+
+A finished source is reused when its specification and held-out set are unchanged; an
+interrupted one resumes from its last checkpoint; a changed one is refused rather than
+overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from tlmat.data import Split, composition_disjoint, load_dataset, random_split, subsample
+from tlmat.data.dataset import default_cache_dir
+from tlmat.datasets import resolve
+from tlmat.evaluation.metrics import regression_metrics
+from tlmat.graphs import GraphSettings
+from tlmat.io.table import join_labels
+from tlmat.training import TrainConfig, fit, predict
+from tlmat.transfer.sources import fresh_like, load_source
+
+logger = logging.getLogger("tlmat")
+
+
+class PretrainConfig(BaseModel):
+    """How to pretrain a source: data, target, size and training settings.
+
+    Example (Lee & Asahi's 10k formation-energy source)::
+
+        data: mp_cgcnn_36k/mp_cgcnn_36k.csv.gz
+        target: formation_energy_per_atom
+        unit: eV/atom
+        size: 10000
+        max_abs_target: 5.0      # drop the |E_f| > 5 eV/atom MP artefacts
+        training: {epochs: 12, batch_size: 128}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str
+    #: optional label-only table joined to ``data`` on ``join_on``
+    labels: str | None = None
+    join_on: str = "material_id"
+    target: str
+    unit: str = ""
+    #: structures to pretrain on (drawn after the exclusions); ``None``: all that remain
+    size: int | None = Field(None, ge=10)
+    max_abs_target: float | None = None
+    #: what of the target's held-out materials to remove: same ids, same reduced formulas
+    exclude: list[Literal["ids", "formulas"]] = Field(default_factory=lambda: ["ids", "formulas"])
+    architecture: str = "cgcnn/formation-energy-per-atom"
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    seed: int = 0
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
+def table_path(spec: str, labels: str | None, join_on: str, cache_dir: Path | None) -> Path:
+    """The structure table of a config entry, joined to its label table when it has one."""
+    path = resolve(spec)
+    if labels is None:
+        return path
+    return join_labels(
+        path, resolve(labels), join_on, (cache_dir or default_cache_dir()) / "joined"
+    )
+
+
+def _held_out_digest(ids: list[str], formulas: list[str]) -> str:
+    return hashlib.sha256(json.dumps([sorted(ids), sorted(formulas)]).encode()).hexdigest()
+
+
+def pretrain_source(
+    spec: PretrainConfig,
+    held_out_ids: list[str],
+    held_out_formulas: list[str],
+    folder: Path,
+    cache_dir: Path | None = None,
+) -> Path:
+    """Pretrain (or reuse) a source in ``folder``; returns its ``model.pt``."""
+    digest = hashlib.sha256(
+        (spec.model_dump_json() + _held_out_digest(held_out_ids, held_out_formulas)).encode()
+    ).hexdigest()[:16]
+    model_file, summary_file = folder / "model.pt", folder / "pretrain.json"
+    if model_file.exists():
+        done = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+        if done.get("spec_hash") == digest:
+            return model_file
+        raise ValueError(
+            f"{folder} holds a source pretrained with other settings or another held-out "
+            "set; give this source a new name or delete that folder"
+        )
+    settings = GraphSettings.preset("cgcnn")
+    dataset = load_dataset(
+        table_path(spec.data, spec.labels, spec.join_on, cache_dir),
+        settings,
+        [spec.target],
+        cache_dir=cache_dir,
+        progress=True,
+    )
+    y = dataset.targets[spec.target]
+    keep = np.isfinite(y)
+    if spec.max_abs_target is not None:
+        keep &= np.abs(y) <= spec.max_abs_target
+    n_valid = int(keep.sum())
+    by_id = np.zeros(len(dataset), dtype=bool)
+    if "ids" in spec.exclude:
+        held = set(held_out_ids)
+        by_id = np.array([i in held for i in dataset.ids])
+    by_formula = np.zeros(len(dataset), dtype=bool)
+    if "formulas" in spec.exclude:
+        by_formula = ~composition_disjoint(dataset.formulas, held_out_formulas)
+    keep &= ~by_id & ~by_formula
+    indices = np.flatnonzero(keep)
+    if spec.size is not None:
+        if spec.size > len(indices):
+            raise ValueError(
+                f"pretraining size {spec.size} exceeds the {len(indices)} structures left "
+                "after removing the held-out materials"
+            )
+        indices = np.sort(subsample(indices, spec.size, spec.seed))
+    fractions = (1 - spec.val_fraction - spec.test_fraction, spec.val_fraction, spec.test_fraction)
+    inner = random_split(len(indices), fractions, spec.seed)
+    split = Split(indices[inner.train], indices[inner.val], indices[inner.test])
+    config = TrainConfig(
+        target=spec.target,
+        unit=spec.unit,
+        seed=spec.seed,
+        progress_bar=False,
+        **{"batch_size": 128, "plateau_patience": 3, "early_stopping_patience": 6} | spec.training,
+    )
+    model = fresh_like(load_source(spec.architecture), spec.seed)
+    logger.info("pretraining %s on %d structures", folder.name, len(split.train))
+    result = fit(
+        model,
+        dataset,
+        split,
+        config,
+        folder,
+        provenance={"pretrained_for_benchmark": folder.name, "spec_hash": digest},
+    )
+    summary = {
+        "spec": spec.model_dump(),
+        "spec_hash": digest,
+        "source_data": dataset.source,
+        "n_valid": n_valid,
+        "n_excluded_same_id": int((by_id & np.isfinite(y)).sum()),
+        "n_excluded_same_formula": int((by_formula & ~by_id & np.isfinite(y)).sum()),
+        "n_held_out_materials": len(held_out_ids),
+        "n_pretrain": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "test": regression_metrics(y[split.test], predict(result.trained, dataset, split.test)),
+        "epochs": result.epochs,
+        "seconds": result.seconds,
+    }
+    summary_file.write_text(json.dumps(summary, indent=2))
+    return model_file
