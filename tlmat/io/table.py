@@ -219,10 +219,8 @@ def join_labels(structures: Path, labels: Path, on: str, out_dir: Path) -> Path:
         with Path(path).open("rb") as handle:
             while chunk := handle.read(1 << 20):
                 digest.update(chunk)
-    out = (
-        Path(out_dir)
-        / f"{Path(structures).name.split('.')[0]}+{Path(labels).name.split('.')[0]}-{digest.hexdigest()[:12]}.csv.gz"
-    )
+    stems = "+".join(Path(p).name.split(".")[0] for p in (structures, labels))
+    out = Path(out_dir) / f"{stems}-{digest.hexdigest()[:12]}.csv.gz"
     if out.exists():
         return out
     left = pd.read_csv(structures, dtype={on: str})
