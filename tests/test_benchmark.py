@@ -166,7 +166,19 @@ def test_matbench_protocol_tests_on_the_official_fold(data: Path, tmp_path: Path
     assert sorted(predictions["id"].astype(str)) == sorted(str(i) for i in folds[2][1])
 
 
-@pytest.mark.parametrize("name", ["perovskites", "phonons", "dielectric", "tc"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "perovskites",
+        "phonons",
+        "dielectric",
+        "tc",
+        "lee-asahi-bandgap",
+        "lee-asahi-bulk",
+        "lee-asahi-dielectric",
+        "hoffmann-pbe-hse",
+    ],
+)
 def test_shipped_configs_are_valid(name: str) -> None:
     config = BenchmarkConfig.from_yaml(
         Path(__file__).parents[1] / "benchmarks" / "configs" / f"{name}.yaml"

@@ -83,15 +83,21 @@ def test_write_report(grid: Path, tmp_path: Path) -> None:
         "## test MAE",
         "## paired t-test vs scratch",
         "## equivalent scratch training-set size",
+        "## all metrics at N=60 (mean over seeds)",
+        "## fraction of test errors within 0.217 eV/cell",
         "![parity.png](parity.png)",
     ):
         assert heading in text
     for figure in ("learning_curves.png", "parity.png", "error_cdf.png", "error_hist.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 10_000  # a real picture
     html = (tmp_path / "report" / "report.html").read_text()
-    assert html.count("<table>") == 4 and '<img src="learning_curves.png"' in html
+    assert html.count("<table>") == 6 and '<img src="learning_curves.png"' in html
     runs = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert np.isfinite(runs["mae"]).all()
+    one = runs[(runs.method == "full") & (runs["size"] == 60)].iloc[0]
+    predictions = pd.read_csv(Path(one["path"]) / "predictions.csv")
+    errors = (predictions["predicted"] - predictions["true"]).abs()
+    assert one["within_threshold"] == pytest.approx((errors <= 0.217).mean())
 
 
 def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:

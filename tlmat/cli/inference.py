@@ -192,7 +192,10 @@ def models() -> None:
 
 
 def report(
-    results: Annotated[Path, typer.Argument(help="Results grid: n<size>-s<seed>/<method>/.")],
+    results: Annotated[
+        Path,
+        typer.Argument(help="Results grid: n<size>-s<seed>/<method>/, or a benchmark folder."),
+    ],
     out: Annotated[Path | None, typer.Option(help="Output folder [RESULTS/report].")] = None,
     unit: Annotated[str, typer.Option(help="Unit of the target, for tables and axes.")] = "",
     threshold: Annotated[
@@ -211,8 +214,16 @@ def report(
 
         tlmat report benchmarks/results/grid-perov-cgcnn-mp --unit eV/cell --threshold 0.217
     """
+    import yaml
+
     from tlmat.evaluation.report import write_report
 
+    grid = results / "benchmark.yaml"  # a benchmark folder knows its unit and threshold
+    if grid.exists():
+        written = yaml.safe_load(grid.read_text()) or {}
+        unit = unit or written.get("unit", "")
+        threshold = threshold if threshold is not None else written.get("threshold")
+        title = title or written.get("name")
     try:
         path = write_report(results, out, unit, threshold, baseline, title)
     except (FileNotFoundError, ValueError) as error:

@@ -227,6 +227,22 @@ def _predictions(runs: pd.DataFrame, size: int) -> dict[str, pd.DataFrame]:
     return out
 
 
+def _within(path: str, threshold: float) -> float:
+    """Fraction of a run's test errors within ``threshold`` (NaN without predictions)."""
+    file = Path(path) / "predictions.csv"
+    if not file.exists():
+        return np.nan
+    frame = pd.read_csv(file)
+    return float(((frame["predicted"] - frame["true"]).abs() <= threshold).mean())
+
+
+def metrics_table(runs: pd.DataFrame, size: int) -> pd.DataFrame:
+    """Every test metric of every method at one training-set size, mean over seeds."""
+    names = [c for c in ("mae", "rmse", "r2", "max_error", "median_ae", "q95_ae") if c in runs]
+    table = runs[runs["size"] == size].groupby("method")[names].mean().map("{:.4f}".format)
+    return table.rename_axis("method")
+
+
 def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     stats = runs.groupby(["method", "size"])["mae"].agg(["mean", "std"]).reset_index()
@@ -351,9 +367,17 @@ def write_report(
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     runs = load_runs(root)
+    if threshold is not None:
+        runs["within_threshold"] = [_within(path, threshold) for path in runs["path"]]
     runs.to_csv(out / "runs.csv", index=False)
     tables = summary_tables(runs, baseline)
     largest = int(runs["size"].max())
+    tables[f"all metrics at N={largest} (mean over seeds)"] = metrics_table(runs, largest)
+    if threshold is not None:
+        within = runs.dropna(subset=["within_threshold"]).groupby(["method", "size"])
+        tables[f"fraction of test errors within {threshold:g} {unit}".rstrip()] = (
+            within["within_threshold"].mean().map("{:.3f}".format).unstack("size")
+        )
     plot_learning_curves(runs, out / "learning_curves.png", unit, baseline)
     predictions = _predictions(runs, largest)
     figures = ["learning_curves.png"]
