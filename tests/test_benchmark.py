@@ -116,6 +116,13 @@ def test_quick_and_bad_configs(small_csv: Path, tmp_path: Path) -> None:
     assert quick.training["epochs"] == 2
     with pytest.raises(ValueError, match="epochs"):
         BenchmarkConfig(**config_for(small_csv, epochs=3))
+    lee_asahi = BenchmarkConfig.from_yaml(
+        Path(__file__).parents[1] / "benchmarks" / "configs" / "lee-asahi-bulk.yaml"
+    ).quick()
+    for name in ("mp-10k", "mp-all"):
+        spec = lee_asahi.sources[name].pretrain
+        assert spec.size == 400 and spec.training["epochs"] == 1
+    assert lee_asahi.sources["cgcnn-mp"].saw_test  # the leaky checkpoint stays marked
 
 
 @pytest.mark.integration
