@@ -248,3 +248,30 @@ def test_pretrained_sources_never_see_the_test_materials(
 def test_source_needs_one_origin(small_csv: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         BenchmarkConfig(**config_for(small_csv, sources={"x": {"methods": ["full"]}}))
+
+
+def test_disjoint_sub_splits_protocol(small_csv: Path, tmp_path: Path) -> None:
+    """Krawczuk & Venturi: 40 → 2×20 → 4×10, disjoint within a size, nested across."""
+    config = BenchmarkConfig(
+        **config_for(
+            small_csv,
+            sizes=[10, 20, 40],
+            disjoint_pool=40,
+            methods=["base"],
+            executor={"kind": "debug"},
+        )
+    )
+    assert sorted((j.size, j.seed) for j in jobs(config)) == [
+        (10, 0), (10, 1), (10, 2), (10, 3), (20, 0), (20, 1), (40, 0)
+    ]  # fmt: skip
+    run_benchmark(config, tmp_path / "res", tmp_path / "cache")
+
+    def train_ids(size: int, block: int) -> set[str]:
+        path = tmp_path / "res" / "common" / f"n{size}-s{block}" / "base" / "result.json"
+        return set(json.loads(path.read_text())["split_ids"]["train"])
+
+    quarters = [train_ids(10, b) for b in range(4)]
+    halves = [train_ids(20, b) for b in range(2)]
+    assert all(len(q) == 10 for q in quarters) and len(set.union(*quarters)) == 40
+    assert quarters[0] | quarters[1] == halves[0] and quarters[2] | quarters[3] == halves[1]
+    assert halves[0] | halves[1] == train_ids(40, 0)

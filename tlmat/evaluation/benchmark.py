@@ -128,6 +128,11 @@ class BenchmarkConfig(BaseModel):
     #: the network ``scratch`` trains from random weights (and the pretraining template)
     architecture: str = "cgcnn/formation-energy-per-atom"
     freeze_k: int = 1
+    #: Krawczuk & Venturi's protocol instead of seeded draws: the first ``disjoint_pool``
+    #: training structures are cut into disjoint blocks of each size (400 → 2×200 →
+    #: 4×100), one job per block, and the blocks' results are averaged; ``seeds`` is then
+    #: ignored (the block index takes the seed's place)
+    disjoint_pool: int | None = Field(None, ge=2)
     training: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = None
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
@@ -183,9 +188,30 @@ class Job:
         return root / self.source / f"n{self.size}-s{self.seed}" / self.method
 
 
+def repeats(config: BenchmarkConfig, size: int) -> list[int]:
+    """The seeds of one training-set size (block indices under ``disjoint_pool``)."""
+    if config.disjoint_pool is None:
+        return list(config.seeds)
+    if size > config.disjoint_pool:
+        raise ValueError(f"size {size} exceeds disjoint_pool {config.disjoint_pool}")
+    return list(range(config.disjoint_pool // size))
+
+
+def training_subset(config: BenchmarkConfig, pool: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """The training structures of one job: a seeded draw (nested across sizes), or block
+    ``seed`` of the disjoint sub-splits of the first ``disjoint_pool`` structures."""
+    from tlmat.data import disjoint_subsplits, subsample
+
+    if config.disjoint_pool is None:
+        return subsample(pool, size, seed)
+    if config.disjoint_pool > len(pool):
+        raise ValueError(f"disjoint_pool {config.disjoint_pool} exceeds the {len(pool)} available")
+    return disjoint_subsplits(subsample(pool, config.disjoint_pool, 0), size, seed=0)[seed]
+
+
 def jobs(config: BenchmarkConfig) -> list[Job]:
     """Every (size, seed, source, method); source-free methods once, under ``common``."""
-    grid = [(size, seed) for size in sorted(config.sizes) for seed in config.seeds]
+    grid = [(size, seed) for size in sorted(config.sizes) for seed in repeats(config, size)]
     common = [m for m in config.methods if m in SOURCE_FREE]
     out = [Job(size, seed, COMMON, m) for size, seed in grid for m in common]
     for name, source in config.sources.items():
@@ -319,7 +345,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     """Train and evaluate one (size, seed, source, method); writes its folder."""
     import torch
 
-    from tlmat.data import Split, source_fingerprint, subsample
+    from tlmat.data import Split, source_fingerprint
     from tlmat.datasets import resolve
     from tlmat.evaluation.experiments import run_strategy, zero_shot
     from tlmat.training import TrainConfig
@@ -332,7 +358,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
         fixed = _matbench_fold(config, dataset, job.seed)
     # a size beyond the pool means "all of it" (Matbench's full-data point)
     size = min(job.size, len(fixed.train))
-    split = Split(subsample(fixed.train, size, job.seed), fixed.val, fixed.test)
+    split = Split(training_subset(config, fixed.train, size, job.seed), fixed.val, fixed.test)
     source = load_source(source_path(config, job.source, root))
     folder = job.folder(root)
     zero = folder.parent / "zero-shot.json"
