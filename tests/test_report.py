@@ -11,7 +11,7 @@ from scipy import stats
 
 from tlmat.data import Split, load_dataset, random_split, subsample
 from tlmat.evaluation.experiments import run_strategy, zero_shot
-from tlmat.evaluation.report import load_runs, summary_tables, write_report
+from tlmat.evaluation.report import compare_tasks, load_runs, summary_tables, write_report
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig
 from tlmat.transfer.sources import load_source
@@ -103,3 +103,16 @@ def test_write_report(grid: Path, tmp_path: Path) -> None:
 def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no n<size>-s<seed>"):
         load_runs(tmp_path)
+
+
+def test_compare_tasks_sign_test(grid: Path) -> None:
+    """Over tasks × sizes: wins counted from the mean MAEs, p-values as scipy's."""
+    table, tests = compare_tasks([grid], ["not-there", "full"])
+    runs = load_runs(grid)
+    mean = runs.groupby(["method", "size"])["mae"].mean()
+    assert list(table["size"]) == [20, 60] and set(table["method"]) == {"full"}
+    wins = sum(mean["full", n] < mean["scratch", n] for n in (20, 60))
+    assert tests["wins"] == wins and tests["comparisons"] == 2
+    assert tests["sign_test_p"] == pytest.approx(stats.binomtest(wins, 2, 0.5, "greater").pvalue)
+    with pytest.raises(FileNotFoundError):
+        compare_tasks([grid], ["absent"])

@@ -468,3 +468,48 @@ def _html(markdown: str, title: str) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
         f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     )
+
+
+def compare_tasks(
+    roots: list[str | Path], methods: list[str], baseline: str = "scratch"
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One method against the baseline over many tasks and sizes (Gupta et al.): per
+    (task, size) the mean test MAE of both over seeds and the relative change; then the
+    one-tailed sign test of the method's wins and the Wilcoxon signed-rank test of the
+    paired means. ``methods`` are labels tried in order in each task (sources differ by
+    task, e.g. ``full [mp-all]`` or ``full [pbe-all]``)."""
+    from tlmat.evaluation.statistics import sign_test, wilcoxon_signed_rank
+
+    rows = []
+    for root in roots:
+        runs = load_runs(root)
+        mean = runs.groupby(["method", "size"])["mae"].mean()
+        present = set(mean.index.get_level_values(0))
+        method = next((m for m in methods if m in present), None)
+        if method is None or baseline not in present:
+            continue
+        for size in sorted(set(mean[method].index) & set(mean[baseline].index)):
+            rows.append(
+                {
+                    "task": Path(root).name,
+                    "size": int(size),
+                    "method": method,
+                    "method MAE": mean[method, size],
+                    f"{baseline} MAE": mean[baseline, size],
+                    "change": mean[method, size] / mean[baseline, size] - 1,
+                }
+            )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        raise FileNotFoundError(f"none of {methods} found beside {baseline} in {roots}")
+    differences = table["method MAE"] - table[f"{baseline} MAE"]
+    decided = differences[differences != 0]
+    wins = int((decided < 0).sum())
+    tests = {"wins": wins, "comparisons": len(decided)}
+    tests["sign_test_p"] = sign_test(wins, len(decided), "greater") if len(decided) else np.nan
+    if len(decided) >= 2:
+        wilcoxon = wilcoxon_signed_rank(
+            table["method MAE"], table[f"{baseline} MAE"], alternative="less"
+        )
+        tests["wilcoxon_p"] = wilcoxon.p_value
+    return table, tests
