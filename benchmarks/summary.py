@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tlmat.evaluation.report import compare_tasks, load_runs
+from tlmat.evaluation.report import compare_tasks, load_runs, markdown_table
 
 RESULTS = Path("benchmarks/results")
 #: Lee & Asahi, 500 training points, their data (scratch → transfer), in the task's unit
@@ -53,11 +53,13 @@ def main() -> None:
         f"Command: `python {' '.join(sys.argv)}`. Test MAE mean ± std (seeds) at each",
         "task's largest training-set size; † = source saw test materials.",
         "",
-        table.to_markdown(index=False),
+        *markdown_table(table.set_index("task")),
         "",
         "## Every (task, size): leakage-free full fine-tuning vs scratch",
         "",
-        comparison.to_markdown(index=False, floatfmt=".4f"),
+        *markdown_table(
+            comparison.set_index("task").round({"method MAE": 4, "scratch MAE": 4, "change": 3})
+        ),
         "",
         f"Transfer wins {tests['wins']} of {tests['comparisons']}; one-tailed sign test "
         f"p = {tests['sign_test_p']:.3g}; Wilcoxon signed-rank (one-tailed) "

@@ -344,7 +344,7 @@ def plot_error_distributions(
     plt.close(fig)
 
 
-def _markdown_table(frame: pd.DataFrame) -> list[str]:
+def markdown_table(frame: pd.DataFrame) -> list[str]:
     frame = frame.fillna("")
     names = [f"N={c}" if isinstance(c, int | np.integer) else str(c) for c in frame.columns]
     header = "| " + " | ".join([frame.index.name or "", *names])
@@ -410,7 +410,7 @@ def write_report(
             "reduced formula removed). † marks a source that saw test materials: its rows "
             "are shown for reference, not as headline numbers.",
             "",
-            *_markdown_table(sources_table(sources)),
+            *markdown_table(sources_table(sources)),
             "",
         ]
     for name, table in tables.items():
@@ -430,7 +430,7 @@ def write_report(
                 "Mean over seeds; slope of log10 MAE against log10 P (Hoffmann et al. Fig. 3).",
                 "",
             ]
-        lines += [*_markdown_table(table), ""]
+        lines += [*markdown_table(table), ""]
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
     markdown = "\n".join(lines) + "\n"
     (out / "report.md").write_text(markdown)
