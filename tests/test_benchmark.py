@@ -245,6 +245,14 @@ def test_pretrained_sources_never_see_the_test_materials(
         run_benchmark(BenchmarkConfig(**raw), results, tmp_path / "cache")
 
 
+def test_fewer_seeds_for_large_sizes(small_csv: Path) -> None:
+    config = BenchmarkConfig(
+        **config_for(small_csv, sizes=[10, 20, 40], seeds=[0, 1, 2], fewer_seeds={20: 2, 40: 1})
+    )
+    per_size = {n: sorted({j.seed for j in jobs(config) if j.size == n}) for n in (10, 20, 40)}
+    assert per_size == {10: [0, 1, 2], 20: [0, 1], 40: [0]}
+
+
 def test_source_needs_one_origin(small_csv: Path) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         BenchmarkConfig(**config_for(small_csv, sources={"x": {"methods": ["full"]}}))

@@ -133,6 +133,10 @@ class BenchmarkConfig(BaseModel):
     #: 4×100), one job per block, and the blocks' results are averaged; ``seeds`` is then
     #: ignored (the block index takes the seed's place)
     disjoint_pool: int | None = Field(None, ge=2)
+    #: fewer repeats for large, expensive sizes (Lee & Asahi: 10 trials at 500, 5 up to
+    #: 10k, 2 above): ``{2500: 2, 10000: 1}`` runs the first 2 seeds from N = 2,500 on and
+    #: the first one from N = 10,000 on
+    fewer_seeds: dict[int, int] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = None
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
@@ -191,7 +195,8 @@ class Job:
 def repeats(config: BenchmarkConfig, size: int) -> list[int]:
     """The seeds of one training-set size (block indices under ``disjoint_pool``)."""
     if config.disjoint_pool is None:
-        return list(config.seeds)
+        limits = [n for above, n in config.fewer_seeds.items() if size >= above]
+        return list(config.seeds)[: min(limits)] if limits else list(config.seeds)
     if size > config.disjoint_pool:
         raise ValueError(f"size {size} exceeds disjoint_pool {config.disjoint_pool}")
     return list(range(config.disjoint_pool // size))
