@@ -4,7 +4,7 @@
 #   bash benchmarks/run_papers.sh [config names...]
 set -u
 cd "$(dirname "$0")/.."
-names=("${@:-lee-asahi-bulk lee-asahi-dielectric hoffmann-pbe-hse lee-asahi-bandgap}")
+names=("${@:-lee-asahi-bulk lee-asahi-dielectric hoffmann-pbe-hse lee-asahi-bandgap perovskites}")
 for name in ${names[@]}; do
   mkdir -p "benchmarks/results/$name"
   echo "== $name $(date -u +%FT%TZ)" >> "benchmarks/results/$name/run.log"
