@@ -345,6 +345,7 @@ def plot_error_distributions(
 
 
 def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """The lines of a Markdown table; integer columns are training-set sizes (``N=…``)."""
     frame = frame.fillna("")
     names = [f"N={c}" if isinstance(c, int | np.integer) else str(c) for c in frame.columns]
     header = "| " + " | ".join([frame.index.name or "", *names])
