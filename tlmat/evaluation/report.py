@@ -179,7 +179,7 @@ def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, p
         base = runs[(runs.method == baseline) & (runs["size"] == size)].set_index("seed")["mae"]
         mine = group.set_index("seed")["mae"]
         seeds = sorted(set(mine.index) & set(base.index))
-        if method == baseline or len(seeds) < 2:
+        if method == baseline or len(seeds) < 2 or _raw_zero_shot(method):
             return ""
         test = paired_t_test(mine[seeds].to_numpy(), base[seeds].to_numpy())
         return f"{test.p_value:.3g} (Δ {test.mean_difference:+.4f})"
