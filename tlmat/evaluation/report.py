@@ -244,7 +244,8 @@ def metrics_table(runs: pd.DataFrame, size: int) -> pd.DataFrame:
 
 
 def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: str) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = plt.subplots(figsize=(8.6, 4.8))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a grid can hold a dozen methods
     stats = runs.groupby(["method", "size"])["mae"].agg(["mean", "std"]).reset_index()
     for method, group in stats.groupby("method"):
         if _raw_zero_shot(method):  # raw source output in another unit: off the scale
@@ -274,7 +275,7 @@ def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: st
     ax.set_xlabel("training-set size N (structures)")
     ax.set_ylabel(f"test MAE ({unit})" if unit else "test MAE")
     ax.set_title("Learning curves (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
