@@ -130,8 +130,12 @@ def pretrain_source(
                 "after removing the held-out materials"
             )
         indices = np.sort(subsample(indices, spec.size, spec.seed))
-    fractions = (1 - spec.val_fraction - spec.test_fraction, spec.val_fraction, spec.test_fraction)
-    inner = random_split(len(indices), fractions, spec.seed)
+    # counts, not fractions: 1 - 0.05 - 0.05 is 0.8999… and would ask for one too many
+    n_val, n_test = (
+        round(spec.val_fraction * len(indices)),
+        round(spec.test_fraction * len(indices)),
+    )
+    inner = random_split(len(indices), (len(indices) - n_val - n_test, n_val, n_test), spec.seed)
     split = Split(indices[inner.train], indices[inner.val], indices[inner.test])
     config = TrainConfig(
         target=spec.target,
