@@ -20,6 +20,7 @@ from tlmat.data import (
     kfold_splits,
     learning_curve_subsets,
     matbench_folds,
+    random_split,
 )
 from tlmat.io import read_records
 
@@ -191,3 +192,11 @@ def test_learning_curve_subsets_are_nested() -> None:
         learning_curve_subsets(indices, [10, 1001], seed=0)
     with pytest.raises(ValueError, match="repeated"):
         learning_curve_subsets([1, 1, 2], [1], seed=0)
+
+
+def test_fractions_never_ask_for_more_than_the_dataset() -> None:
+    """Rounding 0.9/0.05/0.05 of 33,093 part by part asks for 33,094 structures."""
+    split = random_split(33_093, (1 - 0.05 - 0.05, 0.05, 0.05), seed=0)
+    sizes = [len(split.train), len(split.val), len(split.test)]
+    assert sum(sizes) == 33_093 and sizes[1] in (1654, 1655) and sizes[2] in (1654, 1655)
+    assert len(np.unique(np.concatenate([split.train, split.val, split.test]))) == 33_093

@@ -43,7 +43,10 @@ class Split:
 
 def _counts(n: int, sizes: Sequence[float]) -> list[int]:
     if all(0 <= s <= 1 for s in sizes) and sum(sizes) <= 1 + 1e-9:
-        counts = [round(s * n) for s in sizes]
+        # round the cumulative cut points, not each part: 0.9/0.05/0.05 of 33,093 would
+        # otherwise round to 29,784 + 1,655 + 1,655 = 33,094
+        cuts = [0, *(min(n, round(c * n)) for c in np.cumsum(sizes))]
+        counts = np.diff(cuts).tolist()
     else:
         counts = [int(s) for s in sizes]
     if sum(counts) > n:
