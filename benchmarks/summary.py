@@ -31,8 +31,11 @@ def headline(root: Path) -> dict[str, str]:
     runs = load_runs(root)
     stats = runs.groupby(["method", "size"])["mae"].agg(["mean", "std", "count"])
     size = int(runs["size"].max())
-    row = {"task": root.name, "N": str(size), "published (scratch → transfer)": ""}
-    row["published (scratch → transfer)"] = PUBLISHED.get(root.name, "")
+    row = {
+        "task": root.name,
+        "N": str(size),
+        "published (scratch → transfer)": PUBLISHED.get(root.name, ""),
+    }
     for label in ["scratch", *CLEAN, "full [cgcnn-mp†]", "features+mlp [mp-all]", "magpie+rf"]:
         if (label, size) in stats.index:
             mean, std, count = stats.loc[(label, size)]

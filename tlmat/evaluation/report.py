@@ -86,18 +86,40 @@ def _raw_zero_shot(method: str) -> bool:
     return method.split(" [")[0] == "zero-shot"
 
 
+def _pretrained_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Runs of pretrained sources, with the method without its source (``base``), less
+    the raw zero-shot output."""
+    pretrained = runs.dropna(subset=["n_pretrain"]).copy()
+    pretrained["base"] = pretrained["method"].str.split(" [", regex=False).str[0]
+    return pretrained[~pretrained["base"].map(_raw_zero_shot)]
+
+
+def _finish_loglog(fig, ax, path: Path, xlabel: str, unit: str, title: str, **legend) -> None:
+    """Log–log axes, labels with the unit, legend, grid; saved and closed."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"test MAE ({unit})" if unit else "test MAE")
+    ax.set_title(title)
+    ax.legend(fontsize=8, **legend)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def pretraining_scaling(runs: pd.DataFrame) -> pd.DataFrame | None:
     """Test MAE against pretraining-set size (Hoffmann et al. Fig. 3): mean over seeds per
     (method, training-set size) and pretraining size, with the log–log slope; ``None``
     unless the grid has sources pretrained on at least two sizes."""
-    if "n_pretrain" not in runs:
+    if "n_pretrain" not in runs or runs["n_pretrain"].nunique() < 2:
         return None
-    pretrained = runs.dropna(subset=["n_pretrain"]).copy()
-    if pretrained["n_pretrain"].nunique() < 2:
-        return None
-    pretrained["base"] = pretrained["method"].str.split(" [", regex=False).str[0]
-    pretrained = pretrained[~pretrained["base"].map(_raw_zero_shot)]
-    mean = pretrained.groupby(["base", "size", "n_pretrain"])["mae"].mean().unstack("n_pretrain")
+    mean = (
+        _pretrained_runs(runs)
+        .groupby(["base", "size", "n_pretrain"])["mae"]
+        .mean()
+        .unstack("n_pretrain")
+    )
     mean.columns = [f"P={int(c)}" for c in mean.columns]
     sizes = np.array([int(c[2:]) for c in mean.columns], dtype=float)
     slopes = []
@@ -112,10 +134,9 @@ def pretraining_scaling(runs: pd.DataFrame) -> pd.DataFrame | None:
 
 
 def plot_pretraining_scaling(runs: pd.DataFrame, path: Path, unit: str) -> None:
-    pretrained = runs.dropna(subset=["n_pretrain"]).copy()
-    pretrained["base"] = pretrained["method"].str.split(" [", regex=False).str[0]
-    pretrained = pretrained[~pretrained["base"].map(_raw_zero_shot)]
-    stats = pretrained.groupby(["base", "size", "n_pretrain"])["mae"].agg(["mean", "std"])
+    stats = (
+        _pretrained_runs(runs).groupby(["base", "size", "n_pretrain"])["mae"].agg(["mean", "std"])
+    )
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for (method, size), group in stats.groupby(level=["base", "size"]):
         group = group.droplevel(["base", "size"])
@@ -127,16 +148,14 @@ def plot_pretraining_scaling(runs: pd.DataFrame, path: Path, unit: str) -> None:
             capsize=3,
             label=f"{method}, N={size}",
         )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("pretraining-set size P (structures)")
-    ax.set_ylabel(f"test MAE ({unit})" if unit else "test MAE")
-    ax.set_title("Error vs pretraining-set size (mean ± std over seeds)")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish_loglog(
+        fig,
+        ax,
+        path,
+        "pretraining-set size P (structures)",
+        unit,
+        "Error vs pretraining-set size (mean ± std over seeds)",
+    )
 
 
 def sources_table(sources: dict[str, dict]) -> pd.DataFrame:
@@ -270,16 +289,16 @@ def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: st
                 color=line[0].get_color(),
                 label=f"{baseline} fit, slope {fit.slope:.2f}",
             )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training-set size N (structures)")
-    ax.set_ylabel(f"test MAE ({unit})" if unit else "test MAE")
-    ax.set_title("Learning curves (mean ± std over seeds)")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _finish_loglog(
+        fig,
+        ax,
+        path,
+        "training-set size N (structures)",
+        unit,
+        "Learning curves (mean ± std over seeds)",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
 
 
 def plot_parity(predictions: dict[str, pd.DataFrame], path: Path, unit: str, size: int) -> None:
