@@ -35,7 +35,7 @@ import numpy as np
 from tlmat.data import Split, concat, load_dataset, random_split, subsample
 from tlmat.datasets import data_dir
 from tlmat.evaluation import regression_metrics
-from tlmat.evaluation.experiments import run_strategy, zero_shot
+from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig, fit, predict
 from tlmat.transfer.sources import load_source

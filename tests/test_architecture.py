@@ -1,5 +1,6 @@
-"""Data flows one way: io → graphs → data → models → transfer → training → evaluation,
-the CLI on top. A module never imports from a layer above its own."""
+"""Data flows one way: io → graphs → data → models → transfer → training → evaluation →
+experiments, the CLI on top. A module never imports from a layer above its own; every
+package and top-level module of tlmat has a layer."""
 
 from __future__ import annotations
 
@@ -8,19 +9,69 @@ from pathlib import Path
 
 import tlmat
 
-LAYERS = ["io", "graphs", "data", "models", "transfer", "training", "evaluation", "cli"]
+LAYERS = [
+    "progress",
+    "datasets",
+    "io",
+    "graphs",
+    "data",
+    "models",
+    "transfer",
+    "training",
+    "evaluation",
+    "experiments",
+    "cli",
+]
+ROOT = Path(tlmat.__file__).parent
+
+
+def _imports(path: Path) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlmat."):
+            out.append(node.module)
+        elif isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("tlmat.")]
+    return out
+
+
+def test_every_package_and_module_has_a_layer() -> None:
+    parts = {p.relative_to(ROOT).parts[0].removesuffix(".py") for p in ROOT.glob("*")}
+    parts -= {"__init__", "__pycache__", "py.typed"}
+    assert sorted(parts - set(LAYERS)) == []
 
 
 def test_no_module_imports_from_a_layer_above() -> None:
-    root = Path(tlmat.__file__).parent
     violations = []
-    for path in root.rglob("*.py"):
-        layer = path.relative_to(root).parts[0].removesuffix(".py")
-        if layer not in LAYERS:
+    for path in ROOT.rglob("*.py"):
+        layer = path.relative_to(ROOT).parts[0].removesuffix(".py")
+        if layer == "__init__":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tlmat."):
-                other = node.module.split(".")[1]
-                if other in LAYERS and LAYERS.index(other) > LAYERS.index(layer):
-                    violations.append(f"{path.relative_to(root)} imports {node.module}")
+        for module in _imports(path):
+            other = module.split(".")[1]
+            if LAYERS.index(other) > LAYERS.index(layer):
+                violations.append(f"{path.relative_to(ROOT)} imports {module}")
     assert violations == []
+
+
+def test_no_architecture_is_named_outside_its_own_module() -> None:
+    """Only an architecture's module (and the registry's table) may name it: everything
+    else asks the registry or the model."""
+    from tlmat.models.registry import MODULES
+
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        if path.name in {"registry.py", "__init__.py"}:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                names = [
+                    c.value
+                    for c in [node.left, *node.comparators]
+                    if isinstance(c, ast.Constant) and c.value in MODULES
+                ]
+                own = path.stem in names
+                if names and not own:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} compares {names}")
+    assert offenders == []

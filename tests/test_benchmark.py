@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tlmat.evaluation.benchmark import BenchmarkConfig, jobs, run_benchmark
+from tlmat.experiments.benchmark import BenchmarkConfig, jobs, run_benchmark
 
 
 @pytest.fixture(scope="module")

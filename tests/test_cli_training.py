@@ -44,6 +44,7 @@ def test_help_has_a_real_example(command: str) -> None:
 
 def test_train_then_evaluate_predict_embed(small_perov: Path, tmp_path: Path) -> None:
     cache = ["--cache-dir", str(tmp_path / "cache")]
+    (tmp_path / "model.yaml").write_text("n_conv: 2\n")
     out = run(
         [
             "train",
@@ -54,8 +55,8 @@ def test_train_then_evaluate_predict_embed(small_perov: Path, tmp_path: Path) ->
             "eV/cell",
             "--run-dir",
             str(tmp_path / "run"),
-            "--n-conv",
-            "2",
+            "--model-config",
+            str(tmp_path / "model.yaml"),
             *QUICK,
             *cache,
         ]
@@ -224,8 +225,8 @@ def test_train_excludes_given_ids(small_perov: Path, tmp_path: Path) -> None:
             str(held_out),
             "--run-dir",
             str(tmp_path / "run"),
-            "--n-conv",
-            "1",
+            "--model",
+            "cgcnn-mp",
             "--test-size",
             "5",
             "--cache-dir",

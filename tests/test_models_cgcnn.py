@@ -132,7 +132,7 @@ def test_mismatched_tensor_is_named(data: Path, tmp_path: Path) -> None:
 def test_unknown_and_unsafe_files_are_refused(tmp_path: Path) -> None:
     unknown = tmp_path / "weights.pt"
     torch.save({"weights": torch.zeros(3)}, unknown)
-    with pytest.raises(CheckpointError, match="neither a tlmat checkpoint nor an original CGCNN"):
+    with pytest.raises(CheckpointError, match="neither a tlmat checkpoint nor published weights"):
         load_checkpoint(unknown)
 
     class Payload:

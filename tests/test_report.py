@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from tlmat.data import Split, load_dataset, random_split, subsample
-from tlmat.evaluation.experiments import run_strategy, zero_shot
+from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.evaluation.report import compare_tasks, load_runs, summary_tables, write_report
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig

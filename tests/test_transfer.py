@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tlmat.data import load_dataset, random_split
-from tlmat.evaluation.experiments import run_strategy, zero_shot
+from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig, fit
 from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups

@@ -32,11 +32,17 @@ class RemoteFile:
     description: str = ""
     rows: int | None = None  # data rows a downloaded CSV must have
     columns: tuple[str, ...] = ()  # columns it must have
+    #: the architecture of pretrained weights (``None``: a dataset or a feature table)
+    architecture: str | None = None
 
 
 def _cgcnn_model(file: str, sha256: str, what: str) -> RemoteFile:
     return RemoteFile(
-        f"{_CGCNN}/pre-trained/{file}", sha256, f"cgcnn_pretrained/pre-trained/{file}", what
+        f"{_CGCNN}/pre-trained/{file}",
+        sha256,
+        f"cgcnn_pretrained/pre-trained/{file}",
+        what,
+        architecture="cgcnn",
     )
 
 

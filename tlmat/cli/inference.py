@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +37,7 @@ def _structures(trained: TrainedModel, sources: list[str], cache_dir, targets=()
             resolve(s),
             trained.model.graph_settings,
             list(targets),
-            cache_dir=cache_dir or Path(tempfile.gettempdir()) / "tlmat-cache",
+            cache_dir=cache_dir,
             elements=trained.model.elements,
             progress=True,
         )
@@ -168,20 +167,51 @@ def evaluate(
 
 
 def models() -> None:
-    """List the pretrained sources tlmat can start from, with their provenance.
+    """List the architectures tlmat can train (with parameter counts at their default and
+    preset sizes) and the pretrained sources it can start from, with their provenance.
 
     Example:
 
         tlmat models
     """
-    table = Table(title="Pretrained models", title_justify="left")
+    from tlmat.models import registry
+
+    archs = Table(title="Architectures (--model)", title_justify="left")
+    for column in ("name", "parameters", "graph", "readout", "reference"):
+        archs.add_column(column, justify="right" if column == "parameters" else "left")
+    for name in registry.names():
+        architecture = registry.get(name)
+        for label, settings in [(name, {}), *architecture.presets.items()]:
+            config = registry.model_config({"architecture": name, **settings})
+            model = registry.build(config)
+            graph = config.graph_settings()
+            neighbours = (
+                (f"{graph.max_neighbors} nearest" if graph.max_neighbors else "all")
+                + f" within {graph.cutoff:g} Å"
+                + (", line graph" if graph.line_graph else "")
+            )
+            archs.add_row(
+                label,
+                f"{sum(p.numel() for p in model.parameters()):,}",
+                neighbours,
+                "atom-wise" if model.backbone.atomwise else "crystal",
+                architecture.reference if label == name else "",
+            )
+    console.print(archs)
+    table = Table(title="Pretrained models (--source)", title_justify="left")
     table.add_column("name", no_wrap=True)
+    table.add_column("architecture")
     table.add_column("property")
     table.add_column("local copy")
     root = data_dir()
     for name, entry in PRETRAINED.items():
         local = root is not None and (root / entry.local).is_file()
-        table.add_row(name, entry.description, "yes" if local else "downloaded on first use")
+        table.add_row(
+            name,
+            entry.architecture or "",
+            entry.description,
+            "yes" if local else "downloaded on first use",
+        )
     console.print(table)
     for name, entry in PRETRAINED.items():
         console.print(f"{name}: {entry.url} (sha256 {entry.sha256})", soft_wrap=True)

@@ -13,13 +13,12 @@ from tlmat.cli.common import CacheDir, Overwrite, console, fail, metrics_table, 
 from tlmat.data import GraphDataset, Split, concat, load_dataset, random_split, subsample
 from tlmat.datasets import resolve
 from tlmat.evaluation import regression_metrics
-from tlmat.evaluation.experiments import run_strategy, zero_shot
+from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
 from tlmat.io import InputError
-from tlmat.models import CGCNNConfig, CheckpointError, TargetSpec, TrainedModel, build_cgcnn
-from tlmat.models.atom_features import load_atom_init
+from tlmat.models import CheckpointError, ModelConfig
 from tlmat.training import RunExistsError, TrainConfig, fit, predict
-from tlmat.transfer.sources import load_source
+from tlmat.transfer.sources import fresh_model, load_source
 
 ALL_STRATEGIES = (
     "scratch",
@@ -60,6 +59,44 @@ TestData = Annotated[
     str | None, typer.Option("--test", help="Separate test set (file, folder or name).")
 ]
 Unit = Annotated[str, typer.Option(help="Unit of the target, for tables and checkpoints.")]
+Extensive = Annotated[
+    bool,
+    typer.Option(
+        "--extensive", help="The target scales with the cell (eV/cell): sum atoms, not average."
+    ),
+]
+Model = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Architecture or preset (tlmat models): cgcnn, cgcnn-mp, schnet, "
+        "schnet-arch1, schnet-arch2, alignn, cgat …",
+    ),
+]
+ModelConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-config",
+        help="YAML with the architecture's settings (e.g. 'n_interactions: 4'); may name "
+        "'architecture' or 'preset' itself.",
+    ),
+]
+
+
+def model_from_options(model: str, model_config_file: Path | None) -> ModelConfig:
+    """The model configuration of ``--model`` and ``--model-config``."""
+    import yaml
+
+    from tlmat.models.registry import model_config
+
+    fields = {}
+    if model_config_file is not None:
+        fields = yaml.safe_load(model_config_file.read_text()) or {}
+        if not isinstance(fields, dict):
+            raise ValueError(f"{model_config_file}: expected a mapping of model settings")
+    if "architecture" not in fields and "preset" not in fields:
+        fields["preset" if "-" in model else "architecture"] = model
+    return model_config(fields)
 
 
 def read_ids(path: Path) -> set[str]:
@@ -75,9 +112,11 @@ def training_config(
     config: Path | None, target: str, seed: int, log10: bool, unit: str, **flags
 ) -> TrainConfig:
     overrides = {k: v for k, v in flags.items() if v is not None}
+    overrides["log10"] = log10
     overrides.update(target=target, seed=seed, unit=unit)
-    if log10:
-        overrides["log10"] = True
+    for switch in ("log10", "extensive"):
+        if overrides.pop(switch, False):
+            overrides[switch] = True
     if config is not None:
         return TrainConfig.from_yaml(config, **overrides)
     return TrainConfig(**overrides)
@@ -141,10 +180,8 @@ def train(
     train_size: TrainSize = None,
     val_size: ValSize = 0.1,
     test_size: TestSize = None,
-    atom_fea_len: Annotated[int, typer.Option(help="CGCNN atom feature width.")] = 64,
-    n_conv: Annotated[int, typer.Option(help="CGCNN convolutions.")] = 3,
-    h_fea_len: Annotated[int, typer.Option(help="CGCNN crystal feature width.")] = 128,
-    n_h: Annotated[int, typer.Option(help="CGCNN hidden layers after pooling.")] = 1,
+    model: Model = "cgcnn",
+    model_config_file: ModelConfigFile = None,
     exclude_ids: Annotated[
         Path | None,
         typer.Option(
@@ -161,18 +198,23 @@ def train(
     weight_decay: WeightDecay = None,
     normalization: Normalization = None,
     log10: Log10 = False,
+    extensive: Extensive = False,
     early_stopping_patience: Patience = None,
     seed: Seed = 0,
     unit: Unit = "",
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Train a CGCNN from scratch (an interrupted run resumes from its last checkpoint).
+    """Train a model of any registered architecture from scratch (an interrupted run
+    resumes from its last checkpoint). The graphs are built as the model needs them.
 
-    Example:
+    Examples:
 
         tlmat train ../shared/data/mp_cgcnn_36k/mp_cgcnn_36k.csv.gz
             -t formation_energy_per_atom --unit eV/atom --run-dir runs/mp-eform --epochs 100
+
+        tlmat train perov_5/val -t heat_ref --unit eV/cell --model schnet-arch2
+            --run-dir runs/perov-schnet --epochs 50
     """
     try:
         cfg = training_config(
@@ -181,6 +223,7 @@ def train(
             seed,
             log10,
             unit,
+            extensive=extensive,
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,
@@ -191,9 +234,11 @@ def train(
             normalization=normalization,
             early_stopping_patience=early_stopping_patience,
         )
-        features = load_atom_init()
-        elements = [int(z) for z in np.flatnonzero(features.abs().sum(1))]
-        settings = GraphSettings.preset("cgcnn")
+        import torch
+
+        trained = fresh_model(model_from_options(model, model_config_file), seed)
+        settings = trained.model.graph_settings
+        elements = trained.model.elements
         excluded = read_ids(exclude_ids) if exclude_ids is not None else None
         dataset, split = dataset_and_split(
             data,
@@ -208,14 +253,8 @@ def train(
             seed,
             excluded,
         )
-        model_cfg = CGCNNConfig(
-            atom_fea_len=atom_fea_len, n_conv=n_conv, h_fea_len=h_fea_len, n_h=n_h
-        )
-        import torch
-
         torch.manual_seed(seed)
-        model = TrainedModel(build_cgcnn(model_cfg, features, settings), TargetSpec())
-        result = fit(model, dataset, split, cfg, run_dir, overwrite=overwrite)
+        result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
     except (InputError, FileNotFoundError, ValueError, RunExistsError) as error:
         fail(str(error))
     y = dataset.targets[target]
@@ -254,6 +293,7 @@ def finetune(
     weight_decay: WeightDecay = None,
     normalization: Normalization = None,
     log10: Log10 = False,
+    extensive: Extensive = False,
     early_stopping_patience: Patience = None,
     seed: Seed = 0,
     unit: Unit = "",
@@ -275,6 +315,7 @@ def finetune(
             seed,
             log10,
             unit,
+            extensive=extensive,
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,
@@ -334,6 +375,7 @@ def compare(
     lr: LR = None,
     batch_size: BatchSize = None,
     log10: Log10 = False,
+    extensive: Extensive = False,
     early_stopping_patience: Patience = None,
     seed: Seed = 0,
     unit: Unit = "",
@@ -355,6 +397,7 @@ def compare(
             seed,
             log10,
             unit,
+            extensive=extensive,
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,
@@ -408,7 +451,7 @@ def benchmark(
 
         tlmat benchmark benchmarks/configs/perovskites.yaml --quick
     """
-    from tlmat.evaluation.benchmark import BenchmarkConfig, run_benchmark
+    from tlmat.experiments.benchmark import BenchmarkConfig, run_benchmark
 
     try:
         cfg = BenchmarkConfig.from_yaml(config)

@@ -1,4 +1,5 @@
-"""Metrics, learning curves, statistics and reports."""
+"""Evaluation: metrics, statistics and reports (experiments that produce the results live
+in :mod:`tlmat.experiments`)."""
 
 from tlmat.evaluation.metrics import CHEMICAL_ACCURACY_EV, regression_metrics
 from tlmat.evaluation.statistics import (

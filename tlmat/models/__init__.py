@@ -1,29 +1,29 @@
-"""Models: the backbone/head contract, CGCNN, target normalisation, checkpoints."""
+"""Models: the backbone/head contract, the architecture registry, target specifications,
+checkpoints. Architectures live in their own modules (``tlmat.models.cgcnn`` …) and are
+reached through :mod:`tlmat.models.registry`."""
 
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
-from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel
 from tlmat.models.checkpoint import (
     CheckpointError,
-    TrainedModel,
-    import_cgcnn,
+    build_model,
     load_checkpoint,
     safe_load,
     save_checkpoint,
 )
+from tlmat.models.registry import model_config
 from tlmat.models.targets import TargetSpec
 
 __all__ = [
     "Backbone",
-    "CGCNNConfig",
     "CheckpointError",
     "CrystalModel",
     "Head",
     "ModelConfig",
     "TargetSpec",
     "TrainedModel",
-    "build_cgcnn",
-    "import_cgcnn",
+    "build_model",
     "load_checkpoint",
+    "model_config",
     "safe_load",
     "save_checkpoint",
 ]

@@ -1,93 +1,176 @@
-"""The contract every architecture keeps, so every transfer strategy works on every model.
+"""The contract every architecture keeps, so every transfer strategy, command and benchmark
+works on every model.
 
-A :class:`CrystalModel` is a backbone (structure → pooled crystal embedding) and a head
-(embedding → targets). The backbone lists its parameters in named groups in forward
-order — ``embedding``, ``interactions.0`` … ``interactions.k``, ``readout`` — and the head
-is the group ``head``. Strategies freeze or rescale groups by name, never by reaching
-into a particular architecture.
+A :class:`CrystalModel` is a backbone and a head:
+
+- the **backbone** lists its parameters in named groups in forward order. ``embedding``
+  and ``interactions.0`` … ``interactions.k`` are required; an architecture may add its own
+  (``readout``, ``composition`` …). The head is always the group ``head``; "the backbone"
+  is every group but the head.
+- the **readout** is declared by the backbone: ``atomwise = False`` means the backbone
+  pools atoms into a crystal embedding and the head maps it to the targets (CGCNN,
+  ALIGNN, CGAT); ``atomwise = True`` means the head maps every atom's features to an
+  atom contribution, which the model then aggregates (SchNet, schnetpack-style).
+- the **pooling** follows the target (:attr:`TargetSpec.pooling`): atom contributions are
+  averaged for intensive targets (eV/atom, eV, GPa) and summed for extensive ones
+  (eV/cell); a crystal-level head's output is multiplied by the atom count for extensive
+  targets, so it learns the per-atom value.
+
+Model outputs are in the normalised target space; :class:`TrainedModel` holds the
+:class:`TargetSpec` that maps them to physical units.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch_geometric.data import Batch
+from torch_geometric.utils import scatter
 
 from tlmat.graphs.settings import GraphSettings
+from tlmat.models.layers import activation, reset_all
+from tlmat.models.targets import TargetSpec
+
+REQUIRED_GROUPS = ("embedding", "interactions.0")
 
 
 class ModelConfig(BaseModel):
-    """Hyperparameters that rebuild an architecture (stored in every checkpoint)."""
+    """Hyperparameters that rebuild an architecture (stored in every checkpoint), and the
+    graph settings the architecture needs."""
 
     model_config = ConfigDict(extra="forbid")
     architecture: ClassVar[str] = ""
 
+    def graph_settings(self) -> GraphSettings:
+        """How structures must be turned into graphs for this model."""
+        raise NotImplementedError
+
 
 class Backbone(nn.Module):
-    """Structure graph → pooled crystal embedding."""
+    """Structure graph → crystal embedding (or per-atom features when ``atomwise``)."""
 
-    #: width of the pooled embedding
+    #: width of what the head receives
     embedding_dim: int
+    #: ``True``: ``forward`` returns per-atom features and the head runs per atom
+    atomwise: bool = False
+
+    @property
+    def elements(self) -> list[int] | None:
+        """Atomic numbers the model has features for (``None``: any)."""
+        return None
 
     def groups(self) -> OrderedDict[str, nn.Module]:
-        """Named parameter groups in forward order (embedding, interactions.i, readout)."""
+        """Named parameter groups in forward order (``embedding``, ``interactions.i``, …)."""
         raise NotImplementedError
 
     def forward(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
     def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        """Pooled atom features after each group (Gupta et al.'s feature extraction)."""
+        """Crystal-level (pooled) features after each named layer, each (n_crystals, d)
+        (Gupta et al.'s layer-wise feature extraction)."""
         raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        reset_all(self)
 
 
 class Head(nn.Module):
-    """MLP from the crystal embedding to the targets: hidden layers with softplus, then a
-    linear output (the CGCNN layout: ``fcs`` then ``fc_out``)."""
+    """MLP to the targets: hidden layers with an activation (``residual``: each hidden
+    layer adds its input, projected when the width changes), then a linear output. With
+    softplus and no residual this is CGCNN's ``fcs`` then ``fc_out``."""
 
-    def __init__(self, in_dim: int, hidden: list[int], out_dim: int):
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int],
+        out_dim: int,
+        activation_name: str = "softplus",
+        residual: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
+        skips: list[nn.Module] = []
         width = in_dim
         for size in hidden:
-            layers += [nn.Linear(width, size), nn.Softplus()]
+            layers += [nn.Linear(width, size), activation(activation_name)]
+            skips.append(nn.Identity() if size == width else nn.Linear(width, size, bias=False))
             width = size
         self.hidden = nn.Sequential(*layers)
+        self.skips = nn.ModuleList(skips) if residual else None
         self.out = nn.Linear(width, out_dim)
         self.in_dim, self.hidden_sizes, self.out_dim = in_dim, list(hidden), out_dim
+        self.activation_name, self.residual = activation_name, residual
 
-    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden(embedding))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.skips is None:
+            return self.out(self.hidden(x))
+        for k, skip in enumerate(self.skips):
+            x = self.hidden[2 * k + 1](self.hidden[2 * k](x)) + skip(x)
+        return self.out(x)
+
+    def rebuilt(self, out_dim: int) -> Head:
+        """A freshly initialised head of the same layout with ``out_dim`` outputs."""
+        return Head(self.in_dim, self.hidden_sizes, out_dim, self.activation_name, self.residual)
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                module.reset_parameters()
+        reset_all(self)
 
 
 class CrystalModel(nn.Module):
-    """Backbone + head; predictions are in the normalised target space (the training
-    module's normaliser maps them to physical units)."""
+    """Backbone + head; predictions are in the normalised target space."""
 
-    def __init__(
-        self, backbone: Backbone, head: Head, config: ModelConfig, graph_settings: GraphSettings
-    ):
+    def __init__(self, backbone: Backbone, head: Head, config: ModelConfig):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.config = config
-        self.graph_settings = graph_settings
+        #: set from the target (:attr:`TargetSpec.pooling`): mean or sum over atoms
+        self.pooling: Literal["mean", "sum"] = "mean"
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
+    @property
+    def graph_settings(self) -> GraphSettings:
+        return self.config.graph_settings()
+
+    @property
+    def elements(self) -> list[int] | None:
+        """Atomic numbers the model has features for (``None``: any)."""
+        return self.backbone.elements
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.backbone(batch))
+        features = self.backbone(batch)
+        out = self.head(features)
+        n_crystals = batch.ptr.numel() - 1
+        if self.backbone.atomwise:
+            return scatter(out, batch.batch, dim=0, dim_size=n_crystals, reduce=self.pooling)
+        if self.pooling == "sum":
+            counts = batch.ptr.diff().to(out.dtype)
+            out = out * counts.unsqueeze(-1)
+        return out
 
     def embed(self, batch: Batch) -> torch.Tensor:
-        """The pooled crystal embedding (batch, embedding_dim)."""
-        return self.backbone(batch)
+        """The crystal embedding (n_crystals, embedding_dim): what the head sees, averaged
+        over atoms for an atom-wise readout."""
+        features = self.backbone(batch)
+        if self.backbone.atomwise:
+            n_crystals = batch.ptr.numel() - 1
+            return scatter(features, batch.batch, dim=0, dim_size=n_crystals, reduce="mean")
+        return features
+
+    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
+        """Pooled features after every named layer, then the crystal embedding."""
+        layers = self.backbone.layer_features(batch)
+        layers["embedding_out"] = self.embed(batch)
+        return layers
 
     def groups(self) -> OrderedDict[str, nn.Module]:
         """All parameter groups in forward order, the head last."""
@@ -95,16 +178,63 @@ class CrystalModel(nn.Module):
         groups["head"] = self.head
         return groups
 
-    @property
-    def elements(self) -> list[int] | None:
-        """Atomic numbers the model has features for (``None``: any)."""
-        return getattr(self.backbone, "elements", None)
+    def replace_head(self, out_dim: int) -> None:
+        """A new, freshly initialised head with ``out_dim`` outputs (a new target)."""
+        self.head = self.head.rebuilt(out_dim)
+
+    def reset_parameters(self) -> None:
+        """Fresh random weights everywhere (buffers such as element tables are kept)."""
+        self.backbone.reset_parameters()
+        self.head.reset_parameters()
 
     def describe(self) -> dict[str, Any]:
         return {
-            "architecture": self.config.architecture,
+            "architecture": self.architecture,
             "config": self.config.model_dump(),
+            "readout": "atom-wise" if self.backbone.atomwise else "crystal",
+            "pooling": self.pooling,
             "groups": {
                 name: sum(p.numel() for p in m.parameters()) for name, m in self.groups().items()
             },
         }
+
+
+def check_groups(model: CrystalModel) -> list[str]:
+    """The model's group names, after checking the contract: the required groups, the
+    head last, and every parameter in exactly one group."""
+    groups = model.groups()
+    names = list(groups)
+    for required in REQUIRED_GROUPS:
+        if required not in names:
+            raise TypeError(f"{model.architecture}: no parameter group {required!r} ({names})")
+    if names[-1] != "head":
+        raise TypeError(f"{model.architecture}: the head must be the last group ({names})")
+    seen: dict[int, str] = {}
+    for name, module in groups.items():
+        for parameter in module.parameters():
+            if id(parameter) in seen:
+                raise TypeError(f"a parameter is in both {seen[id(parameter)]!r} and {name!r}")
+            seen[id(parameter)] = name
+    orphans = [n for n, p in model.named_parameters() if id(p) not in seen]
+    if orphans:
+        raise TypeError(f"{model.architecture}: parameters in no group: {orphans[:3]}")
+    return names
+
+
+@dataclass
+class TrainedModel:
+    """A model with its target spec and provenance: what a checkpoint holds."""
+
+    model: CrystalModel
+    target: TargetSpec
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.model.pooling = self.target.pooling
+
+    @torch.no_grad()
+    def predict_batch(self, batch: Batch) -> torch.Tensor:
+        """Predictions in physical units for a PyG batch (model in eval mode)."""
+        self.model.eval()
+        self.model.pooling = self.target.pooling
+        return self.target.decode(self.model(batch), batch)

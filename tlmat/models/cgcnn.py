@@ -5,14 +5,20 @@ convolution gates messages z_ij = [v_i, v_j, g(d_ij)] with
 σ(z W_f + b_f) ⊙ softplus(z W_s + b_s), batch-normalised, summed over the (up to 12)
 neighbours, batch-normalised and added to v_i through a softplus; crystals are mean-pooled,
 passed through softplus → linear → softplus (the ``readout``), then the head.
-Parameter names follow the original code so its checkpoints map one to one.
+Parameter names follow the original code so its checkpoints map one to one, and the
+original checkpoints import through this module's :data:`ARCHITECTURE` importer.
 """
 
 from __future__ import annotations
 
+import argparse
+import time
 from collections import OrderedDict
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +28,10 @@ from torch_geometric.utils import scatter
 
 from tlmat.graphs.expansions import GaussianExpansion
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
+from tlmat.models.atom_features import load_atom_init
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel
+from tlmat.models.registry import Architecture, Importer
+from tlmat.models.targets import TargetSpec
 
 
 class CGCNNConfig(ModelConfig):
@@ -40,6 +49,11 @@ class CGCNNConfig(ModelConfig):
     gaussian_start: float = 0.0  # Å
     gaussian_stop: float = 8.0  # Å
     gaussian_step: float = 0.2  # Å, also the width
+    cutoff: float = 8.0  # Å, neighbour search radius
+    max_neighbors: int = 12  # the nearest this many within the cutoff
+
+    def graph_settings(self) -> GraphSettings:
+        return GraphSettings(cutoff=self.cutoff, max_neighbors=self.max_neighbors)
 
 
 class CGCNNConv(nn.Module):
@@ -115,12 +129,102 @@ class CGCNNBackbone(Backbone):
         )
 
 
-def build_cgcnn(
-    config: CGCNNConfig, atom_features: torch.Tensor, graph_settings: GraphSettings | None = None
-) -> CrystalModel:
-    """A CGCNN with the given element feature table (see ``load_atom_init``)."""
-    backbone = CGCNNBackbone(config, atom_features)
+def build_cgcnn(config: CGCNNConfig, atom_features: torch.Tensor | None = None) -> CrystalModel:
+    """A CGCNN with the given element feature table (default: ``atom_init.json``)."""
+    features = atom_features if atom_features is not None else load_atom_init()
+    backbone = CGCNNBackbone(config, features)
     n_out = 2 if config.task == "classification" else config.n_out
     head = Head(config.h_fea_len, [config.h_fea_len] * (config.n_h - 1), n_out)
-    settings = graph_settings or GraphSettings(cutoff=config.gaussian_stop, max_neighbors=12)
-    return CrystalModel(backbone, head, config, settings)
+    return CrystalModel(backbone, head, config)
+
+
+def _build(config: CGCNNConfig, state: Mapping[str, torch.Tensor] | None) -> CrystalModel:
+    # a checkpoint carries its element table: no need to read atom_init.json
+    table = state.get("backbone.atom_features") if state is not None else None
+    return build_cgcnn(config, table)
+
+
+# -- the original checkpoints (Xie & Grossman 2018) -------------------------------------
+
+#: Classes the original CGCNN checkpoints pickle besides tensors and builtins.
+CGCNN_ALLOWLIST: tuple[Any, ...] = (
+    argparse.Namespace,
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    np.dtype,
+    type(np.dtype(np.float64)),
+)
+
+
+def _is_original(data: dict[str, Any]) -> bool:
+    return "state_dict" in data and "args" in data and "format" not in data
+
+
+def _original_key(key: str) -> str:
+    """Original CGCNN parameter name → tlmat's."""
+    if key.startswith(("embedding.", "convs.", "conv_to_fc.")):
+        return f"backbone.{key}"
+    if key.startswith("fc_out."):
+        return key.replace("fc_out.", "head.out.", 1)
+    if key.startswith("fcs."):
+        _, index, rest = key.split(".", 2)
+        return f"head.hidden.{2 * int(index)}.{rest}"
+    return key
+
+
+def import_original(data: dict[str, Any], source: str | Path = "") -> TrainedModel:
+    """Map an original CGCNN checkpoint onto tlmat's CGCNN (weights, normaliser, args)."""
+    from tlmat.models.checkpoint import load_state
+
+    args = data["args"] if isinstance(data["args"], dict) else vars(data["args"])
+    config = CGCNNConfig(
+        atom_fea_len=int(args.get("atom_fea_len", 64)),
+        n_conv=int(args.get("n_conv", 3)),
+        h_fea_len=int(args.get("h_fea_len", 128)),
+        n_h=int(args.get("n_h", 1)),
+        task=args.get("task", "regression"),
+    )
+    model = build_cgcnn(config)
+    state = {_original_key(k): v for k, v in data["state_dict"].items()}
+    state["backbone.atom_features"] = model.backbone.atom_features
+    state["backbone.expansion.centers"] = model.backbone.expansion.centers
+    names = {_original_key(k): k for k in data["state_dict"]}
+    load_state(model, state, source, original_names=names)
+    normalizer = data.get("normalizer") or {"mean": 0.0, "std": 1.0}
+    property_name = "target"
+    options = args.get("data_options")
+    if isinstance(options, list | tuple) and options:
+        property_name = str(options[-1])
+    target = TargetSpec(
+        name=property_name,
+        normalization="standard",
+        mean=float(normalizer["mean"]),
+        std=float(normalizer["std"]),
+        task=config.task,
+    )
+    provenance = {
+        "source": str(source),
+        "imported_from": "original CGCNN checkpoint (Xie & Grossman 2018)",
+        "source_epoch": int(data.get("epoch", -1)),
+        "source_best_mae": float(data.get("best_mae_error", float("nan"))),
+        "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return TrainedModel(model, target, provenance)
+
+
+ARCHITECTURE = Architecture(
+    name="cgcnn",
+    config=CGCNNConfig,
+    build=_build,
+    summary="crystal graph convolutions, 12 nearest neighbours within 8 Å, mean pooling",
+    reference="Xie & Grossman, PRL 120, 145301 (2018)",
+    presets={
+        # the size of the published Materials Project checkpoints
+        "cgcnn-mp": {"atom_fea_len": 64, "n_conv": 4, "h_fea_len": 32, "n_h": 1},
+    },
+    importer=Importer(
+        description="original CGCNN checkpoint (.pth.tar, Xie & Grossman 2018)",
+        allowlist=CGCNN_ALLOWLIST,
+        recognise=_is_original,
+        load=import_original,
+    ),
+)

@@ -1,73 +1,66 @@
-"""Checkpoints that need nothing else to load, and safe import of the original CGCNN ones.
+"""Checkpoints that need nothing else to load, and safe import of published weights.
 
 Every file is read with ``torch.load(weights_only=True)``: no code in a checkpoint ever
-runs. tlmat's own checkpoints hold only tensors and plain Python values. The original
-CGCNN files (2018) also hold an ``argparse.Namespace`` of training arguments and numpy
-scalars; exactly those classes are allowlisted (``CGCNN_ALLOWLIST``), nothing more.
+runs. tlmat's own checkpoints hold only tensors and plain Python values and load with no
+allowlist at all. Published weights that pickle more (the original CGCNN files hold an
+``argparse.Namespace`` and numpy scalars) are read by their architecture's importer with
+exactly that importer's allowlist (:mod:`tlmat.models.registry`), nothing more.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from tlmat import __version__
-from tlmat.graphs.settings import GraphSettings
-from tlmat.models.atom_features import load_atom_init
-from tlmat.models.base import CrystalModel
-from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
+from tlmat.models import registry
+from tlmat.models.base import CrystalModel, TrainedModel
 from tlmat.models.targets import TargetSpec
 
-#: Classes the original CGCNN checkpoints pickle besides tensors and builtins.
-CGCNN_ALLOWLIST: list[Any] = [
-    argparse.Namespace,
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    np.dtype,
-    type(np.dtype(np.float64)),
-]
-
-ARCHITECTURES = {"cgcnn": CGCNNConfig}
+#: Bumped when the checkpoint layout changes.
+CHECKPOINT_VERSION = 2
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded, with the reason."""
 
 
-@dataclass
-class TrainedModel:
-    """A model with its target spec and provenance: what a checkpoint holds."""
+def _refusal(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: refused to load ({str(error).strip().splitlines()[-1][:300]}). tlmat only "
+        "reads tensors and allowlisted classes; a file that needs more is not loaded."
+    )
 
-    model: CrystalModel
-    target: TargetSpec
-    provenance: dict[str, Any] = field(default_factory=dict)
 
-    @torch.no_grad()
-    def predict_batch(self, batch) -> torch.Tensor:
-        """Predictions in physical units for a PyG batch (model in eval mode)."""
-        self.model.eval()
-        return self.target.decode(self.model(batch))
+def _load(path: Path, allowlist: tuple[Any, ...] = ()) -> Any:
+    with torch.serialization.safe_globals(list(allowlist)):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def safe_load(path: str | Path) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with the CGCNN allowlist; a refused file raises a
+    """``torch.load(weights_only=True)``: first with no allowlist (tlmat's own files), then
+    with each importer's own allowlist for files that need one. A refused file raises a
     :class:`CheckpointError` that says which class it wanted, instead of unpickling it."""
     path = Path(path)
     try:
-        with torch.serialization.safe_globals(CGCNN_ALLOWLIST):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = _load(path)
     except FileNotFoundError:
         raise
     except Exception as error:
-        raise CheckpointError(
-            f"{path}: refused to load ({str(error).strip().splitlines()[-1][:300]}). tlmat only "
-            "reads tensors and allowlisted classes; a file that needs more is not loaded."
-        ) from error
+        data = None
+        for importer in registry.importers():
+            try:
+                candidate = _load(path, importer.allowlist)
+            except Exception:
+                continue
+            if isinstance(candidate, dict) and importer.recognise(candidate):
+                data = candidate
+                break
+        if data is None:
+            raise _refusal(path, error) from error
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a checkpoint (a {type(data).__name__})")
     return data
@@ -82,10 +75,12 @@ def save_checkpoint(
     model = trained.model
     payload = {
         "format": "tlmat",
+        "checkpoint_version": CHECKPOINT_VERSION,
         "tlmat_version": __version__,
-        "architecture": model.config.architecture,
+        "architecture": model.architecture,
         "config": model.config.model_dump(),
         "graph_settings": model.graph_settings.model_dump(),
+        "head": {"out_dim": model.head.out_dim},
         "target": trained.target.model_dump(),
         "provenance": trained.provenance,
         "state_dict": model.state_dict(),
@@ -99,91 +94,40 @@ def save_checkpoint(
 
 
 def build_model(
-    architecture: str,
-    config: dict[str, Any],
-    graph_settings: GraphSettings,
-    atom_features: torch.Tensor | None = None,
+    architecture: str, config: dict[str, Any], state: dict[str, torch.Tensor] | None = None
 ) -> CrystalModel:
-    if architecture not in ARCHITECTURES:
-        raise CheckpointError(f"unknown architecture {architecture!r}")
-    cfg = ARCHITECTURES[architecture](**config)
-    if architecture == "cgcnn":
-        features = atom_features if atom_features is not None else load_atom_init()
-        return build_cgcnn(cfg, features, graph_settings)
-    raise CheckpointError(f"no builder for {architecture!r}")
+    """A model of a registered architecture from its stored config."""
+    try:
+        cfg = registry.model_config({"architecture": architecture, **config})
+    except ValueError as error:
+        raise CheckpointError(str(error)) from None
+    model = registry.build(cfg, state)
+    out = state.get("head.out.weight") if state is not None else None
+    if out is not None and out.shape[0] != model.head.out_dim:
+        model.replace_head(out.shape[0])
+    return model
 
 
 def load_checkpoint(path: str | Path) -> TrainedModel:
-    """A tlmat checkpoint, or an original CGCNN ``.pth.tar`` (recognised and imported)."""
+    """A tlmat checkpoint, or published weights one of the importers recognises."""
     data = safe_load(path)
     if data.get("format") == "tlmat":
         state = data["state_dict"]
-        model = build_model(
-            data["architecture"],
-            data["config"],
-            GraphSettings(**data["graph_settings"]),
-            atom_features=state.get("backbone.atom_features"),
-        )
-        _load_state(model, state, path)
+        model = build_model(data["architecture"], data["config"], state)
+        load_state(model, state, path)
         return TrainedModel(model, TargetSpec(**data["target"]), dict(data["provenance"]))
-    if "state_dict" in data and "args" in data:
-        return import_cgcnn(data, path)
+    for importer in registry.importers():
+        if importer.recognise(data):
+            trained = importer.load(data, path)
+            trained.provenance.setdefault("imported_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+            return trained
     raise CheckpointError(
-        f"{path}: neither a tlmat checkpoint nor an original CGCNN one (keys: {sorted(data)})"
+        f"{path}: neither a tlmat checkpoint nor published weights tlmat can import "
+        f"({'; '.join(i.description for i in registry.importers())}); keys: {sorted(data)}"
     )
 
 
-def _cgcnn_key(key: str) -> str:
-    """Original CGCNN parameter name → tlmat's."""
-    if key.startswith(("embedding.", "convs.", "conv_to_fc.")):
-        return f"backbone.{key}"
-    if key.startswith("fc_out."):
-        return key.replace("fc_out.", "head.out.", 1)
-    if key.startswith("fcs."):
-        _, index, rest = key.split(".", 2)
-        return f"head.hidden.{2 * int(index)}.{rest}"
-    return key
-
-
-def import_cgcnn(data: dict[str, Any], source: str | Path = "") -> TrainedModel:
-    """Map an original CGCNN checkpoint onto tlmat's CGCNN (weights, normaliser, args)."""
-    args = data["args"] if isinstance(data["args"], dict) else vars(data["args"])
-    config = CGCNNConfig(
-        atom_fea_len=int(args.get("atom_fea_len", 64)),
-        n_conv=int(args.get("n_conv", 3)),
-        h_fea_len=int(args.get("h_fea_len", 128)),
-        n_h=int(args.get("n_h", 1)),
-        task=args.get("task", "regression"),
-    )
-    atom_features = load_atom_init()
-    model = build_cgcnn(config, atom_features, GraphSettings(cutoff=8.0, max_neighbors=12))
-    state = {_cgcnn_key(k): v for k, v in data["state_dict"].items()}
-    state["backbone.atom_features"] = model.backbone.atom_features
-    state["backbone.expansion.centers"] = model.backbone.expansion.centers
-    _load_state(model, state, source, original_names={_cgcnn_key(k): k for k in data["state_dict"]})
-    normalizer = data.get("normalizer") or {"mean": 0.0, "std": 1.0}
-    property_name = "target"
-    options = args.get("data_options")
-    if isinstance(options, list | tuple) and options:
-        property_name = str(options[-1])
-    target = TargetSpec(
-        name=property_name,
-        normalization="standard",
-        mean=float(normalizer["mean"]),
-        std=float(normalizer["std"]),
-        task=config.task,
-    )
-    provenance = {
-        "source": str(source),
-        "imported_from": "original CGCNN checkpoint (Xie & Grossman 2018)",
-        "source_epoch": int(data.get("epoch", -1)),
-        "source_best_mae": float(data.get("best_mae_error", float("nan"))),
-        "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    return TrainedModel(model, target, provenance)
-
-
-def _load_state(
+def load_state(
     model: CrystalModel,
     state: dict[str, torch.Tensor],
     source,

@@ -1,24 +1,31 @@
-"""What a model predicts and how targets are normalised for training.
+"""What a model predicts and how targets are normalised for training: one specification,
+decoded in one place.
 
 ``TargetSpec`` maps physical values (e.g. eV/atom, GPa) to the network's space and back:
 optional log10, then standardisation, Lee & Asahi's tanh normalisation
 y' = ½{tanh(0.01 (y − μ)/s) + 1}, or nothing. It is fitted on a training split only and
 travels in the checkpoint.
+
+Extensive targets (``extensive=True``, e.g. a total energy in eV/cell) follow schnetpack:
+μ and s are fitted on per-atom values y/n, the model sums atom contributions, and
+y = s·Σᵢ oᵢ + n·μ. Optional per-element reference energies (``atom_refs``, in the target's
+unit per atom of that element) are subtracted first: y − Σᵢ E_ref(Zᵢ) is what is learnt.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 Normalization = Literal["standard", "tanh", "none"]
 
 
 class TargetSpec(BaseModel):
-    """Name, unit and normalisation of one predicted property."""
+    """Name, unit, transform and normalisation of one predicted property."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,10 +36,87 @@ class TargetSpec(BaseModel):
     mean: float = 0.0
     std: float = 1.0
     task: Literal["regression", "classification"] = "regression"
+    #: the property scales with the number of atoms (eV/cell, not eV/atom)
+    extensive: bool = False
+    #: per-element reference values (atomic number → target unit), subtracted before
+    #: normalising (e.g. isolated-atom energies for a total energy)
+    atom_refs: dict[int, float] | None = None
 
-    def fit(self, values: np.ndarray | torch.Tensor) -> TargetSpec:
-        """A copy with mean/std fitted to (training) ``values`` in physical units."""
+    @model_validator(mode="after")
+    def _consistent(self) -> TargetSpec:
+        per_atom = self.extensive or self.atom_refs is not None
+        if per_atom and (self.log10 or self.normalization == "tanh"):
+            raise ValueError(
+                f"target {self.name!r}: an extensive target or per-element references need "
+                "normalization 'standard' or 'none' and no log10"
+            )
+        if per_atom and self.task != "regression":
+            raise ValueError(f"target {self.name!r}: classification targets are intensive")
+        return self
+
+    @property
+    def pooling(self) -> Literal["mean", "sum"]:
+        """How a model aggregates atoms for this target: sum for extensive, else mean."""
+        return "sum" if self.extensive else "mean"
+
+    @property
+    def needs_atoms(self) -> bool:
+        """Whether encoding and decoding need the batch's atoms (counts, elements)."""
+        return self.extensive or self.atom_refs is not None
+
+    def label(self) -> str:
+        """``name (unit)`` for tables and file headers."""
+        shown = f"log10 {self.name}" if self.log10 and self.task == "regression" else self.name
+        return f"{shown} ({self.unit})" if self.unit else shown
+
+    # -- per-structure helpers -------------------------------------------------------
+    def _reference(self, z: torch.Tensor, graph: torch.Tensor, n_graphs: int) -> torch.Tensor:
+        table = torch.zeros(int(max(self.atom_refs or {0: 0})) + 1, dtype=torch.float64)
+        for element, value in (self.atom_refs or {}).items():
+            table[int(element)] = value
+        per_atom = table[z.clamp(max=len(table) - 1)] * (z < len(table))
+        out = torch.zeros(n_graphs, dtype=torch.float64)
+        return out.index_add_(0, graph, per_atom)
+
+    def _atoms(self, batch, n_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Atom counts and reference sums per structure of a PyG batch."""
+        if batch is None:
+            raise ValueError(
+                f"target {self.name!r} is extensive or has element references: its "
+                "values can only be encoded or decoded with the structures' atoms"
+            )
+        graph = batch.batch.cpu()
+        counts = torch.bincount(graph, minlength=n_graphs).double()
+        refs = (
+            self._reference(batch.z.cpu(), graph, n_graphs)
+            if self.atom_refs
+            else torch.zeros(n_graphs, dtype=torch.float64)
+        )
+        return counts, refs
+
+    def _per_structure(self, batch, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Atom counts and reference sums shaped and placed like ``like``."""
+        counts, refs = self._atoms(batch, like.shape[0])
+        shape = (-1,) + (1,) * (like.dim() - 1)
+        return counts.reshape(shape).to(like.device), refs.reshape(shape).to(like.device)
+
+    def fit(
+        self, values: np.ndarray | torch.Tensor, atomic_numbers: Sequence[np.ndarray] | None = None
+    ) -> TargetSpec:
+        """A copy with mean/std fitted to (training) ``values`` in physical units;
+        ``atomic_numbers`` (one array per structure) are needed for extensive targets and
+        element references."""
         y = np.asarray(values, dtype=np.float64)
+        if self.needs_atoms:
+            if atomic_numbers is None or len(atomic_numbers) != len(y):
+                raise ValueError(f"target {self.name!r}: fitting needs each structure's atoms")
+            refs = np.array(
+                [sum((self.atom_refs or {}).get(int(z), 0.0) for z in zs) for zs in atomic_numbers]
+            )
+            counts = np.array([len(zs) for zs in atomic_numbers], dtype=np.float64)
+            y = y - refs
+            if self.extensive:
+                y = y / counts
         if self.log10:
             if np.any(y <= 0):
                 raise ValueError(f"log10 of {self.name!r} needs positive values")
@@ -40,10 +124,17 @@ class TargetSpec(BaseModel):
         std = float(y.std()) if y.size > 1 else 1.0
         return self.model_copy(update={"mean": float(y.mean()), "std": std if std > 0 else 1.0})
 
-    def encode(self, y: torch.Tensor) -> torch.Tensor:
-        """Physical units → network space."""
+    def encode(self, y: torch.Tensor, batch=None) -> torch.Tensor:
+        """Physical units → network space (``batch``: the structures, for extensive
+        targets and element references)."""
         if self.task == "classification":
             return y
+        if self.needs_atoms:
+            counts, refs = self._per_structure(batch, y)
+            y64 = y.double() - refs
+            if self.normalization == "standard":
+                y64 = (y64 - (counts if self.extensive else 1.0) * self.mean) / self.std
+            return y64.to(y.dtype)
         if self.log10:
             y = torch.log10(y)
         if self.normalization == "standard":
@@ -52,10 +143,16 @@ class TargetSpec(BaseModel):
             return 0.5 * (torch.tanh(0.01 * (y - self.mean) / self.std) + 1.0)
         return y
 
-    def decode(self, out: torch.Tensor) -> torch.Tensor:
+    def decode(self, out: torch.Tensor, batch=None) -> torch.Tensor:
         """Network space → physical units (class probabilities for classification)."""
         if self.task == "classification":
             return torch.softmax(out, dim=-1)
+        if self.needs_atoms:
+            counts, refs = self._per_structure(batch, out)
+            y = out.double()
+            if self.normalization == "standard":
+                y = y * self.std + (counts if self.extensive else 1.0) * self.mean
+            return (y + refs).to(out.dtype)
         if self.normalization == "standard":
             y = out * self.std + self.mean
         elif self.normalization == "tanh":

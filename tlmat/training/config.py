@@ -8,7 +8,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from tlmat.models.targets import Normalization
+from tlmat.models.targets import Normalization, TargetSpec
 
 
 class TrainConfig(BaseModel):
@@ -26,6 +26,10 @@ class TrainConfig(BaseModel):
     unit: str = ""
     log10: bool = False
     normalization: Normalization = "standard"
+    #: the target scales with the cell (eV/cell): atoms are summed, not averaged
+    extensive: bool = False
+    #: per-element reference values subtracted before fitting (atomic number → unit)
+    atom_refs: dict[int, float] | None = None
     loss: Literal["l1", "mse"] = "l1"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
@@ -43,6 +47,17 @@ class TrainConfig(BaseModel):
     seed: int = 0
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     progress_bar: bool = True
+
+    def target_spec(self) -> TargetSpec:
+        """The (unfitted) specification of the target this run learns."""
+        return TargetSpec(
+            name=self.target,
+            unit=self.unit,
+            log10=self.log10,
+            normalization=self.normalization,
+            extensive=self.extensive,
+            atom_refs=self.atom_refs,
+        )
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:

@@ -38,7 +38,6 @@ from tlmat.data.dataset import GraphDataset
 from tlmat.data.loader import GraphLoader
 from tlmat.data.splits import Split
 from tlmat.models.checkpoint import TrainedModel, save_checkpoint
-from tlmat.models.targets import TargetSpec
 from tlmat.training.config import TrainConfig
 from tlmat.training.module import PropertyModule
 from tlmat.transfer.strategies import Strategy, apply_strategy
@@ -129,8 +128,11 @@ def predict(
     device = next(model.parameters()).device
     outputs = []
     for batch in GraphLoader(dataset, indices, batch_size=batch_size):
-        out = model(batch.to(device))
-        outputs.append(trained.target.decode(out.squeeze(-1) if out.shape[-1] == 1 else out).cpu())
+        batch = batch.to(device)
+        model.pooling = trained.target.pooling
+        out = model(batch)
+        out = out.squeeze(-1) if out.shape[-1] == 1 else out
+        outputs.append(trained.target.decode(out, batch).cpu())
     return torch.cat(outputs).numpy() if outputs else np.zeros(0)
 
 
@@ -153,10 +155,13 @@ def fit(
     start = time.perf_counter()
 
     y_train = dataset.targets[config.target][split.train]
-    target = TargetSpec(
-        name=config.target, unit=config.unit, log10=config.log10, normalization=config.normalization
-    ).fit(y_train)
+    spec = config.target_spec()
+    atoms = (
+        [dataset.graphs.arrays(i, copy=False).z for i in split.train] if spec.needs_atoms else None
+    )
+    target = spec.fit(y_train, atoms)
     model = trained.model
+    model.pooling = target.pooling
     # Lightning keeps each module's mode; a source used for predictions is in eval mode,
     # and batch norm must train (frozen groups go back to eval every epoch)
     model.train()

@@ -40,8 +40,8 @@ class PropertyModule(L.LightningModule):
         out = self.model(batch)
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
-    def _loss(self, prediction: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        encoded = self.target.encode(y)
+    def _loss(self, prediction: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:
+        encoded = self.target.encode(y, batch)
         if self.config.loss == "mse":
             return F.mse_loss(prediction, encoded)
         return F.l1_loss(prediction, encoded)
@@ -52,7 +52,7 @@ class PropertyModule(L.LightningModule):
             self.train_loader.set_epoch(self.current_epoch)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(self(batch), batch.y)
+        loss = self._loss(self(batch), batch.y, batch)
         self.log(
             "train_loss",
             loss,
@@ -69,8 +69,8 @@ class PropertyModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         prediction = self(batch)
-        self.log("val_loss", self._loss(prediction, batch.y), batch_size=batch.num_graphs)
-        errors = (self.target.decode(prediction) - batch.y).abs()
+        self.log("val_loss", self._loss(prediction, batch.y, batch), batch_size=batch.num_graphs)
+        errors = (self.target.decode(prediction, batch) - batch.y).abs()
         self._val_error += errors.sum().detach().double().cpu()
         self._val_count += errors.numel()
         self.log("val_mae", errors.mean(), batch_size=batch.num_graphs, prog_bar=True)

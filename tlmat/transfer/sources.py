@@ -6,10 +6,10 @@ Safe defaults (what the original CGCNN ``--resume``, ALIGNN and matgl get wrong)
 - only the source's weights are taken: epoch counter, optimiser state and best metric start
   afresh (a new training run), and the target normaliser is refitted on the target's
   training split (:func:`tlmat.training.fit`);
-- the head is re-initialised when the target's name or kind differs from the source's
-  (``keep_head=True`` keeps it);
+- the head is rebuilt, freshly initialised and with the new target's width, when the
+  target's name or kind differs from the source's (``keep_head=True`` keeps it);
 - the source's zero-shot prediction is reported next to the fine-tuned one
-  (:func:`tlmat.evaluation.experiments.zero_shot`).
+  (:func:`tlmat.experiments.runs.zero_shot`).
 """
 
 from __future__ import annotations
@@ -20,18 +20,13 @@ from pathlib import Path
 import torch
 
 from tlmat.datasets import REGISTRY, fetch
-from tlmat.models.checkpoint import TrainedModel, build_model, load_checkpoint
+from tlmat.models import registry
+from tlmat.models.checkpoint import TrainedModel, load_checkpoint
 from tlmat.models.targets import TargetSpec
 from tlmat.transfer.strategies import Strategy, preset
 
 #: Pretrained sources known by name (``tlmat models`` lists them).
-PRETRAINED = {
-    name: entry
-    for name, entry in REGISTRY.items()
-    if name.endswith(
-        ("energy-per-atom", "band-gap", "efermi", "moduli", "poisson-ratio", "classification")
-    )
-}
+PRETRAINED = {name: entry for name, entry in REGISTRY.items() if entry.architecture}
 
 
 def load_source(source: str | Path) -> TrainedModel:
@@ -53,14 +48,25 @@ def fresh_like(source: TrainedModel, seed: int = 0) -> TrainedModel:
     """The source's architecture with new random weights (the fair scratch baseline)."""
     torch.manual_seed(seed)
     model = source.model
-    state = model.state_dict()
-    scratch = build_model(
-        model.config.architecture,
-        model.config.model_dump(),
-        model.graph_settings,
-        atom_features=state.get("backbone.atom_features"),
-    )
-    return TrainedModel(scratch, TargetSpec(), {"initialisation": "random", "seed": seed})
+    # the source's buffers (element tables) are passed on; its weights are not
+    buffers = dict(model.named_buffers())
+    return fresh_model(model.config, seed, buffers, out_dim=1)
+
+
+def fresh_model(
+    config: registry.ModelSpec | None = None,
+    seed: int = 0,
+    buffers: dict[str, torch.Tensor] | None = None,
+    out_dim: int = 1,
+) -> TrainedModel:
+    """A model of any registered architecture with random weights (``seed``)."""
+    torch.manual_seed(seed)
+    cfg = registry.model_config(config)
+    model = registry.build(cfg, buffers)
+    if model.head.out_dim != out_dim:
+        model.replace_head(out_dim)
+    provenance = {"initialisation": "random", "seed": seed, "architecture": cfg.architecture}
+    return TrainedModel(model, TargetSpec(), provenance)
 
 
 def needs_new_head(source: TargetSpec, target_name: str) -> bool:
@@ -82,6 +88,9 @@ def prepare_transfer(
     strategy = preset(name, k=freeze_k)
     if not strategy.from_source:
         return fresh_like(source, seed), strategy
+    trained = copy.deepcopy(source)
     if not keep_head and needs_new_head(source.target, target_name):
+        torch.manual_seed(seed)
+        trained.model.replace_head(1)  # a regression target: one output
         strategy = strategy.model_copy(update={"reinit_head": True})
-    return copy.deepcopy(source), strategy
+    return trained, strategy

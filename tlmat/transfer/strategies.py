@@ -2,15 +2,16 @@
 
 Every strategy is a preset of one mechanism: which groups are frozen, a learning-rate
 factor per group, and whether the head is re-initialised. Groups are the model's own
-(``embedding``, ``interactions.0`` … ``interactions.k``, ``readout``, ``head``), so every
-strategy works on every architecture.
+(``embedding``, ``interactions.0`` … ``interactions.k``, any others the architecture adds,
+then ``head``); presets name only ``embedding``, ``interactions.i``, ``backbone`` (every
+group but the head) and ``head``, so every strategy works on every architecture.
 
 | preset | paper name | what trains |
 |---|---|---|
 | ``scratch`` | — | everything, from random weights |
 | ``full`` | TL1, "full transfer", fine-tuning | everything, from the source |
 | ``freeze-embedding`` | TL2 | all but the embedding |
-| ``head-only`` | TL3, "only regression head" | the head |
+| ``head-only`` | TL3, "only regression head" | the head (the whole backbone frozen) |
 | ``freeze-first-k`` | partial freezing (Lee & Asahi) | embedding and first k interactions frozen |
 | ``discriminative`` | lower LR for fine-tuning (Hoffmann et al.) | all, backbone at 0.1 × LR |
 
@@ -53,7 +54,7 @@ def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1) -> Strategy:
     if name == "freeze-embedding":
         return Strategy(name=name, freeze=("embedding",))
     if name == "head-only":
-        return Strategy(name=name, freeze=("embedding", "interactions.*", "readout"))
+        return Strategy(name=name, freeze=("backbone",))
     if name == "freeze-first-k":
         frozen = ("embedding", *(f"interactions.{i}" for i in range(k)))
         return Strategy(name=f"freeze-first-{k}", freeze=frozen)

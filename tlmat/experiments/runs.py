@@ -15,8 +15,8 @@ import numpy as np
 
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.splits import Split
-from tlmat.evaluation.baselines import BASELINES, fit_predict
 from tlmat.evaluation.metrics import regression_metrics
+from tlmat.experiments.baselines import BASELINES, fit_predict
 from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig
 from tlmat.training.fit import fit, predict, prepare_run_dir

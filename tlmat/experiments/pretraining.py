@@ -26,12 +26,16 @@ from tlmat.data import Split, composition_disjoint, load_dataset, random_split, 
 from tlmat.data.dataset import default_cache_dir
 from tlmat.datasets import resolve
 from tlmat.evaluation.metrics import regression_metrics
-from tlmat.graphs import GraphSettings
 from tlmat.io.table import join_labels
+from tlmat.models.registry import model_config
 from tlmat.training import TrainConfig, fit, predict
-from tlmat.transfer.sources import fresh_like, load_source
+from tlmat.transfer.sources import fresh_model
 
 logger = logging.getLogger("tlmat")
+
+#: the architecture sources are pretrained with unless told: CGCNN of the size of the
+#: published Materials Project models (64/4/32)
+DEFAULT_MODEL = "cgcnn-mp"
 
 
 class PretrainConfig(BaseModel):
@@ -60,7 +64,9 @@ class PretrainConfig(BaseModel):
     max_abs_target: float | None = None
     #: what of the target's held-out materials to remove: same ids, same reduced formulas
     exclude: list[Literal["ids", "formulas"]] = Field(default_factory=lambda: ["ids", "formulas"])
-    architecture: str = "cgcnn/formation-energy-per-atom"
+    #: the architecture to pretrain: a name (``schnet``), a preset (``cgcnn-mp``,
+    #: ``schnet-arch1``) or a mapping ``{architecture: alignn, hidden_features: 64}``
+    model: str | dict[str, Any] = DEFAULT_MODEL
     val_fraction: float = 0.05
     test_fraction: float = 0.05
     seed: int = 0
@@ -101,7 +107,7 @@ def pretrain_source(
             f"{folder} holds a source pretrained with other settings or another held-out "
             "set; give this source a new name or delete that folder"
         )
-    settings = GraphSettings.preset("cgcnn")
+    settings = model_config(spec.model).graph_settings()
     dataset = load_dataset(
         table_path(spec.data, spec.labels, spec.join_on, cache_dir),
         settings,
@@ -144,7 +150,7 @@ def pretrain_source(
         progress_bar=False,
         **{"batch_size": 128, "plateau_patience": 3, "early_stopping_patience": 6} | spec.training,
     )
-    model = fresh_like(load_source(spec.architecture), spec.seed)
+    model = fresh_model(spec.model, spec.seed)
     logger.info("pretraining %s on %d structures", folder.name, len(split.train))
     result = fit(
         model,

@@ -4,7 +4,7 @@ fixed test set, run in parallel, resumable, reported.
 Methods that need no source (``base``, ``scratch``, the descriptor baselines) run once
 per (size, seed) under ``common/``; transfer methods run once per source under
 ``<source>/``. A source is a published checkpoint or is pretrained inside the grid
-(:mod:`tlmat.evaluation.pretraining`) on data with the target's held-out materials
+(:mod:`tlmat.experiments.pretraining`) on data with the target's held-out materials
 removed; a checkpoint known to have seen them is declared with ``saw_test`` and marked in
 the report, never a headline number.
 
@@ -51,8 +51,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tlmat.evaluation.baselines import BASELINES
-from tlmat.evaluation.pretraining import PretrainConfig
+from tlmat.experiments.baselines import BASELINES
+from tlmat.experiments.pretraining import DEFAULT_MODEL, PretrainConfig
 
 logger = logging.getLogger("tlmat")
 
@@ -75,6 +75,24 @@ SOURCE_FREE = ("base", "scratch", *BASELINES)
 COMMON = "common"
 
 
+class MethodConfig(BaseModel):
+    """A method with its own name and settings, e.g. scratch with another architecture::
+
+    {name: scratch-schnet, strategy: scratch, model: schnet-arch2}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    strategy: str
+    #: the architecture a source-free network method trains (name, preset or mapping)
+    model: str | dict[str, Any] | None = None
+
+    @property
+    def source_free(self) -> bool:
+        return self.strategy in SOURCE_FREE
+
+
 class SourceConfig(BaseModel):
     """A published ``checkpoint`` (registered name or file) or a source to ``pretrain``;
     ``methods`` overrides the grid's transfer methods for this source; ``saw_test`` says
@@ -84,7 +102,7 @@ class SourceConfig(BaseModel):
 
     checkpoint: str | None = None
     pretrain: PretrainConfig | None = None
-    methods: list[str] | None = None
+    methods: list[str | MethodConfig] | None = None
     saw_test: str | None = None
 
     @model_validator(mode="after")
@@ -124,9 +142,10 @@ class BenchmarkConfig(BaseModel):
             "cgcnn-mp": SourceConfig(checkpoint="cgcnn/formation-energy-per-atom")
         }
     )
-    methods: list[str] = Field(default_factory=lambda: ["scratch", "full"])
-    #: the network ``scratch`` trains from random weights (and the pretraining template)
-    architecture: str = "cgcnn/formation-energy-per-atom"
+    methods: list[str | MethodConfig] = Field(default_factory=lambda: ["scratch", "full"])
+    #: the architecture ``scratch`` trains from random weights: a name (``schnet``), a
+    #: preset (``cgcnn-mp``, ``schnet-arch2``) or a mapping ``{architecture: …, field: …}``
+    model: str | dict[str, Any] = DEFAULT_MODEL
     freeze_k: int = 1
     #: Krawczuk & Venturi's protocol instead of seeded draws: the first ``disjoint_pool``
     #: training structures are cut into disjoint blocks of each size (400 → 2×200 →
@@ -148,6 +167,13 @@ class BenchmarkConfig(BaseModel):
         if isinstance(value, dict):
             return {k: {"checkpoint": v} if isinstance(v, str) else v for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _unique_methods(self) -> BenchmarkConfig:
+        names = [m.name for m in method_configs(self.methods)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method names must be unique: {names}")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
@@ -214,28 +240,99 @@ def training_subset(config: BenchmarkConfig, pool: np.ndarray, size: int, seed: 
     return disjoint_subsplits(subsample(pool, config.disjoint_pool, 0), size, seed=0)[seed]
 
 
+def method_configs(methods: list[str | MethodConfig]) -> list[MethodConfig]:
+    """Method entries as :class:`MethodConfig` (a plain name is its own strategy)."""
+    return [MethodConfig(name=m, strategy=m) if isinstance(m, str) else m for m in methods]
+
+
+def method_config(config: BenchmarkConfig, job: Job) -> MethodConfig:
+    """The settings of a job's method."""
+    source = config.sources.get(job.source)
+    entries = (source.methods if source is not None and source.methods else []) + config.methods
+    for method in method_configs(entries):
+        if method.name == job.method:
+            return method
+    raise ValueError(f"no method {job.method!r} in {config.name}")
+
+
 def jobs(config: BenchmarkConfig) -> list[Job]:
     """Every (size, seed, source, method); source-free methods once, under ``common``."""
     grid = [(size, seed) for size in sorted(config.sizes) for seed in repeats(config, size)]
-    common = [m for m in config.methods if m in SOURCE_FREE]
+    common = [m.name for m in method_configs(config.methods) if m.source_free]
     out = [Job(size, seed, COMMON, m) for size, seed in grid for m in common]
     for name, source in config.sources.items():
-        methods = [m for m in (source.methods or config.methods) if m not in SOURCE_FREE]
+        entries = method_configs(source.methods or config.methods)
+        methods = [m.name for m in entries if not m.source_free]
         out += [Job(size, seed, name, m) for size, seed in grid for m in methods]
     return out
 
 
-def _data(config: BenchmarkConfig, cache_dir: Path | None):
-    """The dataset (pool [+ val] [+ test]) and the fixed split every job draws from."""
-    from tlmat.data import Split, concat, load_dataset, random_split, subsample
-    from tlmat.evaluation.pretraining import table_path
-    from tlmat.graphs import GraphSettings
+def model_settings(model: str | dict[str, Any]):
+    """The graph settings a model specification needs."""
+    from tlmat.models.registry import model_config
 
-    settings = GraphSettings.preset("cgcnn")
+    return model_config(model).graph_settings()
+
+
+def job_settings(config: BenchmarkConfig, job: Job, root: Path):
+    """The graph settings of a job's network: its method's model under ``common``, else
+    its source's."""
+    if job.source == COMMON:
+        return model_settings(method_config(config, job).model or config.model)
+    source = config.sources[job.source]
+    if source.pretrain is not None:
+        return model_settings(source.pretrain.model)
+    from tlmat.transfer.sources import load_source
+
+    return load_source(source.checkpoint).model.graph_settings
+
+
+def grid_settings(config: BenchmarkConfig) -> list:
+    """Every distinct graph setting the grid's models need (the grid's model first)."""
+    from tlmat.transfer.sources import load_source
+
+    found = [model_settings(config.model)]
+    found += [model_settings(m.model) for m in method_configs(config.methods) if m.model]
+    for source in config.sources.values():
+        if source.pretrain is not None:
+            found.append(model_settings(source.pretrain.model))
+        else:
+            found.append(load_source(source.checkpoint).model.graph_settings)
+    unique = {settings.key(): settings for settings in found}
+    return list(unique.values())
+
+
+def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None):
+    """The dataset (pool [+ val] [+ test]) built with ``settings`` (default: the grid
+    model's) and the fixed split every job draws from. Only structures that every model
+    of the grid can use are kept, so every job sees the same ids in the same order."""
+    from tlmat.data import Split, concat, load_dataset, random_split, subsample
+    from tlmat.experiments.pretraining import table_path
+
+    everything = grid_settings(config)
+    settings = settings or everything[0]
 
     def load(spec: str):
         path = table_path(spec, config.labels, config.join_on, cache_dir)
-        return load_dataset(path, settings, [config.target], cache_dir=cache_dir)
+        loaded = {
+            s.key(): load_dataset(path, s, [config.target], cache_dir=cache_dir)
+            for s in [settings, *everything]
+        }
+        chosen = loaded[settings.key()]
+        usable = set.intersection(*(set(d.ids) for d in loaded.values()))
+        if len(usable) < len(chosen):
+            if config.protocol == "matbench":
+                raise ValueError(
+                    f"{spec}: {len(chosen) - len(usable)} structures are unusable by some "
+                    "model of the grid; the matbench protocol needs every row"
+                )
+            logger.warning(
+                "%s: %d structures kept out, unusable by some model of the grid",
+                spec,
+                len(chosen) - len(usable),
+            )
+            chosen = chosen.subset([i for i, x in enumerate(chosen.ids) if x in usable])
+        return chosen
 
     pool = load(config.data)
     n_pool = len(pool)
@@ -312,8 +409,6 @@ def held_out_materials(config: BenchmarkConfig, dataset, fixed) -> tuple[list[st
 
 def source_path(config: BenchmarkConfig, name: str, root: Path) -> str | Path:
     """A source's checkpoint: the published one, or the one pretrained under ``root``."""
-    if name == COMMON:
-        return config.architecture
     source = config.sources[name]
     return source.checkpoint if source.pretrain is None else root / "sources" / name / "model.pt"
 
@@ -323,7 +418,7 @@ def prepare_sources(
 ) -> dict[str, dict[str, Any]]:
     """Pretrain the sources that need it (leakage-free), then describe every source in
     ``sources.json``."""
-    from tlmat.evaluation.pretraining import pretrain_source
+    from tlmat.experiments.pretraining import pretrain_source
 
     ids, formulas = held_out_materials(config, dataset, fixed)
     described = {}
@@ -352,19 +447,25 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
 
     from tlmat.data import Split, source_fingerprint
     from tlmat.datasets import resolve
-    from tlmat.evaluation.experiments import run_strategy, zero_shot
+    from tlmat.experiments.runs import run_strategy, zero_shot
     from tlmat.training import TrainConfig
-    from tlmat.transfer.sources import load_source
+    from tlmat.transfer.sources import fresh_model, load_source
 
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
     start = time.perf_counter()
-    dataset, fixed = _data(config, cache_dir)
+    method = method_config(config, job)
+    dataset, fixed = _data(config, cache_dir, job_settings(config, job, root))
     if config.protocol == "matbench":
         fixed = _matbench_fold(config, dataset, job.seed)
     # a size beyond the pool means "all of it" (Matbench's full-data point)
     size = min(job.size, len(fixed.train))
     split = Split(training_subset(config, fixed.train, size, job.seed), fixed.val, fixed.test)
-    source = load_source(source_path(config, job.source, root))
+    if job.source == COMMON:  # the architecture scratch trains
+        origin = method.model or config.model
+        source = fresh_model(origin, job.seed)
+    else:
+        origin = source_path(config, job.source, root)
+        source = load_source(origin)
     folder = job.folder(root)
     zero = folder.parent / "zero-shot.json"
     if job.source != COMMON and not zero.exists():
@@ -374,7 +475,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
         target=config.target, unit=config.unit, seed=job.seed, progress_bar=False, **config.training
     )
     result = run_strategy(
-        job.method,
+        method.strategy,
         source,
         dataset,
         split,
@@ -384,10 +485,13 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
         overwrite=True,
     )
     manifest = json.loads((folder / "result.json").read_text())
+    if method.name != method.strategy:  # reports label rows by this
+        manifest["strategy"] = method.name
     manifest.update(
         {
             "job": job.__dict__,
-            "source": str(source_path(config, job.source, root)),
+            "source": str(origin),
+            "model": source.model.describe(),
             "data_fingerprint": source_fingerprint(resolve(config.data)),
             "split_ids": {
                 "train": [dataset.ids[i] for i in split.train],
@@ -416,8 +520,9 @@ def run_benchmark(
     cache = Path(cache_dir) if cache_dir is not None else None
     todo = [j for j in jobs(config) if not (j.folder(root) / "result.json").exists()]
     logger.info("%s: %d jobs, %d to run", config.name, len(jobs(config)), len(todo))
-    # build the graph cache once, before jobs read it in parallel
-    dataset, fixed = _data(config, cache)
+    # build the graph cache once per graph setting, before jobs read it in parallel
+    for settings in grid_settings(config):
+        dataset, fixed = _data(config, cache, settings)
     threads = torch.get_num_threads()
     torch.set_num_threads(config.executor.workers * config.executor.threads_per_job)
     try:

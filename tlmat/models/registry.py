@@ -1,0 +1,136 @@
+"""The architectures tlmat knows, each owning its requirements.
+
+Every architecture module defines one :class:`Architecture` named ``ARCHITECTURE``: its
+pydantic config (which also says what graph the model needs), its builder, named presets
+of published sizes, and, where published weights exist, an :class:`Importer` with its own
+``torch.load(weights_only=True)`` allowlist. Everything else — training, transfer,
+prediction, embedding, grids, the CLI — asks this registry or the built model and never
+names an architecture. Adding one is a module, a line in ``MODULES`` and a test file.
+
+Modules are imported on first use, so ``tlmat --help`` does not pay for all of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel
+
+#: architecture name → module defining ``ARCHITECTURE`` (one line per architecture)
+MODULES: dict[str, str] = {
+    "cgcnn": "tlmat.models.cgcnn",
+}
+
+
+@dataclass(frozen=True)
+class Importer:
+    """Reads published weights of one architecture (e.g. the original CGCNN files).
+
+    ``allowlist``: the classes ``torch.load(weights_only=True)`` may rebuild for these files
+    and no others; ``recognise(data)``: whether a loaded dict is such a file;
+    ``load(data, path)``: the imported model.
+    """
+
+    description: str
+    allowlist: tuple[Any, ...]
+    recognise: Callable[[dict[str, Any]], bool]
+    load: Callable[[dict[str, Any], str | Path], TrainedModel]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One registered architecture.
+
+    ``build(config, state)``: a model with random weights; ``state`` is the state dict
+    about to be loaded into it, when there is one (so element tables can come from it
+    instead of from a file).
+    """
+
+    name: str
+    config: type[ModelConfig]
+    build: Callable[[ModelConfig, Mapping[str, torch.Tensor] | None], CrystalModel]
+    summary: str
+    reference: str
+    presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    importer: Importer | None = None
+
+
+def names() -> list[str]:
+    """Registered architecture names."""
+    return list(MODULES)
+
+
+def get(name: str) -> Architecture:
+    """The registered architecture ``name``."""
+    if name not in MODULES:
+        raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(MODULES)}")
+    architecture = importlib.import_module(MODULES[name]).ARCHITECTURE
+    if architecture.name != name or architecture.config.architecture != name:
+        raise TypeError(f"{MODULES[name]} registers {architecture.name!r}, not {name!r}")
+    return architecture
+
+
+def presets() -> dict[str, tuple[str, Mapping[str, Any]]]:
+    """Every preset name → (architecture, settings), e.g. ``schnet-arch1``."""
+    out: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    for name in MODULES:
+        for preset, settings in get(name).presets.items():
+            out[preset] = (name, settings)
+    return out
+
+
+ModelSpec = str | Mapping[str, Any] | ModelConfig
+
+
+def model_config(spec: ModelSpec | None = None, **overrides: Any) -> ModelConfig:
+    """A model configuration from an architecture name (``schnet``), a preset
+    (``schnet-arch2``), or a mapping ``{architecture: NAME, preset: P, field: value…}``
+    (a YAML ``model:`` entry); ``overrides`` are further fields. ``None``: CGCNN."""
+    if isinstance(spec, ModelConfig):
+        return spec.model_copy(update=overrides) if overrides else spec
+    fields: dict[str, Any] = {}
+    if spec is None:
+        spec = "cgcnn"
+    if isinstance(spec, Mapping):
+        fields = dict(spec)
+        spec = fields.pop("preset", None) or fields.pop("architecture", None)
+        fields.pop("architecture", None)
+        if spec is None:
+            raise ValueError(f"a model entry needs 'architecture' or 'preset': {dict(fields)}")
+    known = presets()
+    if spec in known:
+        name, settings = known[spec]
+        fields = {**settings, **fields}
+    elif spec in MODULES:
+        name = spec
+    else:
+        raise ValueError(
+            f"unknown model {spec!r}; architectures: {', '.join(MODULES)}; "
+            f"presets: {', '.join(known)}"
+        )
+    try:
+        return get(name).config(**{**fields, **overrides})
+    except ValueError as error:  # pydantic's message names the bad field
+        raise ValueError(f"model {spec!r}: {error}") from None
+
+
+def build(config: ModelConfig, state: Mapping[str, torch.Tensor] | None = None) -> CrystalModel:
+    """A model of ``config``'s architecture with random weights."""
+    return get(config.architecture).build(config, state)
+
+
+def importers() -> list[Importer]:
+    """Importers of published weights, one per architecture that has them."""
+    return [a.importer for name in MODULES if (a := get(name)).importer is not None]
+
+
+def parameter_count(config: ModelConfig) -> int:
+    """Number of trainable parameters of a model of ``config`` (one output)."""
+    model = build(config)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
