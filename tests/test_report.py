@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from tlmat.data import Split, load_dataset, random_split, subsample
-from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.evaluation.report import compare_tasks, load_runs, summary_tables, write_report
+from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
 from tlmat.training import TrainConfig
 from tlmat.transfer.sources import load_source

@@ -14,8 +14,8 @@ import torch
 from tlmat.data import load_dataset, random_split
 from tlmat.graphs import GraphSettings
 from tlmat.models import TargetSpec, TrainedModel, load_checkpoint
-from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
 from tlmat.models.atom_features import load_atom_init
+from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
 from tlmat.training import RunExistsError, TrainConfig, fit, predict
 
 
