@@ -220,6 +220,8 @@ ARCHITECTURE = Architecture(
     presets={
         # the size of the published Materials Project checkpoints
         "cgcnn-mp": {"atom_fea_len": 64, "n_conv": 4, "h_fea_len": 32, "n_h": 1},
+        # for tests and quick looks
+        "cgcnn-small": {"atom_fea_len": 32, "n_conv": 2, "h_fea_len": 32, "n_h": 1},
     },
     importer=Importer(
         description="original CGCNN checkpoint (.pth.tar, Xie & Grossman 2018)",
