@@ -92,7 +92,16 @@ def test_train_then_evaluate_predict_embed(small_perov: Path, tmp_path: Path) ->
     emb = pd.read_parquet(tmp_path / "emb.parquet")
     assert emb.shape == (60, 1 + 128) and emb.columns[0] == "id"
     run(
-        ["embed", str(model), str(small_perov), "-o", str(tmp_path / "emb.npz"), "--layers", *cache]
+        [
+            "embed",
+            str(model),
+            str(small_perov),
+            "-o",
+            str(tmp_path / "emb.npz"),
+            "--layers",
+            "all",
+            *cache,
+        ]
     )
     with np.load(tmp_path / "emb.npz") as npz:
         assert npz["embeddings"].shape == (60, 64 * 3 + 128)

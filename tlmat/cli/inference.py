@@ -18,7 +18,7 @@ from tlmat.evaluation import regression_metrics
 from tlmat.io import InputError
 from tlmat.models import CheckpointError, TrainedModel
 from tlmat.training import predict as predict_values
-from tlmat.transfer.features import extract_features
+from tlmat.transfer.features import layer_feature_table
 from tlmat.transfer.sources import PRETRAINED, load_source
 
 Checkpoint = Annotated[
@@ -95,16 +95,26 @@ def embed(
         "embeddings.npz"
     ),
     layers: Annotated[
-        bool, typer.Option("--layers", help="Per-layer pooled features (Gupta et al.).")
-    ] = False,
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Per-layer pooled features (Gupta et al.): 'all', or comma-separated layer "
+            "names or prefixes, e.g. 'interactions.7' (an ALIGNN's last atom, bond and "
+            "angle features). Default: the crystal embedding only.",
+        ),
+    ] = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
 ) -> None:
-    """Pooled crystal embeddings of a dataset, batched, for your own models.
+    """Pooled crystal embeddings of a dataset, batched, for your own models; with
+    ``--layers``, the pooled features after the chosen layers, one column per feature
+    named ``<layer>:<k>``.
 
-    Example:
+    Examples:
 
         tlmat embed cgcnn/band-gap perov_5/test -o perov_test.parquet
+
+        tlmat embed runs/alignn/model.pt perov_5/test --layers interactions.7 -o f.parquet
     """
     _refuse_overwrite(output, overwrite)
     try:
@@ -112,15 +122,18 @@ def embed(
         dataset = _structures(trained, [data], cache_dir)
     except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))
-    features = extract_features(trained, dataset, kind="layers" if layers else "embedding")
+    try:
+        features, columns = layer_feature_table(trained, dataset, layers=layers or "embedding_out")
+    except ValueError as error:
+        fail(str(error))
     if output.suffix == ".parquet":
         import pandas as pd
 
-        frame = pd.DataFrame(features, columns=[f"e{k}" for k in range(features.shape[1])])
+        frame = pd.DataFrame(features, columns=columns)
         frame.insert(0, "id", dataset.ids)
         frame.to_parquet(output, index=False)
     else:
-        np.savez(output, ids=np.array(dataset.ids), embeddings=features)
+        np.savez(output, ids=np.array(dataset.ids), embeddings=features, columns=columns)
     console.print(f"{features.shape[0]} × {features.shape[1]} embeddings → {output}")
 
 

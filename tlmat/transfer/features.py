@@ -19,25 +19,58 @@ FeatureKind = Literal["embedding", "layers"]
 GUPTA_MLP = (1024,) * 4 + (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32,)
 
 
+def select_layers(available: list[str], layers: str | list[str] | None) -> list[str]:
+    """Layer names to extract: all of them (``None`` or ``"all"``), or those named —
+    exact names or prefixes (``interactions.3`` selects ``interactions.3.atom``,
+    ``interactions.3.bond`` … of an ALIGNN), in the order given."""
+    if layers is None or layers == "all":
+        return list(available)
+    wanted = layers.split(",") if isinstance(layers, str) else list(layers)
+    chosen: list[str] = []
+    for name in wanted:
+        matches = [a for a in available if a == name or a.startswith(name + ".")]
+        if not matches:
+            raise ValueError(f"no layer {name!r}; the model has: {', '.join(available)}")
+        chosen += [m for m in matches if m not in chosen]
+    return chosen
+
+
 @torch.no_grad()
+def layer_feature_table(
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    indices=None,
+    layers: str | list[str] | None = None,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, list[str]]:
+    """Pooled features of the named layers (see :func:`select_layers`), concatenated,
+    with a column name ``<layer>:<k>`` for every feature; batched."""
+    model = trained.model.eval()
+    chunks, names = [], None
+    chosen: list[str] = []
+    for batch in GraphLoader(dataset, indices, batch_size=batch_size):
+        features = model.layer_features(batch)
+        if names is None:
+            chosen = select_layers(list(features), layers)
+            names = [f"{layer}:{k}" for layer in chosen for k in range(features[layer].shape[1])]
+        chunks.append(torch.cat([features[layer] for layer in chosen], dim=1))
+    if names is None:
+        return np.zeros((0, 0), dtype=np.float32), []
+    return torch.cat(chunks).numpy(), names
+
+
 def extract_features(
     trained: TrainedModel,
     dataset: GraphDataset,
     indices=None,
     kind: FeatureKind = "embedding",
     batch_size: int = 256,
+    layers: str | list[str] | None = None,
 ) -> np.ndarray:
-    """Pooled features of ``dataset[indices]``: the crystal embedding, or the mean-pooled
-    atom features after every group concatenated (``layers``)."""
-    model = trained.model.eval()
-    chunks = []
-    for batch in GraphLoader(dataset, indices, batch_size=batch_size):
-        if kind == "layers":
-            layers = model.backbone.layer_features(batch)
-            chunks.append(torch.cat([*layers.values(), model.embed(batch)], dim=1))
-        else:
-            chunks.append(model.embed(batch))
-    return torch.cat(chunks).numpy()
+    """Pooled features of ``dataset[indices]``: the crystal embedding, or the pooled
+    features after every named layer concatenated (``layers``; all unless chosen)."""
+    chosen = layers if kind == "layers" else ["embedding_out"]
+    return layer_feature_table(trained, dataset, indices, chosen, batch_size)[0]
 
 
 class MLPRegressor:
