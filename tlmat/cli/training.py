@@ -171,6 +171,23 @@ def dataset_and_split(
     return dataset, split
 
 
+def common_split(first: GraphDataset, split: Split, second: GraphDataset) -> tuple[Split, Split]:
+    """``split`` of ``first`` restricted to the ids ``second`` also holds, and the same
+    split expressed in ``second``'s indices (two graph settings, one set of materials)."""
+    where = {}
+    for index, name in enumerate(second.ids):
+        where.setdefault(name, index)
+    parts_a, parts_b = [], []
+    for part in (split.train, split.val, split.test):
+        kept = np.array([i for i in part if first.ids[i] in where], dtype=np.int64)
+        parts_a.append(kept)
+        parts_b.append(np.array([where[first.ids[i]] for i in kept], dtype=np.int64))
+    dropped = sum(len(p) for p in (split.train, split.val, split.test)) - sum(map(len, parts_a))
+    if dropped:
+        console.print(f"{dropped} structures left out: the scratch model cannot use them")
+    return Split(*parts_a), Split(*parts_b)
+
+
 def train(
     data: Annotated[str, typer.Argument(help="Training data: file, folder or registered name.")],
     target: Target,
@@ -379,15 +396,29 @@ def compare(
     early_stopping_patience: Patience = None,
     seed: Seed = 0,
     unit: Unit = "",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Architecture or preset trained from scratch for the 'scratch' row "
+            "[the source's]; structures it cannot use are left out of every row.",
+        ),
+    ] = None,
+    model_config_file: ModelConfigFile = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Scratch against every transfer strategy from one source, on one held-out test set.
 
-    Example (fine-tune the MP formation-energy CGCNN on 300 Castelli perovskites):
+    Examples (fine-tune the MP formation-energy CGCNN on 300 Castelli perovskites; then
+    the same against a SchNet trained from scratch):
 
         tlmat compare perov_5/train -t heat_ref --unit eV/cell --test perov_5/test
             --test-size 1000 --train-size 300 --val-size 100 --epochs 60
+
+        tlmat compare perov_5/train -t heat_ref --unit eV/cell --test perov_5/test
+            --test-size 1000 --train-size 300 --val-size 100 --epochs 60
+            --strategies scratch,full --model schnet-arch2 --run-dir runs/compare-schnet
     """
     chosen = ALL_STRATEGIES if strategies == "all" else tuple(strategies.split(","))
     try:
@@ -417,13 +448,40 @@ def compare(
             test_size,
             seed,
         )
+        scratch = None
+        if model is not None or model_config_file is not None:
+            template = fresh_model(model_from_options(model or "cgcnn", model_config_file), seed)
+            other = template.model.graph_settings
+            if other == source_model.model.graph_settings:
+                scratch = (template, dataset, split)
+            else:
+                parts = [
+                    load_dataset(
+                        resolve(spec),
+                        other,
+                        [target],
+                        cache_dir=cache_dir,
+                        elements=template.model.elements,
+                    )
+                    for spec in (data, test)
+                    if spec is not None
+                ]
+                scratch_data = parts[0] if len(parts) == 1 else concat(*parts)
+                split, scratch_split = common_split(dataset, split, scratch_data)
+                scratch = (template, scratch_data, scratch_split)
         rows = zero_shot(source_model, dataset, split, target)
         for name in chosen:
             console.print(f"[bold]{name}[/] …")
+            origin, on, part = source_model, dataset, split
+            if name == "scratch" and scratch is not None:
+                origin, on, part = scratch
             result = run_strategy(
-                name, source_model, dataset, split, cfg, Path(run_dir) / name, overwrite=overwrite
+                name, origin, on, part, cfg, Path(run_dir) / name, overwrite=overwrite
             )
-            rows[result.strategy] = result.test
+            label = result.strategy
+            if origin is not source_model:
+                label = f"scratch [{origin.model.architecture}]"
+            rows[label] = result.test
     except (InputError, FileNotFoundError, ValueError, RunExistsError, CheckpointError) as error:
         fail(str(error))
     title = (

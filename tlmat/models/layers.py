@@ -47,7 +47,10 @@ class CosineCutoff(nn.Module):
 
 
 def reset_all(module: nn.Module) -> None:
-    """Call ``reset_parameters`` on every sub-module that has one (PyG's convention)."""
-    for child in module.modules():
-        if child is not module and hasattr(child, "reset_parameters"):
+    """Call ``reset_parameters`` on the outermost sub-modules that have one (PyG's
+    convention), so a block's own initialisation is not undone by its children's."""
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
             child.reset_parameters()
+        else:
+            reset_all(child)
