@@ -92,14 +92,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/models.json"))
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--reference", help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "tlmat-bm")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(time_fit(args.one, args.train, args.val, args.epochs, args.cache)))
-        return
-    if args.reference:
-        import benchmarks_reference  # noqa: F401  (filled in below)
         return
     sizes = ["--train", str(args.train), "--val", str(args.val), "--epochs", str(args.epochs)]
     common = [*sizes, "--cache", str(args.cache)]

@@ -25,6 +25,9 @@ from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel
 #: architecture name → module defining ``ARCHITECTURE`` (one line per architecture)
 MODULES: dict[str, str] = {
     "cgcnn": "tlmat.models.cgcnn",
+    "alignn": "tlmat.models.alignn",
+    "cgat": "tlmat.models.cgat",
+    "schnet": "tlmat.models.schnet",
 }
 
 
