@@ -283,3 +283,43 @@ def test_disjoint_sub_splits_protocol(small_csv: Path, tmp_path: Path) -> None:
     assert all(len(q) == 10 for q in quarters) and len(set.union(*quarters)) == 40
     assert quarters[0] | quarters[1] == halves[0] and quarters[2] | quarters[3] == halves[1]
     assert halves[0] | halves[1] == train_ids(40, 0)
+
+
+@pytest.mark.integration
+def test_model_zoo_grid_pretrains_and_transfers_every_architecture(tmp_path: Path) -> None:
+    """The shipped model-zoo config, shrunk: one source of each architecture pretrained
+    on real MP formation energies without the target's test materials, then scratch,
+    full and frozen-embedding transfer of every architecture on the same materials."""
+    from tlmat.experiments.benchmark import run_benchmark
+    from tlmat.models import load_checkpoint, registry
+
+    path = Path(__file__).parents[1] / "benchmarks" / "configs" / "model-zoo-bulk.yaml"
+    config = BenchmarkConfig.from_yaml(path).quick()
+    config = config.model_copy(update={"sizes": [60], "test_size": 40, "val_size": 20})
+    config = config.model_copy(
+        update={
+            "sources": {
+                name: source.model_copy(
+                    update={"pretrain": source.pretrain.model_copy(update={"size": 120})}
+                )
+                for name, source in config.sources.items()
+            }
+        }
+    )
+    report = run_benchmark(config, tmp_path / "res", tmp_path / "cache").read_text()
+    architectures = set()
+    for name in config.sources:
+        source = load_checkpoint(tmp_path / "res" / "sources" / name / "model.pt")
+        architectures.add(source.model.architecture)
+        summary = json.loads((tmp_path / "res" / "sources" / name / "pretrain.json").read_text())
+        assert summary["n_excluded_same_id"] > 0  # the shared mp-ids were removed
+        for method in ("full", "freeze-embedding"):
+            assert f"| {method} [{name}] |" in report
+    assert architectures == set(registry.names())
+    for method in ("base", "scratch", "scratch-schnet", "scratch-alignn", "scratch-cgat"):
+        assert f"| {method} |" in report
+    # every network saw the same test materials
+    tests = {
+        tuple(pd.read_csv(p)["id"]) for p in (tmp_path / "res").glob("*/n60-s0/*/predictions.csv")
+    }
+    assert len(tests) == 1

@@ -246,3 +246,51 @@ def test_train_excludes_given_ids(small_perov: Path, tmp_path: Path) -> None:
     assert "excluded from training" in out
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert not set(ids[:25]) & set(split["train"] + split["val"])
+
+
+@pytest.mark.parametrize("model", ["schnet-small", "alignn-small", "cgat-small"])
+def test_train_any_architecture(model: str, small_perov: Path, tmp_path: Path) -> None:
+    """`tlmat train --model NAME` works like the CGCNN default; the checkpoint knows its
+    architecture and `tlmat predict` builds the graphs that model needs."""
+    from tlmat.models import load_checkpoint
+
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    run(["train", str(small_perov), "-t", "heat_ref", "--unit", "eV/cell", "--model", model,
+         "--run-dir", str(tmp_path / "run"), *QUICK, *cache])  # fmt: skip
+    trained = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert f"{trained.model.architecture}-small" == model
+    out = tmp_path / "pred.csv"
+    run(["predict", str(tmp_path / "run" / "model.pt"), str(small_perov), "-o", str(out), *cache])
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 60 and all(np.isfinite(float(r["heat_ref (eV/cell)"])) for r in rows)
+
+
+def test_compare_scratch_row_with_another_architecture(small_perov: Path, tmp_path: Path) -> None:
+    """`compare --model schnet-small`: the scratch row is a SchNet (other graphs), scored
+    on the same test materials as the CGCNN source's rows."""
+    out = run(
+        [
+            "compare",
+            str(small_perov),
+            "-t",
+            "heat_ref",
+            "--strategies",
+            "scratch,full",
+            "--model",
+            "schnet-small",
+            "--run-dir",
+            str(tmp_path / "cmp"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *QUICK,
+        ]
+    )
+    assert "scratch [schnet]" in out and "full" in out
+    import pandas as pd
+
+    scratch = pd.read_csv(tmp_path / "cmp" / "scratch" / "predictions.csv")
+    full = pd.read_csv(tmp_path / "cmp" / "full" / "predictions.csv")
+    assert list(scratch["id"]) == list(full["id"]) and len(scratch) == 6
+    run_json = json.loads((tmp_path / "cmp" / "scratch" / "run.json").read_text())
+    assert run_json["model"]["architecture"] == "schnet"
+    assert run_json["graph_settings"]["max_neighbors"] is None  # SchNet: all within 6 Å

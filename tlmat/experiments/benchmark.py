@@ -34,6 +34,20 @@ Example ``perov.yaml``::
                    target: formation_energy_per_atom, size: 10000}
     methods: [base, scratch, magpie+rf, full, freeze-embedding, head-only, features+rf]
     training: {epochs: 60, early_stopping_patience: 15}
+
+Architectures are compared in one grid by giving each source its ``model`` (pretrained
+sources) and each extra scratch method its own (``benchmarks/configs/model-zoo-*.yaml``)::
+
+    model: cgcnn-mp                       # what "scratch" trains
+    sources:
+      mp-schnet: {pretrain: {data: …, target: …, size: 4000, model: schnet-arch2}}
+    methods:
+      - scratch
+      - {name: scratch-schnet, strategy: scratch, model: schnet-arch2}
+      - full
+
+Every graph setting the grid's models need is built once, and only the structures that
+every model can use are kept, so all methods are scored on the same materials.
 """
 
 from __future__ import annotations

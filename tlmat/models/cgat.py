@@ -534,6 +534,20 @@ ARCHITECTURE = Architecture(
             "max_neighbors": 24,
             "cutoff": 8.0,
         },
+        # a CGAT a 2-core CPU trains in minutes (the model-zoo grids): the paper's layout,
+        # narrower, fewer steps and heads
+        "cgat-cpu": {
+            "atom_fea_len": 64,
+            "edge_fea_len": 64,
+            "n_graph": 3,
+            "msg_heads": 3,
+            "fcnn_hidden": 128,
+            "hyper_hidden": [64],
+            "roost_n_graph": 2,
+            "roost_hidden": 128,
+            "readout_hidden": 128,
+            "head_hidden": [128, 64],
+        },
         # for tests and quick looks
         "cgat-small": {
             "atom_fea_len": 32,

@@ -242,6 +242,8 @@ def fit(
         "seed": config.seed,
         "strategy": strategy.model_dump(),
         "target": target.model_dump(),
+        "model": model.describe(),
+        "graph_settings": model.graph_settings.model_dump(),
         "provenance": run_provenance,
         "versions": versions(),
         "data": {
