@@ -1,4 +1,5 @@
 """The bulk zoo grid with one seed (this session's budget); the shipped config has three."""
+
 import logging
 from pathlib import Path
 
