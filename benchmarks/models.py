@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -32,11 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import tlmat
 from tlmat.data import Split, load_dataset
 from tlmat.datasets import data_dir
 from tlmat.models import registry
 from tlmat.training import TrainConfig, fit
+from tlmat.training.fit import versions
 from tlmat.transfer.sources import fresh_model
 
 #: what is timed through fit(): architecture defaults and the sizes the zoo grids train
@@ -243,10 +244,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {
             "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": __import__("os").cpu_count(),
-            "torch": torch.__version__,
-            "tlmat": tlmat.__version__,
+            "cpu_count": os.cpu_count(),
+            **versions(),
         },
         "data": f"perov_5/train.csv.gz: first {args.train} train + {args.val} validation",
         "fit": rows,

@@ -288,7 +288,6 @@ def test_compare_scratch_row_with_another_architecture(small_perov: Path, tmp_pa
     assert "scratch" in out and "full" in out
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert {"scratch [schnet]", "full", "zero-shot"} <= set(rows)
-    import pandas as pd
 
     scratch = pd.read_csv(tmp_path / "cmp" / "scratch" / "predictions.csv")
     full = pd.read_csv(tmp_path / "cmp" / "full" / "predictions.csv")

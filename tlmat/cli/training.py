@@ -94,9 +94,9 @@ def model_from_options(model: str, model_config_file: Path | None) -> ModelConfi
         fields = yaml.safe_load(model_config_file.read_text()) or {}
         if not isinstance(fields, dict):
             raise ValueError(f"{model_config_file}: expected a mapping of model settings")
-    if "architecture" not in fields and "preset" not in fields:
-        fields["preset" if "-" in model else "architecture"] = model
-    return model_config(fields)
+    if "architecture" in fields or "preset" in fields:
+        return model_config(fields)  # the file names its own architecture or preset
+    return model_config(model, **fields)
 
 
 def read_ids(path: Path) -> set[str]:
@@ -251,8 +251,6 @@ def train(
             normalization=normalization,
             early_stopping_patience=early_stopping_patience,
         )
-        import torch
-
         trained = fresh_model(model_from_options(model, model_config_file), seed)
         settings = trained.model.graph_settings
         elements = trained.model.elements
@@ -270,7 +268,6 @@ def train(
             seed,
             excluded,
         )
-        torch.manual_seed(seed)
         result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
     except (InputError, FileNotFoundError, ValueError, RunExistsError) as error:
         fail(str(error))

@@ -153,7 +153,7 @@ def load_dataset(
     and options load the ids, targets and graphs from the cache without parsing.
 
     Example:
-        >>> ds = load_dataset("perov_5/train.csv.gz", GraphSettings.preset("cgcnn"),
+        >>> ds = load_dataset("perov_5/train.csv.gz", GraphSettings(cutoff=8.0, max_neighbors=12),
         ...                   targets=["heat_ref"])
         >>> ds.batch(range(64), target="heat_ref")
     """

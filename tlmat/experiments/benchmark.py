@@ -534,9 +534,9 @@ def run_benchmark(
     cache = Path(cache_dir) if cache_dir is not None else None
     todo = [j for j in jobs(config) if not (j.folder(root) / "result.json").exists()]
     logger.info("%s: %d jobs, %d to run", config.name, len(jobs(config)), len(todo))
-    # build the graph cache once per graph setting, before jobs read it in parallel
-    for settings in grid_settings(config):
-        dataset, fixed = _data(config, cache, settings)
+    # build the graph cache of every graph setting (``_data`` loads them all to keep the
+    # materials every model can use) once, before jobs read it in parallel
+    dataset, fixed = _data(config, cache)
     threads = torch.get_num_threads()
     torch.set_num_threads(config.executor.workers * config.executor.threads_per_job)
     try:

@@ -155,7 +155,8 @@ def build_graph(
     """The graph of one structure; raises :class:`InputError` when it has none.
 
     Example:
-        >>> graph = build_graph(Structure.from_file("NaCl.cif"), GraphSettings.preset("cgcnn"))
+        >>> settings = GraphSettings(cutoff=8.0, max_neighbors=12)
+        >>> graph = build_graph(Structure.from_file("NaCl.cif"), settings)
         >>> graph.edge_index.shape  # (2, 12 * n_atoms)
     """
     record = structure if isinstance(structure, Record) else Record("structure", structure)

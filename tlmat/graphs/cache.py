@@ -159,7 +159,7 @@ class GraphCache:
     """Graphs of one :class:`GraphSettings`, keyed by structure content.
 
     Example:
-        >>> cache = GraphCache(".tlmat-cache", GraphSettings.preset("cgcnn"))
+        >>> cache = GraphCache(".tlmat-cache", GraphSettings(cutoff=8.0, max_neighbors=12))
         >>> graphs = cache.graphs(read_records("perov_5/test.csv.gz").records)
         >>> graphs[0]  # a CrystalGraph, loaded from disk on the second run
     """

@@ -64,11 +64,6 @@ class TargetSpec(BaseModel):
         """Whether encoding and decoding need the batch's atoms (counts, elements)."""
         return self.extensive or self.atom_refs is not None
 
-    def label(self) -> str:
-        """``name (unit)`` for tables and file headers."""
-        shown = f"log10 {self.name}" if self.log10 and self.task == "regression" else self.name
-        return f"{shown} ({self.unit})" if self.unit else shown
-
     # -- per-structure helpers -------------------------------------------------------
     def _reference(self, z: torch.Tensor, graph: torch.Tensor, n_graphs: int) -> torch.Tensor:
         table = torch.zeros(int(max(self.atom_refs or {0: 0})) + 1, dtype=torch.float64)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
@@ -48,8 +49,13 @@ def layer_feature_table(
     model = trained.model.eval()
     chunks, names = [], None
     chosen: list[str] = []
+    # the crystal embedding alone needs one pass through the backbone, not every layer's
+    embedding_only = layers in ("embedding_out", ["embedding_out"])
     for batch in GraphLoader(dataset, indices, batch_size=batch_size):
-        features = model.layer_features(batch)
+        if embedding_only:
+            features = OrderedDict(embedding_out=model.embed(batch))
+        else:
+            features = model.layer_features(batch)
         if names is None:
             chosen = select_layers(list(features), layers)
             names = [f"{layer}:{k}" for layer in chosen for k in range(features[layer].shape[1])]

@@ -46,7 +46,6 @@ def load_source(source: str | Path) -> TrainedModel:
 
 def fresh_like(source: TrainedModel, seed: int = 0) -> TrainedModel:
     """The source's architecture with new random weights (the fair scratch baseline)."""
-    torch.manual_seed(seed)
     model = source.model
     # the source's buffers (element tables) are passed on; its weights are not
     buffers = dict(model.named_buffers())
