@@ -12,8 +12,11 @@ Measured, each in a fresh subprocess (so peak memory is the architecture's own):
   for tlmat's model and for the reference at the same size in the same process:
   PyG's ``torch_geometric.nn.models.SchNet`` (fed tlmat's periodic edges) and the
   ``alignn`` package's pure-torch ALIGNN (fed its own graphs);
-- graph construction: tlmat's builder with line graphs against ``alignn``'s
-  ``build_pure_torch_graph`` on the same structures.
+- graph construction: tlmat's builder with line graphs (in chunks of 256, as the cache
+  builds them) against ``alignn``'s ``build_pure_torch_graph`` on the same structures,
+  and the line-graph step alone (bond pairs and angle cosines from the same neighbour
+  lists: tlmat's per chunk, alignn's ``_line_graph_edges`` + ``torch_bond_cosines`` per
+  structure, as its builder calls them).
 Ratios are reference time / tlmat time (> 1: tlmat is faster).
 """
 
@@ -152,18 +155,24 @@ def reference_alignn(n_train: int, n_val: int, cache: Path) -> dict:
     from jarvis.core.atoms import pmg_to_atoms
 
     from tlmat.data.loader import GraphLoader
-    from tlmat.graphs.builder import graph_arrays, structure_arrays
+    from tlmat.graphs.builder import (
+        add_line_graphs,
+        atom_graph,
+        graphs_or_problems,
+        structure_arrays,
+    )
     from tlmat.io import read_records
 
     torch.set_num_threads(2)
     n = n_train + n_val
-    records = read_records(data_dir() / "perov_5" / "train.csv.gz", [], limit=n)
+    records = list(read_records(data_dir() / "perov_5" / "train.csv.gz", [], limit=n))
     structures = [r.structure for r in records]
     config = registry.model_config("alignn-atomwise-pure")
     settings = config.graph_settings()
+    # whole graphs (neighbour search + line graph), in chunks of 256 as the cache builds them
     start = time.perf_counter()
-    for s in structures:
-        graph_arrays(*structure_arrays(s), settings)
+    for i in range(0, n, 256):
+        graphs_or_problems(records[i : i + 256], settings)
     tlmat_graph_s = time.perf_counter() - start
     start = time.perf_counter()
     theirs = [
@@ -171,6 +180,19 @@ def reference_alignn(n_train: int, n_val: int, cache: Path) -> dict:
         for s in structures
     ]
     alignn_graph_s = time.perf_counter() - start
+
+    # the line graph alone, from the same neighbour lists (alignn's own from its graphs)
+    atom_graphs = [atom_graph(*structure_arrays(s), settings) for s in structures]
+    start = time.perf_counter()
+    for i in range(0, n, 256):
+        chunk = atom_graphs[i : i + 256]
+        add_line_graphs([g for g, _ in chunk], [p for _, p in chunk], settings)
+    tlmat_line_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for g, _ in theirs:
+        a, b = builder._line_graph_edges(g.src, g.dst, g.num_nodes)
+        builder.torch_bond_cosines(g.edata["r"][a], g.edata["r"][b])
+    alignn_line_s = time.perf_counter() - start
 
     dataset = perovskites(settings, n, cache)
     ours_batches = list(GraphLoader(dataset, np.arange(n_train), 64))
@@ -199,6 +221,9 @@ def reference_alignn(n_train: int, n_val: int, cache: Path) -> dict:
         "tlmat_graphs_per_s": n / tlmat_graph_s,
         "alignn_graphs_per_s": n / alignn_graph_s,
         "graph_ratio_alignn_over_tlmat": alignn_graph_s / tlmat_graph_s,
+        "tlmat_line_graphs_per_s": n / tlmat_line_s,
+        "alignn_line_graphs_per_s": n / alignn_line_s,
+        "line_graph_ratio_alignn_over_tlmat": alignn_line_s / tlmat_line_s,
         "tlmat_seconds_per_epoch": tlmat_s,
         "alignn_seconds_per_epoch": alignn_s,
         "ratio_alignn_over_tlmat": alignn_s / tlmat_s,

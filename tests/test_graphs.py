@@ -18,6 +18,7 @@ from tlmat.graphs import (
     build_graph,
     collate,
     graph_or_problem,
+    graphs_or_problems,
     iter_graph_arrays,
 )
 from tlmat.io import InputError, ProblemLog, Reason, read_records, records_from_structures
@@ -102,6 +103,31 @@ def test_line_graph_pairs_bonds_of_the_same_atom(phonons) -> None:
         torch.testing.assert_close(cos, g.line_cos, atol=1e-5, rtol=1e-5)
     plain = build_graph(phonons[0], GraphSettings.preset("cgcnn"))
     assert getattr(plain, "line_index", None) is None  # built only when asked
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        GraphSettings.preset("alignn"),  # 12 nearest: the one-degree fast path
+        GraphSettings(cutoff=5.0, max_neighbors=None, line_graph=True, line_graph_cutoff=3.5),
+    ],
+    ids=["k-nearest", "all-within-cutoff"],
+)
+def test_line_graphs_of_a_chunk_match_one_structure_at_a_time(phonons, settings) -> None:
+    # a chunk joins every structure's bonds into one list: nothing may leak across them
+    one_by_one = [graph_or_problem(r, settings) for r in phonons]
+    chunk = graphs_or_problems(phonons, settings)
+    assert len({a.num_edges // a.num_nodes for a in one_by_one}) > 1 or settings.max_neighbors
+    for single, joined in zip(one_by_one, chunk, strict=True):
+        assert single.equals(joined)
+        a, b = joined.line_index
+        centre = joined.edge_index[1]
+        assert (centre[a] == centre[b]).all() and (a != b).all()
+        if settings.line_graph_cutoff is not None:
+            short = joined.edge_dist <= settings.line_graph_cutoff
+            assert short[a].all() and short[b].all()
+            degree = np.bincount(centre[short], minlength=joined.num_nodes)
+            assert joined.line_index.shape[1] == int((degree * (degree - 1)).sum())
 
 
 def test_batching_offsets_line_graph_indices(phonons) -> None:

@@ -3,7 +3,7 @@ isolated atoms); bad structures are reported, not fatal."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from itertools import islice, tee
@@ -13,7 +13,7 @@ import torch
 from pymatgen.core import Element, Molecule, Structure
 
 from tlmat.graphs.data import CrystalGraph
-from tlmat.graphs.neighbors import bond_pairs, nearest_neighbor_list
+from tlmat.graphs.neighbors import Neighbors, bond_pairs, nearest_neighbor_list
 from tlmat.graphs.settings import GraphSettings
 from tlmat.io.records import InputError, Problem, ProblemLog, Reason, Record
 
@@ -80,10 +80,11 @@ def structure_arrays(
     return z, pos, cell, pbc
 
 
-def graph_arrays(
+def atom_graph(
     z: np.ndarray, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, settings: GraphSettings
-) -> GraphArrays:
-    """Build the neighbour graph (and line graph when asked) of one structure."""
+) -> tuple[GraphArrays, Neighbors]:
+    """The neighbour graph of one structure without its line graph, and the float64
+    neighbour list it came from (what :func:`add_line_graphs` needs)."""
     pairs = nearest_neighbor_list(pos, cell, pbc, settings.cutoff, settings.max_neighbors)
     arrays = GraphArrays(
         z=z.astype(np.int8),
@@ -95,15 +96,61 @@ def graph_arrays(
         edge_vec=pairs.vectors.astype(np.float32),
         edge_shift=pairs.shifts.astype(np.int8),
     )
+    return arrays, pairs
+
+
+def add_line_graphs(
+    graphs: Sequence[GraphArrays], pairs: Sequence[Neighbors], settings: GraphSettings
+) -> None:
+    """Fill in the line graphs (bond pairs and their angle cosines) of many graphs at once.
+
+    The pairs of all graphs are joined into one neighbour list (centres offset per
+    graph), so the per-call cost of numpy is paid once per chunk, not once per structure;
+    cosines come from the float64 bond vectors of ``pairs``.
+    """
+    if not graphs:
+        return
+    atoms = np.array([g.num_nodes for g in graphs])
+    edges = np.array([len(p.centers) for p in pairs])
+    atom_offsets = np.cumsum(atoms) - atoms
+    edge_offsets = np.cumsum(edges) - edges
+    centers = np.concatenate([p.centers + o for p, o in zip(pairs, atom_offsets, strict=True)])
+    distances = np.concatenate([p.distances for p in pairs])
+    vectors = np.concatenate([p.vectors for p in pairs])
+    allowed = None
+    if settings.line_graph_cutoff is not None:
+        allowed = distances <= settings.line_graph_cutoff
+    line = bond_pairs(centers, len(centers), allowed)
+    unit = vectors / distances[:, None]
+    n_atoms, n_bonds = int(atoms.sum()), len(centers)
+    degree = n_bonds // max(n_atoms, 1)
+    # Σ dᵢ(dᵢ − 1) = E(d − 1) with E = N·d holds only if every dᵢ = d (Cauchy–Schwarz)
+    uniform = n_bonds == n_atoms * degree and len(line[0]) == n_bonds * (degree - 1)
+    if allowed is None and degree > 1 and uniform:
+        # every atom has the same degree d (k-nearest graphs), so the pairs are each
+        # atom's d × d Gram matrix of unit bond vectors without its diagonal, row by row
+        unit = unit.reshape(-1, degree, 3)
+        gram = np.matmul(unit, unit.transpose(0, 2, 1))
+        cos = gram[:, ~np.eye(degree, dtype=bool)].ravel()
+    else:
+        cos = np.einsum("ij,ij->i", unit[line[0]], unit[line[1]])
+    cos = np.clip(cos, -1.0, 1.0).astype(np.float32)
+    line = line.astype(np.int32)
+    # both bonds of a pair belong to one graph, and pairs come sorted by their first bond
+    bounds = np.searchsorted(line[0], np.r_[edge_offsets, n_bonds])
+    for k, graph in enumerate(graphs):
+        lo, hi = bounds[k], bounds[k + 1]
+        graph.line_index = line[:, lo:hi] - np.int32(edge_offsets[k])
+        graph.line_cos = cos[lo:hi].copy()
+
+
+def graph_arrays(
+    z: np.ndarray, pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, settings: GraphSettings
+) -> GraphArrays:
+    """Build the neighbour graph (and line graph when asked) of one structure."""
+    arrays, pairs = atom_graph(z, pos, cell, pbc, settings)
     if settings.line_graph:
-        allowed = None
-        if settings.line_graph_cutoff is not None:
-            allowed = pairs.distances <= settings.line_graph_cutoff
-        line = bond_pairs(pairs.centers, len(pairs.centers), allowed)
-        va, vb = pairs.vectors[line[0]], pairs.vectors[line[1]]
-        cos = np.einsum("ij,ij->i", va, vb) / (pairs.distances[line[0]] * pairs.distances[line[1]])
-        arrays.line_index = line.astype(np.int32)
-        arrays.line_cos = np.clip(cos, -1.0, 1.0).astype(np.float32)
+        add_line_graphs([arrays], [pairs], settings)
     return arrays
 
 
@@ -133,18 +180,35 @@ def element_problem(z: np.ndarray, elements: Collection[int] | None) -> tuple[Re
     return None
 
 
+def _graph_and_pairs_or_problem(
+    record: Record, settings: GraphSettings, elements: Collection[int] | None
+) -> tuple[GraphArrays, Neighbors] | Problem:
+    z, pos, cell, pbc = structure_arrays(record.structure)
+    fault = element_problem(z, elements)
+    if fault is None:
+        arrays, pairs = atom_graph(z, pos, cell, pbc, settings)
+        fault = graph_problem(arrays, settings)
+    if fault is not None:
+        return Problem(record.where or record.id, fault[0], fault[1], record.id)
+    return arrays, pairs
+
+
+def graphs_or_problems(
+    records: Sequence[Record], settings: GraphSettings, elements: Collection[int] | None = None
+) -> list[GraphArrays | Problem]:
+    """The graph of each record, or the reason it has none (line graphs built together)."""
+    results = [_graph_and_pairs_or_problem(r, settings, elements) for r in records]
+    built = [r for r in results if not isinstance(r, Problem)]
+    if settings.line_graph:
+        add_line_graphs([g for g, _ in built], [p for _, p in built], settings)
+    return [r if isinstance(r, Problem) else r[0] for r in results]
+
+
 def graph_or_problem(
     record: Record, settings: GraphSettings, elements: Collection[int] | None = None
 ) -> GraphArrays | Problem:
     """The graph of one record, or the reason it has none."""
-    z, pos, cell, pbc = structure_arrays(record.structure)
-    fault = element_problem(z, elements)
-    if fault is None:
-        arrays = graph_arrays(z, pos, cell, pbc, settings)
-        fault = graph_problem(arrays, settings)
-    if fault is not None:
-        return Problem(record.where or record.id, fault[0], fault[1], record.id)
-    return arrays
+    return graphs_or_problems([record], settings, elements)[0]
 
 
 def build_graph(
@@ -170,7 +234,7 @@ def _build_chunk(
     args: tuple[list[Record], GraphSettings, Collection[int] | None],
 ) -> list[GraphArrays | Problem]:
     records, settings, elements = args
-    return [graph_or_problem(r, settings, elements) for r in records]
+    return graphs_or_problems(records, settings, elements)
 
 
 def iter_graph_arrays(

@@ -4,6 +4,7 @@ selection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from pymatgen.optimization.neighbors import find_points_in_spheres
@@ -118,34 +119,38 @@ def nearest(pairs: Neighbors, n_atoms: int, max_neighbors: int | None) -> Neighb
     return pairs.take(rank < max_neighbors)
 
 
+@lru_cache(maxsize=64)
+def _pair_pattern(degree: int) -> np.ndarray:
+    """(2, d(d − 1)) local indices (a, b), a ≠ b, of one centre's d edges, sorted."""
+    a, b = np.divmod(np.arange(degree * degree), degree)
+    off = a != b
+    return np.stack([a[off], b[off]])
+
+
 def bond_pairs(centers: np.ndarray, n_edges: int, allowed: np.ndarray | None = None) -> np.ndarray:
     """Ordered pairs (a, b), a ≠ b, of edges sharing their centre atom: the line graph.
 
     ``centers`` must be sorted (edges grouped by centre). ``allowed`` masks the edges that
-    may take part. Returns (2, T) edge indices.
+    may take part. Returns (2, T) edge indices, sorted by a, then b.
     """
     edges = np.arange(n_edges) if allowed is None else np.flatnonzero(allowed)
-    if len(edges) == 0:
+    m = len(edges)
+    if m == 0:
         return np.zeros((2, 0), dtype=np.int64)
-    group_centers, starts, degrees = np.unique(
-        centers[edges], return_index=True, return_counts=True
-    )
-    del group_centers
-    blocks = []
-    # few distinct degrees occur (12 for CGCNN graphs), so loop over them, not over atoms
-    for degree in np.unique(degrees):
-        if degree < 2:
-            continue
-        group_starts = starts[degrees == degree]
-        local = np.arange(degree)
-        a = np.broadcast_to(local[:, None], (degree, degree))
-        b = np.broadcast_to(local[None, :], (degree, degree))
-        off = a != b
-        a, b = a[off], b[off]
-        pos_a = (group_starts[:, None] + a[None, :]).ravel()
-        pos_b = (group_starts[:, None] + b[None, :]).ravel()
-        blocks.append(np.stack([edges[pos_a], edges[pos_b]]))
-    if not blocks:
-        return np.zeros((2, 0), dtype=np.int64)
-    pairs = np.concatenate(blocks, axis=1)
-    return pairs[:, np.lexsort((pairs[1], pairs[0]))]
+    grouped = centers[edges]
+    # first position of each centre's run of edges, and the run's length (its degree)
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+    degrees = np.diff(np.r_[starts, m])
+    if degrees[0] > 1 and np.all(degrees == degrees[0]):
+        # every centre has the same degree (k-nearest graphs): one pattern, shifted
+        pattern = _pair_pattern(int(degrees[0]))
+        local = (starts[None, :, None] + pattern[:, None, :]).reshape(2, -1)
+        return local if allowed is None else edges[local]
+    first = np.repeat(starts, degrees)  # per position: where its run starts
+    partners = np.repeat(degrees - 1, degrees)  # per position: the other edges of its run
+    # row a lists the other members of a's run in order: the r-th is r, or r + 1 past a
+    a = np.repeat(np.arange(m), partners)
+    r = np.arange(len(a)) - np.repeat(np.cumsum(partners) - partners, partners)
+    b = first[a] + r + (r >= a - first[a])
+    # edges are increasing, so rows (a) and their members (b) come out sorted
+    return np.stack([edges[a], edges[b]])

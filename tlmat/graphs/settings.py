@@ -9,8 +9,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Bumped whenever the stored graph layout or the neighbour selection changes, so that
-#: cached graphs built by an older tlmat are rebuilt instead of silently reused.
-GRAPH_FORMAT_VERSION = 1
+#: cached graphs built by an older tlmat are rebuilt instead of silently reused
+#: (2: angle cosines from unit bond vectors, computed per chunk).
+GRAPH_FORMAT_VERSION = 2
 
 Preset = Literal["cgcnn", "schnet", "alignn"]
 

@@ -137,19 +137,23 @@ class EdgeGatedConv(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``index`` (2, E): messages flow from ``index[0]`` to ``index[1]``."""
         source, target = index
-        n = nodes.size(0)
-        # node-wise products gathered per edge: E/N times fewer than per-edge products
+        n, width = nodes.shape
+        # A and V both act on the sending node: one product and one gather for the two
+        # (index_select, whose backward is a plain index_add, unlike tensor[index])
+        sending = F.linear(
+            nodes,
+            torch.cat([self.gate_source.weight, self.update_neighbor.weight]),
+            torch.cat([self.gate_source.bias, self.update_neighbor.bias]),
+        ).index_select(0, source)
         logits = (
-            self.gate_source(nodes)[source]
-            + self.gate_target(nodes)[target]
+            sending[:, :width]
+            + self.gate_target(nodes).index_select(0, target)
             + self.gate_edge(edges)
         )
         gate = torch.sigmoid(logits)
-        weighted = scatter(
-            gate * self.update_neighbor(nodes)[source], target, 0, dim_size=n, reduce="sum"
-        )
-        total = scatter(gate, target, 0, dim_size=n, reduce="sum")
-        update = self.update_self(nodes) + weighted / (total + 1e-6)
+        # Σ_j σ_ij ⊙ V h_j and Σ_j σ_ij in one scatter
+        sums = scatter(torch.cat([gate * sending[:, width:], gate], dim=1), target, 0, dim_size=n)
+        update = self.update_self(nodes) + sums[:, :width] / (sums[:, width:] + 1e-6)
         nodes = nodes + F.silu(self.norm_nodes(update))
         edges = edges + F.silu(self.norm_edges(logits))
         return nodes, edges
