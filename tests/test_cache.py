@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,33 @@ def test_tampered_settings_file_clears_the_cache(records, tmp_path: Path) -> Non
     cache = GraphCache(tmp_path, settings)
     cache.graphs(records[:10])
     assert cache.n_built == 10
+
+
+def test_shards_without_row_checksums_are_still_checked(records, tmp_path, caplog) -> None:
+    """Shards written before ``row_crc``/``keys`` existed: rows are hashed from their bytes."""
+    settings = GraphSettings()
+    GraphCache(tmp_path, settings).graphs(records)
+    directory = tmp_path / f"graphs-{settings.key()}"
+    shard = next(directory.glob("shard-*"))
+    checksums = json.loads((shard / "checksums.json").read_text())
+    for name in ("row_crc", "keys"):
+        (shard / f"{name}.npy").unlink()
+        del checksums[name]
+    (shard / "checksums.json").write_text(json.dumps(checksums))
+    cache = GraphCache(tmp_path, settings)
+    cache.graphs(records)
+    assert cache.n_built == 0  # an old shard is still served
+
+    with sqlite3.connect(directory / "index.sqlite") as db:
+        keys = [structure_key(r.structure) for r in records[:2]]
+        rows = [
+            db.execute("SELECT row FROM entries WHERE key = ?", (k,)).fetchone()[0] for k in keys
+        ]
+        db.execute("UPDATE entries SET row = ? WHERE key = ?", (rows[1], keys[0]))
+        db.execute("UPDATE entries SET row = ? WHERE key = ?", (rows[0], keys[1]))
+    db.close()
+    cache = GraphCache(tmp_path, settings)
+    with caplog.at_level(logging.WARNING, logger="tlmat"):
+        graphs = cache.graphs(records)
+    assert cache.n_built == 2 and "checksum mismatch" in caplog.text
+    assert_same(graphs, fresh(records, settings))

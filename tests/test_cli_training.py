@@ -295,3 +295,19 @@ def test_compare_scratch_row_with_another_architecture(small_perov: Path, tmp_pa
     run_json = json.loads((tmp_path / "cmp" / "scratch" / "run.json").read_text())
     assert run_json["model"]["architecture"] == "schnet"
     assert run_json["graph_settings"]["max_neighbors"] is None  # SchNet: all within 6 Å
+
+
+def test_finetune_scratch_with_another_architecture(small_perov: Path, tmp_path: Path) -> None:
+    """`finetune --strategy scratch --model schnet-small` trains a SchNet on the split the
+    source's zero-shot row is scored on; with a transfer strategy --model is refused."""
+    common = ["finetune", str(small_perov), "-t", "heat_ref", "--cache-dir",
+              str(tmp_path / "cache"), *QUICK]  # fmt: skip
+    out = run([*common, "--strategy", "scratch", "--model", "schnet-small",
+               "--run-dir", str(tmp_path / "ft")])  # fmt: skip
+    assert "zero-shot" in out  # the table (rich truncates labels on narrow terminals)
+    run_json = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run_json["model"]["architecture"] == "schnet"
+    result = runner.invoke(app, [*common, "--strategy", "full", "--model", "schnet-small",
+                                 "--run-dir", str(tmp_path / "ft2")])  # fmt: skip
+    assert result.exit_code == 1
+    assert "--model applies to --strategy scratch" in " ".join(result.output.split())

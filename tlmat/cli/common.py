@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -15,7 +17,17 @@ Targets = Annotated[
     list[str] | None,
     typer.Option("--target", "-t", help="Property column/key to keep (repeatable)."),
 ]
-Strict = Annotated[bool, typer.Option("--strict", help="Stop at the first bad structure.")]
+Strict = Annotated[
+    bool, typer.Option("--strict", help="Abort at the first bad structure instead of skipping it.")
+]
+OnDuplicate = Annotated[
+    str,
+    typer.Option(
+        "--on-duplicate",
+        help="An id seen twice in one dataset: 'error' refuses the dataset, 'first' keeps "
+        "the first row of each id and skips the others.",
+    ),
+]
 Disorder = Annotated[
     str,
     typer.Option(
@@ -33,8 +45,39 @@ Overwrite = Annotated[
 
 
 def fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
+    # escaped: ids and paths in brackets ("[mp-1234]", "[/data/x]") are no rich markup
+    console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(1)
+
+
+def writable_output(path: Path, overwrite: bool, folder: bool = False) -> Path:
+    """Check an output path before the work that fills it: an existing file (or, for a
+    ``folder``, a non-empty folder) is kept unless ``overwrite``, and the place must be
+    writable — found out now by writing a probe file there, not after an hour's work."""
+    if folder:
+        if path.exists() and not path.is_dir():
+            fail(f"{path} is a file; the output is a folder")
+        if path.is_dir() and any(path.iterdir()) and not overwrite:
+            fail(f"{path} is not empty; pass --overwrite to replace what tlmat writes there")
+        place = path
+    else:
+        if path.is_dir():
+            fail(f"{path} is a folder; give a file name")
+        if path.exists() and not overwrite:
+            fail(f"{path} exists; pass --overwrite to replace it")
+        place = path.parent
+    ancestor = place
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        fail(f"cannot write {path}: {ancestor} is a file, not a folder")
+    try:
+        place.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=place):
+            pass
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}")
+    return path
 
 
 def skipped_table(log) -> Table | None:
@@ -49,7 +92,7 @@ def skipped_table(log) -> Table | None:
     for problem in log.problems:
         first.setdefault(problem.reason, problem)
     for reason, count in log.by_reason().most_common():
-        table.add_row(reason.value, str(count), str(first[reason]))
+        table.add_row(reason.value, str(count), escape(str(first[reason])))
     return table
 
 

@@ -14,13 +14,16 @@ from rich.table import Table
 from tlmat.cli.common import (
     CacheDir,
     Disorder,
+    OnDuplicate,
     Overwrite,
     Strict,
     Targets,
     console,
     fail,
     skipped_table,
+    writable_output,
 )
+from tlmat.graphs.cache import CacheWriteError
 from tlmat.io import InputError, ReadResult, read_records, write_csv, write_extxyz
 
 
@@ -74,6 +77,7 @@ def info(
     target: Targets = None,
     strict: Strict = False,
     disorder: Disorder = "skip",
+    on_duplicate: OnDuplicate = "error",
     limit: Annotated[int | None, typer.Option(help="Read only the first N items.")] = None,
     skipped_csv: Annotated[
         Path | None, typer.Option(help="Write every skipped item with its reason here.")
@@ -97,11 +101,20 @@ def info(
 
         tlmat info my_cifs/ --disorder majority --export clean.extxyz
     """
+    for output in (skipped_csv, export):
+        if output is not None:
+            writable_output(output, overwrite)
     try:
         result = read_records(
-            path, target, strict=strict, disorder=disorder, limit=limit, progress=True
+            path,
+            target,
+            strict=strict,
+            disorder=disorder,
+            limit=limit,
+            progress=True,
+            on_duplicate=on_duplicate,
         )
-    except (InputError, FileNotFoundError, ValueError) as error:
+    except (InputError, CacheWriteError, FileNotFoundError, ValueError) as error:
         fail(str(error))
     for table in summarise(result):
         console.print(table)
@@ -134,6 +147,7 @@ def cache(
     workers: Annotated[int, typer.Option(help="Processes for parsing and building.")] = 1,
     strict: Strict = False,
     disorder: Disorder = "skip",
+    on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Build and store the graphs of a dataset ahead of training (preprocess once on a
     cluster, train many times); a second run only loads them.
@@ -164,11 +178,12 @@ def cache(
             cache_dir=cache_dir,
             strict=strict,
             disorder=disorder,
+            on_duplicate=on_duplicate,
             workers=workers,
             progress=True,
         )
         seconds = time.perf_counter() - start
-    except (InputError, FileNotFoundError, ValueError) as error:
+    except (InputError, CacheWriteError, FileNotFoundError, ValueError) as error:
         fail(str(error))
     where = dataset.graphs.cache.directory
     how = "loaded from cache" if dataset.from_cache else "built"

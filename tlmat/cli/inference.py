@@ -11,10 +11,21 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from tlmat.cli.common import CacheDir, Overwrite, console, fail, metrics_table, skipped_table
+from tlmat.cli.common import (
+    CacheDir,
+    OnDuplicate,
+    Overwrite,
+    Strict,
+    console,
+    fail,
+    metrics_table,
+    skipped_table,
+    writable_output,
+)
 from tlmat.data import GraphDataset, concat, load_dataset
 from tlmat.datasets import data_dir, resolve
 from tlmat.evaluation import regression_metrics
+from tlmat.graphs.cache import CacheWriteError
 from tlmat.io import InputError
 from tlmat.models import CheckpointError, TrainedModel
 from tlmat.training import predict as predict_values
@@ -26,12 +37,26 @@ Checkpoint = Annotated[
 ]
 
 
-def _refuse_overwrite(path: Path, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        fail(f"{path} exists; pass --overwrite to replace it")
+def _finite(values: np.ndarray, dataset: GraphDataset, checkpoint: str) -> None:
+    """Fail (exit 1, nothing written) if the model gave NaN or infinite predictions."""
+    rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if rows.any():
+        ids = [dataset.ids[i] for i in np.flatnonzero(rows)[:3]]
+        fail(
+            f"{checkpoint} gave predictions that are not finite for {int(rows.sum())} of "
+            f"{len(values)} structures (e.g. {', '.join(ids)}); nothing was written — the "
+            "model's weights are probably damaged or diverged"
+        )
 
 
-def _structures(trained: TrainedModel, sources: list[str], cache_dir, targets=()) -> GraphDataset:
+def _structures(
+    trained: TrainedModel,
+    sources: list[str],
+    cache_dir,
+    targets=(),
+    strict: bool = False,
+    on_duplicate: str = "error",
+) -> GraphDataset:
     datasets = [
         load_dataset(
             resolve(s),
@@ -40,6 +65,8 @@ def _structures(trained: TrainedModel, sources: list[str], cache_dir, targets=()
             cache_dir=cache_dir,
             elements=trained.model.elements,
             progress=True,
+            strict=strict,
+            on_duplicate=on_duplicate,
         )
         for s in sources
     ]
@@ -60,6 +87,8 @@ def predict(
     ),
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
+    strict: Strict = False,
+    on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Predict a property for new structures; writes ``id`` and the prediction per row.
 
@@ -67,13 +96,14 @@ def predict(
 
         tlmat predict cgcnn/formation-energy-per-atom my_cifs/ -o eform.csv
     """
-    _refuse_overwrite(output, overwrite)
+    writable_output(output, overwrite)
     try:
         trained = load_source(checkpoint)
-        dataset = _structures(trained, structures, cache_dir)
-    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        dataset = _structures(trained, structures, cache_dir, (), strict, on_duplicate)
+    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))
     values = predict_values(trained, dataset)
+    _finite(values, dataset, checkpoint)
     name = trained.target.name + (f" ({trained.target.unit})" if trained.target.unit else "")
     with output.open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -91,9 +121,9 @@ def predict(
 def embed(
     checkpoint: Checkpoint,
     data: Annotated[str, typer.Argument(help="Structures: file, folder or registered name.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help=".npz or .parquet file.")] = Path(
-        "embeddings.npz"
-    ),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help=".npz, .parquet or .csv file.")
+    ] = Path("embeddings.npz"),
     layers: Annotated[
         str | None,
         typer.Option(
@@ -105,6 +135,8 @@ def embed(
     ] = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
+    strict: Strict = False,
+    on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Pooled crystal embeddings of a dataset, batched, for your own models; with
     ``--layers``, the pooled features after the chosen layers, one column per feature
@@ -116,22 +148,29 @@ def embed(
 
         tlmat embed runs/alignn/model.pt perov_5/test --layers interactions.7 -o f.parquet
     """
-    _refuse_overwrite(output, overwrite)
+    if output.suffix not in (".npz", ".parquet", ".csv"):
+        # np.savez would quietly write OUTPUT.npz beside the name given
+        fail(f"{output}: embeddings are written as .npz, .parquet or .csv")
+    writable_output(output, overwrite)
     try:
         trained = load_source(checkpoint)
-        dataset = _structures(trained, [data], cache_dir)
-    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        dataset = _structures(trained, [data], cache_dir, (), strict, on_duplicate)
+    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))
     try:
         features, columns = layer_feature_table(trained, dataset, layers=layers or "embedding_out")
     except ValueError as error:
         fail(str(error))
-    if output.suffix == ".parquet":
+    _finite(features, dataset, checkpoint)
+    if output.suffix in (".parquet", ".csv"):
         import pandas as pd
 
         frame = pd.DataFrame(features, columns=columns)
         frame.insert(0, "id", dataset.ids)
-        frame.to_parquet(output, index=False)
+        if output.suffix == ".csv":
+            frame.to_csv(output, index=False)
+        else:
+            frame.to_parquet(output, index=False)
     else:
         np.savez(output, ids=np.array(dataset.ids), embeddings=features, columns=columns)
     console.print(f"{features.shape[0]} × {features.shape[1]} embeddings → {output}")
@@ -146,6 +185,8 @@ def evaluate(
     ] = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
+    strict: Strict = False,
+    on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Score a model on labelled data (MAE, RMSE, R², max error).
 
@@ -154,13 +195,14 @@ def evaluate(
         tlmat evaluate runs/train/model.pt perov_5/test -t heat_ref
     """
     if output is not None:
-        _refuse_overwrite(output, overwrite)
+        writable_output(output, overwrite)
     try:
         trained = load_source(checkpoint)
-        dataset = _structures(trained, [data], cache_dir, targets=[target])
-    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        dataset = _structures(trained, [data], cache_dir, [target], strict, on_duplicate)
+    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))
     values = predict_values(trained, dataset)
+    _finite(values, dataset, checkpoint)
     truth = dataset.targets[target]
     metrics = regression_metrics(truth, values)
     console.print(
@@ -249,6 +291,7 @@ def report(
         "scratch"
     ),
     title: Annotated[str | None, typer.Option(help="Report title.")] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Markdown + HTML report of a results grid: MAE tables, paired t-tests, equivalent
     training-set sizes, learning curves, parity plots, error distributions.
@@ -267,6 +310,7 @@ def report(
         unit = unit or written.get("unit", "")
         threshold = threshold if threshold is not None else written.get("threshold")
         title = title or written.get("name")
+    writable_output(out or results / "report", overwrite, folder=True)
     try:
         path = write_report(results, out, unit, threshold, baseline, title)
     except (FileNotFoundError, ValueError) as error:

@@ -9,15 +9,26 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from tlmat.cli.common import CacheDir, Overwrite, console, fail, metrics_table, skipped_table
+from tlmat.cli.common import (
+    CacheDir,
+    OnDuplicate,
+    Overwrite,
+    Strict,
+    console,
+    fail,
+    metrics_table,
+    skipped_table,
+)
 from tlmat.data import GraphDataset, Split, concat, load_dataset, random_split, subsample
 from tlmat.datasets import resolve
 from tlmat.evaluation import regression_metrics
 from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
+from tlmat.graphs.cache import CacheWriteError
 from tlmat.io import InputError
 from tlmat.models import CheckpointError, ModelConfig
-from tlmat.training import RunExistsError, TrainConfig, fit, predict
+from tlmat.training import DivergedError, RunExistsError, TrainConfig, fit, predict
+from tlmat.training.rundir import check_run_dir, claim, owned_path
 from tlmat.transfer.sources import fresh_model, load_source
 
 ALL_STRATEGIES = (
@@ -134,16 +145,39 @@ def dataset_and_split(
     test_size,
     seed,
     exclude: set[str] | None = None,
+    *,
+    strict: bool = False,
+    on_duplicate: str = "error",
+    log10: bool = False,
 ) -> tuple[GraphDataset, Split]:
     """Load the data (and a separate test set), and split it with the seed; ids in
-    ``exclude`` never enter training or validation."""
+    ``exclude`` never enter training or validation. With ``log10``, rows whose target is
+    ≤ 0 are skipped by id (refused when ``strict``)."""
     dataset = load_dataset(
-        resolve(data), settings, [target], cache_dir=cache_dir, elements=elements, progress=True
+        resolve(data),
+        settings,
+        [target],
+        cache_dir=cache_dir,
+        elements=elements,
+        progress=True,
+        strict=strict,
+        on_duplicate=on_duplicate,
     )
+    if log10:
+        dataset = dataset.require_positive(target, strict)
     if test is not None:
         test_set = load_dataset(
-            resolve(test), settings, [target], cache_dir=cache_dir, elements=elements, progress=True
+            resolve(test),
+            settings,
+            [target],
+            cache_dir=cache_dir,
+            elements=elements,
+            progress=True,
+            strict=strict,
+            on_duplicate=on_duplicate,
         )
+        if log10:
+            test_set = test_set.require_positive(target, strict)
         n = len(dataset)
         val_count = int(val_size if val_size >= 1 else round(val_size * n))
         inner = random_split(n, (n - val_count, val_count, 0), seed)
@@ -221,6 +255,8 @@ def train(
     unit: Unit = "",
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
+    strict: Strict = False,
+    on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Train a model of any registered architecture from scratch (an interrupted run
     resumes from its last checkpoint). The graphs are built as the model needs them.
@@ -234,6 +270,7 @@ def train(
             --run-dir runs/perov-schnet --epochs 50
     """
     try:
+        check_run_dir(run_dir, overwrite)  # before the slow work
         cfg = training_config(
             config,
             target,
@@ -267,18 +304,67 @@ def train(
             test_size,
             seed,
             excluded,
+            strict=strict,
+            on_duplicate=on_duplicate,
+            log10=cfg.log10,
         )
         result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
-    except (InputError, FileNotFoundError, ValueError, RunExistsError) as error:
+    except (
+        InputError,
+        CacheWriteError,
+        FileNotFoundError,
+        ValueError,
+        RunExistsError,
+        DivergedError,
+    ) as error:
         fail(str(error))
     y = dataset.targets[target]
     metrics = regression_metrics(y[split.test], predict(result.trained, dataset, split.test))
-    (Path(run_dir) / "test_metrics.json").write_text(json.dumps(metrics, indent=2))
+    owned_path(run_dir, "test_metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(metrics_table(f"{target}: test set", {"scratch": metrics}, unit))
     console.print(
         f"{result.epochs} epochs, {result.seconds / max(result.epochs, 1):.2f} s/epoch;"
         f" model → {Path(run_dir) / 'model.pt'}"
     )
+
+
+def scratch_twin(
+    model: str | None,
+    model_config_file: Path | None,
+    seed: int,
+    source_model,
+    dataset: GraphDataset,
+    split: Split,
+    data: str,
+    test: str | None,
+    target: str,
+    cache_dir: Path | None,
+    strict: bool,
+    on_duplicate: str,
+) -> tuple[Split, tuple]:
+    """A model of another architecture for the ``scratch`` row, with its own graphs of the
+    same materials: (the source's split restricted to the materials both can use,
+    (model, dataset, split) for scratch)."""
+    template = fresh_model(model_from_options(model or "cgcnn", model_config_file), seed)
+    other = template.model.graph_settings
+    if other == source_model.model.graph_settings:
+        return split, (template, dataset, split)
+    parts = [
+        load_dataset(
+            resolve(spec),
+            other,
+            [target],
+            cache_dir=cache_dir,
+            elements=template.model.elements,
+            strict=strict,
+            on_duplicate=on_duplicate,
+        )
+        for spec in (data, test)
+        if spec is not None
+    ]
+    scratch_data = parts[0] if len(parts) == 1 else concat(*parts)
+    split, scratch_split = common_split(dataset, split, scratch_data)
+    return split, (template, scratch_data, scratch_split)
 
 
 def finetune(
@@ -311,16 +397,31 @@ def finetune(
     early_stopping_patience: Patience = None,
     seed: Seed = 0,
     unit: Unit = "",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="With --strategy scratch: the architecture or preset trained from random "
+            "weights [the source's], on the materials both models can use.",
+        ),
+    ] = None,
+    model_config_file: ModelConfigFile = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
+    strict: Strict = False,
+    on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Fine-tune a pretrained model on a (small) target set; prints the source's zero-shot
     score beside the fine-tuned one.
 
-    Example:
+    Examples (freeze the embedding of the MP formation-energy CGCNN; then, for the same
+    split, a SchNet from scratch):
 
         tlmat finetune perov_5/train -t heat_ref --test perov_5/test --train-size 300
             --source cgcnn/formation-energy-per-atom --strategy freeze-embedding
+
+        tlmat finetune perov_5/train -t heat_ref --test perov_5/test --train-size 300
+            --strategy scratch --model schnet-arch2 --run-dir runs/finetune-schnet
     """
     try:
         cfg = training_config(
@@ -340,6 +441,7 @@ def finetune(
             normalization=normalization,
             early_stopping_patience=early_stopping_patience,
         )
+        check_run_dir(run_dir, overwrite)  # before the slow work
         source_model = load_source(source)
         dataset, split = dataset_and_split(
             data,
@@ -352,22 +454,57 @@ def finetune(
             val_size,
             test_size,
             seed,
+            strict=strict,
+            on_duplicate=on_duplicate,
+            log10=cfg.log10,
         )
+        origin, on, part = source_model, dataset, split
+        if model is not None or model_config_file is not None:
+            if strategy != "scratch":
+                raise ValueError(
+                    f"--model applies to --strategy scratch; {strategy!r} transfers the "
+                    f"source, whose architecture ({source_model.model.architecture}) it keeps"
+                )
+            split, (origin, on, part) = scratch_twin(
+                model,
+                model_config_file,
+                seed,
+                source_model,
+                dataset,
+                split,
+                data,
+                test,
+                target,
+                cache_dir,
+                strict,
+                on_duplicate,
+            )
         rows = zero_shot(source_model, dataset, split, target)
         result = run_strategy(
             strategy,
-            source_model,
-            dataset,
-            split,
+            origin,
+            on,
+            part,
             cfg,
             run_dir,
             keep_head=keep_head,
             freeze_k=freeze_k,
             overwrite=overwrite,
         )
-    except (InputError, FileNotFoundError, ValueError, RunExistsError, CheckpointError) as error:
+    except (
+        InputError,
+        CacheWriteError,
+        FileNotFoundError,
+        ValueError,
+        RunExistsError,
+        CheckpointError,
+        DivergedError,
+    ) as error:
         fail(str(error))
-    rows[result.strategy] = result.test
+    label = result.strategy
+    if origin is not source_model:
+        label = f"scratch [{origin.model.architecture}]"
+    rows[label] = result.test
     console.print(
         metrics_table(f"{target}: test set ({len(split.train)} training structures)", rows, unit)
     )
@@ -404,6 +541,8 @@ def compare(
     model_config_file: ModelConfigFile = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
+    strict: Strict = False,
+    on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Scratch against every transfer strategy from one source, on one held-out test set.
 
@@ -432,6 +571,10 @@ def compare(
             early_stopping_patience=early_stopping_patience,
         )
         cfg = cfg.model_copy(update={"progress_bar": False})
+        # one folder per method inside run_dir: all checked before anything trains
+        claim(run_dir, *chosen, "comparison.json")
+        for name in chosen:
+            check_run_dir(Path(run_dir) / name, overwrite)
         source_model = load_source(source)
         dataset, split = dataset_and_split(
             data,
@@ -444,28 +587,26 @@ def compare(
             val_size,
             test_size,
             seed,
+            strict=strict,
+            on_duplicate=on_duplicate,
+            log10=cfg.log10,
         )
         scratch = None
         if model is not None or model_config_file is not None:
-            template = fresh_model(model_from_options(model or "cgcnn", model_config_file), seed)
-            other = template.model.graph_settings
-            if other == source_model.model.graph_settings:
-                scratch = (template, dataset, split)
-            else:
-                parts = [
-                    load_dataset(
-                        resolve(spec),
-                        other,
-                        [target],
-                        cache_dir=cache_dir,
-                        elements=template.model.elements,
-                    )
-                    for spec in (data, test)
-                    if spec is not None
-                ]
-                scratch_data = parts[0] if len(parts) == 1 else concat(*parts)
-                split, scratch_split = common_split(dataset, split, scratch_data)
-                scratch = (template, scratch_data, scratch_split)
+            split, scratch = scratch_twin(
+                model,
+                model_config_file,
+                seed,
+                source_model,
+                dataset,
+                split,
+                data,
+                test,
+                target,
+                cache_dir,
+                strict,
+                on_duplicate,
+            )
         rows = zero_shot(source_model, dataset, split, target)
         for name in chosen:
             console.print(f"[bold]{name}[/] …")
@@ -479,14 +620,22 @@ def compare(
             if origin is not source_model:
                 label = f"scratch [{origin.model.architecture}]"
             rows[label] = result.test
-    except (InputError, FileNotFoundError, ValueError, RunExistsError, CheckpointError) as error:
+    except (
+        InputError,
+        CacheWriteError,
+        FileNotFoundError,
+        ValueError,
+        RunExistsError,
+        CheckpointError,
+        DivergedError,
+    ) as error:
         fail(str(error))
     title = (
         f"{target}: {len(split.train)} training, {len(split.val)} validation, "
         f"{len(split.test)} test structures; source {source}"
     )
     console.print(metrics_table(title, rows, unit))
-    (Path(run_dir) / "comparison.json").write_text(json.dumps(rows, indent=2))
+    owned_path(run_dir, "comparison.json").write_text(json.dumps(rows, indent=2))
 
 
 def benchmark(
@@ -497,6 +646,7 @@ def benchmark(
     ] = False,
     workers: Annotated[int | None, typer.Option(help="Parallel local jobs.")] = None,
     cache_dir: CacheDir = None,
+    strict: Strict = False,
 ) -> None:
     """Run a grid (sizes × seeds × sources × methods) in parallel, resumably (finished jobs
     are skipped), then write one report. Sources declared with ``pretrain:`` are trained
@@ -506,6 +656,7 @@ def benchmark(
 
         tlmat benchmark benchmarks/configs/perovskites.yaml --quick
     """
+    from tlmat.data.dataset import strict_reading
     from tlmat.experiments.benchmark import BenchmarkConfig, run_benchmark
 
     try:
@@ -516,7 +667,8 @@ def benchmark(
             cfg = cfg.model_copy(
                 update={"executor": cfg.executor.model_copy(update={"workers": workers})}
             )
-        report = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
-    except (InputError, FileNotFoundError, ValueError, CheckpointError) as error:
+        with strict_reading(strict):  # the grid loads its datasets (and sources') inside
+            report = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
+    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))
     console.print(f"report → {report}")

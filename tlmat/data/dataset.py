@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Collection, Sequence
+import zipfile
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -17,14 +21,30 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from tlmat.graphs.cache import CachedGraphs, GraphCache
+from tlmat.graphs.cache import UNWRITABLE, CachedGraphs, CacheWriteError, GraphCache, set_aside
 from tlmat.graphs.data import CrystalGraph
 from tlmat.graphs.settings import GraphSettings
-from tlmat.io.readers import iter_records
+from tlmat.io.readers import READ_VERSION, DuplicatePolicy, check_duplicate_policy, iter_records
 from tlmat.io.records import InputError, Problem, ProblemLog, Reason
 
 #: Bumped when the manifest layout changes.
 MANIFEST_VERSION = 1
+
+logger = logging.getLogger("tlmat")
+
+#: ``strict`` of :func:`load_dataset` calls that do not pass it (see :func:`strict_reading`).
+_STRICT: ContextVar[bool] = ContextVar("tlmat_strict_reading", default=False)
+
+
+@contextmanager
+def strict_reading(strict: bool = True) -> Iterator[None]:
+    """Make every :func:`load_dataset` call inside that does not pass ``strict`` itself
+    strict, for code that loads datasets deep inside (benchmark grids, pretraining)."""
+    token = _STRICT.set(strict)
+    try:
+        yield
+    finally:
+        _STRICT.reset(token)
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +95,36 @@ class GraphDataset(Sequence[CrystalGraph]):
         if target is not None:
             batch.y = torch.as_tensor(self.targets[target][list(indices)], dtype=torch.float32)
         return batch
+
+    def require_positive(
+        self, target: str, strict: bool = False, why: str = "log10"
+    ) -> GraphDataset:
+        """The rows whose ``target`` is positive (the domain of a log10 target); the
+        others are skipped with their ids (``Reason.NON_POSITIVE_TARGET``) in the returned
+        dataset's log, or, when ``strict``, the dataset is refused naming every such id."""
+        values = np.asarray(self.targets[target], dtype=np.float64)
+        bad = ~(values > 0)  # NaN too
+        if values.ndim > 1:
+            bad = bad.any(axis=tuple(range(1, values.ndim)))
+        if not bad.any():
+            return self
+        index = np.flatnonzero(bad)
+        ids = [self.ids[i] for i in index]
+        shown = ", ".join(ids[:20]) + (", …" if len(ids) > 20 else "")
+        message = f"{why} of {target!r} needs positive values; {len(ids)} row(s) are ≤ 0: {shown}"
+        if strict:
+            raise InputError(f"{self.source}: aborted, {message}")
+        logger.warning("%s: skipped, %s", self.source, message)
+        kept = self.subset(np.flatnonzero(~bad))
+        log = ProblemLog(problems=list(self.log.problems), n_ok=len(kept))
+        for i in index:
+            value = values[i] if values.ndim == 1 else values[i].min()
+            detail = f"{target!r} = {value:g}; {why} needs a positive value"
+            log.problems.append(
+                Problem(self.source, Reason.NON_POSITIVE_TARGET, detail, self.ids[i])
+            )
+        kept.log = log
+        return kept
 
     def subset(self, indices: Sequence[int]) -> GraphDataset:
         idx = list(indices)
@@ -139,8 +189,9 @@ def load_dataset(
     targets: Sequence[str] | None = None,
     *,
     cache_dir: str | Path | None = None,
-    strict: bool = False,
+    strict: bool | None = None,
     disorder: str = "skip",
+    on_duplicate: DuplicatePolicy = "error",
     elements: Collection[int] | None = None,
     workers: int = 1,
     progress: bool = False,
@@ -151,6 +202,9 @@ def load_dataset(
 
     The first call parses, checks and builds; later calls with the same file contents
     and options load the ids, targets and graphs from the cache without parsing.
+    ``strict`` (default: as set by :func:`strict_reading`, else off) stops at the first
+    bad structure; ``on_duplicate`` is ``"error"`` (refuse a source with a repeated id)
+    or ``"first"`` (keep the first row of each id, skip the others).
 
     Example:
         >>> ds = load_dataset("perov_5/train.csv.gz", GraphSettings(cutoff=8.0, max_neighbors=12),
@@ -158,11 +212,15 @@ def load_dataset(
         >>> ds.batch(range(64), target="heat_ref")
     """
     path = Path(path)
+    strict = _STRICT.get() if strict is None else strict
+    check_duplicate_policy(on_duplicate)
     settings = settings or GraphSettings()
     cache = GraphCache(cache_dir or default_cache_dir(), settings)
     options = {
         "targets": list(targets) if targets is not None else None,
         "disorder": disorder,
+        "on_duplicate": on_duplicate,
+        "reader": READ_VERSION,  # what an older reader remembered is not reused
         "elements": sorted(elements) if elements is not None else None,
         **{k: v for k, v in read_options.items() if k != "workers"},
     }
@@ -184,6 +242,7 @@ def load_dataset(
         disorder=disorder,
         workers=workers,
         progress=progress,
+        on_duplicate=on_duplicate,
         **read_options,
     )
     ids: list[str] = []
@@ -220,47 +279,97 @@ def load_dataset(
 
 
 def _write_manifest(directory: Path, dataset: GraphDataset, keys: list[str]) -> None:
+    """Write the manifest to a temporary folder, then rename it into place. A cache that
+    cannot be written is reported once (the dataset is still returned); a full disk
+    raises :class:`CacheWriteError`, with the temporary folder removed."""
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    arrays = {f"target:{k}": v for k, v in dataset.targets.items()}
-    np.savez(
-        tmp / "arrays.npz",
-        ids=np.array(dataset.ids),
-        formulas=np.array(dataset.formulas),
-        keys=np.array(keys),
-        **arrays,
-    )
-    problems = [
-        {"where": p.where, "reason": p.reason.value, "detail": p.detail, "id": p.id}
-        for p in dataset.log.problems
-    ]
-    (tmp / "manifest.json").write_text(
-        json.dumps({"version": MANIFEST_VERSION, "n": len(dataset), "problems": problems})
-    )
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        arrays = {f"target:{k}": v for k, v in dataset.targets.items()}
+        np.savez(
+            tmp / "arrays.npz",
+            ids=np.array(dataset.ids),
+            formulas=np.array(dataset.formulas),
+            keys=np.array(keys),
+            **arrays,
+        )
+        problems = [
+            {"where": p.where, "reason": p.reason.value, "detail": p.detail, "id": p.id}
+            for p in dataset.log.problems
+        ]
+        (tmp / "manifest.json").write_text(
+            json.dumps({"version": MANIFEST_VERSION, "n": len(dataset), "problems": problems})
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(tmp, directory)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if error.errno not in UNWRITABLE:
+            raise CacheWriteError(
+                error.errno,
+                f"dataset manifest {directory} could not be written ({error.strerror or error});"
+                " nothing partial was left behind. Free space or set TLMAT_CACHE_DIR to"
+                " another disk",
+            ) from error
+        cache = dataset.graphs.cache
+        if cache.unwritable is None:  # the cache has not said so already: say it once
+            cache.unwritable = error.strerror or str(error)
+            logger.warning(
+                "dataset manifest %s cannot be written (%s); the dataset will be read"
+                " from its source again next run",
+                directory,
+                cache.unwritable,
+            )
+
+
+class _DamagedManifest(Exception):
+    """A manifest that exists but cannot be read back as written."""
 
 
 def _read_manifest(directory: Path, cache: GraphCache, strict: bool) -> GraphDataset | None:
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-        with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
-            ids = arrays["ids"].tolist()
-            formulas = arrays["formulas"].tolist()
-            keys = arrays["keys"].tolist()
-            targets = {
-                k.removeprefix("target:"): arrays[k] for k in arrays if k.startswith("target:")
-            }
-    except (OSError, ValueError, KeyError):
+    """The dataset a manifest describes, or ``None`` when there is none, its graphs are no
+    longer cached, or it is damaged (then it is set aside once, and rebuilt)."""
+    if not directory.is_dir():
         return None
-    if manifest.get("version") != MANIFEST_VERSION or len(ids) != manifest.get("n"):
+    try:
+        try:
+            manifest = json.loads((directory / "manifest.json").read_text())
+        except FileNotFoundError:  # another process is replacing it right now
+            return None
+        except (OSError, ValueError) as error:  # truncated or garbage JSON
+            raise _DamagedManifest(f"manifest.json: {error}") from error
+        try:
+            with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
+                ids = arrays["ids"].tolist()
+                formulas = arrays["formulas"].tolist()
+                keys = arrays["keys"].tolist()
+                targets = {
+                    k.removeprefix("target:"): arrays[k] for k in arrays if k.startswith("target:")
+                }
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            raise _DamagedManifest(f"arrays.npz: {error}") from error
+        if not isinstance(manifest, dict) or manifest.get("version") != MANIFEST_VERSION:
+            raise _DamagedManifest("manifest.json: unknown manifest version")
+        if not len(ids) == len(formulas) == len(keys) == manifest.get("n"):
+            raise _DamagedManifest(f"arrays.npz: {len(ids)} ids for {manifest.get('n')} graphs")
+        try:
+            problems = [
+                Problem(p["where"], Reason(p["reason"]), p["detail"], p["id"])
+                for p in manifest["problems"]
+            ]
+        except (KeyError, TypeError, ValueError) as error:
+            raise _DamagedManifest(f"manifest.json: unreadable problems ({error})") from error
+    except _DamagedManifest as damage:
+        set_aside(directory, damage, "reading the dataset from its source again")
         return None
     entries = cache.entries_for(keys)
     if entries is None:  # graphs evicted or damaged: rebuild from the source
         return None
     log = ProblemLog(strict=strict)
-    for p in manifest["problems"]:
-        log.skip(Problem(p["where"], Reason(p["reason"]), p["detail"], p["id"]))
+    for problem in problems:
+        log.skip(problem)
     log.n_ok = len(ids)
     return GraphDataset(CachedGraphs(cache, entries), ids, formulas, targets, log, from_cache=True)

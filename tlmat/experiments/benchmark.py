@@ -59,7 +59,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
@@ -67,6 +67,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tlmat.experiments.baselines import BASELINES
 from tlmat.experiments.pretraining import DEFAULT_MODEL, PretrainConfig
+
+if TYPE_CHECKING:
+    from tlmat.training import TrainConfig
 
 logger = logging.getLogger("tlmat")
 
@@ -139,6 +142,8 @@ class BenchmarkConfig(BaseModel):
     protocol: Literal["fixed-test", "matbench"] = "fixed-test"
     unit: str = ""
     log10: bool = False
+    #: a repeated id in a data file: refuse the file ("error") or keep its first row
+    on_duplicate: Literal["error", "first"] = "error"
     #: optional label-only table joined to ``data`` on ``join_on`` (e.g. HSE band gaps)
     labels: str | None = None
     join_on: str = "material_id"
@@ -329,7 +334,9 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None):
     def load(spec: str):
         path = table_path(spec, config.labels, config.join_on, cache_dir)
         loaded = {
-            s.key(): load_dataset(path, s, [config.target], cache_dir=cache_dir)
+            s.key(): load_dataset(
+                path, s, [config.target], cache_dir=cache_dir, on_duplicate=config.on_duplicate
+            )
             for s in [settings, *everything]
         }
         chosen = loaded[settings.key()]
@@ -346,6 +353,8 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None):
                 len(chosen) - len(usable),
             )
             chosen = chosen.subset([i for i, x in enumerate(chosen.ids) if x in usable])
+        if config.log10:  # rows ≤ 0 have no log10: skipped by id, never NaN targets
+            chosen = chosen.require_positive(config.target)
         return chosen
 
     pool = load(config.data)
@@ -462,7 +471,6 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     from tlmat.data import Split, source_fingerprint
     from tlmat.datasets import resolve
     from tlmat.experiments.runs import run_strategy, zero_shot
-    from tlmat.training import TrainConfig
     from tlmat.transfer.sources import fresh_model, load_source
 
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
@@ -485,9 +493,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     if job.source != COMMON and not zero.exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         zero.write_text(json.dumps(zero_shot(source, dataset, split, config.target), indent=2))
-    train_config = TrainConfig(
-        target=config.target, unit=config.unit, seed=job.seed, progress_bar=False, **config.training
-    )
+    train_config = _train_config(config, job)
     result = run_strategy(
         method.strategy,
         source,
@@ -504,6 +510,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     manifest.update(
         {
             "job": job.__dict__,
+            "signature": job_signature(config, job),
             "source": str(origin),
             "model": source.model.describe(),
             "data_fingerprint": source_fingerprint(resolve(config.data)),
@@ -519,6 +526,58 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     return {"job": job.__dict__, "mae": result.test["mae"]}
 
 
+#: settings that say which jobs a grid has, or how it is run and reported, not what a
+#: job computes: a finished job is reused whatever their values
+GRID_ONLY = ("name", "unit", "sizes", "seeds", "sources", "methods", "fewer_seeds")
+GRID_ONLY += ("threshold", "executor")
+
+
+def job_signature(config: BenchmarkConfig, job: Job) -> dict[str, Any]:
+    """Everything that decides one job's numbers: a finished job is reused only when the
+    signature recorded in its ``result.json`` equals this."""
+    return {
+        "grid": config.model_dump(exclude={*GRID_ONLY, "training"}),
+        "training": _train_config(config, job).model_dump(exclude={"unit"}),
+        "method": method_config(config, job).model_dump(),
+        "source": None if job.source == COMMON else config.sources[job.source].model_dump(),
+        "job": job.__dict__,
+    }
+
+
+def _train_config(config: BenchmarkConfig, job: Job) -> TrainConfig:
+    from tlmat.training import TrainConfig
+
+    return TrainConfig(
+        target=config.target, unit=config.unit, seed=job.seed, progress_bar=False, **config.training
+    )
+
+
+def changed_jobs(config: BenchmarkConfig, root: Path) -> dict[str, list[str]]:
+    """Finished jobs under ``root`` whose recorded settings differ from ``config``'s:
+    job folder → the differences."""
+    from tlmat.training.rundir import differences
+
+    changed = {}
+    for job in jobs(config):
+        path = job.folder(root) / "result.json"
+        if not path.exists():
+            continue
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError:
+            changed[str(job.folder(root))] = ["result.json is unreadable"]
+            continue
+        if "signature" in manifest:
+            found = differences(manifest["signature"], job_signature(config, job))
+        else:  # results written before signatures: their training settings are recorded
+            before, now = manifest.get("config", {}), _train_config(config, job).model_dump()
+            shared = set(before) & set(now)
+            found = differences({k: before[k] for k in shared}, {k: now[k] for k in shared})
+        if found:
+            changed[str(job.folder(root))] = found
+    return changed
+
+
 def run_benchmark(
     config: BenchmarkConfig, root: str | Path, cache_dir: str | Path | None = None
 ) -> Path:
@@ -529,6 +588,15 @@ def run_benchmark(
     from tlmat.evaluation.report import write_report
 
     root = Path(root)
+    changed = changed_jobs(config, root) if root.is_dir() else {}
+    if changed:
+        shown = [f"{job}: {'; '.join(d[:3])}" for job, d in list(changed.items())[:5]]
+        raise ValueError(
+            f"{root} holds {len(changed)} finished job(s) run with other settings, which "
+            "would be mixed into this grid's tables:\n  "
+            + "\n  ".join(shown)
+            + "\nuse a new --results folder (or move those jobs away) to run these settings"
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / "benchmark.yaml").write_text(yaml.safe_dump(config.model_dump(), sort_keys=False))
     cache = Path(cache_dir) if cache_dir is not None else None

@@ -19,7 +19,8 @@ from tlmat.evaluation.metrics import regression_metrics
 from tlmat.experiments.baselines import BASELINES, fit_predict
 from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import fit, predict, prepare_run_dir
+from tlmat.training.fit import fit, predict
+from tlmat.training.rundir import prepare_run_dir, record
 from tlmat.transfer.features import extract_features, feature_regressor
 from tlmat.transfer.sources import prepare_transfer
 from tlmat.transfer.strategies import FEATURE_STRATEGIES
@@ -141,6 +142,7 @@ def _write_result(
     the test split, for reports: parity plots and error distributions."""
     import pandas as pd
 
+    record(run_dir, "predictions.csv", "result.json")
     pd.DataFrame(
         {
             "id": [dataset.ids[i] for i in split.test],

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pymatgen.core import Molecule, Structure
+from pymatgen.core import DummySpecies, Molecule, Structure
 from scipy.spatial.distance import pdist
 
-from tlmat.io.parse import Payload, to_structure
+from tlmat.io.parse import MIN_CELL_VOLUME, NoCellError, Payload, to_structure
 from tlmat.io.records import Problem, Reason, Record, Target
 
 DisorderPolicy = Literal["skip", "majority"]
@@ -103,6 +104,12 @@ def _problem(item: RawItem, reason: Reason, detail: str) -> Problem:
     return Problem(item.where, reason, detail, item.id)
 
 
+def not_elements(structure: Structure | Molecule) -> list[str]:
+    """Symbols that are no chemical element: pymatgen reads an unknown CIF/JARVIS symbol
+    (``Xx``) as a dummy species instead of failing, which no model can embed."""
+    return sorted({sp.symbol for sp in structure.composition if isinstance(sp, DummySpecies)})
+
+
 def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record | Problem:
     """Parse and check one raw item."""
     names = options.targets if options.targets is not None else tuple(item.targets)
@@ -119,12 +126,25 @@ def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record
         structure = to_structure(item.payload)
     except FileNotFoundError as error:
         return _problem(item, Reason.MISSING_FILE, str(error.filename or error))
+    except NoCellError as error:
+        return _problem(item, Reason.NO_CELL, str(error))
+    except OSError as error:  # name too long, permissions, a folder where a file should be
+        name = Path(error.filename).name if error.filename else ""
+        shown = f" ({name[:60]}{'…' if len(name) > 60 else ''})" if name else ""
+        return _problem(item, Reason.UNREADABLE_FILE, f"{error.strerror or error}{shown}")
     except Exception as error:  # every parser raises its own kind; all mean "unparsable"
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return _problem(item, Reason.UNPARSABLE, f"{type(error).__name__}: {message}"[:200])
 
     if len(structure) == 0:
         return _problem(item, Reason.EMPTY_STRUCTURE, "no atoms")
+    unknown = not_elements(structure)
+    if unknown:
+        return _problem(
+            item, Reason.NOT_AN_ELEMENT, f"{', '.join(map(repr, unknown))} is no chemical element"
+        )
+    if isinstance(structure, Structure) and abs(structure.volume) < MIN_CELL_VOLUME:
+        return _problem(item, Reason.NO_CELL, f"cell volume {structure.volume:.3g} Å³")
     if not structure.is_ordered:
         disordered = sum(not site.is_ordered for site in structure)
         if options.disorder == "skip":

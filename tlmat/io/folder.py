@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from tlmat.io.checks import RawItem
+from tlmat.io.records import Problem, Reason
+from tlmat.io.table import open_text
 
 ID_PROP = "id_prop.csv"
 #: File suffixes that hold one structure each.
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar", ".xyz", ".extxyz")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name too long for the file system: reported when read
+        return False
 
 
 def structure_file(root: Path, item_id: str) -> Path:
@@ -20,9 +29,23 @@ def structure_file(root: Path, item_id: str) -> Path:
     candidates = [root / item_id] + [root / f"{item_id}{s}" for s in STRUCTURE_SUFFIXES]
     candidates += [root / f"POSCAR-{item_id}", root / item_id / "POSCAR"]
     for candidate in candidates:
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     return root / f"{item_id}.cif"
+
+
+def outside_reason(item_id: str) -> str | None:
+    """Why an ``id_prop.csv`` id cannot name a file inside its folder, or ``None``.
+
+    Judged on the text alone, so that a path such as ``../x`` or ``/etc/passwd`` is
+    never even looked at.
+    """
+    path = PurePath(item_id)
+    if path.is_absolute():
+        return f"{item_id!r} is an absolute path"
+    if ".." in path.parts:
+        return f"{item_id!r} climbs out of the folder with '..'"
+    return None
 
 
 def _numeric(cell: str) -> bool:
@@ -33,15 +56,18 @@ def _numeric(cell: str) -> bool:
     return True
 
 
-def iter_id_prop_folder(root: Path, targets: Sequence[str] | None = None) -> Iterator[RawItem]:
+def iter_id_prop_folder(
+    root: Path, targets: Sequence[str] | None = None
+) -> Iterator[RawItem | Problem]:
     """Rows of ``id_prop.csv``: ``id, value[, value…]`` (no header, as CGCNN/ALIGNN write it;
     a header row is recognised when none of its value cells is a number).
 
     Target names: ``targets`` when given (one per value column, or one name for a vector
     of all values); else the header's names; else ``"target"`` (a vector when a row has
-    several values, as in ALIGNN's multi-output example).
+    several values, as in ALIGNN's multi-output example). An id that would leave the
+    folder comes as a :class:`Problem` instead.
     """
-    with (root / ID_PROP).open(newline="") as handle:
+    with open_text(root / ID_PROP) as handle:
         rows = [row for row in csv.reader(handle) if row]
     header: list[str] | None = None
     if rows and len(rows[0]) > 1 and not any(_numeric(c) for c in rows[0][1:]):
@@ -59,9 +85,12 @@ def iter_id_prop_folder(root: Path, targets: Sequence[str] | None = None) -> Ite
             raw = {"target": values[0]}
         else:
             raw = {"target": values}
-        yield RawItem(
-            item_id, f"{root.name}/{ID_PROP}:line {number}", structure_file(root, item_id), raw
-        )
+        where = f"{root.name}/{ID_PROP}:line {number}"
+        outside = outside_reason(item_id)
+        if outside is not None:
+            yield Problem(where, Reason.PATH_OUTSIDE, outside, item_id)
+            continue
+        yield RawItem(item_id, where, structure_file(root, item_id), raw)
 
 
 def iter_structure_files(root: Path) -> Iterator[RawItem]:

@@ -25,6 +25,13 @@ class Text:
 
 Payload = str | Text | dict | Atoms | Path
 
+#: Cell volumes (Å³) below this mean no cell at all (zeros, or three coplanar vectors).
+MIN_CELL_VOLUME = 1e-6
+
+
+class NoCellError(ValueError):
+    """A structure marked periodic whose cell is missing or flat (volume 0 Å³)."""
+
 
 def detect_text_format(text: str) -> str:
     """``"cif"`` for CIF text, ``"poscar"`` otherwise (the two text formats tables carry)."""
@@ -69,9 +76,20 @@ def structure_from_dict(data: dict[str, Any]) -> Structure | Molecule:
 
 
 def structure_from_atoms(atoms: Atoms) -> Structure | Molecule:
-    """ASE ``Atoms`` → ``Structure`` when any direction is periodic, else ``Molecule``."""
+    """ASE ``Atoms`` → ``Structure`` when any direction is periodic, else ``Molecule``.
+
+    Raises :class:`NoCellError` for periodic atoms without a usable cell (an extxyz frame
+    with ``pbc="T T T"`` but no ``Lattice``), which pymatgen would turn into a singular
+    matrix error.
+    """
     if not np.any(atoms.pbc):
         return AseAtomsAdaptor.get_molecule(atoms, charge_spin_check=False)
+    if atoms.cell.volume < MIN_CELL_VOLUME:
+        pbc = " ".join("T" if p else "F" for p in atoms.pbc)
+        raise NoCellError(
+            f'pbc="{pbc}" but the cell is missing or flat (volume {atoms.cell.volume:.3g} Å³); '
+            'give a Lattice, or pbc="F F F" for a molecule'
+        )
     return AseAtomsAdaptor.get_structure(atoms)
 
 

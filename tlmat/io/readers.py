@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
+from typing import Literal
 
 from ase import Atoms
 from pymatgen.core import Molecule, Structure
@@ -16,11 +17,20 @@ from pymatgen.core import Molecule, Structure
 from tlmat.io.ase_formats import iter_ase_db, iter_extxyz
 from tlmat.io.checks import CheckOptions, DisorderPolicy, RawItem, make_record
 from tlmat.io.folder import ID_PROP, iter_id_prop_folder, iter_structure_files
-from tlmat.io.records import InputError, Problem, ProblemLog, ReadResult, Record
+from tlmat.io.records import InputError, Problem, ProblemLog, ReadResult, Reason, Record
 from tlmat.io.table import iter_csv, iter_json
 from tlmat.progress import track
 
 logger = logging.getLogger("tlmat")
+
+#: Bumped when reading changes what a source yields, so that datasets remembered by an
+#: older reader are read again (2: UTF-8 byte-order marks stripped, unknown elements,
+#: paths leaving a folder and repeated ids caught).
+READ_VERSION = 2
+
+#: What to do with an id seen twice in one source: refuse the source, or keep the first.
+DuplicatePolicy = Literal["error", "first"]
+DUPLICATE_POLICIES: tuple[str, ...] = ("error", "first")
 
 
 def _strip(name: str) -> str:
@@ -50,8 +60,9 @@ def iter_raw(
     targets: Sequence[str] | None = None,
     structure_column: str | None = None,
     id_column: str | None = None,
-) -> Iterator[RawItem]:
-    """Raw (unparsed, unchecked) items of any supported source."""
+) -> Iterator[RawItem | Problem]:
+    """Raw (unparsed, unchecked) items of any supported source; an item a reader already
+    knows to be bad (an id_prop.csv path leaving its folder) comes as a ``Problem``."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
@@ -72,23 +83,27 @@ def iter_raw(
         yield RawItem(path.stem, path.name, path)
 
 
-def _check_chunk(args: tuple[list[RawItem], CheckOptions]) -> list[Record | Problem]:
+def _check(item: RawItem | Problem, options: CheckOptions) -> Record | Problem:
+    return item if isinstance(item, Problem) else make_record(item, options)
+
+
+def _check_chunk(args: tuple[list[RawItem | Problem], CheckOptions]) -> list[Record | Problem]:
     items, options = args
-    return [make_record(item, options) for item in items]
+    return [_check(item, options) for item in items]
 
 
-def _chunks(items: Iterable[RawItem], size: int) -> Iterator[list[RawItem]]:
+def _chunks(items: Iterable[RawItem | Problem], size: int) -> Iterator[list[RawItem | Problem]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
 
 
 def check_items(
-    items: Iterable[RawItem], options: CheckOptions, log: ProblemLog, workers: int = 1
+    items: Iterable[RawItem | Problem], options: CheckOptions, log: ProblemLog, workers: int = 1
 ) -> Iterator[Record]:
     """Parse and check raw items in order, on ``workers`` processes; faults go to ``log``."""
     if workers <= 1:
-        results: Iterable[Record | Problem] = (make_record(item, options) for item in items)
+        results: Iterable[Record | Problem] = (_check(item, options) for item in items)
     else:
         pool = ProcessPoolExecutor(workers)
         chunked = pool.map(_check_chunk, ((c, options) for c in _chunks(items, 64)))
@@ -105,6 +120,48 @@ def check_items(
             pool.shutdown(cancel_futures=True)
 
 
+def check_duplicate_policy(on_duplicate: str) -> None:
+    if on_duplicate not in DUPLICATE_POLICIES:
+        raise ValueError(
+            f"on_duplicate must be one of {', '.join(DUPLICATE_POLICIES)}, not {on_duplicate!r}"
+        )
+
+
+def unique_ids(
+    records: Iterable[Record], on_duplicate: DuplicatePolicy, log: ProblemLog, source: str
+) -> Iterator[Record]:
+    """The records with every id once. A repeated id is a fault of the source: two rows
+    claim one material, often with different targets, and both would be trained on (or
+    one tested on while the other trains). ``"first"`` keeps the first and skips the rest
+    with a reason; ``"error"`` refuses the source once it has been read, naming every
+    repeat (at once under ``log.strict``)."""
+    first: dict[str, str] = {}
+    repeats: list[str] = []
+    for record in records:
+        if record.id not in first:
+            first[record.id] = record.where
+            yield record
+            continue
+        seen = first[record.id]
+        problem = Problem(
+            record.where, Reason.DUPLICATE_ID, f"id already read at {seen}", record.id
+        )
+        log.n_ok -= 1  # counted as read by check_items
+        if on_duplicate == "first":
+            log.skip(problem)
+            continue
+        if log.strict:
+            raise InputError(problem)
+        repeats.append(f"{record.id!r} at {seen} and {record.where}")
+    if repeats:
+        shown = "; ".join(repeats[:10]) + ("; …" if len(repeats) > 10 else "")
+        raise InputError(
+            f"{source}: refused, {len(repeats)} duplicate id(s): {shown}. Each id must name "
+            "one material; fix the source, or keep the first row of each id with "
+            "on_duplicate='first' (--on-duplicate first)"
+        )
+
+
 def iter_records(
     path: str | Path,
     targets: Sequence[str] | None = None,
@@ -117,14 +174,16 @@ def iter_records(
     limit: int | None = None,
     workers: int = 1,
     progress: bool = False,
+    on_duplicate: DuplicatePolicy = "error",
 ) -> Iterator[Record]:
     """Checked records one at a time (for datasets that should not sit in memory as
     Python objects); faults go to ``log``. Options as in :func:`read_records`."""
+    check_duplicate_policy(on_duplicate)
     options = CheckOptions(disorder, min_distance, tuple(targets) if targets is not None else None)
     items = iter_raw(path, targets, structure_column, id_column)
     if limit is not None:
         items = islice(items, limit)
-    checked = check_items(items, options, log, workers)
+    checked = unique_ids(check_items(items, options, log, workers), on_duplicate, log, str(path))
     yield from track(checked, f"reading {Path(path).name}", limit, enabled=progress)
 
 
@@ -140,6 +199,7 @@ def read_records(
     limit: int | None = None,
     workers: int = 1,
     progress: bool = False,
+    on_duplicate: DuplicatePolicy = "error",
 ) -> ReadResult:
     """Read every structure of a file or folder into checked :class:`Record` objects.
 
@@ -149,7 +209,8 @@ def read_records(
 
     ``targets`` names the properties to keep (each must be a finite number); ``None``
     keeps every numeric column. Bad items are skipped with a reason (``result.log``);
-    ``strict=True`` raises :class:`InputError` on the first one.
+    ``strict=True`` raises :class:`InputError` on the first one. An id seen twice makes
+    the source an error unless ``on_duplicate="first"`` (keep the first row of each id).
 
     Example:
         >>> result = read_records("perov_5/test.csv.gz", targets=["heat_ref"])
@@ -168,6 +229,7 @@ def read_records(
             limit=limit,
             workers=workers,
             progress=progress,
+            on_duplicate=on_duplicate,
         )
     )
     if not records and log.problems:
@@ -183,8 +245,10 @@ def records_from_structures(
     *,
     strict: bool = False,
     disorder: DisorderPolicy = "skip",
+    on_duplicate: DuplicatePolicy = "error",
 ) -> ReadResult:
     """Records from in-memory pymatgen or ASE objects, with the same checks as files."""
+    check_duplicate_policy(on_duplicate)
     structures = list(structures)
     ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(structures))]
     targets = targets or {}
@@ -193,5 +257,6 @@ def records_from_structures(
         for i, s in enumerate(structures)
     )
     log = ProblemLog(strict=strict)
-    records = list(check_items(items, CheckOptions(disorder=disorder), log))
+    checked = check_items(items, CheckOptions(disorder=disorder), log)
+    records = list(unique_ids(checked, on_duplicate, log, "memory"))
     return ReadResult(records, log, "memory")

@@ -2,7 +2,8 @@
 
 Every reader and the graph builder report faults through a :class:`ProblemLog`: one bad
 structure is skipped with a one-line reason naming its file/row, the others go on, and
-the log ends with a summary by reason. With ``strict=True`` the first fault raises.
+the log ends with a summary by reason. With ``strict=True`` the first fault raises, and
+its message says "aborted" rather than "skipped".
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ class Reason(StrEnum):
     OVERLAPPING_ATOMS = "overlapping atoms"
     ISOLATED_ATOM = "atom without neighbours"
     UNKNOWN_ELEMENT = "element outside vocabulary"
+    NOT_AN_ELEMENT = "unknown element"
     EMPTY_STRUCTURE = "empty structure"
+    NO_CELL = "no cell"
+    DUPLICATE_ID = "duplicate id"
+    PATH_OUTSIDE = "path outside the dataset folder"
+    UNREADABLE_FILE = "unreadable file"
+    NON_POSITIVE_TARGET = "non-positive target for log10"
 
 
 class InputError(ValueError):
@@ -42,7 +49,8 @@ class InputError(ValueError):
 
     def __init__(self, problem: Problem | str):
         self.problem = problem if isinstance(problem, Problem) else None
-        super().__init__(str(problem))
+        # strict mode stops the read: the message must not claim the item was skipped
+        super().__init__(problem.describe("aborted") if isinstance(problem, Problem) else problem)
 
 
 @dataclass(frozen=True)
@@ -54,10 +62,16 @@ class Problem:
     detail: str = ""
     id: str | None = None
 
-    def __str__(self) -> str:
-        who = f" [{self.id}]" if self.id is not None else ""
+    def describe(self, outcome: str) -> str:
+        """``where [id]: <outcome>, <reason>: <detail>`` (outcome: skipped or aborted)."""
+        # an id can be a whole (too long) file name: show enough to find the row
+        shown = self.id if self.id is None or len(self.id) <= 80 else self.id[:79] + "…"
+        who = f" [{shown}]" if shown is not None else ""
         detail = f": {self.detail}" if self.detail else ""
-        return f"{self.where}{who}: skipped, {self.reason.value}{detail}"
+        return f"{self.where}{who}: {outcome}, {self.reason.value}{detail}"
+
+    def __str__(self) -> str:
+        return self.describe("skipped")
 
 
 @dataclass

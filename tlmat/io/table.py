@@ -4,6 +4,7 @@ ships (pandas/Matbench "split", column dicts, lists of records, JARVIS-Leaderboa
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -27,11 +28,30 @@ _NOT_TARGETS = ("index", "unnamed", "spacegroup", "space_group", "spg", "nsites"
 csv.field_size_limit(sys.maxsize)  # whole CIFs live in single cells
 
 
+def text_encoding(head: bytes, path: Path) -> str:
+    """The encoding of a text file from its first bytes: UTF-8 without its byte-order mark
+    (Excel writes one; left in, it renames the first column and loses the id column),
+    UTF-16/32 when their mark says so. A wide encoding without a mark is refused."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if b"\0" in head:  # UTF-8 text never holds NUL bytes; UTF-16 text is full of them
+        raise ValueError(
+            f"{path}: not UTF-8 text (NUL bytes), probably UTF-16 without a byte-order "
+            "mark; save it as UTF-8"
+        )
+    return "utf-8-sig"
+
+
 def open_text(path: Path) -> io.TextIOBase:
-    """Open a text file, gunzipping ``.gz`` transparently."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", newline="", encoding="utf-8", errors="replace")
-    return path.open(newline="", encoding="utf-8", errors="replace")
+    """Open a text file, gunzipping ``.gz`` transparently; the encoding is judged by
+    :func:`text_encoding` (UTF-8 bytes that do not decode are replaced)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        head = handle.read(4096)
+    encoding = text_encoding(head, path)
+    return opener(path, "rt", newline="", encoding=encoding, errors="replace")
 
 
 def _pick(columns: Sequence[str], preferred: Sequence[str], what: str, path: Path) -> str | None:

@@ -9,6 +9,7 @@ exactly that importer's allowlist (:mod:`tlmat.models.registry`), nothing more.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded, with the reason."""
 
 
+#: what a tlmat checkpoint must hold (save_checkpoint writes them all)
+REQUIRED_FIELDS = ("architecture", "config", "state_dict", "target", "provenance")
+
+
 def _refusal(path: Path, error: Exception) -> CheckpointError:
+    text = str(error)
+    # torch names the first global it would not unpickle: "Unsupported global: GLOBAL x.y"
+    wanted = re.search(r"GLOBAL ([\w.]+)", text)
+    reason = (
+        f"it needs the class {wanted.group(1)}, which is not on any allowlist"
+        if wanted
+        else text.strip().splitlines()[-1][:300]
+    )
     return CheckpointError(
-        f"{path}: refused to load ({str(error).strip().splitlines()[-1][:300]}). tlmat only "
-        "reads tensors and allowlisted classes; a file that needs more is not loaded."
+        f"{path}: refused to load ({reason}). tlmat only reads tensors and allowlisted "
+        "classes with torch.load(weights_only=True); a file that needs more is not unpickled."
     )
 
 
@@ -112,6 +125,12 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
     """A tlmat checkpoint, or published weights one of the importers recognises."""
     data = safe_load(path)
     if data.get("format") == "tlmat":
+        lacking = [f for f in REQUIRED_FIELDS if f not in data]
+        if lacking:
+            raise CheckpointError(
+                f"{path}: tlmat checkpoint lacks the field {lacking[0]!r} "
+                f"(it has: {', '.join(sorted(data))})"
+            )
         state = data["state_dict"]
         model = build_model(data["architecture"], data["config"], state)
         load_state(model, state, path)

@@ -113,8 +113,15 @@ class TargetSpec(BaseModel):
             if self.extensive:
                 y = y / counts
         if self.log10:
-            if np.any(y <= 0):
-                raise ValueError(f"log10 of {self.name!r} needs positive values")
+            bad = np.flatnonzero(~(y > 0))
+            if len(bad):
+                # only positions are known here; datasets name the ids, and drop them
+                # first, with GraphDataset.require_positive
+                raise ValueError(
+                    f"log10 of {self.name!r} needs positive values: {len(bad)} of {len(y)} "
+                    f"are ≤ 0 (positions {', '.join(map(str, bad[:10]))}"
+                    f"{', …' if len(bad) > 10 else ''})"
+                )
             y = np.log10(y)
         std = float(y.std()) if y.size > 1 else 1.0
         return self.model_copy(update={"mean": float(y.mean()), "std": std if std > 0 else 1.0})

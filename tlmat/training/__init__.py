@@ -1,7 +1,17 @@
 """Training: config, Lightning module, fit with checkpoints, resume and run manifests."""
 
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import FitResult, RunExistsError, fit, predict
+from tlmat.training.fit import DivergedError, FitResult, fit, predict
 from tlmat.training.module import PropertyModule
+from tlmat.training.rundir import ResumeMismatchError, RunExistsError
 
-__all__ = ["FitResult", "PropertyModule", "RunExistsError", "TrainConfig", "fit", "predict"]
+__all__ = [
+    "DivergedError",
+    "FitResult",
+    "PropertyModule",
+    "ResumeMismatchError",
+    "RunExistsError",
+    "TrainConfig",
+    "fit",
+    "predict",
+]

@@ -15,11 +15,11 @@ same folder; a finished one is never overwritten unless asked.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import platform
 import resource
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -39,14 +39,20 @@ from tlmat.data.loader import GraphLoader
 from tlmat.data.splits import Split
 from tlmat.models.checkpoint import TrainedModel, save_checkpoint
 from tlmat.training.config import TrainConfig
-from tlmat.training.module import PropertyModule
+from tlmat.training.module import NonFiniteError, PropertyModule
+from tlmat.training.rundir import (
+    check_resume,
+    prepare_run_dir,
+    record,
+    resumable_settings,
+)
 from tlmat.transfer.strategies import Strategy, apply_strategy
 
 logger = logging.getLogger("tlmat")
 
 
-class RunExistsError(FileExistsError):
-    """A finished run is in the way."""
+class DivergedError(RuntimeError):
+    """The loss, a validation error or the weights became NaN or infinite."""
 
 
 @dataclass
@@ -103,21 +109,6 @@ def versions() -> dict[str, str]:
     }
 
 
-def prepare_run_dir(run_dir: Path, overwrite: bool = False) -> bool:
-    """Create the folder; ``True`` when an interrupted run there should be resumed."""
-    finished = [name for name in ("model.pt", "result.json") if (run_dir / name).exists()]
-    if finished:
-        if not overwrite:
-            raise RunExistsError(
-                f"{run_dir} holds a finished run ({finished[0]}); choose another folder or "
-                "pass overwrite=True (--overwrite) to replace it"
-            )
-        shutil.rmtree(run_dir)
-    resume = (run_dir / "checkpoints" / "last.ckpt").exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return resume
-
-
 @torch.no_grad()
 def predict(
     trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int = 256
@@ -169,6 +160,9 @@ def fit(
     if not param_groups:
         raise ValueError(f"strategy {strategy.name!r} leaves nothing to train")
 
+    check_resume(run_dir, _run_settings(trained, dataset, split, config, strategy))
+    record(run_dir, "checkpoints", "metrics.csv", "hparams.yaml", "split.json")
+
     train_loader = GraphLoader(
         dataset,
         split.train,
@@ -186,9 +180,20 @@ def fit(
         filename="best",
         monitor="val_mae",
         mode="min",
-        save_last=True,
+        save_on_train_epoch_end=False,
     )
-    callbacks: list = [checkpoints]
+    # Lightning's save_last on a monitored checkpoint skips epochs that are not the best,
+    # so a resume would repeat them: last.ckpt is its own callback, written every epoch
+    # (after validation, once the non-finite checks of that epoch have passed)
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+    )
+    callbacks: list = [checkpoints, latest]
     if config.early_stopping_patience:
         callbacks.append(
             EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience)
@@ -197,10 +202,15 @@ def fit(
         trainer = _trainer(config, callbacks, run_dir, len(train_loader))
     split.save(run_dir / "split.json", dataset.ids)
     ckpt = run_dir / "checkpoints" / "last.ckpt" if resume else None
+    resumed_from = None
+    if ckpt is not None:
+        resumed_from = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]) + 1
     metrics_file = run_dir / "metrics.csv"
     earlier = None
     if ckpt is not None:
-        logger.warning("%s: resuming the interrupted run from %s", run_dir, ckpt)
+        logger.warning(
+            "%s: resuming the interrupted run from %s (epoch %d)", run_dir, ckpt, resumed_from
+        )
         # Lightning's CSV logger starts the file afresh: keep the epochs already logged
         earlier = pd.read_csv(metrics_file) if metrics_file.exists() else None
     with warnings.catch_warnings(), _quiet_lightning():
@@ -209,7 +219,19 @@ def fit(
         warnings.filterwarnings("ignore", ".*isn't an instance of `torch.utils.data.*")
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
-        trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+        try:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+        except NonFiniteError as error:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            kept = (
+                f"the last finite checkpoint is {last}"
+                if last.exists()
+                else "no epoch finished, so no checkpoint was kept"
+            )
+            raise DivergedError(
+                f"{run_dir}: training diverged — {error}; {kept}; no model.pt was written. "
+                "Try a lower learning rate (--lr) or another normalisation."
+            ) from None
     if earlier is not None and metrics_file.exists():
         resumed = pd.read_csv(metrics_file)
         first = resumed["epoch"].min() if len(resumed) else np.inf
@@ -236,6 +258,16 @@ def fit(
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     result = TrainedModel(model, target, run_provenance)
+    bad = [
+        n for n, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()
+    ]
+    if bad or (checkpoints.best_model_score is not None and not np.isfinite(best)):
+        raise DivergedError(
+            f"{run_dir}: the selected model is not finite (validation MAE {best}"
+            + (f", non-finite weights in {bad[0]}" if bad else "")
+            + "); no model.pt was written"
+        )
+    record(run_dir, "model.pt", "run.json")
     save_checkpoint(result, run_dir / "model.pt")
     manifest = {
         "command_config": config.model_dump(),
@@ -258,6 +290,39 @@ def fit(
         "seconds_per_epoch": seconds / max(trainer.current_epoch, 1),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "resumed": resume,
+        "resumed_from_epoch": resumed_from,
     }
     (run_dir / "run.json").write_text(json.dumps(manifest, indent=2, default=str))
     return FitResult(result, run_dir, best, trainer.current_epoch, seconds, manifest)
+
+
+def data_fingerprint(dataset: GraphDataset, split: Split, target: str) -> str:
+    """sha256 of the ids and target values of every split: the data a run learns from."""
+    digest = hashlib.sha256()
+    y = np.asarray(dataset.targets[target], dtype=np.float64)
+    for part in (split.train, split.val, split.test):
+        index = np.asarray(part, dtype=np.int64)
+        digest.update("\x1f".join(dataset.ids[i] for i in index).encode())
+        digest.update(y[index].tobytes())
+    return digest.hexdigest()
+
+
+def _run_settings(
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    split: Split,
+    config: TrainConfig,
+    strategy: Strategy,
+) -> dict[str, Any]:
+    """What decides a run's numbers; a resume must match it (:mod:`tlmat.training.rundir`)."""
+    return {
+        "config": resumable_settings(config.model_dump()),
+        "strategy": strategy.model_dump(),
+        "model": trained.model.config.model_dump(),
+        "source": trained.provenance if strategy.from_source else None,
+        "data": {
+            "source": dataset.source,
+            "sizes": [len(split.train), len(split.val), len(split.test)],
+            "fingerprint": data_fingerprint(dataset, split, config.target),
+        },
+    }

@@ -14,6 +14,10 @@ from tlmat.training.config import TrainConfig
 from tlmat.transfer.strategies import keep_frozen_in_eval
 
 
+class NonFiniteError(ArithmeticError):
+    """A training loss or validation error became NaN or infinite."""
+
+
 class PropertyModule(L.LightningModule):
     """Trains a :class:`CrystalModel` on one target with the given parameter groups."""
 
@@ -53,6 +57,11 @@ class PropertyModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch), batch.y, batch)
+        if not torch.isfinite(loss):
+            # stop before the optimiser spreads it into the weights and a checkpoint
+            raise NonFiniteError(
+                f"epoch {self.current_epoch}, batch {batch_idx}: training loss is {loss.item()}"
+            )
         self.log(
             "train_loss",
             loss,
@@ -76,6 +85,15 @@ class PropertyModule(L.LightningModule):
         self.log("val_mae", errors.mean(), batch_size=batch.num_graphs, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
+        # runs before the checkpoint callback: a non-finite epoch is never saved
+        if self._val_count and not torch.isfinite(self._val_error):
+            raise NonFiniteError(
+                f"epoch {self.current_epoch}: validation MAE is {float(self._val_error)}"
+            )
+        # weights and buffers (batch-norm statistics can overflow while outputs look fine)
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteError(f"epoch {self.current_epoch}: {name} is not finite")
         # The plateau schedule is stepped here, not by Lightning: Lightning steps it after
         # the last checkpoint is written, so a resumed run would miss one step.
         if self.plateau is not None and self._val_count and not self.trainer.sanity_checking:

@@ -1,0 +1,337 @@
+"""Fault cases of runs and files: a resume never changes settings silently, a diverged run
+is never saved as a result, and nothing the user wrote is overwritten or deleted.
+
+Every case trains a small CGCNN on real Castelli perovskites (perov_5) and asserts the
+exact outcome."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tlmat.cli import app
+from tlmat.data import load_dataset, random_split
+from tlmat.graphs import GraphSettings
+from tlmat.models import CheckpointError, TargetSpec, TrainedModel, load_checkpoint
+from tlmat.models.atom_features import load_atom_init
+from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
+from tlmat.models.checkpoint import save_checkpoint
+from tlmat.training import (
+    DivergedError,
+    ResumeMismatchError,
+    RunExistsError,
+    TrainConfig,
+    fit,
+)
+from tlmat.transfer.strategies import preset
+
+runner = CliRunner()
+
+
+def said(result) -> str:
+    """A command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+@pytest.fixture(scope="module")
+def perovskites(data: Path, tmp_path_factory):
+    return load_dataset(
+        data / "perov_5" / "val.csv.gz",
+        GraphSettings.preset("cgcnn"),
+        ["heat_ref"],
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        limit=120,
+    )
+
+
+def small_cgcnn(seed: int = 0) -> TrainedModel:
+    torch.manual_seed(seed)
+    config = CGCNNConfig(atom_fea_len=32, n_conv=2, h_fea_len=32)
+    return TrainedModel(build_cgcnn(config, load_atom_init()), TargetSpec())
+
+
+def quick(**overrides) -> TrainConfig:
+    base = dict(
+        target="heat_ref",
+        unit="eV/cell",
+        epochs=2,
+        batch_size=16,
+        progress_bar=False,
+        early_stopping_patience=None,
+        scheduler="none",
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def interrupted_run(perovskites, run_dir: Path, split, config: TrainConfig) -> None:
+    """A run killed after its last epoch's checkpoint: model.pt and run.json not written."""
+    fit(small_cgcnn(), perovskites, split, config, run_dir)
+    for name in ("model.pt", "run.json"):
+        (run_dir / name).unlink()
+
+
+# --- resume -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"seed": 7}, "config.seed: 0 → 7"),
+        ({"lr": 3e-3}, "config.lr: 0.001 → 0.003"),
+        ({"batch_size": 8}, "config.batch_size: 16 → 8"),
+        ({"split": (50, 20, 40)}, "data.sizes: [60, 20, 40] → [50, 20, 40]"),
+        ({"data": "other targets"}, "data.fingerprint:"),
+        ({"strategy": "head-only"}, "strategy.name: scratch → head-only"),
+    ],
+    ids=["seed", "lr", "batch-size", "split-sizes", "data", "strategy"],
+)
+def test_resume_with_changed_settings_is_refused(
+    data, perovskites, tmp_path, change, expected
+) -> None:
+    split = random_split(len(perovskites), (60, 20, 40), seed=0)
+    interrupted_run(perovskites, tmp_path / "run", split, quick())
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    config, dataset, strategy = quick(), perovskites, None
+    if "split" in change:
+        split = random_split(len(perovskites), change["split"], seed=0)
+    elif "data" in change:
+        dataset = load_dataset(
+            data / "perov_5" / "test.csv.gz",
+            GraphSettings.preset("cgcnn"),
+            ["heat_ref"],
+            cache_dir=tmp_path / "cache",
+            limit=120,
+        )
+    elif "strategy" in change:
+        strategy = preset("head-only")
+    else:
+        config = quick(**change)
+    with pytest.raises(ResumeMismatchError, match="cannot resume") as refused:
+        fit(small_cgcnn(), dataset, split, config, tmp_path / "run", strategy)
+    assert expected in str(refused.value)
+    # nothing was touched: the interrupted run can still be resumed as it was
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+
+
+def test_resume_with_the_same_settings_records_them(perovskites, tmp_path) -> None:
+    split = random_split(len(perovskites), (60, 20, 40), seed=0)
+    interrupted_run(perovskites, tmp_path / "run", split, quick(epochs=2))
+    # more epochs is not a change of what an epoch computes: allowed, and recorded
+    fit(small_cgcnn(), perovskites, split, quick(epochs=3), tmp_path / "run")
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["resumed"] is True and manifest["resumed_from_epoch"] == 2
+    assert manifest["command_config"]["epochs"] == 3 and manifest["epochs"] == 3
+
+
+def test_last_checkpoint_is_the_last_finished_epoch(perovskites, tmp_path) -> None:
+    split = random_split(len(perovskites), (60, 20, 40), seed=0)
+    # a learning rate so high that the best epoch is not the last one
+    fit(small_cgcnn(), perovskites, split, quick(epochs=5, lr=0.05), tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    best = torch.load(checkpoints / "best.ckpt", weights_only=True)
+    assert last["epoch"] == 4, "a resume must continue after the last epoch, not the best"
+    assert best["epoch"] < last["epoch"]
+
+
+# --- run folders and the user's files ---------------------------------------------------
+
+
+def test_run_dir_with_the_users_files_is_refused(perovskites, tmp_path) -> None:
+    folder = tmp_path / "analysis"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    with pytest.raises(RunExistsError, match=r"1 file\(s\) tlmat did not write \(notes.txt\)"):
+        fit(small_cgcnn(), perovskites, split, quick(epochs=1), folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_overwrite_removes_only_what_tlmat_wrote(perovskites, tmp_path) -> None:
+    run = tmp_path / "run"
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    fit(small_cgcnn(), perovskites, split, quick(epochs=1), run)
+    (run / "my-plot.png").write_bytes(b"\x89PNG user's figure")
+    (run / "checkpoints" / "keep.txt").write_text("inside a folder tlmat wrote")
+    with pytest.raises(RunExistsError, match=r"my-plot\.png"):
+        fit(small_cgcnn(), perovskites, split, quick(epochs=1), run)
+    fit(small_cgcnn(), perovskites, split, quick(epochs=1), run, overwrite=True)
+    assert (run / "my-plot.png").read_bytes() == b"\x89PNG user's figure"
+    assert (run / "model.pt").exists()
+    # tlmat's own folder went as a whole: it listed "checkpoints", which it created
+    assert not (run / "checkpoints" / "keep.txt").exists()
+
+
+def test_cli_refuses_a_foreign_run_dir_before_reading_data(data, tmp_path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "draft.tex").write_text("\\section{Results}")
+    cache = tmp_path / "cache"
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(data / "perov_5" / "val.csv.gz"),
+            "-t",
+            "heat_ref",
+            "--run-dir",
+            str(folder),
+            "--cache-dir",
+            str(cache),
+            "--epochs",
+            "1",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "draft.tex" in said(result) and "did not write" in said(result)
+    assert not cache.exists(), "the refusal came after building graphs"
+
+
+# --- output files ----------------------------------------------------------------------
+
+
+def _output_commands(data: Path, model: Path, out: Path) -> dict[str, list[str]]:
+    sample = str(data / "cgcnn_sample_regression")
+    return {
+        "predict -o": ["predict", str(model), sample, "-o", str(out)],
+        "embed -o": ["embed", str(model), sample, "-o", str(out)],
+        "evaluate -o": ["evaluate", str(model), sample, "-t", "target", "-o", str(out)],
+        "info --skipped-csv": ["info", sample, "--skipped-csv", str(out)],
+    }
+
+
+def _cache(command: str, tmp_path: Path) -> list[str]:
+    # info only reads: it has no graph cache (the work it does is reading)
+    return [] if command.startswith("info") else ["--cache-dir", str(tmp_path / "cache")]
+
+
+@pytest.mark.parametrize("command", ["predict -o", "embed -o", "evaluate -o", "info --skipped-csv"])
+def test_output_is_never_replaced_without_overwrite(data, tmp_path, command) -> None:
+    model = save_checkpoint(small_cgcnn(), tmp_path / "model.pt")
+    out = tmp_path / "mine.csv"
+    out.write_text("the user's own results\n")
+    args = _output_commands(data, model, out)[command] + _cache(command, tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "exists; pass --overwrite" in said(result)
+    assert out.read_text() == "the user's own results\n"
+    assert not (tmp_path / "cache").exists(), "refused only after the work"
+    replaced = runner.invoke(app, [*args, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert out.read_text() != "the user's own results\n"
+
+
+@pytest.mark.parametrize("command", ["predict -o", "embed -o", "evaluate -o", "info --skipped-csv"])
+def test_unwritable_output_is_found_before_the_work(data, tmp_path, command) -> None:
+    model = save_checkpoint(small_cgcnn(), tmp_path / "model.pt")
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "out.csv"  # its parent is a file: nothing can be written
+    args = _output_commands(data, model, out)[command] + _cache(command, tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and f"cannot write {out}: {out.parent} is a file" in said(result)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_report_folder_is_never_replaced_without_overwrite(data, tmp_path) -> None:
+    out = tmp_path / "paper-figures"
+    out.mkdir()
+    (out / "figure1.png").write_bytes(b"the user's figure")
+    result = runner.invoke(app, ["report", str(tmp_path / "results"), "--out", str(out)])
+    assert result.exit_code == 1 and "is not empty; pass --overwrite" in said(result)
+    assert (out / "figure1.png").read_bytes() == b"the user's figure"
+
+
+# --- benchmark results folders ---------------------------------------------------------
+
+
+def test_benchmark_refuses_a_results_folder_made_with_other_settings(data, tmp_path) -> None:
+    from tlmat.experiments.benchmark import BenchmarkConfig, jobs, run_benchmark
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "perov60.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), table)
+    raw = {
+        "name": "tiny",
+        "data": str(table),
+        "target": "heat_ref",
+        "sizes": [20],
+        "seeds": [0],
+        "val_size": 10,
+        "test_size": 20,
+        "methods": ["scratch", "base"],
+        "training": {"epochs": 1, "batch_size": 16, "early_stopping_patience": None},
+        "executor": {"kind": "debug"},
+    }
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    run_benchmark(BenchmarkConfig(**raw), results, cache)
+    finished = {
+        j.folder(results): (j.folder(results) / "result.json").read_bytes()
+        for j in jobs(BenchmarkConfig(**raw))
+    }
+    changed = {**raw, "training": {**raw["training"], "lr": 0.01}}
+    with pytest.raises(ValueError, match="2 finished job") as refused:
+        run_benchmark(BenchmarkConfig(**changed), results, cache)
+    assert "training.lr: 0.001 → 0.01" in str(refused.value)
+    assert all((f / "result.json").read_bytes() == b for f, b in finished.items())
+    # more seeds is more jobs of the same grid: the finished ones are reused
+    run_benchmark(BenchmarkConfig(**{**raw, "seeds": [0, 1]}), results, cache)
+    assert all((f / "result.json").read_bytes() == b for f, b in finished.items())
+
+
+# --- divergence -------------------------------------------------------------------------
+
+
+def test_diverged_run_exits_with_a_message_and_saves_no_model(perovskites, tmp_path) -> None:
+    run = tmp_path / "run"
+    split = random_split(len(perovskites), (60, 20, 40), seed=0)
+    # plain SGD at lr 700: batch-norm statistics overflow after the first epoch
+    config = quick(epochs=6, optimizer="sgd", lr=700.0)
+    with pytest.raises(DivergedError, match=r"training diverged — epoch \d+: .* is not finite"):
+        fit(small_cgcnn(), perovskites, split, config, run)
+    assert not (run / "model.pt").exists() and not (run / "run.json").exists()
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(t.isfinite().all() for t in last["state_dict"].values() if t.is_floating_point())
+
+
+def test_predict_with_a_non_finite_model_exits_non_zero(data, tmp_path) -> None:
+    trained = small_cgcnn()
+    with torch.no_grad():
+        trained.model.head.out.weight.fill_(float("nan"))
+    save_checkpoint(trained, tmp_path / "nan.pt")
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(tmp_path / "nan.pt"),
+            str(data / "cgcnn_sample_regression"),
+            "-o",
+            str(tmp_path / "pred.csv"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "not finite for 10 of 10 structures" in said(result)
+    assert not (tmp_path / "pred.csv").exists()
+
+
+# --- checkpoint messages ----------------------------------------------------------------
+
+
+def test_refused_checkpoint_names_the_class(tmp_path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "hook": Path("/tmp")}, path)  # a pickled PosixPath
+    with pytest.raises(CheckpointError, match=r"needs the class pathlib\.PosixPath"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_missing_a_field_names_it(tmp_path) -> None:
+    save_checkpoint(small_cgcnn(), tmp_path / "model.pt")
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    del payload["target"]
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="lacks the field 'target'"):
+        load_checkpoint(tmp_path / "broken.pt")

@@ -1,0 +1,193 @@
+"""Run folders that tlmat owns: what it wrote there is listed in a ledger, so that
+``--overwrite`` removes exactly that and never a file the user put there, and a resumed
+run is checked against the settings it was started with.
+
+Ledger (``.tlmat-files.json``): the top-level names tlmat created in the folder, each
+recorded *before* it is written, so that a run killed half-way still owns its files.
+Settings (``settings.json``): what decides the numbers of a run (training config,
+strategy, model, split ids, data fingerprint), written when the run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+LEDGER = ".tlmat-files.json"
+SETTINGS = "settings.json"
+#: files whose presence means a run (or a method's run) finished
+FINISHED = ("model.pt", "result.json")
+#: training options a resume may change: they decide how long or where, not what, an
+#: epoch computes (the manifest records the values in effect)
+RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "progress_bar", "accelerator")
+
+logger = logging.getLogger("tlmat")
+
+
+class RunExistsError(FileExistsError):
+    """A finished run, or files tlmat did not write, are in the way."""
+
+
+class ResumeMismatchError(ValueError):
+    """An interrupted run was started again with different settings."""
+
+
+def owned(run_dir: Path) -> set[str]:
+    """The names tlmat wrote in ``run_dir`` (empty when it has no ledger)."""
+    try:
+        return set(json.loads((run_dir / LEDGER).read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def record(run_dir: str | Path, *names: str) -> None:
+    """Add top-level ``names`` to the ledger of ``run_dir`` (call before writing them)."""
+    run_dir = Path(run_dir)
+    files = owned(run_dir) | {Path(n).parts[0] for n in names}
+    tmp = run_dir / (LEDGER + ".tmp")
+    tmp.write_text(json.dumps({"files": sorted(files)}, indent=1))
+    os.replace(tmp, run_dir / LEDGER)
+
+
+def owned_path(run_dir: str | Path, name: str) -> Path:
+    """``run_dir / name``, recorded in the ledger first."""
+    record(run_dir, name)
+    return Path(run_dir) / name
+
+
+def foreign(run_dir: Path) -> list[str]:
+    """Entries of ``run_dir`` that tlmat did not write."""
+    mine = owned(run_dir) | {LEDGER, LEDGER + ".tmp"}
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in mine)
+
+
+def remove_owned(run_dir: Path) -> list[str]:
+    """Delete what the ledger lists (and nothing else); returns the names left behind."""
+    for name in sorted(owned(run_dir)):
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    (run_dir / LEDGER).unlink(missing_ok=True)
+    return sorted(p.name for p in run_dir.iterdir())
+
+
+def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
+    """Raise :class:`RunExistsError` if ``run_dir`` cannot be used as a run folder
+    without ``overwrite``: it holds files tlmat did not write, or a finished run. Changes
+    nothing: commands call it before the slow work."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} is a file, not a run folder")
+    if not run_dir.is_dir():
+        return
+    others = foreign(run_dir)
+    if others and not overwrite:
+        raise RunExistsError(
+            f"{run_dir} holds {len(others)} file(s) tlmat did not write ({_shown(others)}); "
+            "choose a new or empty --run-dir, or pass --overwrite to replace what tlmat "
+            "wrote there (it never deletes files it did not write)"
+        )
+    finished = [n for n in FINISHED if (run_dir / n).exists()]
+    if finished and not overwrite:
+        raise RunExistsError(
+            f"{run_dir} holds a finished run ({finished[0]}); choose another folder "
+            "or pass overwrite=True (--overwrite) to replace it"
+        )
+
+
+def prepare_run_dir(run_dir: str | Path, overwrite: bool = False) -> bool:
+    """Create or take over ``run_dir`` (:func:`check_run_dir`; with ``overwrite`` a
+    finished run is removed, only what tlmat wrote); ``True`` when an interrupted run
+    there should be resumed."""
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, overwrite)
+    if run_dir.is_dir() and any((run_dir / n).exists() for n in FINISHED):
+        kept = remove_owned(run_dir)
+        if kept:
+            logger.warning(
+                "%s: replaced tlmat's earlier run; kept %d file(s) tlmat did not write (%s)",
+                run_dir,
+                len(kept),
+                _shown(kept),
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record(run_dir)
+    return (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def claim(run_dir: str | Path, *names: str) -> None:
+    """Use ``run_dir`` as a folder of several runs (``compare``): refuse files tlmat did
+    not write, then own ``names`` (the runs' folders and the summary files)."""
+    run_dir = Path(run_dir)
+    others = foreign(run_dir) if run_dir.is_dir() else []
+    if others:
+        raise RunExistsError(
+            f"{run_dir} holds {len(others)} file(s) tlmat did not write ({_shown(others)}); "
+            "choose a new or empty --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record(run_dir, *names)
+
+
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" …" if len(names) > 3 else "")
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``key: old → new`` for every setting that changed (nested keys dotted)."""
+    a, b = (
+        _flatten(json.loads(json.dumps(before, default=str))),
+        _flatten(json.loads(json.dumps(now, default=str))),
+    )
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            lines.append(f"{key}: {a.get(key, '<unset>')} → {b.get(key, '<unset>')}")
+    return lines
+
+
+def check_resume(run_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse to resume the interrupted run in ``run_dir`` unless it was started with
+    ``settings``; otherwise (a fresh start) write them."""
+    path = run_dir / SETTINGS
+    resuming = (run_dir / "checkpoints" / "last.ckpt").exists()
+    if not resuming:
+        record(run_dir, SETTINGS)
+        path.write_text(json.dumps(settings, indent=2, default=str))
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ResumeMismatchError(
+            f"cannot resume {run_dir}: its {SETTINGS} is missing or unreadable ({error}), "
+            "so the interrupted run's settings are unknown; pass --overwrite to start afresh"
+        ) from None
+    changed = differences(before, settings)
+    if changed:
+        listed = "\n  ".join(changed)
+        raise ResumeMismatchError(
+            f"cannot resume {run_dir} with different settings:\n  {listed}\n"
+            "rerun with the original settings, choose a new --run-dir, or pass --overwrite "
+            "to discard the interrupted run"
+        )
+
+
+def resumable_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without the options a resume may change."""
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
