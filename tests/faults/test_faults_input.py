@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from pymatgen.core import Molecule
@@ -200,6 +201,20 @@ def test_log10_of_non_positive_targets_names_the_ids(cgcnn_folder: Path, tmp_pat
     text = output(result)
     assert result.exit_code == 1, result.output
     assert "aborted" in text and "1000050" in text and "1101051" in text
+
+
+def test_benchmark_log10_skips_non_positive_targets_by_id(cgcnn_folder: Path, tmp_path) -> None:
+    from tlmat.experiments.benchmark import BenchmarkConfig, _data
+
+    id_prop = cgcnn_folder / "id_prop.csv"
+    id_prop.write_text(id_prop.read_text().replace("1000050,2.0", "1000050,0"))
+    config = BenchmarkConfig(
+        name="log", data=str(cgcnn_folder), target="target", log10=True, sizes=[4],
+        val_size=2, test_size=2,
+    )  # fmt: skip
+    dataset, split = _data(config, tmp_path)
+    assert "1000050" not in dataset.ids and len(dataset) == 9 and len(split.test) == 2
+    assert all(np.isfinite(dataset.targets["target"]))
 
 
 # 7. extxyz frames without a cell ----------------------------------------------------------
