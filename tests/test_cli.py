@@ -104,3 +104,28 @@ def test_version_and_bare_command() -> None:
 
     assert runner.invoke(app, ["--version"]).output.strip() == f"tlmat {__version__}"
     assert "Commands" in runner.invoke(app, []).output
+
+
+def test_help_and_version_load_no_heavy_library() -> None:
+    """Start-up stays fast because `--help`, `--version` and every subcommand's help run
+    without torch, PyG, Lightning, pymatgen or matminer (timed in benchmarks/startup.py)."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from typer.testing import CliRunner
+from tlmat.cli import app
+runner = CliRunner()
+for args in (["--version"], ["--help"], *([c, "--help"] for c in sys.argv[1:])):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (args, result.output)
+heavy = ("torch", "torch_geometric", "lightning", "pymatgen", "matminer", "sklearn", "ase")
+print(",".join(sorted(m for m in heavy if m in sys.modules)))
+"""
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert len(names) == 11
+    out = subprocess.run(
+        [sys.executable, "-c", script, *names], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"

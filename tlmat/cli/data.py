@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -23,8 +23,9 @@ from tlmat.cli.common import (
     skipped_table,
     writable_output,
 )
-from tlmat.graphs.cache import CacheWriteError
-from tlmat.io import InputError, ReadResult, read_records, write_csv, write_extxyz
+
+if TYPE_CHECKING:
+    from tlmat.io import ReadResult
 
 
 def summarise(result: ReadResult) -> list[Table]:
@@ -101,6 +102,9 @@ def info(
 
         tlmat info my_cifs/ --disorder majority --export clean.extxyz
     """
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError, read_records, write_csv, write_extxyz
+
     for output in (skipped_csv, export):
         if output is not None:
             writable_output(output, overwrite)
@@ -158,6 +162,8 @@ def cache(
     """
     from tlmat.data import load_dataset
     from tlmat.graphs import GraphSettings
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
 
     try:
         settings = GraphSettings.preset(preset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -22,15 +22,10 @@ from tlmat.cli.common import (
     skipped_table,
     writable_output,
 )
-from tlmat.data import GraphDataset, concat, load_dataset
-from tlmat.datasets import data_dir, resolve
-from tlmat.evaluation import regression_metrics
-from tlmat.graphs.cache import CacheWriteError
-from tlmat.io import InputError
-from tlmat.models import CheckpointError, TrainedModel
-from tlmat.training import predict as predict_values
-from tlmat.transfer.features import layer_feature_table
-from tlmat.transfer.sources import PRETRAINED, load_source
+
+if TYPE_CHECKING:
+    from tlmat.data import GraphDataset
+    from tlmat.models import TrainedModel
 
 Checkpoint = Annotated[
     str, typer.Argument(help="tlmat checkpoint, registered name or original CGCNN .pth.tar.")
@@ -57,6 +52,9 @@ def _structures(
     strict: bool = False,
     on_duplicate: str = "error",
 ) -> GraphDataset:
+    from tlmat.data import concat, load_dataset
+    from tlmat.datasets import resolve
+
     datasets = [
         load_dataset(
             resolve(s),
@@ -96,6 +94,12 @@ def predict(
 
         tlmat predict cgcnn/formation-energy-per-atom my_cifs/ -o eform.csv
     """
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
+    from tlmat.models import CheckpointError
+    from tlmat.training import predict as predict_values
+    from tlmat.transfer.sources import load_source
+
     writable_output(output, overwrite)
     try:
         trained = load_source(checkpoint)
@@ -148,6 +152,12 @@ def embed(
 
         tlmat embed runs/alignn/model.pt perov_5/test --layers interactions.7 -o f.parquet
     """
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
+    from tlmat.models import CheckpointError
+    from tlmat.transfer.features import layer_feature_table
+    from tlmat.transfer.sources import load_source
+
     if output.suffix not in (".npz", ".parquet", ".csv"):
         # np.savez would quietly write OUTPUT.npz beside the name given
         fail(f"{output}: embeddings are written as .npz, .parquet or .csv")
@@ -194,6 +204,13 @@ def evaluate(
 
         tlmat evaluate runs/train/model.pt perov_5/test -t heat_ref
     """
+    from tlmat.evaluation import regression_metrics
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
+    from tlmat.models import CheckpointError
+    from tlmat.training import predict as predict_values
+    from tlmat.transfer.sources import load_source
+
     if output is not None:
         writable_output(output, overwrite)
     try:
@@ -229,7 +246,9 @@ def models() -> None:
 
         tlmat models
     """
+    from tlmat.datasets import data_dir
     from tlmat.models import registry
+    from tlmat.transfer.sources import PRETRAINED
 
     archs = Table(title="Architectures (--model)", title_justify="left")
     for column in ("name", "parameters", "graph", "readout", "reference"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -19,17 +19,12 @@ from tlmat.cli.common import (
     metrics_table,
     skipped_table,
 )
-from tlmat.data import GraphDataset, Split, concat, load_dataset, random_split, subsample
-from tlmat.datasets import resolve
-from tlmat.evaluation import regression_metrics
-from tlmat.experiments.runs import run_strategy, zero_shot
-from tlmat.graphs import GraphSettings
-from tlmat.graphs.cache import CacheWriteError
-from tlmat.io import InputError
-from tlmat.models import CheckpointError, ModelConfig
-from tlmat.training import DivergedError, RunExistsError, TrainConfig, fit, predict
-from tlmat.training.rundir import check_run_dir, claim, owned_path
-from tlmat.transfer.sources import fresh_model, load_source
+
+if TYPE_CHECKING:
+    from tlmat.data import GraphDataset, Split
+    from tlmat.graphs import GraphSettings
+    from tlmat.models import ModelConfig
+    from tlmat.training import TrainConfig
 
 ALL_STRATEGIES = (
     "scratch",
@@ -122,6 +117,8 @@ def read_ids(path: Path) -> set[str]:
 def training_config(
     config: Path | None, target: str, seed: int, log10: bool, unit: str, **flags
 ) -> TrainConfig:
+    from tlmat.training import TrainConfig
+
     overrides = {k: v for k, v in flags.items() if v is not None}
     overrides["log10"] = log10
     overrides.update(target=target, seed=seed, unit=unit)
@@ -153,6 +150,9 @@ def dataset_and_split(
     """Load the data (and a separate test set), and split it with the seed; ids in
     ``exclude`` never enter training or validation. With ``log10``, rows whose target is
     ≤ 0 are skipped by id (refused when ``strict``)."""
+    from tlmat.data import Split, concat, load_dataset, random_split, subsample
+    from tlmat.datasets import resolve
+
     dataset = load_dataset(
         resolve(data),
         settings,
@@ -208,6 +208,8 @@ def dataset_and_split(
 def common_split(first: GraphDataset, split: Split, second: GraphDataset) -> tuple[Split, Split]:
     """``split`` of ``first`` restricted to the ids ``second`` also holds, and the same
     split expressed in ``second``'s indices (two graph settings, one set of materials)."""
+    from tlmat.data import Split
+
     where = {}
     for index, name in enumerate(second.ids):
         where.setdefault(name, index)
@@ -269,6 +271,13 @@ def train(
         tlmat train perov_5/val -t heat_ref --unit eV/cell --model schnet-arch2
             --run-dir runs/perov-schnet --epochs 50
     """
+    from tlmat.evaluation import regression_metrics
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
+    from tlmat.training import DivergedError, RunExistsError, fit, predict
+    from tlmat.training.rundir import check_run_dir, owned_path
+    from tlmat.transfer.sources import fresh_model
+
     try:
         check_run_dir(run_dir, overwrite)  # before the slow work
         cfg = training_config(
@@ -345,6 +354,10 @@ def scratch_twin(
     """A model of another architecture for the ``scratch`` row, with its own graphs of the
     same materials: (the source's split restricted to the materials both can use,
     (model, dataset, split) for scratch)."""
+    from tlmat.data import concat, load_dataset
+    from tlmat.datasets import resolve
+    from tlmat.transfer.sources import fresh_model
+
     template = fresh_model(model_from_options(model or "cgcnn", model_config_file), seed)
     other = template.model.graph_settings
     if other == source_model.model.graph_settings:
@@ -423,6 +436,14 @@ def finetune(
         tlmat finetune perov_5/train -t heat_ref --test perov_5/test --train-size 300
             --strategy scratch --model schnet-arch2 --run-dir runs/finetune-schnet
     """
+    from tlmat.experiments.runs import run_strategy, zero_shot
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
+    from tlmat.models import CheckpointError
+    from tlmat.training import DivergedError, RunExistsError
+    from tlmat.training.rundir import check_run_dir
+    from tlmat.transfer.sources import load_source
+
     try:
         cfg = training_config(
             config,
@@ -556,6 +577,14 @@ def compare(
             --test-size 1000 --train-size 300 --val-size 100 --epochs 60
             --strategies scratch,full --model schnet-arch2 --run-dir runs/compare-schnet
     """
+    from tlmat.experiments.runs import run_strategy, zero_shot
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
+    from tlmat.models import CheckpointError
+    from tlmat.training import DivergedError, RunExistsError
+    from tlmat.training.rundir import check_run_dir, claim, owned_path
+    from tlmat.transfer.sources import load_source
+
     chosen = ALL_STRATEGIES if strategies == "all" else tuple(strategies.split(","))
     try:
         cfg = training_config(
@@ -658,6 +687,9 @@ def benchmark(
     """
     from tlmat.data.dataset import strict_reading
     from tlmat.experiments.benchmark import BenchmarkConfig, run_benchmark
+    from tlmat.graphs.cache import CacheWriteError
+    from tlmat.io import InputError
+    from tlmat.models import CheckpointError
 
     try:
         cfg = BenchmarkConfig.from_yaml(config)

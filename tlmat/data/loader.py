@@ -49,3 +49,30 @@ class GraphLoader:
             batch = self.dataset.batch(chunk.tolist(), self.target)
             batch.index = torch.from_numpy(chunk.copy())
             yield batch
+
+
+#: edges plus bond pairs per inference batch: beyond a few ten thousand, the per-edge
+#: tensors leave the CPU caches and a batch of 256 ALIGNN graphs runs 3× slower per
+#: structure than one of 32 (benchmarks/models.py, perovskites on 2 cores)
+INFERENCE_BUDGET = 20_000
+
+
+def inference_batch_size(
+    dataset: GraphDataset,
+    indices: Sequence[int] | None = None,
+    budget: int = INFERENCE_BUDGET,
+    largest: int = 256,
+) -> int:
+    """A batch size for forward passes without gradients (validation, prediction,
+    features): as many graphs as fit ``budget`` edges + bond pairs, from a sample of the
+    graphs' sizes; between 1 and ``largest``."""
+    pool = np.arange(len(dataset)) if indices is None else np.asarray(indices)
+    if len(pool) == 0:
+        return largest
+    sample = pool[np.linspace(0, len(pool) - 1, min(len(pool), 64)).astype(int)]
+    sizes = []
+    for i in sample:
+        graph = dataset.graphs.arrays(int(i), copy=False)
+        lines = 0 if graph.line_index is None else graph.line_index.shape[1]
+        sizes.append(graph.num_nodes + graph.num_edges + lines)
+    return int(np.clip(budget // max(np.mean(sizes), 1), 1, largest))

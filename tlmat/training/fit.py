@@ -35,7 +35,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 import tlmat
 from tlmat.data.dataset import GraphDataset
-from tlmat.data.loader import GraphLoader
+from tlmat.data.loader import GraphLoader, inference_batch_size
 from tlmat.data.splits import Split
 from tlmat.models.checkpoint import TrainedModel, save_checkpoint
 from tlmat.training.config import TrainConfig
@@ -111,9 +111,12 @@ def versions() -> dict[str, str]:
 
 @torch.no_grad()
 def predict(
-    trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int = 256
+    trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int | None = None
 ) -> np.ndarray:
-    """Predictions in physical units for ``dataset[indices]`` (all when ``None``)."""
+    """Predictions in physical units for ``dataset[indices]`` (all when ``None``), in
+    batches of ``batch_size`` graphs (default: sized to the graphs,
+    :func:`~tlmat.data.loader.inference_batch_size`)."""
+    batch_size = batch_size or inference_batch_size(dataset, indices)
     model = trained.model
     model.eval()
     device = next(model.parameters()).device
@@ -171,7 +174,9 @@ def fit(
         target=config.target,
         seed=config.seed,
     )
-    val_loader = GraphLoader(dataset, split.val, 256, target=config.target)
+    val_loader = GraphLoader(
+        dataset, split.val, inference_batch_size(dataset, split.val), target=config.target
+    )
     module = PropertyModule(model, target, config, param_groups, len(train_loader))
     module.train_loader = train_loader
 

@@ -12,7 +12,7 @@ from sklearn.ensemble import RandomForestRegressor
 from torch import nn
 
 from tlmat.data.dataset import GraphDataset
-from tlmat.data.loader import GraphLoader
+from tlmat.data.loader import GraphLoader, inference_batch_size
 from tlmat.models.checkpoint import TrainedModel
 
 FeatureKind = Literal["embedding", "layers"]
@@ -42,7 +42,7 @@ def layer_feature_table(
     dataset: GraphDataset,
     indices=None,
     layers: str | list[str] | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Pooled features of the named layers (see :func:`select_layers`), concatenated,
     with a column name ``<layer>:<k>`` for every feature; batched."""
@@ -51,6 +51,7 @@ def layer_feature_table(
     chosen: list[str] = []
     # the crystal embedding alone needs one pass through the backbone, not every layer's
     embedding_only = layers in ("embedding_out", ["embedding_out"])
+    batch_size = batch_size or inference_batch_size(dataset, indices)
     for batch in GraphLoader(dataset, indices, batch_size=batch_size):
         if embedding_only:
             features = OrderedDict(embedding_out=model.embed(batch))
@@ -70,7 +71,7 @@ def extract_features(
     dataset: GraphDataset,
     indices=None,
     kind: FeatureKind = "embedding",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     layers: str | list[str] | None = None,
 ) -> np.ndarray:
     """Pooled features of ``dataset[indices]``: the crystal embedding, or the pooled
