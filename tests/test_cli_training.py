@@ -90,7 +90,8 @@ def test_train_then_evaluate_predict_embed(small_perov: Path, tmp_path: Path) ->
 
     run(["embed", str(model), str(small_perov), "-o", str(tmp_path / "emb.parquet"), *cache])
     emb = pd.read_parquet(tmp_path / "emb.parquet")
-    assert emb.shape == (60, 1 + 128) and emb.columns[0] == "id"
+    # the scratch default is cgcnn-mp (the published MP CGCNNs' shape): a 32-d embedding
+    assert emb.shape == (60, 1 + 32) and emb.columns[0] == "id"
     run(
         [
             "embed",
@@ -104,7 +105,7 @@ def test_train_then_evaluate_predict_embed(small_perov: Path, tmp_path: Path) ->
         ]
     )
     with np.load(tmp_path / "emb.npz") as npz:
-        assert npz["embeddings"].shape == (60, 64 * 3 + 128)
+        assert npz["embeddings"].shape == (60, 64 * 3 + 32)
 
 
 def test_predict_with_original_cgcnn_file_and_never_overwrites(data: Path, tmp_path) -> None:
@@ -184,6 +185,8 @@ def test_compare_prints_every_method(small_perov: Path, tmp_path: Path) -> None:
             "heat_ref",
             "--strategies",
             "scratch,full,head-only,features+rf",
+            "--seeds",
+            "2",
             "--run-dir",
             str(tmp_path / "cmp"),
             "--cache-dir",
@@ -193,6 +196,9 @@ def test_compare_prints_every_method(small_perov: Path, tmp_path: Path) -> None:
     )
     for method in ("zero-shot", "zero-shot+linear", "scratch", "full", "head-only", "features+rf"):
         assert method in out
+    said = " ".join(out.split())
+    assert "★" in said and "p vs scratch" in said
+    assert f"report: tlmat report {tmp_path / 'cmp'}" in said
     table = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(table) == {
         "zero-shot",
@@ -202,6 +208,32 @@ def test_compare_prints_every_method(small_perov: Path, tmp_path: Path) -> None:
         "head-only",
         "features+rf",
     }
+    assert table["full"]["n_seeds"] == 2 and "p_vs_scratch" in table["full"]
+    maes = [m["mae"] for m in table["full"]["per_seed"]]
+    assert table["full"]["mae_std"] == pytest.approx(np.std(maes, ddof=1))
+    # the same command again reuses every finished run and prints the same table
+    again = run(
+        ["compare", str(small_perov), "-t", "heat_ref", "--strategies",
+         "scratch,full,head-only,features+rf", "--seeds", "2", "--run-dir",
+         str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "cache"), *QUICK]
+    )  # fmt: skip
+    assert json.loads((tmp_path / "cmp" / "comparison.json").read_text()) == table
+    assert (
+        again.split("results →")[0].split("\n")[-12:] == out.split("results →")[0].split("\n")[-12:]
+    )
+    # and it is a results grid the report reads
+    run(["report", str(tmp_path / "cmp")])
+    assert (tmp_path / "cmp" / "report" / "report.md").exists()
+
+
+def test_compare_checks_strategy_names_before_training(small_perov: Path, tmp_path) -> None:
+    result = runner.invoke(
+        app,
+        ["compare", str(small_perov), "-t", "heat_ref", "--strategies", "scratch,fulll",
+         "--run-dir", str(tmp_path / "cmp"), "--cache-dir", str(tmp_path / "cache")],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "unknown strategy 'fulll'" in result.output
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "cmp").exists()
 
 
 def test_models_lists_the_cgcnn_checkpoints() -> None:
@@ -289,10 +321,11 @@ def test_compare_scratch_row_with_another_architecture(small_perov: Path, tmp_pa
     rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert {"scratch [schnet]", "full", "zero-shot"} <= set(rows)
 
-    scratch = pd.read_csv(tmp_path / "cmp" / "scratch" / "predictions.csv")
-    full = pd.read_csv(tmp_path / "cmp" / "full" / "predictions.csv")
+    job = next((tmp_path / "cmp").glob("n*-s0"))  # a results grid: n<size>-s<seed>/<method>
+    scratch = pd.read_csv(job / "scratch" / "predictions.csv")
+    full = pd.read_csv(job / "full" / "predictions.csv")
     assert list(scratch["id"]) == list(full["id"]) and len(scratch) == 6
-    run_json = json.loads((tmp_path / "cmp" / "scratch" / "run.json").read_text())
+    run_json = json.loads((job / "scratch" / "run.json").read_text())
     assert run_json["model"]["architecture"] == "schnet"
     assert run_json["graph_settings"]["max_neighbors"] is None  # SchNet: all within 6 Å
 
@@ -311,3 +344,28 @@ def test_finetune_scratch_with_another_architecture(small_perov: Path, tmp_path:
                                  "--run-dir", str(tmp_path / "ft2")])  # fmt: skip
     assert result.exit_code == 1
     assert "--model applies to --strategy scratch" in " ".join(result.output.split())
+
+
+def test_train_takes_the_users_split_and_scales_its_defaults(
+    small_perov: Path, tmp_path: Path
+) -> None:
+    """`--split split.json` trains on exactly those ids; without `--epochs` the epochs
+    and patience scale with the training set and the run says so and records them."""
+    from tlmat.cli.training import SCRATCH_MODEL
+    from tlmat.experiments.pretraining import DEFAULT_MODEL
+
+    assert SCRATCH_MODEL == DEFAULT_MODEL  # one scratch architecture for every command
+    ids = pd.read_csv(small_perov)["id"].astype(str).tolist()
+    split = {"train": ids[:30], "val": ids[30:40], "test": ids[40:60]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    out = run(["train", str(small_perov), "-t", "heat_ref", "--split",
+               str(tmp_path / "split.json"), "--batch-size", "16", "--early-stopping-patience",
+               "1", "--run-dir", str(tmp_path / "run"), *cache])  # fmt: skip
+    said = " ".join(out.split())
+    assert "30 training, 10 validation, 20 test structures; up to 300 epochs" in said
+    assert "early stopping after 1 epochs without improvement" in said
+    assert json.loads((tmp_path / "run" / "split.json").read_text()) == split
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["command_config"]["epochs"] == 300  # 60,000 / 30, capped at 300
+    assert manifest["command_config"]["early_stopping_patience"] == 1

@@ -200,3 +200,30 @@ def test_fractions_never_ask_for_more_than_the_dataset() -> None:
     sizes = [len(split.train), len(split.val), len(split.test)]
     assert sum(sizes) == 33_093 and sizes[1] in (1654, 1655) and sizes[2] in (1654, 1655)
     assert len(np.unique(np.concatenate([split.train, split.val, split.test]))) == 33_093
+
+
+def test_seeded_split_defaults_scale_with_the_training_set() -> None:
+    from tlmat.data.splits import default_val_count, seeded_split
+
+    pool = np.arange(11_000)
+    split = seeded_split(pool, seed=1, train_size=300)
+    # a quarter of the 300 training structures validate, not 10 % of the 11,000 pool
+    assert len(split.train) == 300 and len(split.val) == 75 == default_val_count(300, 10**6)
+    assert len(split.test) == 1_100
+    again = seeded_split(pool, seed=2, train_size=300)
+    assert np.array_equal(split.test, again.test), "every seed is scored on one test set"
+    assert not np.array_equal(split.train, again.train)
+    parts = [set(split.train), set(split.val), set(split.test)]
+    assert all(not (a & b) for i, a in enumerate(parts) for b in parts[i + 1 :])
+
+
+def test_seeded_split_takes_the_users_validation_and_test_sets() -> None:
+    from tlmat.data.splits import seeded_split
+
+    pool, val, test = np.arange(100), np.arange(100, 130), np.arange(130, 200)
+    split = seeded_split(pool, seed=0, val=val, test=test, excluded=np.array([3, 101]))
+    assert np.array_equal(split.test, test), "all rows of --test by default"
+    assert np.array_equal(split.val, np.setdiff1d(val, [101]))
+    assert len(split.train) == 99 and 3 not in split.train
+    with pytest.raises(ValueError, match="--train-size 500: only 99"):
+        seeded_split(pool, seed=0, val=val, test=test, train_size=500, excluded=np.array([3]))

@@ -42,7 +42,13 @@ RunDir = Annotated[Path, typer.Option(help="Folder for checkpoints, metrics and 
 Config = Annotated[
     Path | None, typer.Option(help="YAML file with training settings (flags override it).")
 ]
-Epochs = Annotated[int | None, typer.Option(help="Maximum epochs [300].")]
+Epochs = Annotated[
+    int | None,
+    typer.Option(
+        help="Maximum epochs; early stopping may end sooner (--early-stopping-patience) "
+        "[60,000 / N training structures, within 30–300]."
+    ),
+]
 LR = Annotated[float | None, typer.Option("--lr", help="Learning rate [1e-3].")]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size [64].")]
 Optimizer = Annotated[str | None, typer.Option(help="adam, adamw or sgd [adam].")]
@@ -51,19 +57,48 @@ Loss = Annotated[str | None, typer.Option(help="l1 or mse [l1].")]
 WeightDecay = Annotated[float | None, typer.Option(help="L2 penalty [0].")]
 Normalization = Annotated[str | None, typer.Option(help="standard, tanh or none [standard].")]
 Log10 = Annotated[bool, typer.Option("--log10", help="Learn log10 of the target.")]
-Patience = Annotated[int | None, typer.Option(help="Early-stopping patience in epochs [50].")]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        help="Stop after this many epochs without a better validation MAE [epochs / 5, "
+        "at least 10]; 0 trains every epoch."
+    ),
+]
 Seed = Annotated[int, typer.Option(help="Seed for the split, initialisation and order.")]
 TrainSize = Annotated[
     int | None, typer.Option(help="Use only this many training structures (data-scarce runs).")
 ]
-ValSize = Annotated[float, typer.Option(help="Validation size: fraction or count.")]
+ValSize = Annotated[
+    float | None,
+    typer.Option(
+        help="Validation size: fraction or count [a quarter of the training set, "
+        "20–1,000; all of --val]."
+    ),
+]
 TestSize = Annotated[
     float | None,
     typer.Option(help="Test size: fraction or count [0.1 of DATA; all of --test]."),
 ]
 TestData = Annotated[
-    str | None, typer.Option("--test", help="Separate test set (file, folder or name).")
+    str | None,
+    typer.Option("--test", help="Your own test set (file, folder or name); all its rows."),
 ]
+ValData = Annotated[
+    str | None,
+    typer.Option("--val", help="Your own validation set (file, folder or name); all its rows."),
+]
+SplitFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--split",
+        help="Your own split: a split.json with train/val/test id lists, as tlmat writes "
+        "them (every id must be in the data).",
+    ),
+]
+#: the architecture every command trains from scratch unless told otherwise: the shape of
+#: the published Materials Project CGCNNs (64/4/32), so that scratch and transfer compare
+#: like with like (= tlmat.experiments.pretraining.DEFAULT_MODEL, which a test checks)
+SCRATCH_MODEL = "cgcnn-mp"
 Unit = Annotated[str, typer.Option(help="Unit of the target, for tables and checkpoints.")]
 Extensive = Annotated[
     bool,
@@ -130,44 +165,31 @@ def training_config(
     return TrainConfig(**overrides)
 
 
-def dataset_and_split(
+def target_data(
     data: str,
-    test: str | None,
     target: str,
     settings: GraphSettings,
     elements,
     cache_dir,
-    train_size,
-    val_size,
-    test_size,
-    seed,
-    exclude: set[str] | None = None,
     *,
+    test: str | None = None,
+    val: str | None = None,
     strict: bool = False,
     on_duplicate: str = "error",
     log10: bool = False,
-) -> tuple[GraphDataset, Split]:
-    """Load the data (and a separate test set), and split it with the seed; ids in
-    ``exclude`` never enter training or validation. With ``log10``, rows whose target is
-    ≤ 0 are skipped by id (refused when ``strict``)."""
-    from tlmat.data import Split, concat, load_dataset, random_split, subsample
+) -> tuple[GraphDataset, dict[str, np.ndarray]]:
+    """The data, and the user's own validation and test sets, as one dataset with the
+    positions of each part (``pool``, ``val``, ``test``). With ``log10``, rows whose
+    target is ≤ 0 are skipped by id (refused when ``strict``)."""
+    from tlmat.data import concat, load_dataset
     from tlmat.datasets import resolve
 
-    dataset = load_dataset(
-        resolve(data),
-        settings,
-        [target],
-        cache_dir=cache_dir,
-        elements=elements,
-        progress=True,
-        strict=strict,
-        on_duplicate=on_duplicate,
-    )
-    if log10:
-        dataset = dataset.require_positive(target, strict)
-    if test is not None:
-        test_set = load_dataset(
-            resolve(test),
+    dataset, parts = None, {}
+    for part, spec in (("pool", data), ("val", val), ("test", test)):
+        if spec is None:
+            continue
+        loaded = load_dataset(
+            resolve(spec),
             settings,
             [target],
             cache_dir=cache_dir,
@@ -177,32 +199,82 @@ def dataset_and_split(
             on_duplicate=on_duplicate,
         )
         if log10:
-            test_set = test_set.require_positive(target, strict)
-        n = len(dataset)
-        val_count = int(val_size if val_size >= 1 else round(val_size * n))
-        inner = random_split(n, (n - val_count, val_count, 0), seed)
-        test_idx = np.arange(len(test_set))
-        if test_size is not None:
-            count = int(test_size if test_size >= 1 else round(test_size * len(test_set)))
-            test_idx = np.sort(subsample(test_idx, count, seed=0))  # the same for every seed
-        split = Split(inner.train, inner.val, test_idx + n)
-        dataset = concat(dataset, test_set)
-    else:
-        n = len(dataset)
-        test_size = 0.1 if test_size is None else test_size
-        test_count = int(test_size if test_size >= 1 else round(test_size * n))
-        val_count = int(val_size if val_size >= 1 else round(val_size * n))
-        split = random_split(n, (n - val_count - test_count, val_count, test_count), seed)
-    if exclude:
-        keep = np.array([i not in exclude for i in dataset.ids])
-        split = Split(split.train[keep[split.train]], split.val[keep[split.val]], split.test)
-        console.print(f"{int((~keep).sum())} structures excluded from training and validation")
-    if train_size is not None:
-        split = Split(subsample(split.train, train_size, seed), split.val, split.test)
+            loaded = loaded.require_positive(target, strict)
+        offset = 0 if dataset is None else len(dataset)
+        parts[part] = np.arange(offset, offset + len(loaded))
+        dataset = loaded if dataset is None else concat(dataset, loaded)
     table = skipped_table(dataset.log)
     if table is not None:
         console.print(table)
-    return dataset, split
+    return dataset, parts
+
+
+def split_of(
+    dataset: GraphDataset,
+    parts: dict[str, np.ndarray],
+    seed: int,
+    train_size: int | None = None,
+    val_size: float | None = None,
+    test_size: float | None = None,
+    exclude: set[str] | None = None,
+    split_file: Path | None = None,
+) -> Split:
+    """The split for one seed (:func:`tlmat.data.seeded_split`), or the user's own
+    ``split.json`` (id lists, as tlmat writes them)."""
+    from tlmat.data import Split, seeded_split
+
+    if split_file is not None:
+        split = Split.load(split_file, dataset.ids)
+    else:
+        excluded = None
+        if exclude:
+            excluded = np.array([i for i, x in enumerate(dataset.ids) if x in exclude])
+            console.print(f"{len(excluded)} structures excluded from training and validation")
+        split = seeded_split(
+            parts["pool"],
+            seed,
+            parts.get("val"),
+            parts.get("test"),
+            train_size,
+            val_size,
+            test_size,
+            excluded,
+        )
+    if min(len(split.train), len(split.val), len(split.test)) == 0:
+        raise ValueError(
+            f"the split has {len(split.train)} training, {len(split.val)} validation and "
+            f"{len(split.test)} test structures: every part needs at least one"
+        )
+    return split
+
+
+def scaled_defaults(config: TrainConfig, n_train: int) -> TrainConfig:
+    """Epochs and early-stopping patience, unless set, scaled to the training set: about
+    60,000 structure passes (``60,000 / N`` epochs, within 30–300) with patience a fifth
+    of that (at least 10), so a small set trains long enough and a large one not for
+    hours."""
+    update = {}
+    if "epochs" not in config.model_fields_set:
+        update["epochs"] = int(np.clip(round(60_000 / max(n_train, 1)), 30, 300))
+    epochs = update.get("epochs", config.epochs)
+    if "early_stopping_patience" not in config.model_fields_set:
+        update["early_stopping_patience"] = max(10, epochs // 5)
+    return config.model_copy(update=update)
+
+
+def announce(config: TrainConfig, split: Split) -> TrainConfig:
+    """Say what will be trained, with the stopping rule, before the long part."""
+    patience = config.early_stopping_patience
+    stop = (
+        f"early stopping after {patience} epochs without improvement"
+        if patience
+        else ("no early stopping")
+    )
+    console.print(
+        f"{len(split.train)} training, {len(split.val)} validation, {len(split.test)} test "
+        f"structures; up to {config.epochs} epochs, {stop}"
+    )
+    return config
 
 
 def common_split(first: GraphDataset, split: Split, second: GraphDataset) -> tuple[Split, Split]:
@@ -230,10 +302,12 @@ def train(
     run_dir: RunDir = Path("runs/train"),
     config: Config = None,
     test: TestData = None,
+    val: ValData = None,
+    split_file: SplitFile = None,
     train_size: TrainSize = None,
-    val_size: ValSize = 0.1,
+    val_size: ValSize = None,
     test_size: TestSize = None,
-    model: Model = "cgcnn",
+    model: Model = SCRATCH_MODEL,
     model_config_file: ModelConfigFile = None,
     exclude_ids: Annotated[
         Path | None,
@@ -301,22 +375,22 @@ def train(
         settings = trained.model.graph_settings
         elements = trained.model.elements
         excluded = read_ids(exclude_ids) if exclude_ids is not None else None
-        dataset, split = dataset_and_split(
+        dataset, parts = target_data(
             data,
-            test,
             target,
             settings,
             elements,
             cache_dir,
-            train_size,
-            val_size,
-            test_size,
-            seed,
-            excluded,
+            test=test,
+            val=val,
             strict=strict,
             on_duplicate=on_duplicate,
             log10=cfg.log10,
         )
+        split = split_of(
+            dataset, parts, seed, train_size, val_size, test_size, excluded, split_file
+        )
+        cfg = announce(scaled_defaults(cfg, len(split.train)), split)
         result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
     except (
         InputError,
@@ -337,47 +411,37 @@ def train(
     )
 
 
-def scratch_twin(
-    model: str | None,
-    model_config_file: Path | None,
-    seed: int,
+def scratch_data(
+    config: ModelConfig,
     source_model,
     dataset: GraphDataset,
-    split: Split,
     data: str,
     test: str | None,
+    val: str | None,
     target: str,
     cache_dir: Path | None,
     strict: bool,
     on_duplicate: str,
-) -> tuple[Split, tuple]:
-    """A model of another architecture for the ``scratch`` row, with its own graphs of the
-    same materials: (the source's split restricted to the materials both can use,
-    (model, dataset, split) for scratch)."""
-    from tlmat.data import concat, load_dataset
-    from tlmat.datasets import resolve
-    from tlmat.transfer.sources import fresh_model
+) -> tuple[ModelConfig, GraphDataset | None]:
+    """Another architecture for the ``scratch`` row, with its own graphs of the same data
+    (``None`` when it uses the source's graphs)."""
+    from tlmat.models.registry import build
 
-    template = fresh_model(model_from_options(model or "cgcnn", model_config_file), seed)
-    other = template.model.graph_settings
-    if other == source_model.model.graph_settings:
-        return split, (template, dataset, split)
-    parts = [
-        load_dataset(
-            resolve(spec),
-            other,
-            [target],
-            cache_dir=cache_dir,
-            elements=template.model.elements,
-            strict=strict,
-            on_duplicate=on_duplicate,
-        )
-        for spec in (data, test)
-        if spec is not None
-    ]
-    scratch_data = parts[0] if len(parts) == 1 else concat(*parts)
-    split, scratch_split = common_split(dataset, split, scratch_data)
-    return split, (template, scratch_data, scratch_split)
+    probe = build(config)
+    if probe.graph_settings == source_model.model.graph_settings:
+        return config, None
+    other, _ = target_data(
+        data,
+        target,
+        probe.graph_settings,
+        probe.elements,
+        cache_dir,
+        test=test,
+        val=val,
+        strict=strict,
+        on_duplicate=on_duplicate,
+    )
+    return config, other
 
 
 def finetune(
@@ -394,8 +458,10 @@ def finetune(
     run_dir: RunDir = Path("runs/finetune"),
     config: Config = None,
     test: TestData = None,
+    val: ValData = None,
+    split_file: SplitFile = None,
     train_size: TrainSize = None,
-    val_size: ValSize = 0.1,
+    val_size: ValSize = None,
     test_size: TestSize = None,
     epochs: Epochs = None,
     lr: LR = None,
@@ -442,7 +508,7 @@ def finetune(
     from tlmat.models import CheckpointError
     from tlmat.training import DivergedError, RunExistsError
     from tlmat.training.rundir import check_run_dir
-    from tlmat.transfer.sources import load_source
+    from tlmat.transfer.sources import fresh_model, load_source
 
     try:
         cfg = training_config(
@@ -464,21 +530,22 @@ def finetune(
         )
         check_run_dir(run_dir, overwrite)  # before the slow work
         source_model = load_source(source)
-        dataset, split = dataset_and_split(
+        dataset, parts = target_data(
             data,
-            test,
             target,
             source_model.model.graph_settings,
             source_model.model.elements,
             cache_dir,
-            train_size,
-            val_size,
-            test_size,
-            seed,
+            test=test,
+            val=val,
             strict=strict,
             on_duplicate=on_duplicate,
             log10=cfg.log10,
         )
+        split = split_of(
+            dataset, parts, seed, train_size, val_size, test_size, split_file=split_file
+        )
+        cfg = announce(scaled_defaults(cfg, len(split.train)), split)
         origin, on, part = source_model, dataset, split
         if model is not None or model_config_file is not None:
             if strategy != "scratch":
@@ -486,20 +553,22 @@ def finetune(
                     f"--model applies to --strategy scratch; {strategy!r} transfers the "
                     f"source, whose architecture ({source_model.model.architecture}) it keeps"
                 )
-            split, (origin, on, part) = scratch_twin(
-                model,
-                model_config_file,
-                seed,
+            twin_config, twin_data = scratch_data(
+                model_from_options(model or SCRATCH_MODEL, model_config_file),
                 source_model,
                 dataset,
-                split,
                 data,
                 test,
+                val,
                 target,
                 cache_dir,
                 strict,
                 on_duplicate,
             )
+            origin = fresh_model(twin_config, seed)
+            if twin_data is not None:
+                split, part = common_split(dataset, split, twin_data)
+                on = twin_data
         rows = zero_shot(source_model, dataset, split, target)
         result = run_strategy(
             strategy,
@@ -532,16 +601,113 @@ def finetune(
     console.print(f"run → {run_dir}")
 
 
+#: compare's default methods: the reference (scratch), the two strategies that win most
+#: often in the papers, and frozen source features with a random forest (fast, robust)
+DEFAULT_STRATEGIES = "scratch,full,freeze-embedding,features+rf"
+
+
+def chosen_strategies(strategies: str) -> tuple[str, ...]:
+    """``--strategies`` as names, every one checked before anything trains."""
+    chosen = (
+        ALL_STRATEGIES
+        if strategies == "all"
+        else tuple(s.strip() for s in strategies.split(",") if s.strip())
+    )
+    unknown = [s for s in chosen if s not in ALL_STRATEGIES]
+    if unknown or not chosen:
+        fail(
+            f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"choose from {', '.join(ALL_STRATEGIES)} or 'all'"
+        )
+    return chosen
+
+
+def comparison_rows(
+    rows: dict[str, list[dict[str, float]]], baseline: str = "scratch"
+) -> dict[str, dict]:
+    """Per method: MAE, RMSE and R² as mean and sample std (ddof = 1) over seeds, and a
+    paired t-test of the MAE against ``baseline`` over the same seeds."""
+    from tlmat.evaluation.statistics import paired_t_test
+
+    base = [m["mae"] for m in rows.get(baseline, [])]
+    summary = {}
+    for label, metrics in rows.items():
+        mae = np.array([m["mae"] for m in metrics])
+        entry = {
+            "mae_mean": float(mae.mean()),
+            "mae_std": float(mae.std(ddof=1)) if len(mae) > 1 else float("nan"),
+            "rmse_mean": float(np.mean([m["rmse"] for m in metrics])),
+            "r2_mean": float(np.mean([m["r2"] for m in metrics])),
+            "n_seeds": len(mae),
+            "n_test": int(metrics[0]["n"]),
+            "per_seed": metrics,
+        }
+        if label != baseline and len(mae) >= 2 and len(base) == len(mae):
+            test = paired_t_test(mae, np.array(base))
+            entry["p_vs_" + baseline] = float(test.p_value)
+        summary[label] = entry
+    return summary
+
+
+def comparison_table(
+    summary: dict[str, dict], title: str, unit: str, raw_zero_shot_unit: str | None
+):
+    """The compare table: mean ± std over seeds, the p-value against scratch, the best
+    method (lowest mean MAE) marked."""
+    from rich.table import Table
+
+    comparable = [k for k in summary if not (k == "zero-shot" and raw_zero_shot_unit)]
+    best = min(comparable, key=lambda k: summary[k]["mae_mean"]) if comparable else None
+    seeds = max(e["n_seeds"] for e in summary.values())
+    table = Table(title=title, title_justify="left")
+    table.add_column("method")
+    suffix = f" {unit}" if unit else ""
+    spread = f" (mean ± std, {seeds} seeds)" if seeds > 1 else ""
+    for column in (f"MAE{suffix}{spread}", f"RMSE{suffix}", "R²", "p vs scratch"):
+        table.add_column(column, justify="right")
+    for label, e in summary.items():
+        name = label
+        if label == "zero-shot" and raw_zero_shot_unit:
+            name = f"zero-shot (raw output, {raw_zero_shot_unit})"
+        if label == best:
+            name = f"★ {name}"
+        mae = f"{e['mae_mean']:.4f}"
+        if e["n_seeds"] > 1:
+            mae += f" ± {e['mae_std']:.4f}"
+        p = e.get("p_vs_scratch")
+        table.add_row(
+            name,
+            mae,
+            f"{e['rmse_mean']:.4f}",
+            f"{e['r2_mean']:.3f}",
+            "" if p is None else f"{p:.3g}",
+        )
+    return table
+
+
 def compare(
     data: Annotated[str, typer.Argument(help="Target data: file, folder or registered name.")],
     target: Target,
     source: Annotated[str, typer.Option(help="Source model.")] = "cgcnn/formation-energy-per-atom",
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies, or 'all'.")] = "all",
+    strategies: Annotated[
+        str,
+        typer.Option(help=f"Comma-separated strategies, or 'all' [{DEFAULT_STRATEGIES}]."),
+    ] = DEFAULT_STRATEGIES,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Repeats with seeds SEED, SEED+1, …: new training draws, validation "
+            "sets and initialisations, one test set.",
+        ),
+    ] = 3,
     run_dir: RunDir = Path("runs/compare"),
     config: Config = None,
     test: TestData = None,
+    val: ValData = None,
+    split_file: SplitFile = None,
     train_size: TrainSize = None,
-    val_size: ValSize = 0.1,
+    val_size: ValSize = None,
     test_size: TestSize = None,
     epochs: Epochs = None,
     lr: LR = None,
@@ -565,7 +731,10 @@ def compare(
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
 ) -> None:
-    """Scratch against every transfer strategy from one source, on one held-out test set.
+    """Scratch against transfer strategies from one source, repeated over seeds, on one
+    held-out test set: mean ± std, a paired t-test against scratch, the best marked. The
+    run folder is a results grid (``n<size>-s<seed>/<method>/``) that ``tlmat report``
+    reads; running the command again reuses the finished runs and prints the same table.
 
     Examples (fine-tune the MP formation-energy CGCNN on 300 Castelli perovskites; then
     the same against a SchNet trained from scratch):
@@ -577,15 +746,25 @@ def compare(
             --test-size 1000 --train-size 300 --val-size 100 --epochs 60
             --strategies scratch,full --model schnet-arch2 --run-dir runs/compare-schnet
     """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     from tlmat.experiments.runs import run_strategy, zero_shot
     from tlmat.graphs.cache import CacheWriteError
     from tlmat.io import InputError
     from tlmat.models import CheckpointError
     from tlmat.training import DivergedError, RunExistsError
-    from tlmat.training.rundir import check_run_dir, claim, owned_path
-    from tlmat.transfer.sources import load_source
+    from tlmat.training.rundir import claim, owned_path
+    from tlmat.transfer.sources import fresh_model, load_source
 
-    chosen = ALL_STRATEGIES if strategies == "all" else tuple(strategies.split(","))
+    chosen = chosen_strategies(strategies)
+    rows: dict[str, list[dict[str, float]]] = {}
     try:
         cfg = training_config(
             config,
@@ -600,55 +779,84 @@ def compare(
             early_stopping_patience=early_stopping_patience,
         )
         cfg = cfg.model_copy(update={"progress_bar": False})
-        # one folder per method inside run_dir: all checked before anything trains
-        claim(run_dir, *chosen, "comparison.json")
-        for name in chosen:
-            check_run_dir(Path(run_dir) / name, overwrite)
+        claim(run_dir, "comparison.json")
         source_model = load_source(source)
-        dataset, split = dataset_and_split(
+        dataset, parts = target_data(
             data,
-            test,
             target,
             source_model.model.graph_settings,
             source_model.model.elements,
             cache_dir,
-            train_size,
-            val_size,
-            test_size,
-            seed,
+            test=test,
+            val=val,
             strict=strict,
             on_duplicate=on_duplicate,
             log10=cfg.log10,
         )
-        scratch = None
+        twin = None
         if model is not None or model_config_file is not None:
-            split, scratch = scratch_twin(
-                model,
-                model_config_file,
-                seed,
+            twin = scratch_data(
+                model_from_options(model or SCRATCH_MODEL, model_config_file),
                 source_model,
                 dataset,
-                split,
                 data,
                 test,
+                val,
                 target,
                 cache_dir,
                 strict,
                 on_duplicate,
             )
-        rows = zero_shot(source_model, dataset, split, target)
-        for name in chosen:
-            console.print(f"[bold]{name}[/] …")
-            origin, on, part = source_model, dataset, split
-            if name == "scratch" and scratch is not None:
-                origin, on, part = scratch
-            result = run_strategy(
-                name, origin, on, part, cfg, Path(run_dir) / name, overwrite=overwrite
-            )
-            label = result.strategy
-            if origin is not source_model:
-                label = f"scratch [{origin.model.architecture}]"
-            rows[label] = result.test
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("compare", total=seeds * len(chosen))
+            for s in range(seed, seed + seeds):
+                split = split_of(
+                    dataset, parts, s, train_size, val_size, test_size, split_file=split_file
+                )
+                run_cfg = scaled_defaults(cfg.model_copy(update={"seed": s}), len(split.train))
+                if s == seed:
+                    announce(run_cfg, split)
+                twin_split = None
+                if twin is not None and twin[1] is not None:
+                    split, twin_split = common_split(dataset, split, twin[1])
+                job = Path(run_dir) / f"n{len(split.train)}-s{s}"
+                claim(run_dir, job.name)
+                claim(job, *chosen, "zero-shot.json")
+                zero = zero_shot(source_model, dataset, split, target)
+                owned_path(job, "zero-shot.json").write_text(json.dumps(zero, indent=2))
+                for label, metrics in zero.items():
+                    rows.setdefault(label, []).append(metrics)
+                for name in chosen:
+                    progress.update(task, description=f"seed {s}: {name}")
+                    origin, on, part = source_model, dataset, split
+                    label = name
+                    if name == "scratch" and twin is not None:
+                        origin = fresh_model(twin[0], s)
+                        label = f"scratch [{origin.model.architecture}]"
+                        if twin[1] is not None:
+                            on, part = twin[1], twin_split
+                    result = run_strategy(
+                        name,
+                        origin,
+                        on,
+                        part,
+                        run_cfg,
+                        job / name,
+                        overwrite=overwrite,
+                        reuse=True,
+                    )
+                    rows.setdefault(label if label != name else result.strategy, []).append(
+                        result.test
+                    )
+                    progress.advance(task)
     except (
         InputError,
         CacheWriteError,
@@ -659,12 +867,17 @@ def compare(
         DivergedError,
     ) as error:
         fail(str(error))
+    summary = comparison_rows(rows, "scratch" if "scratch" in rows else next(iter(rows)))
+    raw_unit = source_model.target.unit if source_model.target.unit != unit else None
     title = (
         f"{target}: {len(split.train)} training, {len(split.val)} validation, "
         f"{len(split.test)} test structures; source {source}"
     )
-    console.print(metrics_table(title, rows, unit))
-    owned_path(run_dir, "comparison.json").write_text(json.dumps(rows, indent=2))
+    console.print(comparison_table(summary, title, unit, raw_unit))
+    owned_path(run_dir, "comparison.json").write_text(json.dumps(summary, indent=2))
+    report = f"tlmat report {run_dir}" + (f" --unit {unit}" if unit else "")
+    console.print(f"results → {run_dir} (comparison.json, one folder per seed and method)")
+    console.print(f"report: {report}")
 
 
 def benchmark(

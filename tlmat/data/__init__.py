@@ -18,6 +18,7 @@ from tlmat.data.splits import (
     learning_curve_subsets,
     matbench_folds,
     random_split,
+    seeded_split,
     subsample,
 )
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_dataset",
     "matbench_folds",
     "random_split",
+    "seeded_split",
     "source_fingerprint",
     "subsample",
 ]

@@ -205,3 +205,72 @@ def learning_curve_subsets(indices, sizes: Sequence[int], seed: int) -> dict[int
         if not 1 <= size <= len(array):
             raise ValueError(f"size {size} is outside [1, {len(array)}]")
     return {int(size): subsample(array, int(size), seed) for size in sorted(set(sizes))}
+
+
+#: fixed seed of the test draw: every training seed is scored on the same test structures
+TEST_SEED = 12345
+
+
+def default_val_count(n_train: int, available: int) -> int:
+    """Validation structures when none are asked for: a quarter of the training set,
+    at least 20 and at most 1,000, never more than ``available`` — 300 training structures
+    get 75, not 10 % of a 11,000-structure pool."""
+    return int(min(available, max(20, min(1000, round(0.25 * n_train)))))
+
+
+def _count(size: float, n: int) -> int:
+    return int(size if size >= 1 else round(size * n))
+
+
+def seeded_split(
+    pool: np.ndarray,
+    seed: int,
+    val: np.ndarray | None = None,
+    test: np.ndarray | None = None,
+    train_size: int | None = None,
+    val_size: float | None = None,
+    test_size: float | None = None,
+    excluded: np.ndarray | None = None,
+) -> Split:
+    """Train/validation/test positions for one seed.
+
+    ``pool`` holds the positions of the data to split; ``val`` and ``test`` those of a
+    user's own validation and test sets (all of them unless a size is given). The test
+    set is drawn once (:data:`TEST_SEED`), so every seed is scored on the same structures;
+    the validation set and the ``train_size`` training structures are drawn with ``seed``.
+    Sizes are counts (≥ 1) or fractions; the default validation size scales with the
+    training set (:func:`default_val_count`). ``excluded`` positions never train or
+    validate.
+    """
+    pool = np.asarray(pool, dtype=np.int64)
+    if test is None:
+        count = _count(0.1 if test_size is None else test_size, len(pool))
+        test = pool[np.random.default_rng(TEST_SEED).permutation(len(pool))[:count]]
+        pool = np.setdiff1d(pool, test)
+    elif test_size is not None and _count(test_size, len(test)) < len(test):
+        test = subsample(np.asarray(test), _count(test_size, len(test)), seed=0)
+    if excluded is not None:
+        pool = np.setdiff1d(pool, excluded)
+    rng = np.random.default_rng(seed)
+    if val is None:
+        order = pool[rng.permutation(len(pool))]
+        if val_size is None:
+            n_train = train_size if train_size is not None else round(0.8 * len(order))
+            n_val = default_val_count(n_train, len(order) - min(n_train, len(order) - 1))
+        else:
+            n_val = _count(val_size, len(order))
+        val, train = order[:n_val], order[n_val:]
+    else:
+        val = np.asarray(val, dtype=np.int64)
+        if excluded is not None:
+            val = np.setdiff1d(val, excluded)
+        if val_size is not None and _count(val_size, len(val)) < len(val):
+            val = subsample(val, _count(val_size, len(val)), seed)
+        train = pool[rng.permutation(len(pool))]
+    if train_size is not None:
+        if train_size > len(train):
+            raise ValueError(
+                f"--train-size {train_size}: only {len(train)} structures are left for training"
+            )
+        train = train[:train_size]
+    return Split(np.sort(train), np.sort(val), np.sort(np.asarray(test, dtype=np.int64)))

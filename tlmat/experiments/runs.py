@@ -19,8 +19,21 @@ from tlmat.evaluation.metrics import regression_metrics
 from tlmat.experiments.baselines import BASELINES, fit_predict
 from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import fit, predict
-from tlmat.training.rundir import prepare_run_dir, record
+from tlmat.training.fit import (
+    data_fingerprint,
+    fit,
+    predict,
+    run_settings,
+    stable_provenance,
+)
+from tlmat.training.rundir import (
+    SETTINGS,
+    RunExistsError,
+    differences,
+    prepare_run_dir,
+    record,
+    resumable_settings,
+)
 from tlmat.transfer.features import extract_features, feature_regressor
 from tlmat.transfer.sources import prepare_transfer
 from tlmat.transfer.strategies import FEATURE_STRATEGIES
@@ -63,14 +76,32 @@ def run_strategy(
     keep_head: bool = False,
     freeze_k: int = 1,
     overwrite: bool = False,
+    reuse: bool = False,
 ) -> StrategyResult:
     """Train one strategy (``scratch`` uses the source's architecture with random weights)
-    and evaluate it on the test split."""
+    and evaluate it on the test split. With ``reuse``, a finished run in ``run_dir`` made
+    with the same settings is read back instead of trained again (other settings are
+    refused, unless ``overwrite``)."""
     start = time.perf_counter()
+    run_dir = Path(run_dir)
     y = dataset.targets[config.target]
     if name == "base" or name in BASELINES or name in FEATURE_STRATEGIES:
-        run_dir = Path(run_dir)
+        settings = {
+            "method": name,
+            "config": resumable_settings(config.model_dump()),
+            "source": None
+            if name == "base" or name in BASELINES
+            else {
+                "model": source.model.config.model_dump(),
+                "provenance": stable_provenance(source.provenance),
+            },
+            "data": {"fingerprint": data_fingerprint(dataset, split, config.target)},
+        }
+        if reuse and not overwrite and (run_dir / "result.json").exists():
+            return _reused(run_dir, name, settings)
         prepare_run_dir(run_dir, overwrite)
+        record(run_dir, SETTINGS)
+        (run_dir / SETTINGS).write_text(json.dumps(settings, indent=2, default=str))
         prediction, val_mae, extra = _predict_without_training(name, source, dataset, split, config)
         result = StrategyResult(
             name,
@@ -86,6 +117,10 @@ def run_strategy(
     model, strategy = prepare_transfer(
         name, source, config.target, keep_head, freeze_k, config.seed
     )
+    if reuse and not overwrite and (run_dir / "result.json").exists():
+        return _reused(
+            run_dir, strategy.name, run_settings(model, dataset, split, config, strategy)
+        )
     fitted = fit(model, dataset, split, config, run_dir, strategy, overwrite=overwrite)
     prediction = predict(fitted.trained, dataset, split.test)
     result = StrategyResult(
@@ -99,6 +134,35 @@ def run_strategy(
     )
     _write_result(Path(run_dir), result, config, dataset, split)
     return result
+
+
+def _reused(run_dir: Path, name: str, settings: dict[str, Any]) -> StrategyResult:
+    """The finished run in ``run_dir``, if it was made with ``settings``."""
+    import pandas as pd
+
+    try:
+        recorded = json.loads((run_dir / SETTINGS).read_text())
+    except (OSError, ValueError):
+        recorded = None
+    changed = (
+        ["its settings.json is missing"] if recorded is None else differences(recorded, settings)
+    )
+    if changed:
+        raise RunExistsError(
+            f"{run_dir} holds a finished {name} run made with other settings "
+            f"({'; '.join(changed[:4])}); choose another --run-dir or pass --overwrite"
+        )
+    payload = json.loads((run_dir / "result.json").read_text())
+    predictions = pd.read_csv(run_dir / "predictions.csv")["predicted"].to_numpy()
+    return StrategyResult(
+        payload["strategy"],
+        payload["test"],
+        payload["val_mae"],
+        payload["seconds"],
+        payload.get("epochs", 0),
+        predictions,
+        {"reused": True, **{k: payload[k] for k in ("seconds_per_epoch",) if k in payload}},
+    )
 
 
 def _predict_without_training(

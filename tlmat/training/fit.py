@@ -163,7 +163,7 @@ def fit(
     if not param_groups:
         raise ValueError(f"strategy {strategy.name!r} leaves nothing to train")
 
-    check_resume(run_dir, _run_settings(trained, dataset, split, config, strategy))
+    check_resume(run_dir, run_settings(trained, dataset, split, config, strategy))
     record(run_dir, "checkpoints", "metrics.csv", "hparams.yaml", "split.json")
 
     train_loader = GraphLoader(
@@ -312,7 +312,13 @@ def data_fingerprint(dataset: GraphDataset, split: Split, target: str) -> str:
     return digest.hexdigest()
 
 
-def _run_settings(
+def stable_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """Provenance without its timestamps (``imported_at`` changes at every load of a
+    published checkpoint, which is still the same source)."""
+    return {k: v for k, v in provenance.items() if not k.endswith("_at")}
+
+
+def run_settings(
     trained: TrainedModel,
     dataset: GraphDataset,
     split: Split,
@@ -324,7 +330,7 @@ def _run_settings(
         "config": resumable_settings(config.model_dump()),
         "strategy": strategy.model_dump(),
         "model": trained.model.config.model_dump(),
-        "source": trained.provenance if strategy.from_source else None,
+        "source": stable_provenance(trained.provenance) if strategy.from_source else None,
         "data": {
             "source": dataset.source,
             "sizes": [len(split.train), len(split.val), len(split.test)],
