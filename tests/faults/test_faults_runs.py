@@ -7,6 +7,10 @@ exact outcome."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -335,3 +339,39 @@ def test_checkpoint_missing_a_field_names_it(tmp_path) -> None:
     torch.save(payload, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError, match="lacks the field 'target'"):
         load_checkpoint(tmp_path / "broken.pt")
+
+
+# --- signals ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_the_run_with_a_resume_hint_and_exit_status(data, tmp_path, signum) -> None:
+    """A cluster's time limit (SIGTERM) or Ctrl-C (SIGINT) ends `tlmat train` with 128 +
+    the signal's number and says how to resume; the same command then resumes."""
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "perov60.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), table)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "tlmat", "train", str(table), "-t", "heat_ref",
+               "--model", "cgcnn-small", "--batch-size", "16", "--early-stopping-patience", "0",
+               "--run-dir", str(run), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    process = subprocess.Popen([*command, "--epochs", "300"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    said = " ".join(output.split())
+    assert process.returncode == 128 + signum, output
+    assert f"stopped by {signal.Signals(signum).name}" in said
+    assert "run the same command again to resume" in said
+    assert not (run / "model.pt").exists()
+    finished = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] + 1
+    resumed = subprocess.run([*command, "--epochs", str(finished + 1)], capture_output=True,
+                             text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["resumed"] is True and manifest["resumed_from_epoch"] == finished

@@ -50,6 +50,12 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def interrupted(error) -> NoReturn:
+    """A run stopped by SIGTERM or SIGINT: say how to resume, exit 128 + the signal."""
+    console.print(f"[bold yellow]stopped:[/] {escape(str(error))}")
+    raise typer.Exit(error.exit_code)
+
+
 def writable_output(path: Path, overwrite: bool, folder: bool = False) -> Path:
     """Check an output path before the work that fills it: an existing file (or, for a
     ``folder``, a non-empty folder) is kept unless ``overwrite``, and the place must be

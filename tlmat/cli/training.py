@@ -16,6 +16,7 @@ from tlmat.cli.common import (
     Strict,
     console,
     fail,
+    interrupted,
     metrics_table,
     skipped_table,
 )
@@ -348,7 +349,7 @@ def train(
     from tlmat.evaluation import regression_metrics
     from tlmat.graphs.cache import CacheWriteError
     from tlmat.io import InputError
-    from tlmat.training import DivergedError, RunExistsError, fit, predict
+    from tlmat.training import DivergedError, RunExistsError, RunInterrupted, fit, predict
     from tlmat.training.rundir import check_run_dir, owned_path
     from tlmat.transfer.sources import fresh_model
 
@@ -392,6 +393,8 @@ def train(
         )
         cfg = announce(scaled_defaults(cfg, len(split.train)), split)
         result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
+    except RunInterrupted as error:
+        interrupted(error)
     except (
         InputError,
         CacheWriteError,
@@ -506,7 +509,7 @@ def finetune(
     from tlmat.graphs.cache import CacheWriteError
     from tlmat.io import InputError
     from tlmat.models import CheckpointError
-    from tlmat.training import DivergedError, RunExistsError
+    from tlmat.training import DivergedError, RunExistsError, RunInterrupted
     from tlmat.training.rundir import check_run_dir
     from tlmat.transfer.sources import fresh_model, load_source
 
@@ -581,6 +584,8 @@ def finetune(
             freeze_k=freeze_k,
             overwrite=overwrite,
         )
+    except RunInterrupted as error:
+        interrupted(error)
     except (
         InputError,
         CacheWriteError,
@@ -759,7 +764,7 @@ def compare(
     from tlmat.graphs.cache import CacheWriteError
     from tlmat.io import InputError
     from tlmat.models import CheckpointError
-    from tlmat.training import DivergedError, RunExistsError
+    from tlmat.training import DivergedError, RunExistsError, RunInterrupted
     from tlmat.training.rundir import claim, owned_path
     from tlmat.transfer.sources import fresh_model, load_source
 
@@ -857,6 +862,8 @@ def compare(
                         result.test
                     )
                     progress.advance(task)
+    except RunInterrupted as error:
+        interrupted(error)
     except (
         InputError,
         CacheWriteError,

@@ -1,7 +1,7 @@
 """Training: config, Lightning module, fit with checkpoints, resume and run manifests."""
 
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import DivergedError, FitResult, fit, predict
+from tlmat.training.fit import DivergedError, FitResult, RunInterrupted, fit, predict
 from tlmat.training.module import PropertyModule
 from tlmat.training.rundir import ResumeMismatchError, RunExistsError
 
@@ -11,6 +11,7 @@ __all__ = [
     "PropertyModule",
     "ResumeMismatchError",
     "RunExistsError",
+    "RunInterrupted",
     "TrainConfig",
     "fit",
     "predict",

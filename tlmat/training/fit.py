@@ -20,6 +20,8 @@ import json
 import logging
 import platform
 import resource
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -53,6 +55,39 @@ logger = logging.getLogger("tlmat")
 
 class DivergedError(RuntimeError):
     """The loss, a validation error or the weights became NaN or infinite."""
+
+
+class RunInterrupted(RuntimeError):
+    """SIGTERM (a cluster's time limit, ``kill``) or SIGINT (Ctrl-C) stopped a run; its
+    last finished epoch is in ``last.ckpt`` and the same command resumes it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signum
+
+
+@contextlib.contextmanager
+def _stopped_by_signals():
+    """Turn SIGTERM and SIGINT into :class:`RunInterrupted` while training (Lightning
+    would end a SIGTERM'd run with exit status 0 and a Ctrl-C'd one silently)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def stop(signum, frame):
+        raise RunInterrupted(signal.Signals(signum).name, signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -225,7 +260,20 @@ def fit(
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         try:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+            with _stopped_by_signals():
+                trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+        except RunInterrupted as stopped:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            kept = (
+                f"the last finished epoch is saved in {last}; run the same command again "
+                "to resume from there"
+                if last.exists()
+                else "no epoch had finished, so there is nothing to resume"
+            )
+            raise RunInterrupted(
+                f"{run_dir}: stopped by {stopped} during epoch {trainer.current_epoch}; {kept}",
+                stopped.signum,
+            ) from None
         except NonFiniteError as error:
             last = run_dir / "checkpoints" / "last.ckpt"
             kept = (
