@@ -79,13 +79,14 @@ def test_train_then_evaluate_predict_embed(small_perov: Path, tmp_path: Path) ->
     )
     assert "MAE" in out
     rows = list(csv.DictReader((tmp_path / "eval.csv").open()))
-    assert list(rows[0]) == ["id", "true", "predicted", "error"] and len(rows) == 60
+    header = ["id", "true (eV/cell)", "predicted (eV/cell)", "error (eV/cell)"]
+    assert list(rows[0]) == header and len(rows) == 60
 
     run(["predict", str(model), str(small_perov), "-o", str(tmp_path / "pred.csv"), *cache])
     pred = pd.read_csv(tmp_path / "pred.csv")
     assert list(pred.columns) == ["id", "heat_ref (eV/cell)"] and len(pred) == 60
     np.testing.assert_allclose(
-        pred["heat_ref (eV/cell)"], [float(r["predicted"]) for r in rows], rtol=1e-5
+        pred["heat_ref (eV/cell)"], [float(r["predicted (eV/cell)"]) for r in rows], rtol=1e-5
     )
 
     run(["embed", str(model), str(small_perov), "-o", str(tmp_path / "emb.parquet"), *cache])

@@ -34,15 +34,24 @@ class RemoteFile:
     columns: tuple[str, ...] = ()  # columns it must have
     #: the architecture of pretrained weights (``None``: a dataset or a feature table)
     architecture: str | None = None
+    #: what pretrained weights predict: the property, its unit, whether the values are
+    #: log10 of a quantity (in that unit), and a classifier's labels in output order
+    target: str = ""
+    unit: str = ""
+    log10_of: str | None = None
+    classes: tuple[str, ...] = ()
 
 
-def _cgcnn_model(file: str, sha256: str, what: str) -> RemoteFile:
+def _cgcnn_model(file: str, sha256: str, what: str, **target) -> RemoteFile:
+    # units from the CGCNN repository's pre-trained/README.md (log = log10, as in the
+    # Materials Project elasticity data the moduli models were trained on)
     return RemoteFile(
         f"{_CGCNN}/pre-trained/{file}",
         sha256,
         f"cgcnn_pretrained/pre-trained/{file}",
         what,
         architecture="cgcnn",
+        **target,
     )
 
 
@@ -57,41 +66,58 @@ REGISTRY: dict[str, RemoteFile] = {
         "formation-energy-per-atom.pth.tar",
         "e2f8bb910744f2c2f21d968285b6fd4316d795d0f3e7465ed0e3b4f3c92651a1",
         "formation energy per atom (eV/atom)",
+        target="formation_energy_per_atom",
+        unit="eV/atom",
     ),
     "cgcnn/final-energy-per-atom": _cgcnn_model(
         "final-energy-per-atom.pth.tar",
         "1afe9260a0b7bd01d2a0a752fbac12be5badea6a56e57aeea5877ae8f9a32c57",
         "final (total) energy per atom (eV/atom)",
+        target="energy_per_atom",
+        unit="eV/atom",
     ),
     "cgcnn/band-gap": _cgcnn_model(
         "band-gap.pth.tar",
         "d269775b9be0995c046abed3dd6556c281a3eff7b2e1d73cf81b99e2a1d4aa6c",
         "PBE band gap (eV)",
+        target="band_gap",
+        unit="eV",
     ),
     "cgcnn/efermi": _cgcnn_model(
         "efermi.pth.tar",
         "5ed4ba15b5bd3e04ce6b0eca75f15bb6465557aada4097f11291ea1e7cd48afb",
         "Fermi energy (eV)",
+        target="efermi",
+        unit="eV",
     ),
     "cgcnn/bulk-moduli": _cgcnn_model(
         "bulk-moduli.pth.tar",
         "0a3f66b9a0ee6acef11bb852717424a6c3560073239c17bdbea568cc43816dd3",
         "bulk modulus K_VRH (log10 GPa)",
+        target="K_VRH",
+        unit="log10 GPa",
+        log10_of="GPa",
     ),
     "cgcnn/shear-moduli": _cgcnn_model(
         "shear-moduli.pth.tar",
         "34173bc59a0a8f9f74021155b304b74d9e709b1ff241d3f02e83031c9deb216c",
         "shear modulus G_VRH (log10 GPa)",
+        target="G_VRH",
+        unit="log10 GPa",
+        log10_of="GPa",
     ),
     "cgcnn/poisson-ratio": _cgcnn_model(
         "poisson-ratio.pth.tar",
         "8d152338550b49ff6c3790cccdb892ee8bafe513bc49ab21955cdf7807e89513",
         "Poisson ratio",
+        target="poisson_ratio",
     ),
     "cgcnn/semi-metal-classification": _cgcnn_model(
         "semi-metal-classification.pth.tar",
         "3791d48885afafb28c0797e22637b63ea591cf7fb27497ce537911261b92edc8",
         "metal / semiconductor classification",
+        target="metal",
+        classes=("semiconductor", "metal"),  # class 1 = metal, as in the CGCNN README
     ),
     "perov_5/val": RemoteFile(
         f"{_CDVAE}/perov_5/val.csv",

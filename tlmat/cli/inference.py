@@ -83,18 +83,31 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write.")] = Path(
         "predictions.csv"
     ),
+    inverse_transform: Annotated[
+        bool,
+        typer.Option(
+            "--inverse-transform",
+            help="For a model that predicts log10 of a quantity (cgcnn/bulk-moduli: log10 "
+            "GPa), write the quantity itself (GPa).",
+        ),
+    ] = False,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
 ) -> None:
-    """Predict a property for new structures; writes ``id`` and the prediction per row.
+    """Predict a property for new structures: ``id`` and the prediction per row, the
+    header naming the unit (``K_VRH (log10 GPa)``); a classifier writes one probability
+    per class label (``p(metal)``).
 
-    Example:
+    Examples:
 
         tlmat predict cgcnn/formation-energy-per-atom my_cifs/ -o eform.csv
+
+        tlmat predict cgcnn/bulk-moduli my_cifs/ --inverse-transform -o bulk_GPa.csv
     """
     from tlmat.graphs.cache import CacheWriteError
+    from tlmat.inference import prediction_table
     from tlmat.io import InputError
     from tlmat.models import CheckpointError
     from tlmat.training import predict as predict_values
@@ -108,17 +121,11 @@ def predict(
         fail(str(error))
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
-    name = trained.target.name + (f" ({trained.target.unit})" if trained.target.unit else "")
-    with output.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        if values.ndim == 2:  # class probabilities
-            writer.writerow(["id", *(f"p_class_{k}" for k in range(values.shape[1]))])
-            writer.writerows(
-                [i, *map(float, row)] for i, row in zip(dataset.ids, values, strict=True)
-            )
-        else:
-            writer.writerow(["id", name])
-            writer.writerows([i, float(v)] for i, v in zip(dataset.ids, values, strict=True))
+    try:
+        table = prediction_table(dataset.ids, values, trained.target, inverse_transform)
+    except ValueError as error:
+        fail(str(error))
+    table.to_csv(output, index=False)
     console.print(f"{len(dataset)} predictions → {output} ({dataset.log.n_skipped} skipped)")
 
 
@@ -231,7 +238,8 @@ def evaluate(
     if output is not None:
         with output.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["id", "true", "predicted", "error"])
+            unit = f" ({trained.target.unit})" if trained.target.unit else ""
+            writer.writerow(["id", f"true{unit}", f"predicted{unit}", f"error{unit}"])
             writer.writerows(
                 [i, float(t), float(p), float(p - t)]
                 for i, t, p in zip(dataset.ids, truth, values, strict=True)

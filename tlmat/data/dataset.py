@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
+from tlmat.datasets import resolve
 from tlmat.graphs.cache import UNWRITABLE, CachedGraphs, CacheWriteError, GraphCache, set_aside
 from tlmat.graphs.data import CrystalGraph
 from tlmat.graphs.settings import GraphSettings
@@ -211,7 +212,7 @@ def load_dataset(
         ...                   targets=["heat_ref"])
         >>> ds.batch(range(64), target="heat_ref")
     """
-    path = Path(path)
+    path = resolve(path)  # a registered name (perov_5/train) works as well
     strict = _STRICT.get() if strict is None else strict
     check_duplicate_policy(on_duplicate)
     settings = settings or GraphSettings()

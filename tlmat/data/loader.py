@@ -70,9 +70,15 @@ def inference_batch_size(
     if len(pool) == 0:
         return largest
     sample = pool[np.linspace(0, len(pool) - 1, min(len(pool), 64)).astype(int)]
-    sizes = []
-    for i in sample:
-        graph = dataset.graphs.arrays(int(i), copy=False)
-        lines = 0 if graph.line_index is None else graph.line_index.shape[1]
-        sizes.append(graph.num_nodes + graph.num_edges + lines)
-    return int(np.clip(budget // max(np.mean(sizes), 1), 1, largest))
+    graphs = [dataset.graphs.arrays(int(i), copy=False) for i in sample]
+    return batch_size_for(graphs, budget, largest)
+
+
+def batch_size_for(graphs, budget: int = INFERENCE_BUDGET, largest: int = 256) -> int:
+    """As many of graphs like these (a sample of ``GraphArrays``) as fit ``budget`` nodes
+    + edges + bond pairs; between 1 and ``largest``."""
+    sizes = [
+        g.num_nodes + g.num_edges + (0 if g.line_index is None else g.line_index.shape[1])
+        for g in graphs
+    ]
+    return int(np.clip(budget // max(np.mean(sizes) if sizes else 1, 1), 1, largest))

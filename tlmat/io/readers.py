@@ -14,6 +14,7 @@ from typing import Literal
 from ase import Atoms
 from pymatgen.core import Molecule, Structure
 
+from tlmat.datasets import resolve
 from tlmat.io.ase_formats import iter_ase_db, iter_extxyz
 from tlmat.io.checks import CheckOptions, DisorderPolicy, RawItem, make_record
 from tlmat.io.folder import ID_PROP, iter_id_prop_folder, iter_structure_files
@@ -63,9 +64,8 @@ def iter_raw(
 ) -> Iterator[RawItem | Problem]:
     """Raw (unparsed, unchecked) items of any supported source; an item a reader already
     knows to be bad (an id_prop.csv path leaving its folder) comes as a ``Problem``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+    # a registered name (perov_5/train) or a path inside $TLMAT_DATA_DIR works as well
+    path = resolve(path)
     fmt = detect_format(path)
     if fmt == "folder":
         yield from iter_id_prop_folder(path, targets)

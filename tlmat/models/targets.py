@@ -41,6 +41,15 @@ class TargetSpec(BaseModel):
     #: per-element reference values (atomic number → target unit), subtracted before
     #: normalising (e.g. isolated-atom energies for a total energy)
     atom_refs: dict[int, float] | None = None
+    #: the values are log10 of a quantity in this unit (``unit`` then reads "log10 GPa");
+    #: ``10 ** value`` gives it back (``tlmat predict --inverse-transform``)
+    log10_of: str | None = None
+    #: class labels of a classifier, in output order (``["semiconductor", "metal"]``)
+    classes: tuple[str, ...] = ()
+
+    def column(self) -> str:
+        """The header of this target's predictions: name and unit, ``K_VRH (log10 GPa)``."""
+        return f"{self.name} ({self.unit})" if self.unit else self.name
 
     @model_validator(mode="after")
     def _consistent(self) -> TargetSpec:

@@ -33,8 +33,18 @@ def load_source(source: str | Path) -> TrainedModel:
     """A source model from a registered name (``cgcnn/formation-energy-per-atom``), a tlmat
     checkpoint, or an original CGCNN ``.pth.tar``."""
     if isinstance(source, str) and source in PRETRAINED:
+        entry = PRETRAINED[source]
         trained = load_checkpoint(fetch(source))
         trained.provenance["name"] = source
+        # the original files do not say what they predict: the registry does
+        trained.target = trained.target.model_copy(
+            update={
+                "name": entry.target or trained.target.name,
+                "unit": entry.unit,
+                "log10_of": entry.log10_of,
+                "classes": entry.classes,
+            }
+        )
         return trained
     path = Path(source)
     if not path.exists():
