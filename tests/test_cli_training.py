@@ -370,3 +370,19 @@ def test_train_takes_the_users_split_and_scales_its_defaults(
     manifest = json.loads((tmp_path / "run" / "run.json").read_text())
     assert manifest["command_config"]["epochs"] == 300  # 60,000 / 30, capped at 300
     assert manifest["command_config"]["early_stopping_patience"] == 1
+
+
+def test_accelerator_devices_and_precision_flags(small_perov: Path, tmp_path: Path) -> None:
+    """The GPU flags reach Lightning and the manifest (run here on the CPU)."""
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    flags = ["--accelerator", "cpu", "--devices", "1", "--precision", "bf16-mixed"]
+    run(["train", str(small_perov), "-t", "heat_ref", *flags, "--run-dir",
+         str(tmp_path / "run"), *QUICK, *cache])  # fmt: skip
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())["command_config"]
+    assert (manifest["accelerator"], manifest["devices"], manifest["precision"]) == (
+        "cpu", 1, "bf16-mixed",
+    )  # fmt: skip
+    out = tmp_path / "pred.csv"
+    run(["predict", str(tmp_path / "run" / "model.pt"), str(small_perov), "--device", "cpu",
+         "-o", str(out), *cache])  # fmt: skip
+    assert len(pd.read_csv(out)) == 60

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from tlmat.data import GraphDataset
     from tlmat.models import TrainedModel
 
+Device = Annotated[str, typer.Option(help="Where the model runs: cpu, cuda, cuda:1, mps [cpu].")]
 Checkpoint = Annotated[
     str, typer.Argument(help="tlmat checkpoint, registered name or original CGCNN .pth.tar.")
 ]
@@ -91,6 +92,7 @@ def predict(
             "GPa), write the quantity itself (GPa).",
         ),
     ] = False,
+    device: Device = "cpu",
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
@@ -116,6 +118,7 @@ def predict(
     writable_output(output, overwrite)
     try:
         trained = load_source(checkpoint)
+        trained.model.to(device)
         dataset = _structures(trained, structures, cache_dir, (), strict, on_duplicate)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))
@@ -144,6 +147,7 @@ def embed(
             "angle features). Default: the crystal embedding only.",
         ),
     ] = None,
+    device: Device = "cpu",
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
@@ -171,6 +175,7 @@ def embed(
     writable_output(output, overwrite)
     try:
         trained = load_source(checkpoint)
+        trained.model.to(device)
         dataset = _structures(trained, [data], cache_dir, (), strict, on_duplicate)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(str(error))

@@ -96,6 +96,14 @@ SplitFile = Annotated[
         "them (every id must be in the data).",
     ),
 ]
+Accelerator = Annotated[
+    str | None, typer.Option(help="auto, cpu, gpu or mps (Lightning's accelerator) [auto].")
+]
+Devices = Annotated[int | None, typer.Option(help="How many GPUs to train on [1].")]
+Precision = Annotated[
+    str | None,
+    typer.Option(help="32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true]."),
+]
 #: the architecture every command trains from scratch unless told otherwise: the shape of
 #: the published Materials Project CGCNNs (64/4/32), so that scratch and transfer compare
 #: like with like (= tlmat.experiments.pretraining.DEFAULT_MODEL, which a test checks)
@@ -328,6 +336,9 @@ def train(
     log10: Log10 = False,
     extensive: Extensive = False,
     early_stopping_patience: Patience = None,
+    accelerator: Accelerator = None,
+    devices: Devices = None,
+    precision: Precision = None,
     seed: Seed = 0,
     unit: Unit = "",
     cache_dir: CacheDir = None,
@@ -371,6 +382,9 @@ def train(
             weight_decay=weight_decay,
             normalization=normalization,
             early_stopping_patience=early_stopping_patience,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
         )
         trained = fresh_model(model_from_options(model, model_config_file), seed)
         settings = trained.model.graph_settings
@@ -477,6 +491,9 @@ def finetune(
     log10: Log10 = False,
     extensive: Extensive = False,
     early_stopping_patience: Patience = None,
+    accelerator: Accelerator = None,
+    devices: Devices = None,
+    precision: Precision = None,
     seed: Seed = 0,
     unit: Unit = "",
     model: Annotated[
@@ -530,6 +547,9 @@ def finetune(
             weight_decay=weight_decay,
             normalization=normalization,
             early_stopping_patience=early_stopping_patience,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
         )
         check_run_dir(run_dir, overwrite)  # before the slow work
         source_model = load_source(source)
@@ -720,6 +740,9 @@ def compare(
     log10: Log10 = False,
     extensive: Extensive = False,
     early_stopping_patience: Patience = None,
+    accelerator: Accelerator = None,
+    devices: Devices = None,
+    precision: Precision = None,
     seed: Seed = 0,
     unit: Unit = "",
     model: Annotated[
@@ -782,6 +805,9 @@ def compare(
             lr=lr,
             batch_size=batch_size,
             early_stopping_patience=early_stopping_patience,
+            accelerator=accelerator,
+            devices=devices,
+            precision=precision,
         )
         cfg = cfg.model_copy(update={"progress_bar": False})
         claim(run_dir, "comparison.json")

@@ -45,7 +45,11 @@ class TrainConfig(BaseModel):
     early_stopping_patience: int | None = 50
     batch_size: int = Field(64, ge=1)
     seed: int = 0
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
+    #: how many accelerators (GPUs) Lightning trains on
+    devices: int = Field(1, ge=1)
+    #: Lightning's precision: "32-true", "64-true", "16-mixed" (GPUs) or "bf16-mixed"
+    precision: Literal["32-true", "64-true", "16-mixed", "bf16-mixed"] = "32-true"
     progress_bar: bool = True
 
     def target_spec(self) -> TargetSpec:

@@ -104,7 +104,8 @@ def _trainer(config: TrainConfig, callbacks: list, run_dir: Path, steps: int) ->
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
-        devices=1,
+        devices=config.devices,
+        precision=config.precision,
         deterministic=True,
         callbacks=callbacks,
         logger=CSVLogger(run_dir, name="", version=""),

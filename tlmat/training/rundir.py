@@ -24,7 +24,13 @@ SETTINGS = "settings.json"
 FINISHED = ("model.pt", "result.json")
 #: training options a resume may change: they decide how long or where, not what, an
 #: epoch computes (the manifest records the values in effect)
-RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "progress_bar", "accelerator")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "early_stopping_patience",
+    "progress_bar",
+    "accelerator",
+    "devices",
+)
 
 logger = logging.getLogger("tlmat")
 

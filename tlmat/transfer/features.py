@@ -52,7 +52,9 @@ def layer_feature_table(
     # the crystal embedding alone needs one pass through the backbone, not every layer's
     embedding_only = layers in ("embedding_out", ["embedding_out"])
     batch_size = batch_size or inference_batch_size(dataset, indices)
+    device = next(model.parameters()).device
     for batch in GraphLoader(dataset, indices, batch_size=batch_size):
+        batch = batch.to(device)
         if embedding_only:
             features = OrderedDict(embedding_out=model.embed(batch))
         else:
@@ -60,7 +62,7 @@ def layer_feature_table(
         if names is None:
             chosen = select_layers(list(features), layers)
             names = [f"{layer}:{k}" for layer in chosen for k in range(features[layer].shape[1])]
-        chunks.append(torch.cat([features[layer] for layer in chosen], dim=1))
+        chunks.append(torch.cat([features[layer] for layer in chosen], dim=1).cpu())
     if names is None:
         return np.zeros((0, 0), dtype=np.float32), []
     return torch.cat(chunks).numpy(), names
