@@ -129,3 +129,49 @@ print(",".join(sorted(m for m in heavy if m in sys.modules)))
         [sys.executable, "-c", script, *names], capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
+
+
+def said(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_config_errors_name_the_field_the_value_and_what_is_allowed(tmp_path: Path) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text("optimiser: adam\noptimizer: adm\nlr: fast\n")
+    result = runner.invoke(app, ["train", "x.csv", "-t", "y", "--config", str(config),
+                                 "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    text = said(result)
+    assert result.exit_code == 1 and f"invalid TrainConfig settings in {config}" in text
+    assert "optimizer: 'adm' is not one of 'adam', 'adamw' or 'sgd'" in text
+    assert "optimiser: unknown setting; did you mean 'optimizer'?" in text
+    assert "(got 'fast')" in text and "errors.pydantic.dev" not in text
+
+
+def test_unknown_target_lists_the_numeric_columns_and_close_matches(data: Path) -> None:
+    result = runner.invoke(app, ["info", str(data / "perov_5" / "test.csv.gz"), "-t", "heat_reff"])
+    text = said(result)
+    assert result.exit_code == 1 and "no column 'heat_reff'" in text
+    assert "numeric columns are heat_all, heat_ref, dir_gap, ind_gap" in text
+    assert "did you mean 'heat_ref'?" in text
+
+
+def test_repeated_skips_are_one_line_each_and_hints_name_real_options(
+    cgcnn_folder: Path, caplog
+) -> None:
+    import logging
+
+    from tlmat.io import read_records
+
+    id_prop = cgcnn_folder / "id_prop.csv"
+    lines = id_prop.read_text().splitlines()
+    blanked = [f"{line.split(',')[0]}," for line in lines[1:7]]  # six rows without a target
+    id_prop.write_text("\n".join(lines[:1] + blanked + lines[7:]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="tlmat"):
+        result = read_records(cgcnn_folder)
+    assert result.log.n_skipped == 6 and len(result) == 4
+    assert len(caplog.records) == 2  # the first, then one line that the rest are counted
+    assert "further 'missing target' items are counted" in caplog.records[1].getMessage()
+    for command in ("train", "finetune", "compare", "predict", "evaluate", "embed", "info"):
+        help_text = said(runner.invoke(app, [command, "--help"]))
+        assert "--disorder" in help_text, command  # the partial-occupancy hint's option
+        assert "<bool>" not in help_text, command

@@ -275,3 +275,12 @@ def test_strict_aborts_every_reading_command(
     assert result.exit_code == 1, result.output
     assert "sample/id_prop.csv:line 2 [1000050]: aborted, unparsable structure" in text
     assert "skipped" not in text
+
+
+def test_first_row_without_a_target_is_a_skip_not_a_header(cgcnn_folder: Path) -> None:
+    # found while testing: an empty first target made the row a "header", dropping it
+    id_prop = cgcnn_folder / "id_prop.csv"
+    id_prop.write_text(id_prop.read_text().replace("1000041,1.0", "1000041,", 1))
+    result = read_records(cgcnn_folder)
+    assert len(result) == 9 and [p.id for p in result.log.problems] == ["1000041"]
+    assert result.log.problems[0].reason is Reason.MISSING_TARGET

@@ -8,12 +8,22 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from typer.core import TyperOption
 
 from tlmat import __version__
 from tlmat.cli.common import console
 from tlmat.cli.data import cache, info
 from tlmat.cli.inference import embed, evaluate, models, predict, report
 from tlmat.cli.training import benchmark, compare, finetune, train
+
+
+def _flag_without_type(self, ctx):
+    # Typer prints "<bool>" beside on/off flags, which take no value: show nothing there
+    return None if getattr(self, "is_flag", False) else _display_type(self, ctx)
+
+
+_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_without_type
 
 app = typer.Typer(
     help="Transfer learning of graph neural networks for crystal properties.",

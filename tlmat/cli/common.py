@@ -44,10 +44,51 @@ Overwrite = Annotated[
 ]
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str | BaseException) -> NoReturn:
+    """Print the error (a settings error as one line per bad field) and exit 1."""
+    text = message if isinstance(message, str) else describe_error(message)
     # escaped: ids and paths in brackets ("[mp-1234]", "[/data/x]") are no rich markup
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    console.print(f"[bold red]error:[/] {escape(text)}")
     raise typer.Exit(1)
+
+
+def _fields_of(model_name: str) -> list[str]:
+    """The fields of the pydantic model called ``model_name`` (for spelling hints)."""
+    from pydantic import BaseModel
+
+    stack = [BaseModel]
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ == model_name and cls is not BaseModel:
+            return list(cls.model_fields)
+        stack += cls.__subclasses__()
+    return []
+
+
+def describe_error(error: BaseException) -> str:
+    """An exception as a message; pydantic's validation errors as one line per field with
+    the value given and what is allowed, instead of its raw text with a URL."""
+    errors = getattr(error, "errors", None)
+    if type(error).__name__ != "ValidationError" or not callable(errors):
+        return str(error)
+    import difflib
+
+    where = " ".join(getattr(error, "__notes__", []))
+    lines = []
+    for item in errors(include_url=False):
+        field = ".".join(str(part) for part in item["loc"]) or "(settings)"
+        if item["type"] == "extra_forbidden":
+            known = _fields_of(error.title)
+            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=2, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+            lines.append(f"{field}: unknown setting{hint}")
+        elif item["type"] == "literal_error":
+            allowed = item.get("ctx", {}).get("expected", "")
+            lines.append(f"{field}: {item['input']!r} is not one of {allowed}")
+        else:
+            lines.append(f"{field}: {item['msg'].lower()} (got {item['input']!r})")
+    head = f"invalid {error.title} settings" + (f" {where}" if where else "")
+    return head + ":\n  " + "\n  ".join(lines)
 
 
 def interrupted(error) -> NoReturn:

@@ -74,7 +74,7 @@ def summarise(result: ReadResult) -> list[Table]:
 
 
 def info(
-    path: Annotated[Path, typer.Argument(help="File or folder of structures.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="File or folder of structures.")],
     target: Targets = None,
     strict: Strict = False,
     disorder: Disorder = "skip",
@@ -119,7 +119,7 @@ def info(
             on_duplicate=on_duplicate,
         )
     except (InputError, CacheWriteError, FileNotFoundError, ValueError) as error:
-        fail(str(error))
+        fail(error)
     for table in summarise(result):
         console.print(table)
     if skipped_csv is not None:
@@ -130,12 +130,12 @@ def info(
         try:
             n = writer(result.records, export, overwrite=overwrite)
         except FileExistsError as error:
-            fail(str(error))
+            fail(error)
         console.print(f"{n} cleaned structures written to {export}")
 
 
 def cache(
-    data: Annotated[Path, typer.Argument(help="File or folder of structures.")],
+    data: Annotated[Path, typer.Argument(metavar="DATA", help="File or folder of structures.")],
     preset: Annotated[
         str, typer.Option(help="Graph convention: cgcnn (8 Å, 12 nearest), schnet, alignn.")
     ] = "cgcnn",
@@ -190,7 +190,7 @@ def cache(
         )
         seconds = time.perf_counter() - start
     except (InputError, CacheWriteError, FileNotFoundError, ValueError) as error:
-        fail(str(error))
+        fail(error)
     where = dataset.graphs.cache.directory
     how = "loaded from cache" if dataset.from_cache else "built"
     console.print(

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tlmat.cli.common import (
     CacheDir,
+    Disorder,
     OnDuplicate,
     Overwrite,
     Strict,
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
 
 Device = Annotated[str, typer.Option(help="Where the model runs: cpu, cuda, cuda:1, mps [cpu].")]
 Checkpoint = Annotated[
-    str, typer.Argument(help="tlmat checkpoint, registered name or original CGCNN .pth.tar.")
+    str,
+    typer.Argument(
+        metavar="CHECKPOINT", help="tlmat checkpoint, registered name or original CGCNN .pth.tar."
+    ),
 ]
 
 
@@ -52,6 +56,7 @@ def _structures(
     targets=(),
     strict: bool = False,
     on_duplicate: str = "error",
+    disorder: str = "skip",
 ) -> GraphDataset:
     from tlmat.data import concat, load_dataset
     from tlmat.datasets import resolve
@@ -66,6 +71,7 @@ def _structures(
             progress=True,
             strict=strict,
             on_duplicate=on_duplicate,
+            disorder=disorder,
         )
         for s in sources
     ]
@@ -80,7 +86,9 @@ def _structures(
 
 def predict(
     checkpoint: Checkpoint,
-    structures: Annotated[list[str], typer.Argument(help="Files or folders of structures.")],
+    structures: Annotated[
+        list[str], typer.Argument(metavar="STRUCTURES", help="Files or folders of structures.")
+    ],
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write.")] = Path(
         "predictions.csv"
     ),
@@ -97,6 +105,7 @@ def predict(
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
+    disorder: Disorder = "skip",
 ) -> None:
     """Predict a property for new structures: ``id`` and the prediction per row, the
     header naming the unit (``K_VRH (log10 GPa)``); a classifier writes one probability
@@ -119,22 +128,24 @@ def predict(
     try:
         trained = load_source(checkpoint)
         trained.model.to(device)
-        dataset = _structures(trained, structures, cache_dir, (), strict, on_duplicate)
+        dataset = _structures(trained, structures, cache_dir, (), strict, on_duplicate, disorder)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(str(error))
+        fail(error)
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
     try:
         table = prediction_table(dataset.ids, values, trained.target, inverse_transform)
     except ValueError as error:
-        fail(str(error))
+        fail(error)
     table.to_csv(output, index=False)
     console.print(f"{len(dataset)} predictions → {output} ({dataset.log.n_skipped} skipped)")
 
 
 def embed(
     checkpoint: Checkpoint,
-    data: Annotated[str, typer.Argument(help="Structures: file, folder or registered name.")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="Structures: file, folder or registered name.")
+    ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help=".npz, .parquet or .csv file.")
     ] = Path("embeddings.npz"),
@@ -152,6 +163,7 @@ def embed(
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
+    disorder: Disorder = "skip",
 ) -> None:
     """Pooled crystal embeddings of a dataset, batched, for your own models; with
     ``--layers``, the pooled features after the chosen layers, one column per feature
@@ -176,13 +188,13 @@ def embed(
     try:
         trained = load_source(checkpoint)
         trained.model.to(device)
-        dataset = _structures(trained, [data], cache_dir, (), strict, on_duplicate)
+        dataset = _structures(trained, [data], cache_dir, (), strict, on_duplicate, disorder)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(str(error))
+        fail(error)
     try:
         features, columns = layer_feature_table(trained, dataset, layers=layers or "embedding_out")
     except ValueError as error:
-        fail(str(error))
+        fail(error)
     _finite(features, dataset, checkpoint)
     if output.suffix in (".parquet", ".csv"):
         import pandas as pd
@@ -200,7 +212,9 @@ def embed(
 
 def evaluate(
     checkpoint: Checkpoint,
-    data: Annotated[str, typer.Argument(help="Labelled structures: file, folder or name.")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="Labelled structures: file, folder or name.")
+    ],
     target: Annotated[str, typer.Option("--target", "-t", help="Column with true values.")],
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Per-structure CSV.")
@@ -209,6 +223,7 @@ def evaluate(
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
+    disorder: Disorder = "skip",
 ) -> None:
     """Score a model on labelled data (MAE, RMSE, R², max error).
 
@@ -227,9 +242,9 @@ def evaluate(
         writable_output(output, overwrite)
     try:
         trained = load_source(checkpoint)
-        dataset = _structures(trained, [data], cache_dir, [target], strict, on_duplicate)
+        dataset = _structures(trained, [data], cache_dir, [target], strict, on_duplicate, disorder)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(str(error))
+        fail(error)
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
     truth = dataset.targets[target]
@@ -311,7 +326,10 @@ def models() -> None:
 def report(
     results: Annotated[
         Path,
-        typer.Argument(help="Results grid: n<size>-s<seed>/<method>/, or a benchmark folder."),
+        typer.Argument(
+            metavar="RESULTS",
+            help="Results grid: n<size>-s<seed>/<method>/, or a benchmark folder.",
+        ),
     ],
     out: Annotated[Path | None, typer.Option(help="Output folder [RESULTS/report].")] = None,
     unit: Annotated[str, typer.Option(help="Unit of the target, for tables and axes.")] = "",
@@ -346,5 +364,5 @@ def report(
     try:
         path = write_report(results, out, unit, threshold, baseline, title)
     except (FileNotFoundError, ValueError) as error:
-        fail(str(error))
+        fail(error)
     console.print(f"report → {path} (and report.html, figures beside it)")

@@ -11,6 +11,7 @@ import typer
 
 from tlmat.cli.common import (
     CacheDir,
+    Disorder,
     OnDuplicate,
     Overwrite,
     Strict,
@@ -185,6 +186,7 @@ def target_data(
     val: str | None = None,
     strict: bool = False,
     on_duplicate: str = "error",
+    disorder: str = "skip",
     log10: bool = False,
 ) -> tuple[GraphDataset, dict[str, np.ndarray]]:
     """The data, and the user's own validation and test sets, as one dataset with the
@@ -206,6 +208,7 @@ def target_data(
             progress=True,
             strict=strict,
             on_duplicate=on_duplicate,
+            disorder=disorder,
         )
         if log10:
             loaded = loaded.require_positive(target, strict)
@@ -306,7 +309,9 @@ def common_split(first: GraphDataset, split: Split, second: GraphDataset) -> tup
 
 
 def train(
-    data: Annotated[str, typer.Argument(help="Training data: file, folder or registered name.")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="Training data: file, folder or registered name.")
+    ],
     target: Target,
     run_dir: RunDir = Path("runs/train"),
     config: Config = None,
@@ -345,6 +350,7 @@ def train(
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
+    disorder: Disorder = "skip",
 ) -> None:
     """Train a model of any registered architecture from scratch (an interrupted run
     resumes from its last checkpoint). The graphs are built as the model needs them.
@@ -400,6 +406,7 @@ def train(
             val=val,
             strict=strict,
             on_duplicate=on_duplicate,
+            disorder=disorder,
             log10=cfg.log10,
         )
         split = split_of(
@@ -417,7 +424,7 @@ def train(
         RunExistsError,
         DivergedError,
     ) as error:
-        fail(str(error))
+        fail(error)
     y = dataset.targets[target]
     metrics = regression_metrics(y[split.test], predict(result.trained, dataset, split.test))
     owned_path(run_dir, "test_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -439,6 +446,7 @@ def scratch_data(
     cache_dir: Path | None,
     strict: bool,
     on_duplicate: str,
+    disorder: str = "skip",
 ) -> tuple[ModelConfig, GraphDataset | None]:
     """Another architecture for the ``scratch`` row, with its own graphs of the same data
     (``None`` when it uses the source's graphs)."""
@@ -457,12 +465,15 @@ def scratch_data(
         val=val,
         strict=strict,
         on_duplicate=on_duplicate,
+        disorder=disorder,
     )
     return config, other
 
 
 def finetune(
-    data: Annotated[str, typer.Argument(help="Target data: file, folder or registered name.")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="Target data: file, folder or registered name.")
+    ],
     target: Target,
     source: Annotated[
         str, typer.Option(help="Source: registered name (tlmat models), tlmat or CGCNN file.")
@@ -509,6 +520,7 @@ def finetune(
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
+    disorder: Disorder = "skip",
 ) -> None:
     """Fine-tune a pretrained model on a (small) target set; prints the source's zero-shot
     score beside the fine-tuned one.
@@ -563,6 +575,7 @@ def finetune(
             val=val,
             strict=strict,
             on_duplicate=on_duplicate,
+            disorder=disorder,
             log10=cfg.log10,
         )
         split = split_of(
@@ -587,6 +600,7 @@ def finetune(
                 cache_dir,
                 strict,
                 on_duplicate,
+                disorder,
             )
             origin = fresh_model(twin_config, seed)
             if twin_data is not None:
@@ -615,7 +629,7 @@ def finetune(
         CheckpointError,
         DivergedError,
     ) as error:
-        fail(str(error))
+        fail(error)
     label = result.strategy
     if origin is not source_model:
         label = f"scratch [{origin.model.architecture}]"
@@ -711,7 +725,9 @@ def comparison_table(
 
 
 def compare(
-    data: Annotated[str, typer.Argument(help="Target data: file, folder or registered name.")],
+    data: Annotated[
+        str, typer.Argument(metavar="DATA", help="Target data: file, folder or registered name.")
+    ],
     target: Target,
     source: Annotated[str, typer.Option(help="Source model.")] = "cgcnn/formation-energy-per-atom",
     strategies: Annotated[
@@ -758,6 +774,7 @@ def compare(
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
+    disorder: Disorder = "skip",
 ) -> None:
     """Scratch against transfer strategies from one source, repeated over seeds, on one
     held-out test set: mean ± std, a paired t-test against scratch, the best marked. The
@@ -822,6 +839,7 @@ def compare(
             val=val,
             strict=strict,
             on_duplicate=on_duplicate,
+            disorder=disorder,
             log10=cfg.log10,
         )
         twin = None
@@ -837,6 +855,7 @@ def compare(
                 cache_dir,
                 strict,
                 on_duplicate,
+                disorder,
             )
         columns = (
             TextColumn("{task.description}"),
@@ -899,7 +918,7 @@ def compare(
         CheckpointError,
         DivergedError,
     ) as error:
-        fail(str(error))
+        fail(error)
     summary = comparison_rows(rows, "scratch" if "scratch" in rows else next(iter(rows)))
     raw_unit = source_model.target.unit if source_model.target.unit != unit else None
     title = (
@@ -914,7 +933,9 @@ def compare(
 
 
 def benchmark(
-    config: Annotated[Path, typer.Argument(help="Benchmark YAML (see benchmarks/configs/).")],
+    config: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="Benchmark YAML (see benchmarks/configs/).")
+    ],
     results: Annotated[Path | None, typer.Option(help="Results folder [results/NAME].")] = None,
     quick: Annotated[
         bool, typer.Option("--quick", help="Two smallest sizes, one seed, two epochs.")
@@ -948,5 +969,5 @@ def benchmark(
         with strict_reading(strict):  # the grid loads its datasets (and sources') inside
             report = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(str(error))
+        fail(error)
     console.print(f"report → {report}")

@@ -196,7 +196,11 @@ class BenchmarkConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
-        return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+        try:
+            return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+        except ValueError as error:  # pydantic's ValidationError: say which file
+            error.add_note(f"in {path}")
+            raise
 
     def quick(self) -> BenchmarkConfig:
         """A few-minute version for CI: two smallest sizes, one seed, two epochs."""

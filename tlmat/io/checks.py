@@ -151,7 +151,8 @@ def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record
             return _problem(
                 item,
                 Reason.PARTIAL_OCCUPANCY,
-                f"{disordered} disordered site(s); use disorder='majority' to keep it",
+                f"{disordered} disordered site(s); --disorder majority (disorder='majority' in "
+                "Python) keeps each site's majority species",
             )
         if isinstance(structure, Molecule):
             return _problem(item, Reason.PARTIAL_OCCUPANCY, "disordered molecule")

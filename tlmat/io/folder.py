@@ -60,7 +60,7 @@ def iter_id_prop_folder(
     root: Path, targets: Sequence[str] | None = None
 ) -> Iterator[RawItem | Problem]:
     """Rows of ``id_prop.csv``: ``id, value[, value…]`` (no header, as CGCNN/ALIGNN write it;
-    a header row is recognised when none of its value cells is a number).
+    a header row is recognised when every value cell is a name, not a number or empty).
 
     Target names: ``targets`` when given (one per value column, or one name for a vector
     of all values); else the header's names; else ``"target"`` (a vector when a row has
@@ -70,7 +70,9 @@ def iter_id_prop_folder(
     with open_text(root / ID_PROP) as handle:
         rows = [row for row in csv.reader(handle) if row]
     header: list[str] | None = None
-    if rows and len(rows[0]) > 1 and not any(_numeric(c) for c in rows[0][1:]):
+    # an empty value is a row with a missing target, not a header: a header names columns
+    first = rows[0][1:] if rows else []
+    if first and all(c.strip() and not _numeric(c) for c in first):
         header, rows = rows[0][1:], rows[1:]
     names = list(targets) if targets is not None else header
     for number, row in enumerate(rows, start=1 + (header is not None)):

@@ -81,16 +81,23 @@ class ProblemLog:
     strict: bool = False
     problems: list[Problem] = field(default_factory=list)
     n_ok: int = 0
-    #: Individual warnings logged before only the summary is (all stay in ``problems``).
-    max_logged: int = 20
+    #: warnings logged one by one per reason; the rest of that reason is counted in the
+    #: summary (every problem stays in ``problems``)
+    max_logged: int = 1
+    _logged: Counter = field(default_factory=Counter, init=False, repr=False, compare=False)
 
     def skip(self, problem: Problem) -> None:
         if self.strict:
             raise InputError(problem)
-        if len(self.problems) < self.max_logged:
+        seen = self._logged[problem.reason]
+        self._logged[problem.reason] += 1
+        if seen < self.max_logged:
             logger.warning(str(problem))
-        elif len(self.problems) == self.max_logged:
-            logger.warning("further skipped items are not logged one by one; see the summary")
+        elif seen == self.max_logged:
+            logger.warning(
+                "further '%s' items are counted, not logged: see the summary",
+                problem.reason.value,
+            )
         self.problems.append(problem)
 
     def write_csv(self, path: str | Path) -> None:

@@ -107,8 +107,11 @@ def rows_to_items(
     id_column: str | None = None,
     targets: Sequence[str] | None = None,
     where: str = "row",
+    fixed_columns: bool = False,
 ) -> Iterator[RawItem]:
-    """Raw items from table rows (dicts); column roles are guessed from the first row."""
+    """Raw items from table rows (dicts); column roles are guessed from the first row.
+    With ``fixed_columns`` (a CSV: every row has the header's columns) a target that is
+    no column is an error naming the numeric columns, not a skip of every row."""
     from tlmat.io.parse import Text
 
     chosen: tuple[str, str | None, tuple[str, ...]] | None = None
@@ -121,6 +124,9 @@ def rows_to_items(
                 tuple(targets) if targets is not None else guess_target_columns(row, [scol, icol])
             )
             chosen = (scol, icol, tcols)
+            absent = [t for t in tcols if t not in row]
+            if fixed_columns and absent:
+                raise ValueError(_no_column(path, absent[0], row, [scol, icol]))
         scol, icol, tcols = chosen
         if scol not in row:
             raise ValueError(f"{path}: structure column {scol!r} not found")
@@ -143,6 +149,18 @@ def rows_to_items(
         )
 
 
+def _no_column(path: Path, name: str, row: dict[str, Any], roles: list[str | None]) -> str:
+    import difflib
+
+    numeric = guess_target_columns(row, roles)
+    close = difflib.get_close_matches(name, list(row), n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return (
+        f"{path}: no column {name!r} to use as a target; its numeric columns are "
+        f"{', '.join(numeric) or '(none)'}{hint}"
+    )
+
+
 def iter_csv(
     path: Path,
     structure_column: str | None = None,
@@ -151,7 +169,10 @@ def iter_csv(
 ) -> Iterator[RawItem]:
     """CSV (optionally ``.gz``) with one structure per row as CIF or POSCAR text."""
     with open_text(path) as handle:
-        yield from rows_to_items(csv.DictReader(handle), path, structure_column, id_column, targets)
+        rows = csv.DictReader(handle)
+        yield from rows_to_items(
+            rows, path, structure_column, id_column, targets, fixed_columns=True
+        )
 
 
 def load_json(path: Path) -> Any:

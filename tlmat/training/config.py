@@ -66,4 +66,8 @@ class TrainConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        try:
+            return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        except ValueError as error:  # pydantic's ValidationError: say which file
+            error.add_note(f"in {path}")
+            raise
