@@ -175,3 +175,35 @@ def test_repeated_skips_are_one_line_each_and_hints_name_real_options(
         help_text = said(runner.invoke(app, [command, "--help"]))
         assert "--disorder" in help_text, command  # the partial-occupancy hint's option
         assert "<bool>" not in help_text, command
+
+
+def test_default_run_folder_inside_a_git_checkout_is_announced(tmp_path: Path, monkeypatch) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        import pytest
+
+        pytest.skip("git is not installed")
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "missing.csv", "-t", "y"])
+    assert f"results go to {tmp_path.resolve() / 'runs' / 'train'}, inside the git" in said(result)
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    assert "inside the git" not in said(runner.invoke(app, ["train", "missing.csv", "-t", "y"]))
+    own = runner.invoke(app, ["train", "missing.csv", "-t", "y", "--run-dir", "elsewhere"])
+    assert "inside the git" not in said(own)
+
+
+def test_inference_commands_honour_tlmat_cache_dir(data: Path, tmp_path: Path) -> None:
+    sample = str(data / "cgcnn_sample_regression")
+    model = "cgcnn/band-gap"
+    for command in (
+        ["predict", model, sample, "-o", str(tmp_path / "p.csv")],
+        ["embed", model, sample, "-o", str(tmp_path / "e.npz")],
+        ["evaluate", model, sample, "-t", "target"],
+    ):
+        cache = tmp_path / f"cache-{command[0]}"
+        result = runner.invoke(app, command, env={"TLMAT_CACHE_DIR": str(cache)})
+        assert result.exit_code == 0, result.output
+        assert any(cache.rglob("*.npy")), f"{command[0]} did not use $TLMAT_CACHE_DIR"

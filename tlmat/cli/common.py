@@ -91,6 +91,35 @@ def describe_error(error: BaseException) -> str:
     return head + ":\n  " + "\n  ".join(lines)
 
 
+def note_run_dir(run_dir: Path, default: Path) -> None:
+    """Say where results go when the default run folder lands inside a git checkout and
+    git does not ignore it (results would show up as untracked files of that project)."""
+    if run_dir != default:
+        return
+    here = Path.cwd().resolve()
+    checkout = next((p for p in (here, *here.parents) if (p / ".git").exists()), None)
+    if checkout is None:
+        return
+    import subprocess
+
+    try:
+        ignored = (
+            subprocess.run(
+                ["git", "-C", str(checkout), "check-ignore", "-q", str(here / run_dir)],
+                capture_output=True,
+                timeout=5,
+            ).returncode
+            == 0
+        )
+    except (OSError, subprocess.SubprocessError):
+        ignored = False
+    if not ignored:
+        console.print(
+            f"note: results go to {here / run_dir}, inside the git checkout {checkout} "
+            "(not ignored by git); pass --run-dir to put them elsewhere"
+        )
+
+
 def interrupted(error) -> NoReturn:
     """A run stopped by SIGTERM or SIGINT: say how to resume, exit 128 + the signal."""
     console.print(f"[bold yellow]stopped:[/] {escape(str(error))}")

@@ -19,6 +19,7 @@ from tlmat.cli.common import (
     fail,
     interrupted,
     metrics_table,
+    note_run_dir,
     skipped_table,
 )
 
@@ -370,6 +371,7 @@ def train(
     from tlmat.training.rundir import check_run_dir, owned_path
     from tlmat.transfer.sources import fresh_model
 
+    note_run_dir(run_dir, Path("runs/train"))
     try:
         check_run_dir(run_dir, overwrite)  # before the slow work
         cfg = training_config(
@@ -542,6 +544,7 @@ def finetune(
     from tlmat.training.rundir import check_run_dir
     from tlmat.transfer.sources import fresh_model, load_source
 
+    note_run_dir(run_dir, Path("runs/finetune"))
     try:
         cfg = training_config(
             config,
@@ -810,6 +813,7 @@ def compare(
 
     chosen = chosen_strategies(strategies)
     rows: dict[str, list[dict[str, float]]] = {}
+    note_run_dir(run_dir, Path("runs/compare"))
     try:
         cfg = training_config(
             config,
