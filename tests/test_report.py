@@ -80,7 +80,7 @@ def test_write_report(grid: Path, tmp_path: Path) -> None:
     path = write_report(grid, tmp_path / "report", unit="eV/cell", threshold=0.217)
     text = path.read_text()
     for heading in (
-        "## test MAE",
+        "## test MAE (eV/cell)",
         "## paired t-test vs scratch",
         "## equivalent scratch training-set size",
         "## all metrics at N=60 (mean over seeds)",
@@ -88,10 +88,23 @@ def test_write_report(grid: Path, tmp_path: Path) -> None:
         "![parity.png](parity.png)",
     ):
         assert heading in text
-    for figure in ("learning_curves.png", "parity.png", "error_cdf.png", "error_hist.png"):
+    for figure in ("learning_curves.png", "parity.png", "error_cdf.png", "error_box.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 10_000  # a real picture
+        assert f"![{figure}]({figure})" in text
+    assert "*Figure 1.* Test MAE against training-set size" in text
+    assert "± is the sample standard deviation over seeds (ddof = 1)" in text
+    assert "## test MAE (eV/cell)" in text
     html = (tmp_path / "report" / "report.html").read_text()
+    # rendered by markdown-it: tables, images, and `code` as code, not literal backticks
     assert html.count("<table>") == 6 and '<img src="learning_curves.png"' in html
+    assert "<code>" in html and "`" not in html.split("<body>")[1]
+    # methods in a meaningful order, not alphabetical: base first, scratch before transfer
+    rows = [
+        line.split(" | ")[0].lstrip("| ")
+        for line in text.split("## test MAE")[1].split("##")[0].splitlines()
+        if line.startswith("| ") and "---" not in line
+    ][1:]
+    assert rows.index("scratch") < rows.index("full")
     runs = pd.read_csv(tmp_path / "report" / "runs.csv")
     assert np.isfinite(runs["mae"]).all()
     one = runs[(runs.method == "full") & (runs["size"] == 60)].iloc[0]
@@ -116,3 +129,15 @@ def test_compare_tasks_sign_test(grid: Path) -> None:
     assert tests["sign_test_p"] == pytest.approx(stats.binomtest(wins, 2, 0.5, "greater").pvalue)
     with pytest.raises(FileNotFoundError):
         compare_tasks([grid], ["absent"])
+
+
+def test_report_says_which_figures_it_could_not_draw(grid: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "grid"
+    shutil.copytree(grid, copy)
+    for file in copy.rglob("predictions.csv"):
+        file.unlink()
+    text = write_report(copy, tmp_path / "report", unit="eV/cell").read_text()
+    assert "Not drawn:" in text and "parity and error figures: no predictions.csv" in text
+    assert not (tmp_path / "report" / "parity.png").exists()

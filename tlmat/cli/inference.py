@@ -344,11 +344,13 @@ def report(
     overwrite: Overwrite = False,
 ) -> None:
     """Markdown + HTML report of a results grid: MAE tables, paired t-tests, equivalent
-    training-set sizes, learning curves, parity plots, error distributions.
+    training-set sizes, learning curves, parity plots, error distributions. It writes to a
+    new folder (an existing one only with --overwrite) and says which figures it could not
+    draw and why; a benchmark folder supplies its own unit and threshold.
 
     Example:
 
-        tlmat report benchmarks/results/grid-perov-cgcnn-mp --unit eV/cell --threshold 0.217
+        tlmat report benchmarks/results/model-zoo-perovskites --out my-report
     """
     import yaml
 

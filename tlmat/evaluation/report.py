@@ -183,11 +183,11 @@ def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, p
     """Test MAE (mean ± std, n), paired t-test p-values against the baseline over seeds,
     equivalent baseline training-set sizes, and seconds per epoch; methods × sizes."""
     grouped = runs.groupby(["method", "size"])["mae"]
-    mean, std, count = grouped.mean(), grouped.std(ddof=0), grouped.count()
+    # sample std (ddof = 1) over seeds, the one std of every table, figure and the README
+    mean, std, count = grouped.mean(), grouped.std(ddof=1), grouped.count()
     mae = (
         mean.map("{:.4f}".format)
-        + " ± "
-        + std.map("{:.4f}".format)
+        + std.map(lambda v: "" if np.isnan(v) else f" ± {v:.4f}")  # no spread from one seed
         + " (n="
         + count.astype(str)
         + ")"
@@ -231,19 +231,120 @@ def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, p
     if "sec_per_epoch" in runs:
         speed = runs.dropna(subset=["sec_per_epoch"]).groupby(["method", "size"])["sec_per_epoch"]
         tables["seconds per epoch"] = speed.mean().map("{:.2f}".format).unstack("size")
+    for name, table in tables.items():  # rows in a meaningful order, not alphabetical
+        if not name.startswith("_") and table.index.name == "method":
+            tables[name] = table.reindex(method_order(table.index))
     return tables
 
 
+#: Okabe & Ito's colour-blind-safe palette (Nature Methods 8, 441, 2011), black last
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+#: how methods are listed: the floor, descriptor baselines, from scratch, the source as
+#: it is, then the transfer strategies from least to most of the source kept frozen
+ORDER = [
+    "base",
+    "magpie",
+    "soap",
+    "sine",
+    "scratch",
+    "zero-shot",
+    "zero-shot+linear",
+    "full",
+    "discriminative",
+    "freeze-embedding",
+    "freeze-first",
+    "head-only",
+    "features+mlp",
+    "features+rf",
+]
+
+
+def _strategy(method: str) -> str:
+    """``full [mp-cgcnn]`` → ``full``; ``freeze-first-2`` → ``freeze-first``."""
+    name = method.split(" [")[0]
+    return re.sub(r"-\d+$", "", name)
+
+
+def method_order(methods) -> list[str]:
+    """Methods in a meaningful order (:data:`ORDER`), then by source."""
+
+    def rank(method: str) -> tuple[int, str]:
+        strategy = _strategy(method)
+        if strategy in ORDER:
+            return ORDER.index(strategy), method
+        for i, known in enumerate(ORDER):  # scratch-alignn, magpie-rf, …
+            if strategy.startswith((known + "-", known + "+")):
+                return i, method
+        return len(ORDER), method
+
+    return sorted(dict.fromkeys(methods), key=rank)
+
+
+#: a fixed colour per family of methods (Okabe–Ito, grey for the source as it is), so a
+#: method has the same colour in every figure of every report
+FAMILY_COLOURS = {
+    "base": "#000000",
+    "magpie": "#999999",
+    "soap": "#999999",
+    "sine": "#999999",
+    "scratch": "#E69F00",
+    "zero-shot": "#999999",
+    "zero-shot+linear": "#666666",
+    "full": "#0072B2",
+    "discriminative": "#56B4E9",
+    "freeze-embedding": "#009E73",
+    "freeze-first": "#CC79A7",
+    "head-only": "#D55E00",
+    "features+mlp": "#F0E442",
+    "features+rf": "#8C6D1F",
+}
+
+
+def _family(method: str) -> str:
+    strategy = _strategy(method)
+    if strategy in ORDER:
+        return strategy
+    return next((k for k in ORDER if strategy.startswith((k + "-", k + "+"))), strategy)
+
+
+def _variant(method: str) -> str:
+    """What tells apart methods of one family: the source, or scratch's architecture."""
+    source = method.split(" [")[1].rstrip("]") if " [" in method else ""
+    extra = _strategy(method)[len(_family(method)) :].lstrip("-+")
+    return "/".join(x for x in (extra, source) if x)
+
+
+def method_styles(methods) -> dict[str, dict]:
+    """A colour per family (:data:`FAMILY_COLOURS`) and a marker per variant (source or
+    architecture), so that a dozen series stay apart and keep their colour everywhere."""
+    methods = method_order(methods)
+    variants = sorted({_variant(m) for m in methods})
+
+    def colour(family: str) -> str:  # a stable pick (str hashes change between runs)
+        return FAMILY_COLOURS.get(family, PALETTE[sum(map(ord, family)) % len(PALETTE)])
+
+    return {
+        m: {
+            "color": colour(_family(m)),
+            "marker": MARKERS[variants.index(_variant(m)) % len(MARKERS)],
+        }
+        for m in methods
+    }
+
+
 def _predictions(runs: pd.DataFrame, size: int) -> dict[str, pd.DataFrame]:
-    """Test-set predictions of every method at one size (the lowest seed that has them)."""
+    """Test-set predictions of every method at one size, all seeds (a ``seed`` column)."""
     out = {}
     for method, group in runs[runs["size"] == size].sort_values("seed").groupby("method"):
-        for path in group["path"]:
+        frames = []
+        for seed, path in zip(group["seed"], group["path"], strict=True):
             file = Path(path) / "predictions.csv"
             if file.exists():
-                out[method] = pd.read_csv(file)
-                break
-    return out
+                frames.append(pd.read_csv(file).assign(seed=seed))
+        if frames:
+            out[method] = pd.concat(frames, ignore_index=True)
+    return {m: out[m] for m in method_order(out)}
 
 
 def _within(path: str, threshold: float) -> float:
@@ -259,25 +360,29 @@ def metrics_table(runs: pd.DataFrame, size: int) -> pd.DataFrame:
     """Every test metric of every method at one training-set size, mean over seeds."""
     names = [c for c in ("mae", "rmse", "r2", "max_error", "median_ae", "q95_ae") if c in runs]
     table = runs[runs["size"] == size].groupby("method")[names].mean().map("{:.4f}".format)
-    return table.rename_axis("method")
+    return table.reindex(method_order(table.index)).rename_axis("method")
 
 
 def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: str) -> None:
     fig, ax = plt.subplots(figsize=(8.6, 4.8))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a grid can hold a dozen methods
     stats = runs.groupby(["method", "size"])["mae"].agg(["mean", "std"]).reset_index()
-    for method, group in stats.groupby("method"):
+    styles = method_styles(stats["method"])
+    for method in method_order(stats["method"]):
+        group = stats[stats["method"] == method]
         if _raw_zero_shot(method):  # raw source output in another unit: off the scale
             continue
         style = "--" if method.startswith("zero") or "†" in method else "-"
         line = ax.errorbar(
             group["size"],
             group["mean"],
-            yerr=group["std"].fillna(0),
-            fmt="o" + style,
+            yerr=group["std"].fillna(0),  # sample std (ddof = 1) over seeds
+            fmt=style,
+            marker=styles[method]["marker"],
+            color=styles[method]["color"],
             capsize=3,
             label=method,
-            lw=2.5 if method == baseline else 1.2,
+            lw=2.5 if method == baseline else 1.3,
+            ms=6 if method == baseline else 5,
         )
         if method == baseline and len(group) >= 2:
             fit = loglog_fit(group["size"].to_numpy(), group["mean"].to_numpy())
@@ -295,23 +400,31 @@ def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: st
         path,
         "training-set size N (structures)",
         unit,
-        "Learning curves (mean ± std over seeds)",
+        "Learning curves (mean ± sample std over seeds)",
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
     )
 
 
 def plot_parity(predictions: dict[str, pd.DataFrame], path: Path, unit: str, size: int) -> None:
+    """One panel per method with the test predictions of every seed (a marker each)."""
     methods = list(predictions)
     cols = min(4, len(methods))
     rows = int(np.ceil(len(methods) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     label = f" ({unit})" if unit else ""
+    styles = method_styles(methods)
+    seeds = sorted({s for f in predictions.values() for s in f["seed"].unique()})
     for ax, method in zip(axes.flat, methods, strict=False):
         frame = predictions[method]
         lo = min(frame["true"].min(), frame["predicted"].min())
         hi = max(frame["true"].max(), frame["predicted"].max())
-        ax.scatter(frame["true"], frame["predicted"], s=4, alpha=0.4)
+        for k, (seed, part) in enumerate(frame.groupby("seed")):
+            ax.scatter(
+                part["true"], part["predicted"], s=5, alpha=0.35,
+                color=styles[method]["color"], marker=MARKERS[k % len(MARKERS)],
+                label=f"seed {seed}",
+            )  # fmt: skip
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         mae = (frame["predicted"] - frame["true"]).abs().mean()
         ax.set_title(f"{method}\nMAE {mae:.3f}{label}", fontsize=9)
@@ -319,7 +432,8 @@ def plot_parity(predictions: dict[str, pd.DataFrame], path: Path, unit: str, siz
         ax.set_ylabel(f"predicted{label}", fontsize=8)
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
-    fig.suptitle(f"Parity on the test set, N = {size}")
+    which = f"all {len(seeds)} seeds, a marker each" if len(seeds) > 1 else f"seed {seeds[0]}"
+    fig.suptitle(f"Parity on the test set, N = {size} ({which})")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -328,39 +442,66 @@ def plot_parity(predictions: dict[str, pd.DataFrame], path: Path, unit: str, siz
 def plot_error_distributions(
     predictions: dict[str, pd.DataFrame],
     cdf_path: Path,
-    hist_path: Path,
+    box_path: Path,
     unit: str,
     threshold: float | None,
     size: int,
 ) -> None:
+    """Cumulative distribution of |error| on a linear axis (with the threshold), and the
+    signed errors of each method as a box plot (all seeds pooled), one row per method."""
     label = f" ({unit})" if unit else ""
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    styles = method_styles(predictions)
+    fig, ax = plt.subplots(figsize=(8.6, 4.8))
+    upper = 0.0
     for method, frame in predictions.items():
         errors = np.sort((frame["predicted"] - frame["true"]).abs().to_numpy())
-        ax.plot(errors, np.arange(1, len(errors) + 1) / len(errors), label=method)
+        upper = max(upper, float(np.quantile(errors, 0.98)))
+        ax.plot(
+            errors,
+            np.arange(1, len(errors) + 1) / len(errors),
+            label=method,
+            color=styles[method]["color"],
+            ls="--" if method.startswith("zero") else "-",
+            marker=styles[method]["marker"],
+            markevery=max(len(errors) // 8, 1),
+            ms=4,
+        )
     if threshold is not None:
-        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}{label}")
-    ax.set_xscale("log")
+        ax.axvline(threshold, color="k", ls=":", lw=1.2, label=f"threshold {threshold:g}{label}")
+        upper = max(upper, 1.5 * threshold)
+    ax.set_xlim(0, upper)  # the 2 % largest errors would squeeze the rest into a corner
+    ax.set_ylim(0, 1.0)
     ax.set_xlabel(f"absolute error{label}")
     ax.set_ylabel("fraction of test structures")
-    ax.set_title(f"Cumulative error distribution, N = {size}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Cumulative error distribution, N = {size} (all seeds)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(cdf_path, dpi=130)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for method, frame in predictions.items():
-        ax.hist(
-            frame["predicted"] - frame["true"], bins=60, histtype="step", label=method, density=True
-        )
+    methods = list(predictions)
+    fig, ax = plt.subplots(figsize=(7.2, 0.45 * len(methods) + 1.4))
+    errors = [(predictions[m]["predicted"] - predictions[m]["true"]).to_numpy() for m in methods]
+    parts = ax.boxplot(
+        errors,
+        vert=False,
+        whis=(5, 95),
+        showfliers=False,
+        patch_artist=True,
+        medianprops={"color": "black"},
+    )
+    for patch, method in zip(parts["boxes"], methods, strict=True):
+        patch.set_facecolor(styles[method]["color"])
+        patch.set_alpha(0.6)
+    ax.set_yticks(range(1, len(methods) + 1), methods, fontsize=8)
+    ax.invert_yaxis()  # the first method on top, as in the tables
+    ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel(f"prediction − DFT{label}")
-    ax.set_ylabel("density")
-    ax.set_title(f"Error histogram, N = {size}")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Signed errors, N = {size}: median, quartiles, 5–95 % whiskers")
+    ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(hist_path, dpi=130)
+    fig.savefig(box_path, dpi=130)
     plt.close(fig)
 
 
@@ -399,28 +540,62 @@ def write_report(
         tables[f"fraction of test errors within {threshold:g} {unit}".rstrip()] = (
             within["within_threshold"].mean().map("{:.3f}".format).unstack("size")
         )
-    plot_learning_curves(runs, out / "learning_curves.png", unit, baseline)
+    figures: list[tuple[str, str]] = []  # (file, caption)
+    missing: list[str] = []  # figures that could not be drawn, and why
+    seeds = runs["seed"].nunique()
+    if runs["size"].nunique() >= 2:
+        plot_learning_curves(runs, out / "learning_curves.png", unit, baseline)
+        figures.append(
+            (
+                "learning_curves.png",
+                f"Test MAE against training-set size, mean ± sample std over {seeds} seed(s); "
+                f"dotted: the power law fitted to {baseline}. Colour: strategy; marker: source.",
+            )
+        )
+    else:
+        missing.append("learning curves: the grid has one training-set size")
     predictions = _predictions(runs, largest)
-    figures = ["learning_curves.png"]
     if predictions:
         plot_parity(predictions, out / "parity.png", unit, largest)
         plot_error_distributions(
-            predictions, out / "error_cdf.png", out / "error_hist.png", unit, threshold, largest
+            predictions, out / "error_cdf.png", out / "error_box.png", unit, threshold, largest
         )
-        figures += ["parity.png", "error_cdf.png", "error_hist.png"]
+        figures += [
+            ("parity.png", f"Predicted against DFT on the test set at N = {largest}, every seed."),
+            (
+                "error_cdf.png",
+                f"Fraction of test structures within an absolute error, N = {largest}, all "
+                "seeds" + (f"; dotted: the threshold {threshold:g} {unit}" if threshold else "."),
+            ),
+            (
+                "error_box.png",
+                f"Signed test errors at N = {largest}, all seeds pooled: box = quartiles, "
+                "whiskers = 5th–95th percentiles.",
+            ),
+        ]
+    else:
+        missing.append(f"parity and error figures: no predictions.csv in the runs at N = {largest}")
+    at_largest = set(runs[runs["size"] == largest]["method"]) - set(predictions)
+    without = sorted(m for m in at_largest if not m.startswith("zero-shot"))
+    if predictions and without:
+        missing.append(f"no predictions.csv, so not in the parity and error figures: "
+                       f"{', '.join(without)}")  # fmt: skip
     sources = load_sources(root)
     scaling = pretraining_scaling(runs)
     if scaling is not None:
         tables["test MAE vs pretraining-set size"] = scaling
         plot_pretraining_scaling(runs, out / "pretraining_scaling.png", unit)
-        figures.append("pretraining_scaling.png")
+        figures.append(
+            ("pretraining_scaling.png", "Test MAE against the size of the pretraining set.")
+        )
 
     lines = [
         f"# {title or root.name}",
         "",
         f"{runs['seed'].nunique()} seed(s), training-set sizes "
         f"{', '.join(map(str, sorted(runs['size'].unique())))}; test-set metrics in "
-        f"{unit or 'target units'}. Source data: `{root}`.",
+        f"{unit or 'target units'}. ± is the sample standard deviation over seeds "
+        f"(ddof = 1). Source data: `{root}`.",
         "",
     ]
     if sources:
@@ -437,7 +612,10 @@ def write_report(
     for name, table in tables.items():
         if name.startswith("_"):
             continue
-        lines += [f"## {name}", ""]
+        heading = f"{name} ({unit})" if unit and name in ("test MAE",) else name
+        if name.startswith("all metrics") and unit:
+            heading = f"{name}; MAE, RMSE and errors in {unit}"
+        lines += [f"## {heading}", ""]
         if name.startswith("equivalent") and "_fit" in tables:
             fit = tables["_fit"].iloc[0]
             lines += [
@@ -452,7 +630,11 @@ def write_report(
                 "",
             ]
         lines += [*markdown_table(table), ""]
-    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    lines += ["## Figures", ""]
+    for number, (file, caption) in enumerate(figures, start=1):
+        lines += [f"![{file}]({file})", "", f"*Figure {number}.* {caption}", ""]
+    if missing:
+        lines += ["Not drawn:", "", *[f"- {why}" for why in missing], ""]
     markdown = "\n".join(lines) + "\n"
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(_html(markdown, title or root.name))
@@ -460,34 +642,19 @@ def write_report(
 
 
 def _html(markdown: str, title: str) -> str:
-    """A plain HTML rendering of the report's headings, paragraphs, tables and images."""
-    body, table = [], []
-    for line in [*markdown.splitlines(), ""]:
-        if line.startswith("|"):
-            if not set(line) <= set("|-"):
-                cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-                tag = "th" if not table else "td"
-                table.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if table:
-            body.append("<table>" + "".join(table) + "</table>")
-            table = []
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('# '))}</h{level}>")
-        elif line.startswith("!["):
-            src = line[line.index("(") + 1 : -1]
-            body.append(f'<img src="{html.escape(src)}" alt="{html.escape(src)}">')
-        elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
+    """The report as HTML, rendered by markdown-it-py (CommonMark with tables)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
         "table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+        "code{background:#f3f3f3;padding:0 3px}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+        f"</title><style>{style}</style></head><body>{body}</body></html>"
     )
 
 
