@@ -176,3 +176,16 @@ def test_copying_a_run_folder_keeps_it_loadable(perovskites, tmp_path: Path) -> 
     fit(small_cgcnn(), perovskites, split, quick(epochs=1), tmp_path / "run")
     shutil.copytree(tmp_path / "run", tmp_path / "moved")
     assert load_checkpoint(tmp_path / "moved" / "model.pt").model.config.n_conv == 2
+
+
+def test_a_long_run_says_how_long_after_its_first_epoch(perovskites, tmp_path, monkeypatch, caplog):
+    import importlib
+    import logging
+
+    fit_module = importlib.import_module("tlmat.training.fit")  # the module, not fit()
+    monkeypatch.setattr(fit_module, "LONG_RUN_S", 0.0)  # every run is "long"
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    with caplog.at_level(logging.WARNING, logger="tlmat"):
+        fit(small_cgcnn(), perovskites, split, quick(epochs=3), tmp_path / "run")
+    said = [r.getMessage() for r in caplog.records if "more epochs may take" in r.getMessage()]
+    assert len(said) == 1 and "up to 2 more epochs" in said[0] and "--epochs caps it" in said[0]

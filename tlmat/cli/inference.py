@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -57,6 +58,7 @@ def _structures(
     strict: bool = False,
     on_duplicate: str = "error",
     disorder: str = "skip",
+    workers: int = 1,
 ) -> GraphDataset:
     from tlmat.data import concat, load_dataset
     from tlmat.datasets import resolve
@@ -72,6 +74,7 @@ def _structures(
             strict=strict,
             on_duplicate=on_duplicate,
             disorder=disorder,
+            workers=workers,
         )
         for s in sources
     ]
@@ -92,6 +95,10 @@ def predict(
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write.")] = Path(
         "predictions.csv"
     ),
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes that parse and build graphs not yet cached [all cores]."),
+    ] = None,
     inverse_transform: Annotated[
         bool,
         typer.Option(
@@ -128,7 +135,16 @@ def predict(
     try:
         trained = load_source(checkpoint)
         trained.model.to(device)
-        dataset = _structures(trained, structures, cache_dir, (), strict, on_duplicate, disorder)
+        dataset = _structures(
+            trained,
+            structures,
+            cache_dir,
+            (),
+            strict,
+            on_duplicate,
+            disorder,
+            workers or os.cpu_count() or 1,
+        )
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(error)
     values = predict_values(trained, dataset)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -871,6 +872,7 @@ def compare(
         )
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("compare", total=seeds * len(chosen))
+            fits, spent, warned = 0, 0.0, False
             for s in range(seed, seed + seeds):
                 split = split_of(
                     dataset, parts, s, train_size, val_size, test_size, split_file=split_file
@@ -897,6 +899,7 @@ def compare(
                         label = f"scratch [{origin.model.architecture}]"
                         if twin[1] is not None:
                             on, part = twin[1], twin_split
+                    started = time.perf_counter()
                     result = run_strategy(
                         name,
                         origin,
@@ -907,6 +910,16 @@ def compare(
                         overwrite=overwrite,
                         reuse=True,
                     )
+                    fits += 1
+                    spent += time.perf_counter() - started
+                    left = seeds * len(chosen) - fits
+                    if not warned and fits >= 1 and left * spent / fits > 600:
+                        warned = True
+                        progress.console.print(
+                            f"note: at {spent / fits:.0f} s per method, the {left} runs left "
+                            f"take about {left * spent / fits / 60:.0f} min; --seeds, "
+                            "--strategies or --epochs make it shorter"
+                        )
                     rows.setdefault(label if label != name else result.strategy, []).append(
                         result.test
                     )

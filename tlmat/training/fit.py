@@ -71,6 +71,36 @@ class RunInterrupted(RuntimeError):
         return 128 + self.signum
 
 
+#: a run estimated (after its first epoch) to need longer than this says so, in seconds
+LONG_RUN_S = 600.0
+
+
+class _TimeEstimate(L.Callback):
+    """After the first epoch, warn when the run may take longer than ``limit`` seconds."""
+
+    def __init__(self, epochs: int, limit: float | None = None):
+        self.epochs, self.start = epochs, None
+        self.limit = LONG_RUN_S if limit is None else limit
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if self.start is None:
+            self.start = (time.perf_counter(), trainer.current_epoch)
+
+    def on_validation_epoch_end(self, trainer, module) -> None:
+        if self.start is None or trainer.current_epoch != self.start[1]:
+            return
+        per_epoch = time.perf_counter() - self.start[0]
+        left = (self.epochs - trainer.current_epoch - 1) * per_epoch
+        if left > self.limit:
+            logger.warning(
+                "%.1f s per epoch: up to %d more epochs may take %.0f min (early stopping "
+                "may end sooner; --epochs caps it)",
+                per_epoch,
+                self.epochs - trainer.current_epoch - 1,
+                left / 60,
+            )
+
+
 @contextlib.contextmanager
 def _stopped_by_signals():
     """Turn SIGTERM and SIGINT into :class:`RunInterrupted` while training (Lightning
@@ -234,7 +264,7 @@ def fit(
         save_on_train_epoch_end=False,
         enable_version_counter=False,
     )
-    callbacks: list = [checkpoints, latest]
+    callbacks: list = [checkpoints, latest, _TimeEstimate(config.epochs)]
     if config.early_stopping_patience:
         callbacks.append(
             EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience)
