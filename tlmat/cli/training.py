@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -211,6 +212,7 @@ def target_data(
             strict=strict,
             on_duplicate=on_duplicate,
             disorder=disorder,
+            workers=os.cpu_count() or 1,  # a first read parses on every core
         )
         if log10:
             loaded = loaded.require_positive(target, strict)
