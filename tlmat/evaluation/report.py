@@ -598,6 +598,13 @@ def write_report(
         f"(ddof = 1). Source data: `{root}`.",
         "",
     ]
+    if any(_raw_zero_shot(m) for m in runs["method"]):
+        lines += [
+            "`zero-shot` rows are the source's raw predictions, in the source's own unit "
+            "(e.g. eV/atom against a target in eV/cell): a reference, not a method; "
+            "`zero-shot+linear` rescales them on the training set.",
+            "",
+        ]
     if sources:
         lines += [
             "## Sources",
