@@ -38,7 +38,7 @@ def _imports(path: Path) -> list[str]:
 
 def test_every_package_and_module_has_a_layer() -> None:
     parts = {p.relative_to(ROOT).parts[0].removesuffix(".py") for p in ROOT.glob("*")}
-    parts -= {"__init__", "__pycache__", "py.typed"}
+    parts -= {"__init__", "__main__", "__pycache__", "py.typed"}
     assert sorted(parts - set(LAYERS)) == []
 
 
@@ -46,7 +46,7 @@ def test_no_module_imports_from_a_layer_above() -> None:
     violations = []
     for path in ROOT.rglob("*.py"):
         layer = path.relative_to(ROOT).parts[0].removesuffix(".py")
-        if layer == "__init__":
+        if layer in ("__init__", "__main__"):  # the package itself and `python -m tlmat`
             continue
         for module in _imports(path):
             other = module.split(".")[1]
