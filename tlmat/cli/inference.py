@@ -128,7 +128,7 @@ def predict(
     from tlmat.inference import prediction_table
     from tlmat.io import InputError
     from tlmat.models import CheckpointError
-    from tlmat.training import predict as predict_values
+    from tlmat.models.prediction import predict as predict_values
     from tlmat.transfer.sources import load_source
 
     writable_output(output, overwrite)
@@ -251,7 +251,7 @@ def evaluate(
     from tlmat.graphs.cache import CacheWriteError
     from tlmat.io import InputError
     from tlmat.models import CheckpointError
-    from tlmat.training import predict as predict_values
+    from tlmat.models.prediction import predict as predict_values
     from tlmat.transfer.sources import load_source
 
     if output is not None:
