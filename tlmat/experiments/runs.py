@@ -18,14 +18,9 @@ from tlmat.data.splits import Split
 from tlmat.evaluation.metrics import regression_metrics
 from tlmat.experiments.baselines import BASELINES, fit_predict
 from tlmat.models.checkpoint import TrainedModel
+from tlmat.models.prediction import predict
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import (
-    data_fingerprint,
-    fit,
-    predict,
-    run_settings,
-    stable_provenance,
-)
+from tlmat.training.fit import data_fingerprint, fit, run_settings, stable_provenance
 from tlmat.training.rundir import (
     SETTINGS,
     RunExistsError,

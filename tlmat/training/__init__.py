@@ -1,7 +1,8 @@
 """Training: config, Lightning module, fit with checkpoints, resume and run manifests."""
 
+from tlmat.models.prediction import predict
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import DivergedError, FitResult, RunInterrupted, fit, predict
+from tlmat.training.fit import DivergedError, FitResult, RunInterrupted, fit
 from tlmat.training.module import PropertyModule
 from tlmat.training.rundir import ResumeMismatchError, RunExistsError
 
