@@ -386,3 +386,27 @@ def test_accelerator_devices_and_precision_flags(small_perov: Path, tmp_path: Pa
     run(["predict", str(tmp_path / "run" / "model.pt"), str(small_perov), "--device", "cpu",
          "-o", str(out), *cache])  # fmt: skip
     assert len(pd.read_csv(out)) == 60
+
+
+def test_train_and_finetune_again_reuse_the_finished_run(small_perov: Path, tmp_path) -> None:
+    """The same command twice prints the same table without training again; other
+    settings on a finished run are refused, naming them."""
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    train = ["train", str(small_perov), "-t", "heat_ref", "--run-dir", str(tmp_path / "run"),
+             *QUICK, *cache]  # fmt: skip
+    first = run(train)
+    model = (tmp_path / "run" / "model.pt").read_bytes()
+    again = run(train)
+    assert "reusing it" in " ".join(again.split())
+    assert (tmp_path / "run" / "model.pt").read_bytes() == model
+    table = [line for line in first.splitlines() if "scratch" in line]
+    assert table == [line for line in again.splitlines() if "scratch" in line]
+    other = runner.invoke(app, [*train, "--seed", "1"])
+    assert other.exit_code == 1 and "other settings" in " ".join(other.output.split())
+
+    finetune = ["finetune", str(small_perov), "-t", "heat_ref", "--run-dir",
+                str(tmp_path / "ft"), *QUICK, *cache]  # fmt: skip
+    first = run(finetune)
+    again = run(finetune)
+    rows = [line for line in first.splitlines() if "full" in line]
+    assert rows and rows == [line for line in again.splitlines() if "full" in line]

@@ -371,12 +371,13 @@ def train(
     from tlmat.graphs.cache import CacheWriteError
     from tlmat.io import InputError
     from tlmat.training import DivergedError, RunExistsError, RunInterrupted, fit, predict
+    from tlmat.training.fit import finished_run
     from tlmat.training.rundir import check_run_dir, owned_path
     from tlmat.transfer.sources import fresh_model
 
     note_run_dir(run_dir, Path("runs/train"))
     try:
-        check_run_dir(run_dir, overwrite)  # before the slow work
+        check_run_dir(run_dir, overwrite, finished_ok=True)  # before the slow work
         cfg = training_config(
             config,
             target,
@@ -418,7 +419,14 @@ def train(
             dataset, parts, seed, train_size, val_size, test_size, excluded, split_file
         )
         cfg = announce(scaled_defaults(cfg, len(split.train)), split)
-        result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
+        done = None if overwrite else finished_run(run_dir, trained, dataset, split, cfg)
+        if done is None:
+            result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
+            model, epochs, seconds = result.trained, result.epochs, result.seconds
+        else:  # the same command again: the finished run, not a new one
+            manifest = json.loads((Path(run_dir) / "run.json").read_text())
+            model, epochs, seconds = done, manifest["epochs"], manifest["seconds"]
+            console.print(f"{run_dir} holds this run, finished: reusing it")
     except RunInterrupted as error:
         interrupted(error)
     except (
@@ -431,11 +439,11 @@ def train(
     ) as error:
         fail(error)
     y = dataset.targets[target]
-    metrics = regression_metrics(y[split.test], predict(result.trained, dataset, split.test))
+    metrics = regression_metrics(y[split.test], predict(model, dataset, split.test))
     owned_path(run_dir, "test_metrics.json").write_text(json.dumps(metrics, indent=2))
     console.print(metrics_table(f"{target}: test set", {"scratch": metrics}, unit))
     console.print(
-        f"{result.epochs} epochs, {result.seconds / max(result.epochs, 1):.2f} s/epoch;"
+        f"{epochs} epochs, {seconds / max(epochs, 1):.2f} s/epoch;"
         f" model → {Path(run_dir) / 'model.pt'}"
     )
 
@@ -569,7 +577,7 @@ def finetune(
             devices=devices,
             precision=precision,
         )
-        check_run_dir(run_dir, overwrite)  # before the slow work
+        check_run_dir(run_dir, overwrite, finished_ok=True)  # before the slow work
         source_model = load_source(source)
         dataset, parts = target_data(
             data,
@@ -623,6 +631,7 @@ def finetune(
             keep_head=keep_head,
             freeze_k=freeze_k,
             overwrite=overwrite,
+            reuse=True,  # the same command again prints the finished run's table
         )
     except RunInterrupted as error:
         interrupted(error)

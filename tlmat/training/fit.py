@@ -43,7 +43,9 @@ from tlmat.models.checkpoint import TrainedModel, save_checkpoint
 from tlmat.training.config import TrainConfig
 from tlmat.training.module import NonFiniteError, PropertyModule
 from tlmat.training.rundir import (
+    RunExistsError,
     check_resume,
+    differences,
     prepare_run_dir,
     record,
     resumable_settings,
@@ -173,6 +175,40 @@ def versions() -> dict[str, str]:
         "pymatgen": pymatgen.core.__version__,
         "numpy": np.__version__,
     }
+
+
+def finished_run(
+    run_dir: str | Path,
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    split: Split,
+    config: TrainConfig,
+    strategy: Strategy | None = None,
+) -> TrainedModel | None:
+    """The model of a finished run in ``run_dir`` made with these settings (``None`` when
+    there is none); a finished run made with other settings raises
+    :class:`RunExistsError` listing the differences."""
+    from tlmat.models.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.pt").exists():
+        return None
+    strategy = strategy or Strategy(name="scratch", from_source=False)
+    try:
+        recorded = json.loads((run_dir / "settings.json").read_text())
+    except (OSError, ValueError):
+        recorded = None
+    changed = (
+        ["its settings.json is missing"]
+        if recorded is None
+        else differences(recorded, run_settings(trained, dataset, split, config, strategy))
+    )
+    if changed:
+        raise RunExistsError(
+            f"{run_dir} holds a finished run made with other settings "
+            f"({'; '.join(changed[:4])}); choose another --run-dir or pass --overwrite"
+        )
+    return load_checkpoint(run_dir / "model.pt")
 
 
 def fit(

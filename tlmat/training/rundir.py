@@ -84,9 +84,10 @@ def remove_owned(run_dir: Path) -> list[str]:
     return sorted(p.name for p in run_dir.iterdir())
 
 
-def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
+def check_run_dir(run_dir: str | Path, overwrite: bool = False, finished_ok: bool = False) -> None:
     """Raise :class:`RunExistsError` if ``run_dir`` cannot be used as a run folder
-    without ``overwrite``: it holds files tlmat did not write, or a finished run. Changes
+    without ``overwrite``: it holds files tlmat did not write, or a finished run (unless
+    ``finished_ok``: a command that reuses a finished run made with its settings). Changes
     nothing: commands call it before the slow work."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -101,7 +102,7 @@ def check_run_dir(run_dir: str | Path, overwrite: bool = False) -> None:
             "wrote there (it never deletes files it did not write)"
         )
     finished = [n for n in FINISHED if (run_dir / n).exists()]
-    if finished and not overwrite:
+    if finished and not overwrite and not finished_ok:
         raise RunExistsError(
             f"{run_dir} holds a finished run ({finished[0]}); choose another folder "
             "or pass overwrite=True (--overwrite) to replace it"
