@@ -728,7 +728,8 @@ def comparison_table(
         mae = f"{e['mae_mean']:.4f}"
         if e["n_seeds"] > 1:
             mae += f" ± {e['mae_std']:.4f}"
-        p = e.get("p_vs_scratch")
+        # the raw zero-shot output is in the source's unit: no test against scratch
+        p = None if name.startswith("zero-shot (raw") else e.get("p_vs_scratch")
         table.add_row(
             name,
             mae,
