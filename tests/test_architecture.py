@@ -1,5 +1,5 @@
-"""Data flows one way: io → graphs → data → models → transfer → training → inference →
-evaluation → experiments, the CLI on top. A module never imports from a layer above its own; every
+"""Data flows one way: io → graphs → data → models → transfer → training → uncertainty →
+inference → evaluation → experiments, the CLI on top. A module never imports from a layer above its own; every
 package and top-level module of tlmat has a layer."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ LAYERS = [
     "models",
     "transfer",
     "training",
+    "uncertainty",
     "inference",
     "evaluation",
     "experiments",

@@ -116,7 +116,8 @@ def predict(
 ) -> None:
     """Predict a property for new structures: ``id`` and the prediction per row, the
     header naming the unit (``K_VRH (log10 GPa)``); a classifier writes one probability
-    per class label (``p(metal)``).
+    per class label (``p(metal)``). CHECKPOINT may be an ensemble folder (``train
+    --ensemble N``): then the mean and its σ_a, σ_e and σ are written.
 
     Examples:
 
@@ -132,8 +133,11 @@ def predict(
     from tlmat.transfer.sources import load_source
 
     writable_output(output, overwrite)
+    from tlmat.uncertainty import is_ensemble, load_ensemble
+
+    members = load_ensemble(checkpoint) if is_ensemble(checkpoint) else None
     try:
-        trained = load_source(checkpoint)
+        trained = members.members[0] if members else load_source(checkpoint)
         trained.model.to(device)
         dataset = _structures(
             trained,
@@ -147,6 +151,12 @@ def predict(
         )
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(error)
+    if members is not None:  # an ensemble folder: the mean and σ_a, σ_e, σ
+        arrays = members.predict(dataset)
+        _finite(arrays["sigma"], dataset, checkpoint)
+        members.table(dataset.ids, arrays).to_csv(output, index=False)
+        console.print(f"{len(dataset)} predictions with σ → {output}")
+        return
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
     try:
@@ -201,8 +211,11 @@ def embed(
         # np.savez would quietly write OUTPUT.npz beside the name given
         fail(f"{output}: embeddings are written as .npz, .parquet or .csv")
     writable_output(output, overwrite)
+    from tlmat.uncertainty import is_ensemble, load_ensemble
+
+    members = load_ensemble(checkpoint) if is_ensemble(checkpoint) else None
     try:
-        trained = load_source(checkpoint)
+        trained = members.members[0] if members else load_source(checkpoint)
         trained.model.to(device)
         dataset = _structures(trained, [data], cache_dir, (), strict, on_duplicate, disorder)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:

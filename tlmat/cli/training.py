@@ -327,6 +327,14 @@ def train(
     test_size: TestSize = None,
     model: Model = SCRATCH_MODEL,
     model_config_file: ModelConfigFile = None,
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train a deep ensemble of this many members, each with its own split, "
+            "initialisation and seed; predict then gives σ (Ekström et al.) [1].",
+        ),
+    ] = 1,
     exclude_ids: Annotated[
         Path | None,
         typer.Option(
@@ -419,6 +427,23 @@ def train(
             dataset, parts, seed, train_size, val_size, test_size, excluded, split_file
         )
         cfg = announce(scaled_defaults(cfg, len(split.train)), split)
+        if ensemble > 1:
+            from tlmat.uncertainty import train_ensemble
+
+            spec = model_from_options(model, model_config_file)
+            members = train_ensemble(
+                lambda s: (fresh_model(spec, s), None),
+                dataset,
+                lambda s: split_of(
+                    dataset, parts, s, train_size, val_size, test_size, excluded, split_file
+                ),
+                cfg,
+                run_dir,
+                ensemble,
+                overwrite,
+            )
+            _ensemble_summary(members, dataset, split, target, unit, run_dir)
+            return
         done = None if overwrite else finished_run(run_dir, trained, dataset, split, cfg)
         if done is None:
             result = fit(trained, dataset, split, cfg, run_dir, overwrite=overwrite)
@@ -446,6 +471,32 @@ def train(
         f"{epochs} epochs, {seconds / max(epochs, 1):.2f} s/epoch;"
         f" model → {Path(run_dir) / 'model.pt'}"
     )
+
+
+def _ensemble_summary(members, dataset, split, target: str, unit: str, run_dir) -> None:
+    """The ensemble's test MAE, mean σ and the coverage of its ±1σ and ±2σ intervals."""
+    from tlmat.training.rundir import owned_path
+
+    arrays = members.predict(dataset, split.test)
+    y = dataset.targets[target][split.test]
+    error = np.abs(arrays["mean"] - y)
+    summary = {
+        "n_members": len(members.members),
+        "mae": float(error.mean()),
+        "mean_sigma": float(arrays["sigma"].mean()),
+        "coverage_1sigma": float((error <= arrays["sigma"]).mean()),
+        "coverage_2sigma": float((error <= 2 * arrays["sigma"]).mean()),
+        "n_test": len(y),
+    }
+    owned_path(run_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2))
+    u = f" {unit}" if unit else ""
+    console.print(
+        f"ensemble of {summary['n_members']}: test MAE {summary['mae']:.4f}{u}, mean σ "
+        f"{summary['mean_sigma']:.4f}{u}; |error| ≤ σ for {summary['coverage_1sigma']:.0%} "
+        f"and ≤ 2σ for {summary['coverage_2sigma']:.0%} of {len(y)} test structures "
+        "(68 % and 95 % if σ is calibrated)"
+    )
+    console.print(f"ensemble → {run_dir} (tlmat predict {run_dir} STRUCTURES… gives σ)")
 
 
 def scratch_data(
