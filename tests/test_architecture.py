@@ -1,6 +1,6 @@
 """Data flows one way: io → graphs → data → models → transfer → training → uncertainty →
-inference → evaluation → experiments, the CLI on top. A module never imports from a layer above its own; every
-package and top-level module of tlmat has a layer."""
+inference → evaluation → experiments, the CLI on top. A module never imports from a layer
+above its own; every package and top-level module of tlmat has a layer."""
 
 from __future__ import annotations
 
