@@ -91,3 +91,24 @@ def test_cli_train_ensemble_then_predict_with_sigma(data: Path, tmp_path) -> Non
     assert list(frame.columns) == ["id", "heat_ref (eV/cell)", "sigma_a (eV/cell)",
                                    "sigma_e (eV/cell)", "sigma (eV/cell)"]  # fmt: skip
     assert len(frame) == 60 and (frame["sigma (eV/cell)"] >= frame["sigma_a (eV/cell)"]).all()
+
+
+def test_cli_finetune_ensemble_of_transferred_members(data: Path, tmp_path) -> None:
+    """The normal case: an ensemble of fine-tuned models, each from the same source with
+    its own split, new head and seed."""
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "perov60.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), table)
+    runner = CliRunner()
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    args = ["finetune", str(table), "-t", "heat_ref", "--unit", "eV/cell", "--strategy",
+            "freeze-embedding", "--ensemble", "2", "--epochs", "2"]  # fmt: skip
+    result = runner.invoke(app, [*args, "--run-dir", str(tmp_path / "ens"), *cache])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert manifest["members"] == ["member-0", "member-1"]
+    run = json.loads((tmp_path / "ens" / "member-1" / "run.json").read_text())
+    assert run["strategy"]["name"] == "freeze-embedding" and run["seed"] == 1
+    members = load_ensemble(tmp_path / "ens").members
+    assert all(m.target.unit == "eV/cell" for m in members)

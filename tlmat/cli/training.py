@@ -580,6 +580,14 @@ def finetune(
         ),
     ] = None,
     model_config_file: ModelConfigFile = None,
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Fine-tune a deep ensemble of this many members, each with its own split, "
+            "new head and seed; predict then gives σ (Ekström et al.) [1].",
+        ),
+    ] = 1,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
@@ -647,6 +655,25 @@ def finetune(
             dataset, parts, seed, train_size, val_size, test_size, split_file=split_file
         )
         cfg = announce(scaled_defaults(cfg, len(split.train)), split)
+        if ensemble > 1:
+            if model is not None or model_config_file is not None:
+                raise ValueError("--ensemble transfers the source: it takes no --model")
+            from tlmat.transfer.sources import prepare_transfer
+            from tlmat.uncertainty import train_ensemble
+
+            members = train_ensemble(
+                lambda s: prepare_transfer(strategy, source_model, target, keep_head, freeze_k, s),
+                dataset,
+                lambda s: split_of(
+                    dataset, parts, s, train_size, val_size, test_size, split_file=split_file
+                ),
+                cfg,
+                run_dir,
+                ensemble,
+                overwrite,
+            )
+            _ensemble_summary(members, dataset, split, target, unit, run_dir)
+            return
         origin, on, part = source_model, dataset, split
         if model is not None or model_config_file is not None:
             if strategy != "scratch":
