@@ -112,3 +112,38 @@ def test_cli_finetune_ensemble_of_transferred_members(data: Path, tmp_path) -> N
     assert run["strategy"]["name"] == "freeze-embedding" and run["seed"] == 1
     members = load_ensemble(tmp_path / "ens").members
     assert all(m.target.unit == "eV/cell" for m in members)
+
+
+def test_calibration_of_a_gaussian_sigma_and_of_a_too_small_one() -> None:
+    from tlmat.uncertainty import calibration
+
+    rng = np.random.default_rng(0)
+    sigma = rng.uniform(0.05, 0.5, 20_000)
+    y = rng.normal(0.0, sigma)
+    calibrated = calibration(y, np.zeros_like(y), sigma)
+    assert calibrated["coverage_1sigma"] == pytest.approx(0.683, abs=0.01)
+    assert calibrated["coverage_2sigma"] == pytest.approx(0.954, abs=0.01)
+    assert calibrated["miscalibration_area"] < 0.01 and calibrated["spearman_error_sigma"] > 0.3
+    overconfident = calibration(y, np.zeros_like(y), sigma / 3)
+    assert overconfident["coverage_1sigma"] < 0.35
+    assert overconfident["miscalibration_area"] > 0.2 and overconfident["nll"] > calibrated["nll"]
+
+
+def test_cli_evaluate_an_ensemble_reports_calibration(data: Path, tmp_path) -> None:
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "perov60.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), table)
+    runner = CliRunner()
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    trained = runner.invoke(app, ["train", str(table), "-t", "heat_ref", "--model",
+                                  "cgcnn-small", "--ensemble", "2", "--epochs", "2",
+                                  "--run-dir", str(tmp_path / "ens"), *cache])  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    held_out = tmp_path / "test.csv"
+    write_csv(read_records(data / "perov_5" / "test.csv.gz", ["heat_ref"], limit=40), held_out)
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "ens"), str(held_out), "-t",
+                                 "heat_ref", *cache])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "ensemble of 2" in said and "miscalibration area" in said and "Spearman" in said

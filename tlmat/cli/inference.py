@@ -270,13 +270,32 @@ def evaluate(
     if output is not None:
         writable_output(output, overwrite)
     try:
-        trained = load_source(checkpoint)
+        from tlmat.uncertainty import is_ensemble, load_ensemble
+
+        members = load_ensemble(checkpoint) if is_ensemble(checkpoint) else None
+        trained = members.members[0] if members else load_source(checkpoint)
         dataset = _structures(trained, [data], cache_dir, [target], strict, on_duplicate, disorder)
     except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
         fail(error)
+    truth = dataset.targets[target]
+    if members is not None:  # an ensemble: the mean, and how far its σ can be trusted
+        from tlmat.uncertainty import calibration
+
+        arrays = members.predict(dataset)
+        _finite(arrays["sigma"], dataset, checkpoint)
+        scores = {**regression_metrics(truth, arrays["mean"]),
+                  **calibration(truth, arrays["mean"], arrays["sigma"])}  # fmt: skip
+        console.print(
+            f"ensemble of {len(members.members)} on {data}: MAE {scores['mae']:.4f} "
+            f"{members.target.unit}; |error| ≤ σ for {scores['coverage_1sigma']:.1%} "
+            f"(68.3 % if calibrated), ≤ 2σ for {scores['coverage_2sigma']:.1%} (95.4 %); "
+            f"miscalibration area {scores['miscalibration_area']:.3f}; NLL "
+            f"{scores['nll']:.3f}; Spearman(|error|, σ) {scores['spearman_error_sigma']:.2f}"
+        )
+        console.print_json(json.dumps(scores))
+        return
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
-    truth = dataset.targets[target]
     metrics = regression_metrics(truth, values)
     console.print(
         metrics_table(
