@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -118,6 +120,34 @@ def note_run_dir(run_dir: Path, default: Path) -> None:
             f"note: results go to {here / run_dir}, inside the git checkout {checkout} "
             "(not ignored by git); pass --run-dir to put them elsewhere"
         )
+
+
+#: errors a user can act on, by class name (so that this check imports nothing): each
+#: becomes "error: …" and exit status 1 instead of a traceback
+USER_ERRORS = ("InputError", "CacheWriteError", "RunExistsError", "CheckpointError")
+USER_ERRORS += ("DivergedError",)
+
+
+def _named(error: BaseException, names) -> bool:
+    return any(
+        c.__name__ in names and c.__module__.startswith("tlmat.") for c in type(error).__mro__
+    )
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Run a command's work: the errors a user can act on (bad input, a refused run
+    folder or checkpoint, a diverged run, a missing file, a bad value) end it with
+    ``error: …`` and exit status 1; a run stopped by SIGTERM or SIGINT with its resume
+    hint and 128 + the signal."""
+    try:
+        yield
+    except Exception as error:
+        if _named(error, ("RunInterrupted",)):
+            interrupted(error)
+        if isinstance(error, FileNotFoundError | ValueError) or _named(error, USER_ERRORS):
+            fail(error)
+        raise
 
 
 def interrupted(error) -> NoReturn:

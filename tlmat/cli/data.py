@@ -20,6 +20,7 @@ from tlmat.cli.common import (
     Targets,
     console,
     fail,
+    reported_errors,
     skipped_table,
     writable_output,
 )
@@ -102,13 +103,12 @@ def info(
 
         tlmat info my_cifs/ --disorder majority --export clean.extxyz
     """
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError, read_records, write_csv, write_extxyz
+    from tlmat.io import read_records, write_csv, write_extxyz
 
     for output in (skipped_csv, export):
         if output is not None:
             writable_output(output, overwrite)
-    try:
+    with reported_errors():
         result = read_records(
             path,
             target,
@@ -118,8 +118,6 @@ def info(
             progress=True,
             on_duplicate=on_duplicate,
         )
-    except (InputError, CacheWriteError, FileNotFoundError, ValueError) as error:
-        fail(error)
     for table in summarise(result):
         console.print(table)
     if skipped_csv is not None:
@@ -162,10 +160,8 @@ def cache(
     """
     from tlmat.data import load_dataset
     from tlmat.graphs import GraphSettings
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError
 
-    try:
+    with reported_errors():
         settings = GraphSettings.preset(preset)
         overrides = {}
         if cutoff is not None:
@@ -189,8 +185,6 @@ def cache(
             progress=True,
         )
         seconds = time.perf_counter() - start
-    except (InputError, CacheWriteError, FileNotFoundError, ValueError) as error:
-        fail(error)
     where = dataset.graphs.cache.directory
     how = "loaded from cache" if dataset.from_cache else "built"
     console.print(

@@ -21,6 +21,7 @@ from tlmat.cli.common import (
     console,
     fail,
     metrics_table,
+    reported_errors,
     skipped_table,
     writable_output,
 )
@@ -48,6 +49,18 @@ def _finite(values: np.ndarray, dataset: GraphDataset, checkpoint: str) -> None:
             f"{len(values)} structures (e.g. {', '.join(ids)}); nothing was written — the "
             "model's weights are probably damaged or diverged"
         )
+
+
+def _model_or_ensemble(checkpoint: str):
+    """(the model, ``None``), or for an ensemble folder (its first member, the ensemble):
+    graphs and elements are the same for every member."""
+    from tlmat.transfer.sources import load_source
+    from tlmat.uncertainty import is_ensemble, load_ensemble
+
+    if is_ensemble(checkpoint):
+        members = load_ensemble(checkpoint)
+        return members.members[0], members
+    return load_source(checkpoint), None
 
 
 def _structures(
@@ -125,19 +138,12 @@ def predict(
 
         tlmat predict cgcnn/bulk-moduli my_cifs/ --inverse-transform -o bulk_GPa.csv
     """
-    from tlmat.graphs.cache import CacheWriteError
     from tlmat.inference import prediction_table
-    from tlmat.io import InputError
-    from tlmat.models import CheckpointError
     from tlmat.models.prediction import predict as predict_values
-    from tlmat.transfer.sources import load_source
 
     writable_output(output, overwrite)
-    from tlmat.uncertainty import is_ensemble, load_ensemble
-
-    members = load_ensemble(checkpoint) if is_ensemble(checkpoint) else None
-    try:
-        trained = members.members[0] if members else load_source(checkpoint)
+    with reported_errors():
+        trained, members = _model_or_ensemble(checkpoint)
         trained.model.to(device)
         dataset = _structures(
             trained,
@@ -149,8 +155,6 @@ def predict(
             disorder,
             workers or os.cpu_count() or 1,
         )
-    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(error)
     if members is not None:  # an ensemble folder: the mean and σ_a, σ_e, σ
         arrays = members.predict(dataset)
         _finite(arrays["sigma"], dataset, checkpoint)
@@ -201,25 +205,16 @@ def embed(
 
         tlmat embed runs/alignn/model.pt perov_5/test --layers interactions.7 -o f.parquet
     """
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError
-    from tlmat.models import CheckpointError
     from tlmat.transfer.features import layer_feature_table
-    from tlmat.transfer.sources import load_source
 
     if output.suffix not in (".npz", ".parquet", ".csv"):
         # np.savez would quietly write OUTPUT.npz beside the name given
         fail(f"{output}: embeddings are written as .npz, .parquet or .csv")
     writable_output(output, overwrite)
-    from tlmat.uncertainty import is_ensemble, load_ensemble
-
-    members = load_ensemble(checkpoint) if is_ensemble(checkpoint) else None
-    try:
-        trained = members.members[0] if members else load_source(checkpoint)
+    with reported_errors():
+        trained, _ = _model_or_ensemble(checkpoint)  # an ensemble: its first member's features
         trained.model.to(device)
         dataset = _structures(trained, [data], cache_dir, (), strict, on_duplicate, disorder)
-    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(error)
     try:
         features, columns = layer_feature_table(trained, dataset, layers=layers or "embedding_out")
     except ValueError as error:
@@ -261,22 +256,13 @@ def evaluate(
         tlmat evaluate runs/train/model.pt perov_5/test -t heat_ref
     """
     from tlmat.evaluation import regression_metrics
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError
-    from tlmat.models import CheckpointError
     from tlmat.models.prediction import predict as predict_values
-    from tlmat.transfer.sources import load_source
 
     if output is not None:
         writable_output(output, overwrite)
-    try:
-        from tlmat.uncertainty import is_ensemble, load_ensemble
-
-        members = load_ensemble(checkpoint) if is_ensemble(checkpoint) else None
-        trained = members.members[0] if members else load_source(checkpoint)
+    with reported_errors():
+        trained, members = _model_or_ensemble(checkpoint)
         dataset = _structures(trained, [data], cache_dir, [target], strict, on_duplicate, disorder)
-    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(error)
     truth = dataset.targets[target]
     if members is not None:  # an ensemble: the mean, and how far its σ can be trusted
         from tlmat.uncertainty import calibration

@@ -19,9 +19,9 @@ from tlmat.cli.common import (
     Strict,
     console,
     fail,
-    interrupted,
     metrics_table,
     note_run_dir,
+    reported_errors,
     skipped_table,
 )
 
@@ -376,15 +376,13 @@ def train(
             --run-dir runs/perov-schnet --epochs 50
     """
     from tlmat.evaluation import regression_metrics
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError
-    from tlmat.training import DivergedError, RunExistsError, RunInterrupted, fit, predict
+    from tlmat.training import fit, predict
     from tlmat.training.fit import finished_run
     from tlmat.training.rundir import check_run_dir, owned_path
     from tlmat.transfer.sources import fresh_model
 
     note_run_dir(run_dir, Path("runs/train"))
-    try:
+    with reported_errors():
         check_run_dir(run_dir, overwrite, finished_ok=True)  # before the slow work
         cfg = training_config(
             config,
@@ -452,17 +450,6 @@ def train(
             manifest = json.loads((Path(run_dir) / "run.json").read_text())
             model, epochs, seconds = done, manifest["epochs"], manifest["seconds"]
             console.print(f"{run_dir} holds this run, finished: reusing it")
-    except RunInterrupted as error:
-        interrupted(error)
-    except (
-        InputError,
-        CacheWriteError,
-        FileNotFoundError,
-        ValueError,
-        RunExistsError,
-        DivergedError,
-    ) as error:
-        fail(error)
     y = dataset.targets[target]
     metrics = regression_metrics(y[split.test], predict(model, dataset, split.test))
     owned_path(run_dir, "test_metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -607,15 +594,11 @@ def finetune(
             --strategy scratch --model schnet-arch2 --run-dir runs/finetune-schnet
     """
     from tlmat.experiments.runs import run_strategy, zero_shot
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError
-    from tlmat.models import CheckpointError
-    from tlmat.training import DivergedError, RunExistsError, RunInterrupted
     from tlmat.training.rundir import check_run_dir
     from tlmat.transfer.sources import fresh_model, load_source
 
     note_run_dir(run_dir, Path("runs/finetune"))
-    try:
+    with reported_errors():
         cfg = training_config(
             config,
             target,
@@ -711,18 +694,6 @@ def finetune(
             overwrite=overwrite,
             reuse=True,  # the same command again prints the finished run's table
         )
-    except RunInterrupted as error:
-        interrupted(error)
-    except (
-        InputError,
-        CacheWriteError,
-        FileNotFoundError,
-        ValueError,
-        RunExistsError,
-        CheckpointError,
-        DivergedError,
-    ) as error:
-        fail(error)
     label = result.strategy
     if origin is not source_model:
         label = f"scratch [{origin.model.architecture}]"
@@ -895,17 +866,13 @@ def compare(
     )
 
     from tlmat.experiments.runs import run_strategy, zero_shot
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError
-    from tlmat.models import CheckpointError
-    from tlmat.training import DivergedError, RunExistsError, RunInterrupted
     from tlmat.training.rundir import claim, owned_path
     from tlmat.transfer.sources import fresh_model, load_source
 
     chosen = chosen_strategies(strategies)
     rows: dict[str, list[dict[str, float]]] = {}
     note_run_dir(run_dir, Path("runs/compare"))
-    try:
+    with reported_errors():
         cfg = training_config(
             config,
             target,
@@ -1014,18 +981,6 @@ def compare(
                         result.test
                     )
                     progress.advance(task)
-    except RunInterrupted as error:
-        interrupted(error)
-    except (
-        InputError,
-        CacheWriteError,
-        FileNotFoundError,
-        ValueError,
-        RunExistsError,
-        CheckpointError,
-        DivergedError,
-    ) as error:
-        fail(error)
     summary = comparison_rows(rows, "scratch" if "scratch" in rows else next(iter(rows)))
     raw_unit = source_model.target.unit if source_model.target.unit != unit else None
     title = (
@@ -1061,11 +1016,8 @@ def benchmark(
     """
     from tlmat.data.dataset import strict_reading
     from tlmat.experiments.benchmark import BenchmarkConfig, run_benchmark
-    from tlmat.graphs.cache import CacheWriteError
-    from tlmat.io import InputError
-    from tlmat.models import CheckpointError
 
-    try:
+    with reported_errors():
         cfg = BenchmarkConfig.from_yaml(config)
         if quick:
             cfg = cfg.quick()
@@ -1075,6 +1027,4 @@ def benchmark(
             )
         with strict_reading(strict):  # the grid loads its datasets (and sources') inside
             report = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
-    except (InputError, CacheWriteError, FileNotFoundError, ValueError, CheckpointError) as error:
-        fail(error)
     console.print(f"report → {report}")
