@@ -24,6 +24,7 @@ from tlmat.graphs.cache import collate
 from tlmat.io import ProblemLog, Record, read_records, records_from_structures
 from tlmat.io.records import Problem
 from tlmat.models.base import TrainedModel
+from tlmat.models.prediction import predict_batches
 from tlmat.models.targets import TargetSpec
 
 
@@ -121,14 +122,11 @@ class Model:
                 graphs.append(graph)
                 ids.append(record.id)
         batch_size = batch_size or batch_size_for(graphs[:64])
-        outputs = []
-        model.pooling = self.target.pooling
-        for start in range(0, len(graphs), batch_size):
-            batch = collate(graphs[start : start + batch_size])
-            out = model(batch)
-            out = out.squeeze(-1) if out.shape[-1] == 1 else out
-            outputs.append(self.target.decode(out, batch).numpy())
-        values = np.concatenate(outputs) if outputs else np.zeros(0)
+        batches = (
+            collate(graphs[start : start + batch_size])
+            for start in range(0, len(graphs), batch_size)
+        )
+        values = predict_batches(self.trained, batches)
         frame = prediction_table(ids, values, self.target, inverse_transform)
         frame.attrs["skipped"] = [str(p) for p in log.problems]
         return frame

@@ -463,16 +463,17 @@ def train(
 def _ensemble_summary(members, dataset, split, target: str, unit: str, run_dir) -> None:
     """The ensemble's test MAE, mean σ and the coverage of its ±1σ and ±2σ intervals."""
     from tlmat.training.rundir import owned_path
+    from tlmat.uncertainty import calibration
 
     arrays = members.predict(dataset, split.test)
     y = dataset.targets[target][split.test]
-    error = np.abs(arrays["mean"] - y)
+    scores = calibration(y, arrays["mean"], arrays["sigma"])
     summary = {
         "n_members": len(members.members),
-        "mae": float(error.mean()),
+        "mae": float(np.abs(arrays["mean"] - y).mean()),
         "mean_sigma": float(arrays["sigma"].mean()),
-        "coverage_1sigma": float((error <= arrays["sigma"]).mean()),
-        "coverage_2sigma": float((error <= 2 * arrays["sigma"]).mean()),
+        "coverage_1sigma": scores["coverage_1sigma"],
+        "coverage_2sigma": scores["coverage_2sigma"],
         "n_test": len(y),
     }
     owned_path(run_dir, "test_metrics.json").write_text(json.dumps(summary, indent=2))

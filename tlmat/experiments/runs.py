@@ -23,10 +23,9 @@ from tlmat.training.config import TrainConfig
 from tlmat.training.fit import data_fingerprint, fit, run_settings, stable_provenance
 from tlmat.training.rundir import (
     SETTINGS,
-    RunExistsError,
-    differences,
     prepare_run_dir,
     record,
+    require_same_settings,
     resumable_settings,
 )
 from tlmat.transfer.features import extract_features, feature_regressor
@@ -135,18 +134,7 @@ def _reused(run_dir: Path, name: str, settings: dict[str, Any]) -> StrategyResul
     """The finished run in ``run_dir``, if it was made with ``settings``."""
     import pandas as pd
 
-    try:
-        recorded = json.loads((run_dir / SETTINGS).read_text())
-    except (OSError, ValueError):
-        recorded = None
-    changed = (
-        ["its settings.json is missing"] if recorded is None else differences(recorded, settings)
-    )
-    if changed:
-        raise RunExistsError(
-            f"{run_dir} holds a finished {name} run made with other settings "
-            f"({'; '.join(changed[:4])}); choose another --run-dir or pass --overwrite"
-        )
+    require_same_settings(run_dir, settings, f"finished {name} run")
     payload = json.loads((run_dir / "result.json").read_text())
     predictions = pd.read_csv(run_dir / "predictions.csv")["predicted"].to_numpy()
     return StrategyResult(

@@ -4,8 +4,11 @@ not import Lightning (two seconds of start-up on a laptop)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
+from torch_geometric.data import Batch
 
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.loader import GraphLoader, inference_batch_size
@@ -13,6 +16,22 @@ from tlmat.models.base import TrainedModel
 
 
 @torch.no_grad()
+def predict_batches(trained: TrainedModel, batches: Iterable[Batch]) -> np.ndarray:
+    """Predictions in physical units for each graph of ``batches``, in order, on the
+    model's device (class probabilities for a classifier)."""
+    model = trained.model
+    model.eval()
+    model.pooling = trained.target.pooling
+    device = next(model.parameters()).device
+    outputs = []
+    for batch in batches:
+        batch = batch.to(device)
+        out = model(batch)
+        out = out.squeeze(-1) if out.shape[-1] == 1 else out
+        outputs.append(trained.target.decode(out, batch).cpu())
+    return torch.cat(outputs).numpy() if outputs else np.zeros(0)
+
+
 def predict(
     trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int | None = None
 ) -> np.ndarray:
@@ -20,14 +39,4 @@ def predict(
     batches of ``batch_size`` graphs (default: sized to the graphs,
     :func:`~tlmat.data.loader.inference_batch_size`)."""
     batch_size = batch_size or inference_batch_size(dataset, indices)
-    model = trained.model
-    model.eval()
-    device = next(model.parameters()).device
-    outputs = []
-    for batch in GraphLoader(dataset, indices, batch_size=batch_size):
-        batch = batch.to(device)
-        model.pooling = trained.target.pooling
-        out = model(batch)
-        out = out.squeeze(-1) if out.shape[-1] == 1 else out
-        outputs.append(trained.target.decode(out, batch).cpu())
-    return torch.cat(outputs).numpy() if outputs else np.zeros(0)
+    return predict_batches(trained, GraphLoader(dataset, indices, batch_size=batch_size))

@@ -43,11 +43,10 @@ from tlmat.models.checkpoint import TrainedModel, save_checkpoint
 from tlmat.training.config import TrainConfig
 from tlmat.training.module import NonFiniteError, PropertyModule
 from tlmat.training.rundir import (
-    RunExistsError,
     check_resume,
-    differences,
     prepare_run_dir,
     record,
+    require_same_settings,
     resumable_settings,
 )
 from tlmat.transfer.strategies import Strategy, apply_strategy
@@ -194,20 +193,8 @@ def finished_run(
     if not (run_dir / "model.pt").exists():
         return None
     strategy = strategy or Strategy(name="scratch", from_source=False)
-    try:
-        recorded = json.loads((run_dir / "settings.json").read_text())
-    except (OSError, ValueError):
-        recorded = None
-    changed = (
-        ["its settings.json is missing"]
-        if recorded is None
-        else differences(recorded, run_settings(trained, dataset, split, config, strategy))
-    )
-    if changed:
-        raise RunExistsError(
-            f"{run_dir} holds a finished run made with other settings "
-            f"({'; '.join(changed[:4])}); choose another --run-dir or pass --overwrite"
-        )
+    settings = run_settings(trained, dataset, split, config, strategy)
+    require_same_settings(run_dir, settings, "finished run")
     return load_checkpoint(run_dir / "model.pt")
 
 

@@ -195,6 +195,23 @@ def check_resume(run_dir: Path, settings: Mapping[str, Any]) -> None:
         )
 
 
+def require_same_settings(run_dir: Path, settings: Mapping[str, Any], what: str) -> None:
+    """Refuse to reuse the finished ``what`` in ``run_dir`` unless its ``settings.json``
+    equals ``settings``: :class:`RunExistsError` listing the differences."""
+    try:
+        recorded = json.loads((run_dir / SETTINGS).read_text())
+    except (OSError, ValueError):
+        recorded = None
+    changed = (
+        [f"its {SETTINGS} is missing"] if recorded is None else differences(recorded, settings)
+    )
+    if changed:
+        raise RunExistsError(
+            f"{run_dir} holds a {what} made with other settings "
+            f"({'; '.join(changed[:4])}); choose another --run-dir or pass --overwrite"
+        )
+
+
 def resumable_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` without the options a resume may change."""
     return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
