@@ -27,3 +27,19 @@ def cgcnn_folder(data: Path, tmp_path: Path) -> Path:
         path.chmod(0o644)
     folder.chmod(0o755)
     return folder
+
+
+@pytest.fixture(scope="session")
+def perovskites(data: Path, tmp_path_factory):
+    """The first 120 Castelli perovskites of perov_5/val as CGCNN graphs (heat_ref, eV per
+    cell): built once for every module that trains small models on them."""
+    from tlmat.data import load_dataset
+    from tlmat.graphs import GraphSettings
+
+    return load_dataset(
+        data / "perov_5" / "val.csv.gz",
+        GraphSettings.preset("cgcnn"),
+        ["heat_ref"],
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        limit=120,
+    )

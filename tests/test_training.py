@@ -11,24 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tlmat.data import load_dataset, random_split
-from tlmat.graphs import GraphSettings
+from tlmat.data import random_split
 from tlmat.models import TargetSpec, TrainedModel, load_checkpoint
 from tlmat.models.atom_features import load_atom_init
 from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
 from tlmat.training import RunExistsError, TrainConfig, fit, predict
-
-
-@pytest.fixture(scope="module")
-def perovskites(data: Path, tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return load_dataset(
-        data / "perov_5" / "val.csv.gz",
-        GraphSettings.preset("cgcnn"),
-        ["heat_ref"],
-        cache_dir=cache,
-        limit=120,
-    )
 
 
 def small_cgcnn(seed: int = 0) -> TrainedModel:

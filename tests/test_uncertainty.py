@@ -12,23 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tlmat.cli import app
-from tlmat.data import load_dataset, seeded_split
-from tlmat.graphs import GraphSettings
+from tlmat.data import seeded_split
 from tlmat.models.prediction import predict
 from tlmat.training import TrainConfig
 from tlmat.transfer.sources import fresh_model
 from tlmat.uncertainty import is_ensemble, load_ensemble, train_ensemble
-
-
-@pytest.fixture(scope="module")
-def perovskites(data: Path, tmp_path_factory):
-    return load_dataset(
-        data / "perov_5" / "val.csv.gz",
-        GraphSettings.preset("cgcnn"),
-        ["heat_ref"],
-        cache_dir=tmp_path_factory.mktemp("cache"),
-        limit=120,
-    )
 
 
 def test_ensemble_members_and_sigma(perovskites, tmp_path) -> None:

@@ -41,17 +41,6 @@ def said(result) -> str:
     return " ".join(result.output.split())
 
 
-@pytest.fixture(scope="module")
-def perovskites(data: Path, tmp_path_factory):
-    return load_dataset(
-        data / "perov_5" / "val.csv.gz",
-        GraphSettings.preset("cgcnn"),
-        ["heat_ref"],
-        cache_dir=tmp_path_factory.mktemp("cache"),
-        limit=120,
-    )
-
-
 def small_cgcnn(seed: int = 0) -> TrainedModel:
     torch.manual_seed(seed)
     config = CGCNNConfig(atom_fea_len=32, n_conv=2, h_fea_len=32)
