@@ -21,6 +21,7 @@ LAYERS = [
     "uncertainty",
     "inference",
     "evaluation",
+    "screening",
     "experiments",
     "cli",
 ]

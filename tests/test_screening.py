@@ -1,0 +1,181 @@
+"""Phase-diagram screening: the hull and the E_hull > k·σ rule on a hand-made Hf–N
+diagram whose hull is computed by hand, the cost accounting, the comparison with the
+all-oracle hull, and prototype decoration on real structures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tlmat.screening import (
+    Level,
+    TableOracle,
+    below_hull,
+    decorate,
+    hull_energies,
+    read_energy_table,
+    screen,
+)
+
+# Hf–N with formation energies per atom (eV/atom), elements at 0. x = fraction of N.
+# Hull by hand: Hf (0, 0) — HfN (1/2, −1.0) — HfN2 (2/3, −0.8) — N (1, 0).
+#   Hf2N  (x = 1/3): hull −2/3 → E_hull = −0.5 + 2/3 = 1/6
+#   Hf3N4 (x = 4/7): on the HfN–HfN2 line, −1 + 1.2·(4/7 − 1/2) = −0.914286 → E_hull 0.014286
+FORMULAS = ["HfN", "Hf2N", "HfN2", "Hf3N4"]
+ENERGIES = np.array([-1.0, -0.5, -0.8, -0.9])
+HAND_E_HULL = np.array([0.0, 1 / 6, 0.0, -0.9 - (-1 + 1.2 * (4 / 7 - 1 / 2))])
+
+
+def test_hull_energies_match_the_hand_computation() -> None:
+    np.testing.assert_allclose(hull_energies(FORMULAS, ENERGIES), HAND_E_HULL, atol=1e-9)
+    # a known phase below a candidate's composition line lifts the candidate off the hull
+    assert hull_energies(["HfN"], np.array([-1.0]), known=[("Hf2N2", -1.1)])[0] == pytest.approx(
+        0.1
+    )
+
+
+def test_below_hull_is_negative_for_a_phase_the_hull_missed() -> None:
+    hull = list(zip(["HfN", "HfN2"], [-1.0, -0.8], strict=True))
+    depth = below_hull(["Hf3N4", "Hf2N"], np.array([-0.95, -0.5]), hull)
+    np.testing.assert_allclose(depth, [-0.95 + 0.914286, 1 / 6], atol=1e-6)
+
+
+def _fixed_predictor(values: dict[str, tuple[float, float]]):
+    def predict(ids):
+        return (np.array([values[i][0] for i in ids]), np.array([values[i][1] for i in ids]))
+
+    return predict
+
+
+def test_decision_rule_drops_exactly_the_candidates_above_k_sigma() -> None:
+    ids = ["a", "b", "c", "d"]
+    # Hf2N: E_hull 1/6 > 2·0.05 → dropped; Hf3N4: 0.0143 ≤ 2·0.01 → kept
+    predicted = {"a": (-1.0, 0.05), "b": (-0.5, 0.05), "c": (-0.8, 0.05), "d": (-0.9, 0.01)}
+    oracle = TableOracle(dict(zip(ids, ENERGIES, strict=True)), cost_core_hours=9.0)
+    result = screen(ids, FORMULAS, [Level("prerelax", _fixed_predictor(predicted), 1.0)], oracle)
+    level = result.levels[0]
+    np.testing.assert_allclose(level.e_hull, HAND_E_HULL, atol=1e-9)
+    assert level.kept.tolist() == [True, False, True, True]
+    assert result.computed_ids == ["a", "c", "d"]
+    assert sorted(result.found_stable) == ["a", "c"]  # Hf3N4 computed above the hull
+    # cost: 4 candidates to the level (1 core-h each) + 3 oracle calls (9 each)
+    assert result.cost_core_hours == pytest.approx(4 * 1.0 + 3 * 9.0)
+    assert result.all_oracle_cost_core_hours == pytest.approx(4 * (1.0 + 9.0))
+    assert result.summary()["oracle_calls_saved"] == pytest.approx(0.25)
+    # with a larger σ nothing is dropped; with k = 0 only the predicted hull survives
+    wide = {i: (m, 0.1) for i, (m, _) in predicted.items()}
+    assert screen(ids, FORMULAS, [Level("x", _fixed_predictor(wide))], oracle).computed_ids == ids
+    strict = screen(ids, FORMULAS, [Level("x", _fixed_predictor(predicted))], oracle, k=0)
+    assert strict.computed_ids == ["a", "c"]
+
+
+def test_two_levels_pass_only_survivors_on_and_count_their_costs() -> None:
+    ids = ["a", "b", "c", "d"]
+    first = {"a": (-1.0, 0.1), "b": (-0.5, 0.1), "c": (-0.8, 0.1), "d": (-0.9, 0.1)}
+    second = {"a": (-1.0, 0.01), "b": (-0.5, 0.01), "c": (-0.8, 0.01), "d": (-0.9, 0.005)}
+    asked: list[list[str]] = []
+
+    def second_predictor(batch):
+        asked.append(list(batch))
+        return _fixed_predictor(second)(batch)
+
+    levels = [
+        Level("preprerelax", _fixed_predictor(first), 5 / 60),
+        Level("prerelax", second_predictor, 1.0),
+    ]
+    oracle = TableOracle(dict(zip(ids, ENERGIES, strict=True)))
+    result = screen(ids, FORMULAS, levels, oracle)
+    assert asked == [["a", "b", "c", "d"]]  # 2σ = 0.2 > 1/6: all survive the first level
+    assert result.levels[1].kept.tolist() == [True, False, True, False]
+    assert result.computed_ids == ["a", "c"]
+    expected = 4 * 5 / 60 + 4 * 1.0 + 2 * 9.0
+    assert result.cost_core_hours == pytest.approx(expected)
+    table = result.table()
+    assert table["prerelax decision"].tolist() == ["kept", "dropped", "kept", "dropped"]
+    assert np.isnan(table["oracle E_f (eV/atom)"].iloc[1])
+
+
+def test_a_missed_stable_phase_is_reported_with_how_far_below_the_found_hull() -> None:
+    ids = ["a", "b", "c", "d"]
+    truth = {"a": -1.0, "b": -0.5, "c": -0.8, "d": -0.95}  # Hf3N4 truly stable
+    predicted = {"a": (-1.0, 0.05), "b": (-0.5, 0.05), "c": (-0.8, 0.05), "d": (-0.9, 0.005)}
+    result = screen(
+        ids,
+        FORMULAS,
+        [Level("final", _fixed_predictor(predicted))],
+        TableOracle(truth),
+        reference=True,
+    )
+    summary = result.summary()
+    assert summary["reference_stable"] == ["a", "c", "d"]
+    assert summary["found_stable"] == ["a", "c"]
+    assert summary["precision"] == 1.0
+    assert summary["recall"] == pytest.approx(2 / 3)
+    assert summary["same_stable_set"] is False
+    (missed,) = summary["missed"]
+    assert missed["id"] == "d" and missed["dropped_at"] == "final"
+    assert missed["predicted_e_hull"] == pytest.approx(0.014286, abs=1e-6)
+    assert missed["below_found_hull"] == pytest.approx(-0.95 + 0.914286, abs=1e-6)
+    assert summary["calibration"][0]["mae"] == pytest.approx(0.05 / 4)
+
+
+def test_the_written_results_hold_table_summary_and_figure(tmp_path) -> None:
+    ids = ["a", "b", "c", "d"]
+    predicted = {"a": (-1.0, 0.05), "b": (-0.5, 0.05), "c": (-0.8, 0.05), "d": (-0.9, 0.01)}
+    result = screen(
+        ids,
+        FORMULAS,
+        [Level("final", _fixed_predictor(predicted), 0.0)],
+        TableOracle(dict(zip(ids, ENERGIES, strict=True))),
+        reference=True,
+    )
+    paths = result.write(tmp_path / "out")
+    summary = json.loads(paths["summary"].read_text())
+    assert summary["same_stable_set"] is True and summary["oracle_calls"] == 3
+    assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths["figure"].stat().st_size > 10_000
+    assert "final E_hull (eV/atom)" in paths["table"].read_text().splitlines()[0]
+
+
+def test_screening_refuses_nonsense() -> None:
+    oracle = TableOracle({"a": -1.0})
+    nan = {"a": (float("nan"), 0.1)}
+    with pytest.raises(ValueError, match="not finite"):
+        screen(["a"], ["HfN"], [Level("x", _fixed_predictor(nan))], oracle)
+    with pytest.raises(ValueError, match="k must be"):
+        screen(["a"], ["HfN"], [], oracle, k=-1)
+    with pytest.raises(KeyError, match="no formation energy for 1 id"):
+        TableOracle({})(["a"])
+
+
+def test_read_energy_table_names_the_bad_row(tmp_path) -> None:
+    table = tmp_path / "dft.csv"
+    table.write_text("id,E_f\nx,-1.0\ny,oops\n")
+    with pytest.raises(ValueError, match=r"row 3 \(y\)"):
+        read_energy_table(table, "E_f", "id", "oracle")
+    with pytest.raises(ValueError, match="no column 'E'"):
+        read_energy_table(table, "E", "id", "oracle")
+
+
+def test_decorate_turns_real_ternary_prototypes_into_candidates_of_another_system(
+    data,
+) -> None:
+    from tlmat.io import read_records
+
+    records = read_records(data / "taata_nitrides_sample" / "examples.json").records
+    prototypes = [
+        r.structure
+        for r in records
+        if {e.symbol for e in r.structure.composition} == {"Ti", "Zn", "N"}
+    ][:4]
+    candidates = decorate(prototypes, ["Hf", "Zn", "N"])
+    assert candidates
+    for candidate in candidates:
+        assert {e.symbol for e in candidate.composition} == {"Hf", "Zn", "N"}
+    # Ti → Hf keeps the prototype's sites; the cell grows with the larger atom
+    ti_to_hf = decorate(prototypes[:1], ["Hf", "Zn", "N"], scale_volume=True)
+    assert any(len(c) == len(prototypes[0]) for c in ti_to_hf)
+    # every assignment of 3 elements to 3 species: at most 3! candidates per prototype
+    assert len(candidates) <= 6 * len(prototypes)

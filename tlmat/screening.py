@@ -1,0 +1,610 @@
+"""Phase-diagram screening with uncertain predictions (Ekström, Lindsten & Armiento §III):
+spend the expensive calculations only on candidates that may lie on the convex hull.
+
+At each relaxation level (e.g. ``preprerelax``, ``prerelax``), every surviving candidate
+is brought to that level (its cost is paid), an ensemble trained on structures of that
+level predicts its *final* formation energy ŷ ± σ (eV/atom), and the convex hull is
+built with pymatgen's ``PhaseDiagram`` from the known DFT phases plus these predictions.
+A candidate with E_hull > k·σ (k = 2 by default) is dropped; the others go on. The
+survivors of the last level get the expensive calculation (the *oracle*: a table of the
+user's DFT results, or a real cheap calculator such as a CHGNet relaxation), and the
+final hull is built from the known phases plus their computed energies.
+
+Given the oracle's values for every candidate (a table), :func:`screen` also compares the
+hull found with the all-oracle hull: which stable phases were recovered, which missed
+and by how much, and what the screening cost against computing everything.
+
+Example:
+    >>> result = screen(ids, formulas, [Level("final", predictor)], TableOracle(table),
+    ...                 known=[("HfN", -1.2)], reference=True)
+    >>> result.summary()["oracle_calls_saved"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from pymatgen.core import Structure
+
+    from tlmat.data.dataset import GraphDataset
+    from tlmat.uncertainty import Ensemble
+
+#: DFT cost of bringing one candidate to each relaxation level, in core-hours: Ekström et
+#: al. §II (VASP, PBE, 600 eV; ≈5, 60 and 540 core-minutes per phase)
+EKSTROM_COSTS_CORE_HOURS: dict[str, float] = {
+    "preprerelax": 5 / 60,
+    "prerelax": 60 / 60,
+    "final": 540 / 60,
+}
+#: a complete relaxation (every level) when nothing else is said, core-hours per phase
+FULL_RELAXATION_CORE_HOURS = sum(EKSTROM_COSTS_CORE_HOURS.values())
+#: |E_hull| below this counts as on the hull (eV/atom)
+ON_HULL_TOL = 1e-6
+
+#: ids of the candidates to predict → (mean, σ) of the final formation energy, eV/atom
+Predictor = Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class Level:
+    """One screening level: its name, what predicts there, and the cost (core-hours per
+    candidate) of bringing a candidate to this level before predicting."""
+
+    name: str
+    predictor: Predictor
+    cost_core_hours: float = 0.0
+
+
+class Oracle(Protocol):
+    """The expensive step: final formation energies (eV/atom; NaN where it failed)."""
+
+    name: str
+    cost_core_hours: float  # per candidate
+
+    def __call__(self, ids: Sequence[str]) -> np.ndarray: ...
+
+
+@dataclass
+class TableOracle:
+    """The user's DFT results: formation energy per atom (eV/atom) by candidate id."""
+
+    energies: Mapping[str, float]
+    cost_core_hours: float = EKSTROM_COSTS_CORE_HOURS["final"]
+    name: str = "DFT table"
+
+    def __call__(self, ids: Sequence[str]) -> np.ndarray:
+        missing = [i for i in ids if i not in self.energies]
+        if missing:
+            shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
+            raise KeyError(f"{self.name}: no formation energy for {len(missing)} id(s): {shown}")
+        return np.array([float(self.energies[i]) for i in ids], dtype=np.float64)
+
+    def can_answer_all(self, ids: Iterable[str]) -> bool:
+        return all(i in self.energies for i in ids)
+
+
+def read_energy_table(
+    path: str | Path, energy_column: str, key_column: str, what: str
+) -> dict[str, float]:
+    """``key → formation energy per atom (eV/atom)`` from a CSV or JSON table; a row
+    without a finite energy is an error naming the row."""
+    path = Path(path)
+    frame = pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
+    for column in (key_column, energy_column):
+        if column not in frame.columns:
+            raise ValueError(
+                f"{path}: {what} table has no column {column!r} (columns: "
+                f"{', '.join(map(str, frame.columns))})"
+            )
+    values = pd.to_numeric(frame[energy_column], errors="coerce")
+    bad = np.flatnonzero(~np.isfinite(values.to_numpy(dtype=np.float64)))
+    if len(bad):
+        row = int(bad[0])
+        raise ValueError(
+            f"{path}: row {row + 2} ({frame[key_column].iloc[row]}): {energy_column!r} is "
+            f"not a number ({frame[energy_column].iloc[row]!r})"
+        )
+    keys = frame[key_column].astype(str)
+    repeated = keys[keys.duplicated()].unique()
+    if what == "oracle" and len(repeated):
+        raise ValueError(f"{path}: id(s) repeated in the oracle table: {', '.join(repeated[:5])}")
+    return dict(zip(keys, values.astype(float), strict=True))
+
+
+def read_known_phases(
+    path: str | Path, energy_column: str, formula_column: str = "formula"
+) -> list[tuple[str, float]]:
+    """Known phases ``(formula, formation energy per atom in eV/atom)`` from a table."""
+    path = Path(path)
+    frame = pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
+    for column in (formula_column, energy_column):
+        if column not in frame.columns:
+            raise ValueError(f"{path}: known-phases table has no column {column!r}")
+    return [
+        (str(f), float(e)) for f, e in zip(frame[formula_column], frame[energy_column], strict=True)
+    ]
+
+
+def hull_energies(
+    formulas: Sequence[str],
+    energies: np.ndarray,
+    known: Sequence[tuple[str, float]] = (),
+) -> np.ndarray:
+    """Energy above the convex hull (eV/atom, ≥ 0) of each candidate, the hull built from
+    the known phases plus the candidates themselves (formation energies per atom; each
+    element's reference is 0 eV/atom unless a known phase is lower)."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    def entry(formula: str, energy: float) -> PDEntry:
+        composition = Composition(formula)
+        return PDEntry(composition, float(energy) * composition.num_atoms)
+
+    known_entries = [entry(f, e) for f, e in known]
+    candidates = [entry(f, e) for f, e in zip(formulas, energies, strict=True)]
+    elements = {el for e in known_entries + candidates for el in e.composition.elements}
+    references = [PDEntry(Composition(el.symbol), 0.0) for el in sorted(elements)]
+    diagram = PhaseDiagram(references + known_entries + candidates)
+    return np.array([diagram.get_e_above_hull(c) for c in candidates], dtype=np.float64)
+
+
+def below_hull(
+    formulas: Sequence[str], energies: np.ndarray, hull: Sequence[tuple[str, float]]
+) -> np.ndarray:
+    """Energy (eV/atom) of each phase relative to the hull of ``hull`` alone: negative
+    where the phase lies below it (the hull missed it by that much)."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    entries = [PDEntry(Composition(f), e * Composition(f).num_atoms) for f, e in hull]
+    probes = [
+        PDEntry(Composition(f), e * Composition(f).num_atoms)
+        for f, e in zip(formulas, energies, strict=True)
+    ]
+    elements = {el for e in entries + probes for el in e.composition.elements}
+    references = [PDEntry(Composition(el.symbol), 0.0) for el in sorted(elements)]
+    diagram = PhaseDiagram(references + entries)
+    return np.array(
+        [diagram.get_decomp_and_e_above_hull(p, allow_negative=True)[1] for p in probes]
+    )
+
+
+@dataclass
+class LevelResult:
+    """What happened at one level: the candidates considered, their predicted final
+    formation energy and σ, E_hull (eV/atom) and which were kept."""
+
+    name: str
+    ids: list[str]
+    mean: np.ndarray
+    sigma: np.ndarray
+    e_hull: np.ndarray
+    kept: np.ndarray
+    cost_per_candidate: float  # core-hours to bring one candidate to this level
+    seconds: float = 0.0  # of prediction and hull
+
+    @property
+    def cost_core_hours(self) -> float:
+        """Spent bringing these candidates to this level."""
+        return len(self.ids) * self.cost_per_candidate
+
+
+@dataclass
+class Screening:
+    """The outcome of :func:`screen`: per level, the oracle's results and, when the oracle
+    could answer for every candidate, the comparison with the all-oracle hull."""
+
+    ids: list[str]
+    formulas: list[str]
+    known: list[tuple[str, float]]
+    k: float
+    levels: list[LevelResult]
+    oracle_name: str
+    oracle_cost_core_hours: float  # per candidate
+    computed_ids: list[str]
+    computed_energies: np.ndarray  # eV/atom, NaN where the oracle failed
+    found_stable: list[str]  # candidates on the final hull
+    reference_energies: np.ndarray | None = None  # the oracle's value for every candidate
+    reference_stable: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    # costs --------------------------------------------------------------------------
+    @property
+    def cost_core_hours(self) -> float:
+        """Spent: every level's relaxations plus the oracle on the survivors."""
+        levels = sum(level.cost_core_hours for level in self.levels)
+        return levels + len(self.computed_ids) * self.oracle_cost_core_hours
+
+    @property
+    def all_oracle_cost_core_hours(self) -> float:
+        """Computing every candidate: each goes through every level, then the oracle."""
+        per_candidate = self.oracle_cost_core_hours + sum(
+            level.cost_per_candidate for level in self.levels
+        )
+        return len(self.ids) * per_candidate
+
+    # the comparison with the all-oracle hull ----------------------------------------
+    def missed(self) -> list[dict[str, Any]]:
+        """Stable phases of the all-oracle hull that the screening lost: where they were
+        dropped, their prediction and σ there, and how far below the found hull they lie
+        (eV/atom)."""
+        if self.reference_energies is None:
+            return []
+        lost = [i for i in self.reference_stable if i not in set(self.found_stable)]
+        if not lost:
+            return []
+        index = {i: n for n, i in enumerate(self.ids)}
+        found_hull = self.known + [
+            (self.formulas[index[i]], e)
+            for i, e in zip(self.computed_ids, self.computed_energies, strict=True)
+            if np.isfinite(e)
+        ]
+        depth = below_hull(
+            [self.formulas[index[i]] for i in lost],
+            np.array([self.reference_energies[index[i]] for i in lost]),
+            found_hull,
+        )
+        rows = []
+        for i, below in zip(lost, depth, strict=True):
+            row: dict[str, Any] = {"id": i, "formula": self.formulas[index[i]]}
+            for level in self.levels:
+                if i in level.ids:
+                    n = level.ids.index(i)
+                    if not level.kept[n]:
+                        row.update(
+                            dropped_at=level.name,
+                            predicted=float(level.mean[n]),
+                            sigma=float(level.sigma[n]),
+                            predicted_e_hull=float(level.e_hull[n]),
+                        )
+            row["true"] = float(self.reference_energies[index[i]])
+            row["below_found_hull"] = float(below)
+            rows.append(row)
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        """Counts, costs (core-hours), savings and hull recovery as plain numbers."""
+        out: dict[str, Any] = {
+            "candidates": len(self.ids),
+            "known_phases": len(self.known),
+            "k": self.k,
+            "levels": [
+                {
+                    "name": level.name,
+                    "in": len(level.ids),
+                    "kept": int(level.kept.sum()),
+                    "cost_core_hours": level.cost_core_hours,
+                    "seconds": level.seconds,
+                }
+                for level in self.levels
+            ],
+            "oracle": self.oracle_name,
+            "oracle_calls": len(self.computed_ids),
+            "oracle_failed": int((~np.isfinite(self.computed_energies)).sum()),
+            "oracle_calls_saved": 1 - len(self.computed_ids) / max(len(self.ids), 1),
+            "cost_core_hours": self.cost_core_hours,
+            "all_oracle_cost_core_hours": self.all_oracle_cost_core_hours,
+            "cost_saved": 1 - self.cost_core_hours / self.all_oracle_cost_core_hours
+            if self.all_oracle_cost_core_hours > 0
+            else 0.0,
+            "found_stable": sorted(self.found_stable),
+            "seconds": self.seconds,
+        }
+        if self.reference_energies is not None:
+            found, ref = set(self.found_stable), set(self.reference_stable)
+            hit = len(found & ref)
+            out.update(
+                reference_stable=sorted(ref),
+                same_stable_set=found == ref,
+                precision=hit / len(found) if found else float("nan"),
+                recall=hit / len(ref) if ref else float("nan"),
+                missed=self.missed(),
+                calibration=self.calibration(),
+            )
+        return out
+
+    def calibration(self) -> list[dict[str, Any]]:
+        """Per level, how the predictions compare with the oracle's values (MAE in
+        eV/atom, coverage of ±1σ/±2σ, …) on the candidates predicted there."""
+        from tlmat.uncertainty import calibration
+
+        if self.reference_energies is None:
+            return []
+        index = {i: n for n, i in enumerate(self.ids)}
+        rows = []
+        for level in self.levels:
+            y = np.array([self.reference_energies[index[i]] for i in level.ids])
+            if len(y) < 2:
+                continue
+            scores = calibration(y, level.mean, level.sigma)
+            scores["mae"] = float(np.mean(np.abs(y - level.mean)))
+            rows.append({"level": level.name, **scores})
+        return rows
+
+    def table(self) -> pd.DataFrame:
+        """One row per candidate: per level the prediction, σ, E_hull (eV/atom) and the
+        decision (kept / dropped; empty where it was dropped before), then the oracle's
+        value, the final E_hull and whether it is on the found hull."""
+        frame = pd.DataFrame({"id": self.ids, "formula": self.formulas})
+        unit = " (eV/atom)"
+        for level in self.levels:
+            at = {i: n for n, i in enumerate(level.ids)}
+            rows = [at.get(i) for i in self.ids]
+
+            def column(values, rows=rows):
+                return [values[r] if r is not None else np.nan for r in rows]
+
+            frame[f"{level.name} E_f{unit}"] = column(level.mean)
+            frame[f"{level.name} sigma{unit}"] = column(level.sigma)
+            frame[f"{level.name} E_hull{unit}"] = column(level.e_hull)
+            frame[f"{level.name} decision"] = [
+                ("kept" if level.kept[r] else "dropped") if r is not None else "" for r in rows
+            ]
+        computed = dict(zip(self.computed_ids, self.computed_energies, strict=True))
+        frame[f"oracle E_f{unit}"] = [computed.get(i, np.nan) for i in self.ids]
+        final = self._final_e_hull()
+        frame[f"final E_hull{unit}"] = [final.get(i, np.nan) for i in self.ids]
+        frame["on found hull"] = [i in set(self.found_stable) for i in self.ids]
+        if self.reference_energies is not None:
+            frame[f"reference E_f{unit}"] = self.reference_energies
+            frame["on all-oracle hull"] = [i in set(self.reference_stable) for i in self.ids]
+        return frame
+
+    def _final_e_hull(self) -> dict[str, float]:
+        index = {i: n for n, i in enumerate(self.ids)}
+        done = [
+            (i, e)
+            for i, e in zip(self.computed_ids, self.computed_energies, strict=True)
+            if np.isfinite(e)
+        ]
+        if not done:
+            return {}
+        e_hull = hull_energies(
+            [self.formulas[index[i]] for i, _ in done], np.array([e for _, e in done]), self.known
+        )
+        return {i: float(h) for (i, _), h in zip(done, e_hull, strict=True)}
+
+    def write(self, folder: str | Path) -> dict[str, Path]:
+        """``screening.csv``, ``summary.json`` and ``screening.png`` in ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "table": folder / "screening.csv",
+            "summary": folder / "summary.json",
+            "figure": folder / "screening.png",
+        }
+        self.table().to_csv(paths["table"], index=False)
+        paths["summary"].write_text(json.dumps(_plain(self.summary()), indent=2))
+        plot_screening(self, paths["figure"])
+        return paths
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: NaN → null, numpy scalars → Python numbers."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def screen(
+    ids: Sequence[str],
+    formulas: Sequence[str],
+    levels: Sequence[Level],
+    oracle: Oracle,
+    known: Sequence[tuple[str, float]] = (),
+    k: float = 2.0,
+    reference: bool = False,
+) -> Screening:
+    """Screen candidates (``ids`` with their ``formulas``) level by level, dropping those
+    with E_hull > k·σ, then run the ``oracle`` on the survivors and build the final
+    hull with the ``known`` phases ``(formula, eV/atom)``. With ``reference``, the
+    oracle is also asked for every candidate (only sensible for a table) to compare the
+    hull found with the all-oracle hull."""
+    if k < 0:
+        raise ValueError(f"k must be ≥ 0 (E_hull > k·σ drops a candidate), not {k}")
+    if len(set(ids)) != len(ids):
+        raise ValueError("candidate ids must be unique")
+    start = time.perf_counter()
+    ids, formulas, known = list(ids), list(formulas), list(known)
+    index = {i: n for n, i in enumerate(ids)}
+    alive = list(ids)
+    results: list[LevelResult] = []
+    for level in levels:
+        tic = time.perf_counter()
+        mean, sigma = (np.asarray(a, dtype=np.float64) for a in level.predictor(alive))
+        if mean.shape != (len(alive),) or sigma.shape != (len(alive),):
+            raise ValueError(f"level {level.name!r}: the predictor returned the wrong shape")
+        if not (np.isfinite(mean).all() and np.isfinite(sigma).all()):
+            raise ValueError(f"level {level.name!r}: predictions or σ are not finite")
+        level_formulas = [formulas[index[i]] for i in alive]
+        e_hull = hull_energies(level_formulas, mean, known) if alive else np.zeros(0)
+        kept = e_hull <= k * sigma
+        results.append(
+            LevelResult(
+                level.name,
+                alive,
+                mean,
+                sigma,
+                e_hull,
+                kept,
+                level.cost_core_hours,
+                time.perf_counter() - tic,
+            )
+        )
+        alive = [i for i, keep in zip(alive, kept, strict=True) if keep]
+    computed = oracle(alive) if alive else np.zeros(0)
+    screening = Screening(
+        ids,
+        formulas,
+        known,
+        k,
+        results,
+        oracle.name,
+        oracle.cost_core_hours,
+        alive,
+        np.asarray(computed, dtype=np.float64),
+        [],
+    )
+    final = screening._final_e_hull()
+    screening.found_stable = [i for i, h in final.items() if h <= ON_HULL_TOL]
+    if reference:
+        screening.reference_energies = oracle(ids)
+        e_hull = hull_energies(formulas, screening.reference_energies, known)
+        screening.reference_stable = [
+            i for i, h in zip(ids, e_hull, strict=True) if h <= ON_HULL_TOL
+        ]
+    screening.seconds = time.perf_counter() - start
+    return screening
+
+
+def ensemble_predictor(ensemble: Ensemble, dataset: GraphDataset) -> Predictor:
+    """The predictor of an ensemble on the candidates' structures of one level: the
+    ensemble must predict a formation energy per atom (eV/atom)."""
+    unit = ensemble.target.unit
+    if unit and unit.replace(" ", "") not in ("eV/atom", "eV/at"):
+        raise ValueError(
+            f"screening needs formation energies per atom (eV/atom); this ensemble "
+            f"predicts {ensemble.target.name} in {unit}"
+        )
+    where = {i: n for n, i in enumerate(dataset.ids)}
+
+    def predict(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        missing = [i for i in ids if i not in where]
+        if missing:
+            raise KeyError(
+                f"{dataset.source}: no structure for {len(missing)} candidate(s) at this "
+                f"level: {', '.join(missing[:10])}"
+            )
+        arrays = ensemble.predict(dataset, [where[i] for i in ids])
+        return arrays["mean"], arrays["sigma"]
+
+    return predict
+
+
+def decorate(
+    prototypes: Iterable[Structure],
+    elements: Sequence[str],
+    scale_volume: bool = True,
+) -> list[Structure]:
+    """Candidate structures of a chemical system by prototype decoration: every prototype
+    with as many species as ``elements`` gets each one-to-one assignment of ``elements``
+    to its species (pymatgen's ``SubstitutionTransformation``); with ``scale_volume`` the
+    cell is rescaled to the sum of the new atoms' volumes as the prototype's volume was to
+    its own (atomic radii cubed); symmetry-equivalent results are kept once
+    (``StructureMatcher``)."""
+    from itertools import permutations
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Element
+    from pymatgen.transformations.standard_transformations import SubstitutionTransformation
+
+    def atomic_volume(structure: Structure) -> float:
+        return sum((site.specie.atomic_radius or 1.5) ** 3 for site in structure)
+
+    targets = [Element(e) for e in elements]
+    out: list[Structure] = []
+    for prototype in prototypes:
+        species = sorted({site.specie.symbol for site in prototype})
+        if len(species) != len(targets):
+            continue
+        for assignment in permutations(targets):
+            mapping = {s: t.symbol for s, t in zip(species, assignment, strict=True)}
+            candidate = SubstitutionTransformation(mapping).apply_transformation(prototype)
+            if scale_volume:
+                ratio = atomic_volume(candidate) / atomic_volume(prototype)
+                candidate = candidate.scale_lattice(prototype.volume * ratio)
+            out.append(candidate)
+    if not out:
+        return []
+    groups = StructureMatcher().group_structures(out)
+    return [group[0] for group in groups]
+
+
+def plot_screening(screening: Screening, path: str | Path) -> Path:
+    """One panel per level: E_hull ± k·σ of each candidate (sorted), kept in green,
+    dropped in red, with the oracle's final E_hull where it was computed; a last panel
+    compares the hull found with the all-oracle hull when that is known."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = len(screening.levels) + (screening.reference_energies is not None)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.2 * max(panels, 1), 4.2), squeeze=False)
+    final = screening._final_e_hull()
+    for ax, level in zip(axes[0], screening.levels, strict=False):
+        order = np.argsort(level.e_hull)
+        x = np.arange(len(order))
+        for kept, colour, label in ((True, "tab:green", "kept"), (False, "tab:red", "dropped")):
+            sel = order[level.kept[order] == kept]
+            if len(sel):
+                ax.errorbar(
+                    x[np.isin(order, sel)],
+                    level.e_hull[sel],
+                    yerr=screening.k * level.sigma[sel],
+                    fmt="o",
+                    ms=3,
+                    color=colour,
+                    elinewidth=0.8,
+                    label=f"{label} ({len(sel)})",
+                )
+        done = [(n, final[level.ids[j]]) for n, j in enumerate(order) if level.ids[j] in final]
+        if done:
+            ax.plot(*zip(*done, strict=True), "kx", ms=4, label="oracle's final E_hull")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("candidate (sorted by predicted E_hull)")
+        ax.set_ylabel(f"E_hull ± {screening.k:g}σ (eV/atom)")
+        ax.set_title(f"{level.name}: {int(level.kept.sum())} of {len(level.ids)} kept")
+        ax.legend(fontsize=8)
+    if screening.reference_energies is not None:
+        ax = axes[0][-1]
+        e_ref = hull_energies(screening.formulas, screening.reference_energies, screening.known)
+        first = screening.levels[0] if screening.levels else None
+        if first is not None:
+            at = {i: n for n, i in enumerate(first.ids)}
+            rows = [at[i] for i in screening.ids]
+            ax.errorbar(
+                e_ref,
+                first.e_hull[rows],
+                yerr=first.sigma[rows],
+                fmt="o",
+                ms=3,
+                elinewidth=0.6,
+                color="tab:blue",
+                label=f"{first.name} prediction ± σ",
+            )
+        lim = max(float(np.max(e_ref)) if len(e_ref) else 0.1, 0.1)
+        ax.plot([0, lim], [0, lim], color="grey", lw=0.8)
+        summary = screening.summary()
+        ax.set_xlabel("all-oracle E_hull (eV/atom)")
+        ax.set_ylabel("predicted E_hull (eV/atom)")
+        ax.set_title(
+            f"stable set: precision {summary['precision']:.2f}, recall {summary['recall']:.2f}"
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{len(screening.ids)} candidates, {len(screening.computed_ids)} sent to "
+        f"{screening.oracle_name}; cost {screening.cost_core_hours:.0f} of "
+        f"{screening.all_oracle_cost_core_hours:.0f} core-hours",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
