@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tlmat.screening import (
@@ -136,7 +137,7 @@ def test_the_written_results_hold_table_summary_and_figure(tmp_path) -> None:
     assert summary["same_stable_set"] is True and summary["oracle_calls"] == 3
     assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths["figure"].stat().st_size > 10_000
-    assert "final E_hull (eV/atom)" in paths["table"].read_text().splitlines()[0]
+    assert "computed E_hull (eV/atom)" in paths["table"].read_text().splitlines()[0]
 
 
 def test_screening_refuses_nonsense() -> None:
@@ -179,3 +180,64 @@ def test_decorate_turns_real_ternary_prototypes_into_candidates_of_another_syste
     assert any(len(c) == len(prototypes[0]) for c in ti_to_hf)
     # every assignment of 3 elements to 3 species: at most 3! candidates per prototype
     assert len(candidates) <= 6 * len(prototypes)
+
+
+@pytest.mark.integration
+def test_cli_screen_hf_zn_n_with_an_ensemble_fine_tuned_from_mp(data, tmp_path) -> None:
+    """End to end on the real Hf–Zn–N sample (Tholander et al.): an ensemble fine-tuned
+    from the MP formation-energy CGCNN on the related Ti–Zn–N and Zr–Zn–N phases plus
+    five Hf–Zn–N ones screens the other Hf–Zn–N phases, their DFT energies the oracle."""
+    import csv
+
+    from typer.testing import CliRunner
+
+    from tlmat.cli import app
+    from tlmat.io import read_records, write_extxyz
+
+    sample = data / "taata_nitrides_sample"
+    records = read_records(sample / "examples.json", targets=["E_f"]).records
+
+    def elements(record):
+        return {e.symbol for e in record.structure.composition}
+
+    hf = [r for r in records if elements(r) == {"Hf", "Zn", "N"}]
+    unary = [r for r in records if len(elements(r)) == 1]
+    related = [r for r in records if r not in hf and r not in unary]
+    write_extxyz(related + unary + hf[:5], tmp_path / "labelled.extxyz")
+    write_extxyz(hf[5:], tmp_path / "candidates.extxyz")
+    with (tmp_path / "known.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["formula", "E_f"])
+        for r in unary + hf[:5]:
+            if elements(r) <= {"Hf", "Zn", "N"}:
+                writer.writerow([r.structure.composition.reduced_formula, r.targets["E_f"]])
+    runner = CliRunner()
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    args = ["finetune", str(tmp_path / "labelled.extxyz"), "--source",
+            "cgcnn/formation-energy-per-atom", "-t", "E_f", "--unit", "eV/atom",
+            "--ensemble", "3", "--epochs", "8", "--run-dir", str(tmp_path / "ens")]  # fmt: skip
+    result = runner.invoke(app, [*args, *cache])
+    assert result.exit_code == 0, result.output
+    args = ["screen", str(tmp_path / "candidates.extxyz"), "--ensemble", str(tmp_path / "ens"),
+            "--oracle", str(sample / "examples.csv"), "--oracle-id", "material_id",
+            "--oracle-energy", "E_f", "--known", str(tmp_path / "known.csv"),
+            "--known-energy", "E_f", "-o", str(tmp_path / "out")]  # fmt: skip
+    result = runner.invoke(app, [*args, *cache])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["candidates"] == len(hf) - 5
+    (level,) = summary["levels"]
+    assert summary["oracle_calls"] == level["kept"] <= level["in"] == len(hf) - 5
+    assert summary["cost_core_hours"] == pytest.approx(9.0 * summary["oracle_calls"])
+    assert 0 <= summary["recall"] <= 1 and summary["reference_stable"]
+    table = pd.read_csv(tmp_path / "out" / "screening.csv")
+    dropped = table["final decision"] == "dropped"
+    e_hull, sigma = table["final E_hull (eV/atom)"], table["final sigma (eV/atom)"]
+    assert (e_hull[dropped] > 2 * sigma[dropped]).all()
+    assert (e_hull[~dropped] <= 2 * sigma[~dropped]).all(), table.to_string()
+    assert table["oracle E_f (eV/atom)"][dropped].isna().all()
+    text = " ".join(result.output.split())
+    assert f"{summary['candidates']} candidates: {summary['oracle_calls']} oracle calls" in text
+    # the same folder again is refused: nothing tlmat wrote is replaced without --overwrite
+    again = runner.invoke(app, [*args, *cache])
+    assert again.exit_code == 1 and "--overwrite" in again.output

@@ -290,6 +290,7 @@ class Screening:
             ],
             "oracle": self.oracle_name,
             "oracle_calls": len(self.computed_ids),
+            "oracle_cost_core_hours": len(self.computed_ids) * self.oracle_cost_core_hours,
             "oracle_failed": int((~np.isfinite(self.computed_energies)).sum()),
             "oracle_calls_saved": 1 - len(self.computed_ids) / max(len(self.ids), 1),
             "cost_core_hours": self.cost_core_hours,
@@ -334,7 +335,7 @@ class Screening:
     def table(self) -> pd.DataFrame:
         """One row per candidate: per level the prediction, σ, E_hull (eV/atom) and the
         decision (kept / dropped; empty where it was dropped before), then the oracle's
-        value, the final E_hull and whether it is on the found hull."""
+        value, the E_hull computed from it and whether it is on the found hull."""
         frame = pd.DataFrame({"id": self.ids, "formula": self.formulas})
         unit = " (eV/atom)"
         for level in self.levels:
@@ -353,7 +354,7 @@ class Screening:
         computed = dict(zip(self.computed_ids, self.computed_energies, strict=True))
         frame[f"oracle E_f{unit}"] = [computed.get(i, np.nan) for i in self.ids]
         final = self._final_e_hull()
-        frame[f"final E_hull{unit}"] = [final.get(i, np.nan) for i in self.ids]
+        frame[f"computed E_hull{unit}"] = [final.get(i, np.nan) for i in self.ids]
         frame["on found hull"] = [i in set(self.found_stable) for i in self.ids]
         if self.reference_energies is not None:
             frame[f"reference E_f{unit}"] = self.reference_energies

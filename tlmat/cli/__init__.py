@@ -14,6 +14,7 @@ from tlmat import __version__
 from tlmat.cli.common import console
 from tlmat.cli.data import cache, info
 from tlmat.cli.inference import embed, evaluate, models, predict, report
+from tlmat.cli.screening import screen
 from tlmat.cli.training import benchmark, compare, finetune, train
 
 
@@ -65,6 +66,7 @@ for command in (
     evaluate,
     models,
     report,
+    screen,
 ):
     app.command()(command)
 
