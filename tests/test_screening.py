@@ -182,11 +182,12 @@ def test_decorate_turns_real_ternary_prototypes_into_candidates_of_another_syste
     assert len(candidates) <= 6 * len(prototypes)
 
 
-@pytest.mark.integration
-def test_cli_screen_hf_zn_n_with_an_ensemble_fine_tuned_from_mp(data, tmp_path) -> None:
-    """End to end on the real Hf–Zn–N sample (Tholander et al.): an ensemble fine-tuned
-    from the MP formation-energy CGCNN on the related Ti–Zn–N and Zr–Zn–N phases plus
-    five Hf–Zn–N ones screens the other Hf–Zn–N phases, their DFT energies the oracle."""
+@pytest.fixture(scope="module")
+def hf_zn_n(data, tmp_path_factory):
+    """The real Hf–Zn–N sample (Tholander et al.) split for screening: the related
+    Ti–Zn–N and Zr–Zn–N phases, the elements and five Hf–Zn–N phases are labelled; the
+    other Hf–Zn–N phases are the candidates; an ensemble of 3 is fine-tuned on the
+    labelled ones from the MP formation-energy CGCNN."""
     import csv
 
     from typer.testing import CliRunner
@@ -194,6 +195,7 @@ def test_cli_screen_hf_zn_n_with_an_ensemble_fine_tuned_from_mp(data, tmp_path) 
     from tlmat.cli import app
     from tlmat.io import read_records, write_extxyz
 
+    tmp_path = tmp_path_factory.mktemp("hf")
     sample = data / "taata_nitrides_sample"
     records = read_records(sample / "examples.json", targets=["E_f"]).records
 
@@ -205,19 +207,36 @@ def test_cli_screen_hf_zn_n_with_an_ensemble_fine_tuned_from_mp(data, tmp_path) 
     related = [r for r in records if r not in hf and r not in unary]
     write_extxyz(related + unary + hf[:5], tmp_path / "labelled.extxyz")
     write_extxyz(hf[5:], tmp_path / "candidates.extxyz")
+    write_extxyz([r for r in unary if elements(r) == {"Hf"}], tmp_path / "Hf.extxyz")
+    write_extxyz([r for r in unary if elements(r) == {"Ti"}], tmp_path / "Ti.extxyz")
     with (tmp_path / "known.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["formula", "E_f"])
         for r in unary + hf[:5]:
             if elements(r) <= {"Hf", "Zn", "N"}:
                 writer.writerow([r.structure.composition.reduced_formula, r.targets["E_f"]])
-    runner = CliRunner()
     cache = ["--cache-dir", str(tmp_path / "cache")]
     args = ["finetune", str(tmp_path / "labelled.extxyz"), "--source",
             "cgcnn/formation-energy-per-atom", "-t", "E_f", "--unit", "eV/atom",
             "--ensemble", "3", "--epochs", "8", "--run-dir", str(tmp_path / "ens")]  # fmt: skip
-    result = runner.invoke(app, [*args, *cache])
+    result = CliRunner().invoke(app, [*args, *cache])
     assert result.exit_code == 0, result.output
+    return tmp_path, len(hf)
+
+
+@pytest.mark.integration
+def test_cli_screen_hf_zn_n_with_an_ensemble_fine_tuned_from_mp(data, hf_zn_n) -> None:
+    """End to end on the real Hf–Zn–N sample: the ensemble screens the unlabelled
+    Hf–Zn–N phases, their DFT energies the oracle."""
+    from typer.testing import CliRunner
+
+    from tlmat.cli import app
+
+    tmp_path, n_hf = hf_zn_n
+    sample = data / "taata_nitrides_sample"
+    hf = range(n_hf)
+    runner = CliRunner()
+    cache = ["--cache-dir", str(tmp_path / "cache")]
     args = ["screen", str(tmp_path / "candidates.extxyz"), "--ensemble", str(tmp_path / "ens"),
             "--oracle", str(sample / "examples.csv"), "--oracle-id", "material_id",
             "--oracle-energy", "E_f", "--known", str(tmp_path / "known.csv"),
@@ -241,3 +260,45 @@ def test_cli_screen_hf_zn_n_with_an_ensemble_fine_tuned_from_mp(data, tmp_path) 
     # the same folder again is refused: nothing tlmat wrote is replaced without --overwrite
     again = runner.invoke(app, [*args, *cache])
     assert again.exit_code == 1 and "--overwrite" in again.output
+
+
+def test_load_chgnet_safely_reproduces_chgnets_own_loader(data) -> None:
+    """The packaged CHGNet weights read with weights_only=True give the energies of
+    chgnet's own (unpickling) loader on a real Hf–Zn–N crystal."""
+    chgnet = pytest.importorskip("chgnet.model", reason="the chgnet extra is not installed")
+    from tlmat.io import read_records
+    from tlmat.screening import load_chgnet
+
+    record = read_records(data / "taata_nitrides_sample" / "examples.json", limit=3).records[2]
+    ours = load_chgnet("0.3.0").predict_structure(record.structure)
+    theirs = chgnet.CHGNet.load(model_name="0.3.0", verbose=False).predict_structure(
+        record.structure
+    )
+    np.testing.assert_allclose(ours["e"], theirs["e"], atol=1e-6)
+    np.testing.assert_allclose(ours["f"], theirs["f"], atol=1e-5)
+
+
+@pytest.mark.integration
+def test_cli_screen_decorated_candidates_with_the_chgnet_oracle(hf_zn_n) -> None:
+    """Candidates made by substitution (hcp Ti → Hf, the cell rescaled), predicted by the
+    ensemble, relaxed by a real CHGNet: a strained hcp Hf relaxes back to the reference,
+    so its formation energy is ≈ 0 eV/atom."""
+    pytest.importorskip("chgnet.model", reason="the chgnet extra is not installed")
+    from typer.testing import CliRunner
+
+    from tlmat.cli import app
+
+    tmp_path, _ = hf_zn_n
+    out = tmp_path / "chgnet-out"
+    args = ["screen", "--prototypes", str(tmp_path / "Ti.extxyz"), "--substitute", "Ti=Hf",
+            "--ensemble", str(tmp_path / "ens"), "--oracle", "chgnet", "--references",
+            str(tmp_path / "Hf.extxyz"), "-k", "100", "-o", str(out),
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["oracle"] == "CHGNet 0.3.0 relaxation" and summary["oracle_calls"] == 1
+    table = pd.read_csv(out / "screening.csv")
+    assert table["formula"].tolist() == ["Hf"]
+    assert abs(table["oracle E_f (eV/atom)"].iloc[0]) < 0.01
+    assert (out / "candidates.extxyz").is_file() and (out / "relaxed.extxyz").is_file()

@@ -93,6 +93,133 @@ class TableOracle:
         return all(i in self.energies for i in ids)
 
 
+#: SHA-256 of the CHGNet weights inside the ``chgnet`` wheel, by version
+CHGNET_WEIGHTS: dict[str, tuple[str, str]] = {
+    "0.3.0": (
+        "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
+        "d14ab7c0f093efe64b60a7bcd540bca10e74fb7f46c86108a079af60524659d1",
+    ),
+    "0.2.0": (
+        "pretrained/0.2.0/chgnet_0.2.0_e30f77s348m32.pth.tar",
+        "ef624f78b6db9d315b4ef256f1bb3207449924191b91720dc17d3f60c5df980e",
+    ),
+    "r2scan": (
+        "pretrained/r2scan/chgnet_r2scan_transfer_learning_e15f36s161m23.pth.tar",
+        "8eba3db0f35a2788bb3ae22885ad340591e27996f213c6643af522a633b50dad",
+    ),
+}
+
+
+def load_chgnet(version: str = "0.3.0"):
+    """A CHGNet universal potential from the weights packaged in the ``chgnet`` wheel,
+    checksummed and read with ``torch.load(weights_only=True)`` (tensors and plain
+    containers only: nothing is unpickled) instead of the package's own loader, which
+    unpickles."""
+    try:
+        import chgnet
+        from chgnet.model import CHGNet
+    except ImportError as error:
+        raise ImportError(
+            "the CHGNet oracle needs the chgnet package: pip install 'tlmat[foundation]'"
+        ) from error
+    import torch
+
+    from tlmat.datasets import sha256sum
+
+    if version not in CHGNET_WEIGHTS:
+        raise ValueError(f"unknown CHGNet version {version!r}; known: {', '.join(CHGNET_WEIGHTS)}")
+    relative, checksum = CHGNET_WEIGHTS[version]
+    path = Path(chgnet.__file__).parent / relative
+    if sha256sum(path) != checksum:
+        raise ValueError(f"{path}: checksum differs from CHGNet {version}'s published weights")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    # mlp_out_bias as chgnet's own loader sets it (only 0.2.0 was trained with it)
+    return CHGNet.from_dict(state["model"], mlp_out_bias=version == "0.2.0", version=version)
+
+
+@dataclass
+class CHGNetOracle:
+    """A real cheap calculator for demonstrations: relax each candidate with CHGNet
+    (FIRE until the largest force is below ``fmax`` eV/Å, at most ``steps``), take its
+    energy per atom, and subtract the lowest relaxed energy per atom of each element
+    among the ``references`` (elemental structures) — a formation energy per atom in
+    eV/atom on CHGNet's (MP-compatible) scale. ``cost_core_hours`` is the measured mean
+    per relaxation (wall time × threads)."""
+
+    structures: Mapping[str, Structure]
+    references: Sequence[Structure]
+    version: str = "0.3.0"
+    fmax: float = 0.1
+    steps: int = 500
+    name: str = ""
+    cost_core_hours: float = 0.0
+    relaxed: dict[str, Structure] = field(default_factory=dict)
+    log: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"CHGNet {self.version} relaxation"
+        self._optimizer = None
+        self._mu: dict[str, float] | None = None
+
+    def relax(self, structure: Structure, steps: int | None = None) -> tuple[Structure, float, int]:
+        """The relaxed structure, its energy per atom (eV/atom) and the steps taken."""
+        import contextlib
+        import io
+
+        if self._optimizer is None:
+            from chgnet.model import StructOptimizer
+
+            self._optimizer = StructOptimizer(model=load_chgnet(self.version), use_device="cpu")
+        with contextlib.redirect_stdout(io.StringIO()):  # chgnet prints per step
+            result = self._optimizer.relax(
+                structure, fmax=self.fmax, steps=steps or self.steps, verbose=False
+            )
+        energies = result["trajectory"].energies
+        return result["final_structure"], float(energies[-1]) / len(structure), len(energies)
+
+    def chemical_potentials(self) -> dict[str, float]:
+        """Lowest relaxed energy per atom of each element among the references (eV/atom)."""
+        if self._mu is None:
+            mu: dict[str, float] = {}
+            for reference in self.references:
+                if len(reference.composition.elements) != 1:
+                    raise ValueError(
+                        f"CHGNet oracle: reference {reference.formula} is not an element"
+                    )
+                symbol = reference.composition.elements[0].symbol
+                _, energy, _ = self.relax(reference)
+                mu[symbol] = min(energy, mu.get(symbol, np.inf))
+            self._mu = mu
+        return self._mu
+
+    def __call__(self, ids: Sequence[str]) -> np.ndarray:
+        import torch
+
+        mu = self.chemical_potentials()
+        out = np.full(len(ids), np.nan)
+        spent = 0.0
+        for n, i in enumerate(ids):
+            structure = self.structures[i]
+            lacking = [e.symbol for e in structure.composition.elements if e.symbol not in mu]
+            if lacking:
+                raise ValueError(f"CHGNet oracle: no elemental reference for {', '.join(lacking)}")
+            tic = time.perf_counter()
+            try:
+                relaxed, energy, steps = self.relax(structure)
+            except Exception as error:  # one failed relaxation must not lose the others
+                self.log[i] = {"error": f"{type(error).__name__}: {error}"}
+                continue
+            seconds = time.perf_counter() - tic
+            spent += seconds
+            fractions = structure.composition.fractional_composition
+            out[n] = energy - sum(fractions[el] * mu[el.symbol] for el in fractions)
+            self.relaxed[i] = relaxed
+            self.log[i] = {"steps": steps, "converged": steps < self.steps, "seconds": seconds}
+        if len(ids):
+            self.cost_core_hours = spent * torch.get_num_threads() / 3600 / len(ids)
+        return out
+
+
 def read_energy_table(
     path: str | Path, energy_column: str, key_column: str, what: str
 ) -> dict[str, float]:
@@ -511,12 +638,8 @@ def decorate(
     (``StructureMatcher``)."""
     from itertools import permutations
 
-    from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.core import Element
     from pymatgen.transformations.standard_transformations import SubstitutionTransformation
-
-    def atomic_volume(structure: Structure) -> float:
-        return sum((site.specie.atomic_radius or 1.5) ** 3 for site in structure)
 
     targets = [Element(e) for e in elements]
     out: list[Structure] = []
@@ -528,13 +651,43 @@ def decorate(
             mapping = {s: t.symbol for s, t in zip(species, assignment, strict=True)}
             candidate = SubstitutionTransformation(mapping).apply_transformation(prototype)
             if scale_volume:
-                ratio = atomic_volume(candidate) / atomic_volume(prototype)
+                ratio = _atomic_volume(candidate) / _atomic_volume(prototype)
                 candidate = candidate.scale_lattice(prototype.volume * ratio)
             out.append(candidate)
-    if not out:
+    return _unique(out)
+
+
+def substitute(prototypes: Iterable[Structure], mapping: Mapping[str, str]) -> list[Structure]:
+    """Candidates by one chemically chosen substitution (e.g. ``{"Ti": "Hf", "Zr": "Hf"}``)
+    of every prototype that holds one of the replaced elements, the cell rescaled by the
+    atomic radii cubed as in :func:`decorate`; symmetry-equivalent results kept once."""
+    from pymatgen.transformations.standard_transformations import SubstitutionTransformation
+
+    out = []
+    for prototype in prototypes:
+        present = {s.specie.symbol for s in prototype}
+        used = {a: b for a, b in mapping.items() if a in present}
+        if not used:
+            continue
+        candidate = SubstitutionTransformation(used).apply_transformation(prototype)
+        ratio = _atomic_volume(candidate) / _atomic_volume(prototype)
+        out.append(candidate.scale_lattice(prototype.volume * ratio))
+    return _unique(out)
+
+
+def _atomic_volume(structure: Structure) -> float:
+    return sum((site.specie.atomic_radius or 1.5) ** 3 for site in structure)
+
+
+def _unique(structures: list[Structure]) -> list[Structure]:
+    """One structure of each symmetry-equivalent group, in first-seen order."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    if not structures:
         return []
-    groups = StructureMatcher().group_structures(out)
-    return [group[0] for group in groups]
+    groups = StructureMatcher().group_structures(structures)
+    first = {id(group[0]) for group in groups}
+    return [s for s in structures if id(s) in first]
 
 
 def plot_screening(screening: Screening, path: str | Path) -> Path:

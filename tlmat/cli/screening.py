@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.markup import escape
 from rich.table import Table
 
@@ -36,13 +36,27 @@ class LevelConfig(BaseModel):
 
 
 class OracleConfig(BaseModel):
-    """The expensive step: a table of the user's DFT formation energies (eV/atom)."""
+    """The expensive step: a ``table`` of the user's DFT formation energies (eV/atom),
+    or a real cheap calculator for demonstrations: ``chgnet`` (its version) relaxing the
+    candidates, with elemental ``references`` (structure files) for the formation energy."""
 
     model_config = ConfigDict(extra="forbid")
-    table: str
+    table: str | None = None
     id_column: str = "id"
     energy_column: str = "formation_energy_per_atom"
     cost_core_hours: float = Field(9.0, ge=0)
+    chgnet: str | None = None
+    references: list[str] = Field(default_factory=list)
+    fmax: float = Field(0.1, gt=0)  # eV/Å
+    steps: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _one_oracle(self) -> OracleConfig:
+        if (self.table is None) == (self.chgnet is None):
+            raise ValueError("the oracle is either a table or chgnet: give exactly one")
+        if self.chgnet is not None and not self.references:
+            raise ValueError("the CHGNet oracle needs elemental reference structures")
+        return self
 
 
 class KnownConfig(BaseModel):
@@ -91,8 +105,33 @@ def screen(
         ),
     ] = None,
     oracle: Annotated[
-        Path | None,
-        typer.Option(help="CSV/JSON table of DFT formation energies per atom (eV/atom)."),
+        str | None,
+        typer.Option(
+            help="CSV/JSON table of DFT formation energies per atom (eV/atom), or "
+            "'chgnet' / 'chgnet/0.3.0' to relax the survivors with CHGNet (demonstrations)."
+        ),
+    ] = None,
+    references: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--references",
+            help="Elemental structures (files) whose relaxed energies give CHGNet's "
+            "formation energies.",
+        ),
+    ] = None,
+    prototypes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prototypes",
+            help="Make the candidates by decorating these structures (instead of CANDIDATES):"
+            " with --system, every assignment of its elements; with --substitute, one map.",
+        ),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option(help="Chemical system to decorate into, e.g. Hf-Zn-N.")
+    ] = None,
+    substitute: Annotated[
+        str | None, typer.Option(help="Element map for --prototypes, e.g. Ti=Hf,Zr=Hf.")
     ] = None,
     oracle_id: Annotated[str, typer.Option(help="Id column of the oracle table.")] = "id",
     oracle_energy: Annotated[
@@ -129,12 +168,12 @@ def screen(
         ),
     ] = None,
     reference: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            help="Compare with the all-oracle hull (needs the oracle's value for every "
-            "candidate; default: when the table has them all)."
+            help="Also run the oracle on every candidate and compare with the all-oracle "
+            "hull [default: when the oracle is a table holding every candidate]."
         ),
-    ] = True,
+    ] = None,
     output: Annotated[
         Path,
         typer.Option(
@@ -160,6 +199,9 @@ def screen(
         --oracle-id material_id --oracle-energy E_f --known known.csv -o screening/
 
         tlmat screen --config screen.yaml -o screening/
+
+        tlmat screen --prototypes ti_zn_n.extxyz --substitute Ti=Hf --ensemble ens/
+        --oracle chgnet --references Hf.cif Zn.cif N2.cif -o screening/
     """
     import numpy as np
     import yaml
@@ -169,17 +211,17 @@ def screen(
 
     with reported_errors():
         if config is not None:
-            if candidates or ensemble or oracle:
+            if candidates or ensemble or oracle or prototypes:
                 raise ValueError(
                     "--config describes the levels and the oracle: give no "
-                    "CANDIDATES, --ensemble or --oracle beside it"
+                    "CANDIDATES, --prototypes, --ensemble or --oracle beside it"
                 )
             spec = ScreenConfig.model_validate(yaml.safe_load(config.read_text()) or {})
         else:
             missing = [
                 name
                 for name, value in (
-                    ("CANDIDATES", candidates),
+                    ("CANDIDATES or --prototypes", candidates or prototypes),
                     ("--ensemble", ensemble),
                     ("--oracle", oracle),
                 )
@@ -192,12 +234,16 @@ def screen(
                     LevelConfig(
                         name=level,
                         ensemble=ensemble,
-                        structures=candidates,
+                        structures=candidates or [],  # --prototypes: made below
                         cost_core_hours=level_cost,
                     )
                 ],
                 oracle=OracleConfig(
-                    table=str(oracle),
+                    table=None if oracle.startswith("chgnet") else oracle,
+                    chgnet=(oracle.partition("/")[2] or "0.3.0")
+                    if oracle.startswith("chgnet")
+                    else None,
+                    references=references or [],
                     id_column=oracle_id,
                     energy_column=oracle_energy,
                     cost_core_hours=oracle_cost,
@@ -211,27 +257,102 @@ def screen(
             )
     writable_output(output, overwrite, folder=True)
     with reported_errors():
-        energies = read_energy_table(
-            spec.oracle.table, spec.oracle.energy_column, spec.oracle.id_column, "oracle"
-        )
-        table_oracle = TableOracle(
-            energies, spec.oracle.cost_core_hours, f"DFT table {Path(spec.oracle.table).name}"
-        )
+        if prototypes:
+            spec.levels[0].structures = [str(_decorated(prototypes, system, substitute, output))]
         phases = (
             read_known_phases(spec.known.table, spec.known.energy_column, spec.known.formula_column)
             if spec.known
             else []
         )
         levels, ids, formulas = _levels(spec, cache_dir, strict, on_duplicate, disorder)
-        compare = reference and table_oracle.can_answer_all(ids)
-        result = run_screen(ids, formulas, levels, table_oracle, phases, spec.k, compare)
+        if spec.oracle.table is not None:
+            energies = read_energy_table(
+                spec.oracle.table, spec.oracle.energy_column, spec.oracle.id_column, "oracle"
+            )
+            the_oracle = TableOracle(
+                energies, spec.oracle.cost_core_hours, f"DFT table {Path(spec.oracle.table).name}"
+            )
+            compare = the_oracle.can_answer_all(ids) if reference is None else reference
+        else:
+            the_oracle = _chgnet_oracle(spec, strict, disorder)
+            compare = bool(reference)
+        result = run_screen(ids, formulas, levels, the_oracle, phases, spec.k, compare)
         paths = result.write(output)
+        if getattr(the_oracle, "relaxed", None):
+            _write_relaxed(the_oracle, output / "relaxed.extxyz")
+            paths["relaxed"] = output / "relaxed.extxyz"
     _print(result.summary())
-    if reference and not compare:
+    if reference is None and not compare:
         console.print("no all-oracle comparison: the oracle table lacks some candidates")
-    console.print(f"→ {paths['table']}, {paths['summary']}, {paths['figure']}")
+    console.print(f"→ {', '.join(str(p) for p in paths.values())}")
     if not np.isfinite(result.computed_energies).all():
         raise typer.Exit(1)
+
+
+def _decorated(prototypes: list[str], system: str | None, substitute: str | None, output: Path):
+    """Candidates made from prototypes, written to ``candidates.extxyz`` in the output
+    folder (ids ``<prototype id>>formula``, numbered when a prototype gives several)."""
+    from collections import Counter
+
+    from tlmat.datasets import resolve
+    from tlmat.io import read_records, records_from_structures, write_extxyz
+    from tlmat.screening import decorate
+    from tlmat.screening import substitute as substituted
+
+    if (system is None) == (substitute is None):
+        raise ValueError("--prototypes needs exactly one of --system and --substitute")
+    structures, ids = [], []
+    for source in prototypes:
+        for record in read_records(resolve(source)).records:
+            if system is not None:
+                made = decorate([record.structure], system.split("-"))
+            else:
+                pairs = [item.split("=") for item in substitute.split(",")]
+                if any(len(p) != 2 for p in pairs):
+                    raise ValueError(f"--substitute {substitute!r}: expected e.g. Ti=Hf,Zr=Hf")
+                made = substituted([record.structure], dict(pairs))
+            structures += made
+            ids += [f"{record.id}>{s.composition.reduced_formula}" for s in made]
+    if not structures:
+        raise ValueError(f"no candidates: no prototype in {', '.join(prototypes)} fits")
+    seen = Counter(ids)
+    count: Counter = Counter()
+    unique_ids = []
+    for i in ids:
+        count[i] += 1
+        unique_ids.append(f"{i}#{count[i]}" if seen[i] > 1 else i)
+    path = output / "candidates.extxyz"
+    write_extxyz(records_from_structures(structures, unique_ids).records, path)
+    console.print(f"{len(structures)} candidates from {len(prototypes)} prototype file(s) → {path}")
+    return path
+
+
+def _chgnet_oracle(spec: ScreenConfig, strict: bool, disorder: str):
+    """The CHGNet oracle over the last level's structures of the candidates."""
+    from tlmat.datasets import resolve
+    from tlmat.io import read_records
+    from tlmat.screening import CHGNetOracle
+
+    structures = {}
+    for source in spec.levels[-1].structures:
+        for record in read_records(resolve(source), strict=strict, disorder=disorder).records:
+            structures[record.id] = record.structure
+    references = [
+        r.structure
+        for source in spec.oracle.references
+        for r in read_records(resolve(source)).records
+    ]
+    return CHGNetOracle(
+        structures, references, spec.oracle.chgnet, spec.oracle.fmax, spec.oracle.steps
+    )
+
+
+def _write_relaxed(oracle, path: Path) -> None:
+    """The structures the oracle relaxed, with their steps (a record of what it did)."""
+    from tlmat.io import records_from_structures, write_extxyz
+
+    ids = list(oracle.relaxed)
+    write_extxyz(records_from_structures([oracle.relaxed[i] for i in ids], ids).records, path)
 
 
 def _levels(spec: ScreenConfig, cache_dir, strict, on_duplicate, disorder):
