@@ -129,3 +129,22 @@ def test_shards_without_row_checksums_are_still_checked(records, tmp_path, caplo
         graphs = cache.graphs(records)
     assert cache.n_built == 2 and "checksum mismatch" in caplog.text
     assert_same(graphs, fresh(records, settings))
+
+
+def test_cached_graphs_cross_processes_by_pickle(records, tmp_path: Path) -> None:
+    """Worker processes (ensemble members side by side) get the graphs pickled: mapped
+    shards are mapped again from the folder (their bytes do not travel), graphs held in
+    memory (a cache that could not be written) travel with them."""
+    import pickle
+
+    settings = GraphSettings()
+    on_disk = GraphCache(tmp_path / "disk", settings).graphs(records)
+    sent = pickle.dumps(on_disk)
+    assert len(sent) < 50_000, "the shards' bytes were copied"
+    assert_same(pickle.loads(sent), fresh(records, settings))
+
+    held = GraphCache(tmp_path / "memory", settings)
+    held.unwritable = "as if read-only"  # new graphs are kept in memory
+    in_memory = held.graphs(records[:30])
+    assert all(entry[0].startswith("memory-") for entry in in_memory.entries)
+    assert_same(pickle.loads(pickle.dumps(in_memory)), fresh(records[:30], settings))

@@ -9,15 +9,28 @@ and seed. For a structure,
 
 all in the target's unit. An ensemble folder holds ``ensemble.json`` (members, their
 seeds and validation MSEs) and one run folder per member (``member-0/`` …), each a
-complete :func:`tlmat.training.fit` run.
+complete :func:`tlmat.training.fit` run. Members train one after the other, side by side
+in local processes (``workers``), or as SLURM jobs through submitit.
+
+Recalibration (σ scaling, Levi et al. 2022): one factor s > 0 fitted on labelled data
+the members did not train on (:func:`recalibrate`) is stored in the manifest
+(``sigma_scale``, with what it was fitted on under ``recalibration``) and multiplies σ_a,
+σ_e and σ alike, so that σ² = σ_a² + σ_e² still holds. A manifest without it means s = 1.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
+import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -29,34 +42,54 @@ from tlmat.models.base import TrainedModel
 from tlmat.models.checkpoint import load_checkpoint
 from tlmat.models.prediction import predict
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import fit
-from tlmat.training.rundir import owned_path, prepare_run_dir, record
+from tlmat.training.fit import RunInterrupted, finished_run, fit, stopped_by_signals
+from tlmat.training.rundir import (
+    RunExistsError,
+    owned,
+    owned_path,
+    prepare_run_dir,
+    record,
+)
 from tlmat.transfer.strategies import Strategy
 
 MANIFEST = "ensemble.json"
+#: where members train: ``local`` (in this process, or ``workers`` processes side by side),
+#: ``slurm`` (one submitit job each) or ``debug`` (submitit's in-process executor)
+Executor = Literal["local", "slurm", "debug"]
+
+logger = logging.getLogger("tlmat")
 
 
 @dataclass
 class Ensemble:
-    """Trained members and their validation MSE (target unit²)."""
+    """Trained members, their validation MSE (target unit²) and the recalibration factor
+    of σ (1 until :func:`recalibrate` fits one)."""
 
     members: list[TrainedModel]
     val_mse: list[float]
+    sigma_scale: float = 1.0
+    #: what ``sigma_scale`` was fitted on (data, n, sha256, NLL before and after)
+    recalibration: dict[str, Any] | None = None
 
     @property
     def target(self):
         return self.members[0].target
 
-    def predict(self, dataset: GraphDataset, indices=None) -> dict[str, np.ndarray]:
-        """``mean``, ``sigma_a``, ``sigma_e`` and ``sigma`` per structure (target unit)."""
+    def predict(
+        self, dataset: GraphDataset, indices=None, calibrated: bool = True
+    ) -> dict[str, np.ndarray]:
+        """``mean``, ``sigma_a``, ``sigma_e`` and ``sigma`` per structure (target unit);
+        the three σ multiplied by ``sigma_scale`` unless ``calibrated`` is false (σ as the
+        members give it)."""
         values = np.stack([predict(m, dataset, indices) for m in self.members])
+        scale = self.sigma_scale if calibrated else 1.0
         sigma_a2 = float(np.mean(self.val_mse))
         sigma_e2 = values.var(axis=0, ddof=0)
         return {
             "mean": values.mean(axis=0),
-            "sigma_a": np.full(values.shape[1], np.sqrt(sigma_a2)),
-            "sigma_e": np.sqrt(sigma_e2),
-            "sigma": np.sqrt(sigma_a2 + sigma_e2),
+            "sigma_a": scale * np.full(values.shape[1], np.sqrt(sigma_a2)),
+            "sigma_e": scale * np.sqrt(sigma_e2),
+            "sigma": scale * np.sqrt(sigma_a2 + sigma_e2),
         }
 
     def table(self, ids, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -73,6 +106,61 @@ class Ensemble:
         )
 
 
+def validation_mse(
+    trained: TrainedModel, dataset: GraphDataset, split: Split, target: str
+) -> float:
+    """A member's mean squared error on its own validation structures (target unit²)."""
+    error = predict(trained, dataset, split.val) - dataset.targets[target][split.val]
+    return float(np.mean(error**2))
+
+
+def train_member(
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    split: Split,
+    config: TrainConfig,
+    run_dir: str | Path,
+    strategy: Strategy | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+) -> tuple[TrainedModel, float]:
+    """Fit one member in ``run_dir`` (:func:`tlmat.training.fit`): the trained model and
+    its validation MSE (target unit²). ``threads`` sets this process's torch threads, so
+    that members side by side share the cores instead of oversubscribing them. A
+    module-level function, so that worker processes and submitit can run it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        fitted = fit(trained, dataset, split, config, run_dir, strategy, overwrite=overwrite)
+        return fitted.trained, validation_mse(fitted.trained, dataset, split, config.target)
+    finally:  # run in the caller's process (submitit's debug executor), it leaves no trace
+        torch.set_num_threads(before)
+
+
+def local_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a cluster job's share of a node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_workers(n_members: int, config: TrainConfig) -> int:
+    """Members trained side by side by default: one per core, at most ``n_members``; one
+    at a time when they train on GPUs (side by side they would share one device's
+    memory)."""
+    import torch
+
+    on_gpu = config.accelerator in ("gpu", "mps") or (
+        config.accelerator == "auto"
+        and (torch.cuda.is_available() or torch.backends.mps.is_available())
+    )
+    return 1 if on_gpu else max(1, min(n_members, local_cores()))
+
+
 def train_ensemble(
     make_member: Callable[[int], tuple[TrainedModel, Strategy | None]],
     dataset: GraphDataset,
@@ -81,37 +169,148 @@ def train_ensemble(
     run_dir: str | Path,
     n_members: int = 5,
     overwrite: bool = False,
+    workers: int = 1,
+    executor: Executor = "local",
+    slurm: dict[str, Any] | None = None,
 ) -> Ensemble:
     """Train ``n_members`` members: member k gets ``split_for(seed)``, the model and
-    strategy ``make_member(seed)`` and the training seed ``config.seed + k``. An
-    interrupted ensemble resumes member by member."""
+    strategy ``make_member(seed)`` and the training seed ``config.seed + k``.
+
+    With ``workers`` > 1 (``executor="local"``) members train in that many processes,
+    each with ``cores // workers`` torch threads; ``executor="slurm"`` submits one
+    submitit job per member (``slurm``: its parameters, as in ``tlmat benchmark``'s
+    ``executor.slurm``; logs in ``run_dir/.submitit``). Every path gives each member the
+    same seed, split and model, so the members are the same up to floating-point
+    summation order (torch threads). A member whose run finished with these settings is
+    reused and an interrupted one resumes, so an interrupted ensemble continues member
+    by member; ``overwrite`` retrains them all. ``make_member`` and ``split_for`` run in
+    this process, members elsewhere: the model, dataset and split travel pickled."""
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, overwrite)
-    members, val_mse, seeds = [], [], []
-    for k in range(n_members):
-        seed = config.seed + k
+    parallel = executor != "local" or workers > 1
+    seeds = [config.seed + k for k in range(n_members)]
+    folders = [f"member-{k}" for k in range(n_members)]
+    results: dict[int, tuple[TrainedModel, float]] = {}
+    jobs: dict[int, dict[str, Any]] = {}
+    for k, (seed, folder) in enumerate(zip(seeds, folders, strict=True)):
         split = split_for(seed)
         model, strategy = make_member(seed)
-        folder = f"member-{k}"
         record(run_dir, folder)
-        member_config = config.model_copy(update={"seed": seed})
-        fitted = fit(model, dataset, split, member_config, run_dir / folder, strategy)
-        y = dataset.targets[config.target][split.val]
-        error = predict(fitted.trained, dataset, split.val) - y
-        members.append(fitted.trained)
-        val_mse.append(float(np.mean(error**2)))
-        seeds.append(seed)
+        # side by side, Lightning's progress bars would overwrite each other
+        member_config = config.model_copy(
+            update={"seed": seed, **({"progress_bar": False} if parallel else {})}
+        )
+        done = None
+        if not overwrite:
+            done = finished_run(run_dir / folder, model, dataset, split, member_config, strategy)
+        if done is not None:
+            logger.info("%s: finished with these settings, reused", run_dir / folder)
+            results[k] = (done, validation_mse(done, dataset, split, config.target))
+            continue
+        jobs[k] = dict(
+            trained=model,
+            dataset=dataset,
+            split=split,
+            config=member_config,
+            run_dir=run_dir / folder,
+            strategy=strategy,
+            overwrite=overwrite,
+        )
+    results.update(_run_members(jobs, run_dir, workers, executor, slurm))
+    members = [results[k][0] for k in range(n_members)]
+    val_mse = [results[k][1] for k in range(n_members)]
     manifest = {
-        "members": [f"member-{k}" for k in range(n_members)],
+        "members": folders,
         "seeds": seeds,
         "val_mse": val_mse,
         "target": members[0].target.model_dump(),
         "definition": "sigma_e^2 = variance of member predictions; sigma_a^2 = mean member "
-        "validation MSE; sigma = sqrt(sigma_a^2 + sigma_e^2) (Ekström et al.)",
+        "validation MSE; sigma = sqrt(sigma_a^2 + sigma_e^2) (Ekström et al.); "
+        "all three times sigma_scale when recalibrated",
         "tlmat_version": tlmat.__version__,
     }
-    owned_path(run_dir, MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return Ensemble(members, val_mse)
+    kept = {} if overwrite else _kept_recalibration(run_dir, manifest)
+    manifest.update(kept)
+    _write_manifest(run_dir, manifest)
+    return Ensemble(
+        members, val_mse, float(kept.get("sigma_scale", 1.0)), kept.get("recalibration")
+    )
+
+
+def _run_members(
+    jobs: dict[int, dict[str, Any]],
+    run_dir: Path,
+    workers: int,
+    executor: Executor,
+    slurm: dict[str, Any] | None,
+) -> dict[int, tuple[TrainedModel, float]]:
+    """:func:`train_member` for each job (member index → its arguments), where asked."""
+    if not jobs:
+        return {}
+    if executor in ("slurm", "debug"):
+        import submitit
+
+        record(run_dir, ".submitit")
+        parameters = dict(slurm or {})
+        runner = submitit.AutoExecutor(folder=run_dir / ".submitit", cluster=executor)
+        runner.update_parameters(**parameters)
+        # a job's torch threads: the cores it was given, not every core of its node
+        cores = parameters.get("cpus_per_task", parameters.get("slurm_cpus_per_task"))
+        submitted = {
+            k: runner.submit(train_member, **job, threads=cores) for k, job in jobs.items()
+        }
+        return {k: job.result() for k, job in submitted.items()}
+    if workers <= 1 or len(jobs) == 1:
+        return {k: train_member(**job) for k, job in jobs.items()}
+    workers = min(workers, len(jobs))
+    threads = max(1, local_cores() // workers)
+    logger.info("%d members, %d at a time, %d torch threads each", len(jobs), workers, threads)
+    pool = ProcessPoolExecutor(workers)
+    try:
+        with stopped_by_signals():
+            futures = {
+                k: pool.submit(train_member, **job, threads=threads) for k, job in jobs.items()
+            }
+            results = {k: future.result() for k, future in futures.items()}
+    except RunInterrupted as stopped:
+        # the members stop at their own signal handlers, keeping last.ckpt: a terminal's
+        # Ctrl-C reaches them too, a kill of this process alone is passed on to the
+        # pool's own workers (and to no other child of this process)
+        for pid in list(getattr(pool, "_processes", None) or {}):  # pid → process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stopped.signum)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise RunInterrupted(
+            f"{run_dir}: stopped by {stopped} while {workers} members trained side by side; "
+            "finished members are kept and interrupted ones resume from their last "
+            "checkpoint: run the same command again",
+            stopped.signum,
+        ) from None
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # a failed member: no new ones start
+        raise
+    pool.shutdown(wait=True)
+    return results
+
+
+def _kept_recalibration(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The earlier manifest's recalibration when the members are the same (the same
+    command again, every member reused); a retrained ensemble starts uncalibrated."""
+    try:
+        before = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(before.get(key) == manifest[key] for key in ("members", "seeds", "val_mse"))
+    if not same or "sigma_scale" not in before:
+        return {}
+    return {key: before[key] for key in ("sigma_scale", "recalibration") if key in before}
+
+
+def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """``ensemble.json``, replaced in one step (a crash leaves the old or the new one)."""
+    tmp = owned_path(run_dir, MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, owned_path(run_dir, MANIFEST))
 
 
 def is_ensemble(path: str | Path) -> bool:
@@ -119,11 +318,108 @@ def is_ensemble(path: str | Path) -> bool:
 
 
 def load_ensemble(path: str | Path) -> Ensemble:
-    """An ensemble folder written by :func:`train_ensemble`."""
+    """An ensemble folder written by :func:`train_ensemble` (a manifest from before
+    recalibration existed has σ scale 1)."""
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
     members = [load_checkpoint(path / name / "model.pt") for name in manifest["members"]]
-    return Ensemble(members, [float(v) for v in manifest["val_mse"]])
+    scale = float(manifest.get("sigma_scale", 1.0))
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"{path / MANIFEST}: sigma_scale must be a positive number, got {scale}")
+    return Ensemble(
+        members, [float(v) for v in manifest["val_mse"]], scale, manifest.get("recalibration")
+    )
+
+
+def fit_sigma_scale(y: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> float:
+    """The factor s > 0 that minimises the Gaussian negative log-likelihood of ``y``
+    under N(mean, (s·σ)²) (σ scaling, Levi et al. 2022): its derivative vanishes at
+    s² = mean((y − mean)² / σ²). Fit it on labelled data the members did not train on."""
+    y, mean, sigma = (np.asarray(a, dtype=np.float64).ravel() for a in (y, mean, sigma))
+    if len(y) < 2:
+        raise ValueError(f"recalibration needs at least 2 labelled structures, got {len(y)}")
+    if not (np.isfinite(y).all() and np.isfinite(mean).all() and np.isfinite(sigma).all()):
+        raise ValueError("recalibration needs finite targets, predictions and σ")
+    if (sigma <= 0).any():
+        raise ValueError("recalibration needs σ > 0 for every structure")
+    scale = float(np.sqrt(np.mean(((y - mean) / sigma) ** 2)))
+    if not scale > 0:
+        raise ValueError("every prediction is exact: there is no σ scale to fit")
+    return scale
+
+
+def labelled_sha256(dataset: GraphDataset, target: str) -> str:
+    """sha256 of the ids and target values (float64) of ``dataset``: the labelled data a
+    number was computed from."""
+    digest = hashlib.sha256("\x1f".join(dataset.ids).encode())
+    digest.update(np.asarray(dataset.targets[target], dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def check_own_manifest(path: str | Path) -> None:
+    """Raise :class:`RunExistsError` unless tlmat wrote ``path/ensemble.json`` (its
+    ledger lists it): only tlmat's own manifest is ever rewritten in place."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise FileNotFoundError(f"{path} is not an ensemble folder (no {MANIFEST})")
+    if MANIFEST not in owned(path):
+        raise RunExistsError(
+            f"{path / MANIFEST} was not written by tlmat (the folder's ledger does not "
+            "list it); only an ensemble that tlmat trained is recalibrated in place"
+        )
+
+
+def recalibrate(
+    path: str | Path,
+    ensemble: Ensemble,
+    dataset: GraphDataset,
+    target: str,
+    data: str | None = None,
+    predictions: dict[str, np.ndarray] | None = None,
+) -> Ensemble:
+    """Fit σ's scale on the labelled ``dataset`` (column ``target``; ``data``: how the
+    user named it) and store it in ``path/ensemble.json`` with what it was fitted on;
+    returns the recalibrated ensemble. The factor is fitted to σ as the members give it
+    (``predictions``: ``ensemble.predict(dataset, calibrated=False)`` when already made),
+    so a second recalibration replaces the first instead of compounding it. Refuses (and
+    changes nothing) when tlmat did not write the manifest."""
+    path = Path(path)
+    check_own_manifest(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    y = np.asarray(dataset.targets[target], dtype=np.float64)
+    raw = predictions if predictions is not None else ensemble.predict(dataset, calibrated=False)
+    scale = fit_sigma_scale(y, raw["mean"], raw["sigma"])
+    nll = calibration(y, raw["mean"], raw["sigma"])["nll"]
+    about = {
+        "data": data if data is not None else dataset.source,
+        "source": dataset.source,
+        "target": target,
+        "n": len(y),
+        "sha256": labelled_sha256(dataset, target),
+        "nll_uncalibrated": nll,
+        "nll_recalibrated": calibration(y, raw["mean"], scale * raw["sigma"])["nll"],
+        "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "method": "sigma scaling: s^2 = mean((y - mean)^2 / sigma^2), the Gaussian NLL "
+        "minimum (Levi et al. 2022); sigma_a, sigma_e and sigma all times s",
+    }
+    _write_manifest(path, {**manifest, "sigma_scale": scale, "recalibration": about})
+    return replace(ensemble, sigma_scale=scale, recalibration=about)
+
+
+def coverage_curve(
+    y: np.ndarray, mean: np.ndarray, sigma: np.ndarray, levels: int = 99
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected and observed coverage of central Gaussian intervals: for p = 0.01 … 0.99,
+    the fraction of structures with |y − mean| ≤ z_p·σ, z_p = Φ⁻¹((1 + p) / 2) (a
+    calibrated σ puts every point on the diagonal)."""
+    from scipy.stats import norm
+
+    y, mean, sigma = (np.asarray(a, dtype=np.float64) for a in (y, mean, sigma))
+    error = np.abs(y - mean)
+    expected = np.linspace(0.01, 0.99, levels)
+    z = norm.ppf((1 + expected) / 2)
+    observed = (error[None, :] <= z[:, None] * sigma[None, :]).mean(axis=1)
+    return expected, observed
 
 
 def calibration(y: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> dict[str, float]:
@@ -132,13 +428,11 @@ def calibration(y: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> dict[str,
     expected and observed coverage over central intervals, Tran et al. 2020), the
     Gaussian negative log-likelihood per structure, and the Spearman correlation of
     |error| with σ."""
-    from scipy.stats import norm, spearmanr
+    from scipy.stats import spearmanr
 
     y, mean, sigma = (np.asarray(a, dtype=np.float64) for a in (y, mean, sigma))
     error = np.abs(y - mean)
-    expected = np.linspace(0.01, 0.99, 99)
-    z = norm.ppf((1 + expected) / 2)
-    observed = (error[None, :] <= z[:, None] * sigma[None, :]).mean(axis=1)
+    expected, observed = coverage_curve(y, mean, sigma)
     rho = spearmanr(error, sigma).statistic if np.ptp(sigma) > 0 else float("nan")
     return {
         "coverage_1sigma": float((error <= sigma).mean()),

@@ -364,3 +364,114 @@ def test_signal_stops_the_run_with_a_resume_hint_and_exit_status(data, tmp_path,
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     manifest = json.loads((run / "run.json").read_text())
     assert manifest["resumed"] is True and manifest["resumed_from_epoch"] == finished
+
+
+# --- ensembles: resume member by member, recalibration only of tlmat's own manifest -----
+
+
+def _member_split(seed: int):
+    return random_split(60, (30, 15, 15), seed=seed)
+
+
+def _small_member(seed: int):
+    return small_cgcnn(seed), None
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(perovskites, tmp_path_factory) -> Path:
+    from tlmat.uncertainty import train_ensemble
+
+    folder = tmp_path_factory.mktemp("faults-ensemble") / "ens"
+    train_ensemble(_small_member, perovskites, _member_split, quick(), folder, n_members=2)
+    return folder
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "ens"))
+
+
+def test_an_interrupted_ensemble_resumes_member_by_member(perovskites, tmp_path) -> None:
+    """Member 0 finished, member 1 was killed after its last epoch's checkpoint: the same
+    call reuses the first untouched and resumes the second from that checkpoint."""
+    from tlmat.uncertainty import train_ensemble
+
+    folder = tmp_path / "ens"  # trained here: a checkpoint remembers its folder
+    train_ensemble(_small_member, perovskites, _member_split, quick(), folder, n_members=2)
+    for name in ("model.pt", "run.json"):
+        (folder / "member-1" / name).unlink()
+    (folder / "ensemble.json").unlink()
+    stamp = (folder / "member-0" / "model.pt").stat().st_mtime_ns
+    again = train_ensemble(_small_member, perovskites, _member_split, quick(), folder, n_members=2)
+    assert (folder / "member-0" / "model.pt").stat().st_mtime_ns == stamp, "reused, not retrained"
+    assert json.loads((folder / "member-1" / "run.json").read_text())["resumed"] is True
+    manifest = json.loads((folder / "ensemble.json").read_text())
+    assert manifest["members"] == ["member-0", "member-1"] and len(again.members) == 2
+    with pytest.raises(RunExistsError, match="made with other settings"):  # never mixed
+        train_ensemble(_small_member, perovskites, _member_split, quick(lr=3e-3), folder,
+                       n_members=2)  # fmt: skip
+
+
+def _evaluate(folder: Path, table: Path, tmp_path: Path, *extra: str):
+    return runner.invoke(app, ["evaluate", str(folder), str(table), "-t", "heat_ref",
+                               "--cache-dir", str(tmp_path / "cache"), *extra])  # fmt: skip
+
+
+def _labelled(data: Path, tmp_path: Path, column: str = "heat_ref") -> Path:
+    import pandas as pd
+
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "held-out.csv"
+    write_csv(read_records(data / "perov_5" / "test.csv.gz", ["heat_ref"], limit=20), table)
+    pd.read_csv(table).rename(columns={"heat_ref": column}).to_csv(table, index=False)
+    return table
+
+
+def test_recalibrate_refuses_a_manifest_tlmat_did_not_write(data, tiny_ensemble, tmp_path) -> None:
+    folder = _copy(tiny_ensemble, tmp_path)
+    ledger = folder / ".tlmat-files.json"
+    files = [f for f in json.loads(ledger.read_text())["files"] if f != "ensemble.json"]
+    ledger.write_text(json.dumps({"files": files}))  # as if the user had written it
+    before = (folder / "ensemble.json").read_bytes()
+    result = _evaluate(folder, _labelled(data, tmp_path), tmp_path, "--recalibrate")
+    assert result.exit_code == 1
+    assert "ensemble.json was not written by tlmat" in said(result)
+    assert (folder / "ensemble.json").read_bytes() == before
+    assert not (tmp_path / "cache").exists(), "refused only after reading the data"
+
+
+def test_recalibrate_on_data_without_the_target_changes_nothing(
+    data, tiny_ensemble, tmp_path
+) -> None:
+    folder = _copy(tiny_ensemble, tmp_path)
+    before = (folder / "ensemble.json").read_bytes()
+    result = _evaluate(folder, _labelled(data, tmp_path, "other"), tmp_path, "--recalibrate")
+    assert result.exit_code == 1 and "heat_ref" in said(result), result.output
+    assert (folder / "ensemble.json").read_bytes() == before
+
+
+def test_recalibrate_and_figures_need_an_ensemble(data, tmp_path) -> None:
+    model = save_checkpoint(small_cgcnn(), tmp_path / "model.pt")
+    table = _labelled(data, tmp_path)
+    for extra in (["--recalibrate"], ["--figures", str(tmp_path / "figs")]):
+        result = _evaluate(model, table, tmp_path, *extra)
+        assert result.exit_code == 1 and "need an ensemble folder" in said(result)
+    assert not (tmp_path / "figs").exists()
+
+
+def test_the_users_figures_folder_in_an_ensemble_is_never_written(
+    data, tiny_ensemble, tmp_path
+) -> None:
+    folder = _copy(tiny_ensemble, tmp_path)
+    (folder / "figures").mkdir()
+    (folder / "figures" / "calibration-held-out.png").write_text("the user's own figure")
+    table = _labelled(data, tmp_path)
+    result = _evaluate(folder, table, tmp_path)
+    assert result.exit_code == 1 and "figures was not written by tlmat" in said(result)
+    assert "pass --figures DIR" in said(result)
+    assert (folder / "figures" / "calibration-held-out.png").read_text() == "the user's own figure"
+    elsewhere = _evaluate(folder, table, tmp_path, "--figures", str(tmp_path / "figs"))
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert (tmp_path / "figs" / "calibration-held-out.png").read_bytes()[:4] == b"\x89PNG"

@@ -159,7 +159,11 @@ def predict(
         arrays = members.predict(dataset)
         _finite(arrays["sigma"], dataset, checkpoint)
         members.table(dataset.ids, arrays).to_csv(output, index=False)
-        console.print(f"{len(dataset)} predictions with σ → {output}")
+        scaled = ""
+        if members.sigma_scale != 1:
+            fitted_on = (members.recalibration or {}).get("data", "validation data")
+            scaled = f" (σ × {members.sigma_scale:.4f}, recalibrated on {fitted_on})"
+        console.print(f"{len(dataset)} predictions with σ{scaled} → {output}", soft_wrap=True)
         return
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
@@ -234,6 +238,59 @@ def embed(
     console.print(f"{features.shape[0]} × {features.shape[1]} embeddings → {output}")
 
 
+def _data_label(data: str) -> str:
+    """A file-name part for a dataset: ``test`` for ``…/test.csv.gz``, ``perov_5-test``
+    for the registered ``perov_5/test``."""
+    import re
+
+    path = Path(data)
+    if path.exists():
+        name = path.name
+        for suffix in (".gz", ".bz2", ".xz", ".zip", ".csv", ".json", ".parquet", ".extxyz"):
+            name = name.removesuffix(suffix)
+    else:
+        name = data.strip("/").replace("/", "-")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
+
+
+def _figure_paths(
+    ensemble_dir: Path, figures: Path | None, label: str, overwrite: bool
+) -> dict[str, Path]:
+    """Where the calibration figures go, checked before the work: ``--figures DIR``
+    (an existing file is kept unless ``--overwrite``), or the ensemble's own ``figures/``
+    folder, which tlmat owns (its earlier figures of the same data are replaced)."""
+    from tlmat.evaluation.calibration import figure_paths
+    from tlmat.training.rundir import owned, record
+
+    if figures is not None:
+        paths = figure_paths(figures, label)
+        for path in paths.values():
+            writable_output(path, overwrite)
+        return paths
+    folder = ensemble_dir / "figures"
+    if folder.exists() and "figures" not in owned(ensemble_dir):
+        fail(f"{folder} was not written by tlmat; pass --figures DIR to put the figures elsewhere")
+    try:
+        record(ensemble_dir, "figures")  # before anything is written there
+    except OSError as error:
+        fail(
+            f"cannot write the figures into {folder} ({error.strerror or error}); pass "
+            "--figures DIR"
+        )
+    paths = figure_paths(folder, label)
+    writable_output(paths["calibration"], overwrite=True)
+    return paths
+
+
+def _calibration_line(scores: dict, unit: str) -> str:
+    return (
+        f"MAE {scores['mae']:.4f} {unit}; |error| ≤ σ for {scores['coverage_1sigma']:.1%} "
+        f"(68.3 % if calibrated), ≤ 2σ for {scores['coverage_2sigma']:.1%} (95.4 %); "
+        f"miscalibration area {scores['miscalibration_area']:.3f}; NLL "
+        f"{scores['nll']:.3f}; Spearman(|error|, σ) {scores['spearman_error_sigma']:.2f}"
+    )
+
+
 def evaluate(
     checkpoint: Checkpoint,
     data: Annotated[
@@ -243,17 +300,38 @@ def evaluate(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Per-structure CSV.")
     ] = None,
+    figures: Annotated[
+        Path | None,
+        typer.Option(
+            help="An ensemble: folder for the calibration and error-vs-σ figures "
+            "[ENSEMBLE_DIR/figures].",
+        ),
+    ] = None,
+    recalibrate: Annotated[
+        bool,
+        typer.Option(
+            "--recalibrate",
+            help="An ensemble: fit the σ scale s (s² = mean(error²/σ²), the Gaussian NLL "
+            "minimum) on DATA — held-out labelled data, not the training data — and store "
+            "it in the ensemble; predict and evaluate then use s·σ.",
+        ),
+    ] = False,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
     on_duplicate: OnDuplicate = "error",
     disorder: Disorder = "skip",
 ) -> None:
-    """Score a model on labelled data (MAE, RMSE, R², max error).
+    """Score a model on labelled data (MAE, RMSE, R², max error). An ensemble folder is
+    also scored on its σ: coverage of ±1σ and ±2σ, miscalibration area, NLL, Spearman
+    correlation of |error| with σ, and two figures (calibration curve, |error| against
+    σ); ``--recalibrate`` fits σ's scale on DATA and stores it in the ensemble.
 
-    Example:
+    Examples:
 
         tlmat evaluate runs/train/model.pt perov_5/test -t heat_ref
+
+        tlmat evaluate runs/ensemble perov_5/val -t heat_ref --recalibrate
     """
     from tlmat.evaluation import regression_metrics
     from tlmat.models.prediction import predict as predict_values
@@ -262,23 +340,18 @@ def evaluate(
         writable_output(output, overwrite)
     with reported_errors():
         trained, members = _model_or_ensemble(checkpoint)
+        if members is None and (recalibrate or figures is not None):
+            fail(f"--recalibrate and --figures need an ensemble folder; {checkpoint} is a model")
+        if members is not None:
+            from tlmat.uncertainty import check_own_manifest
+
+            if recalibrate:  # refused before the data is read, not after
+                check_own_manifest(Path(checkpoint))
+            paths = _figure_paths(Path(checkpoint), figures, _data_label(data), overwrite)
         dataset = _structures(trained, [data], cache_dir, [target], strict, on_duplicate, disorder)
     truth = dataset.targets[target]
-    if members is not None:  # an ensemble: the mean, and how far its σ can be trusted
-        from tlmat.uncertainty import calibration
-
-        arrays = members.predict(dataset)
-        _finite(arrays["sigma"], dataset, checkpoint)
-        scores = {**regression_metrics(truth, arrays["mean"]),
-                  **calibration(truth, arrays["mean"], arrays["sigma"])}  # fmt: skip
-        console.print(
-            f"ensemble of {len(members.members)} on {data}: MAE {scores['mae']:.4f} "
-            f"{members.target.unit}; |error| ≤ σ for {scores['coverage_1sigma']:.1%} "
-            f"(68.3 % if calibrated), ≤ 2σ for {scores['coverage_2sigma']:.1%} (95.4 %); "
-            f"miscalibration area {scores['miscalibration_area']:.3f}; NLL "
-            f"{scores['nll']:.3f}; Spearman(|error|, σ) {scores['spearman_error_sigma']:.2f}"
-        )
-        console.print_json(json.dumps(scores))
+    if members is not None:
+        _evaluate_ensemble(checkpoint, members, dataset, data, target, output, paths, recalibrate)
         return
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
@@ -298,6 +371,75 @@ def evaluate(
                 [i, float(t), float(p), float(p - t)]
                 for i, t, p in zip(dataset.ids, truth, values, strict=True)
             )
+
+
+def _evaluate_ensemble(
+    checkpoint: str,
+    members,
+    dataset: GraphDataset,
+    data: str,
+    target: str,
+    output: Path | None,
+    paths: dict[str, Path],
+    recalibrate: bool,
+) -> None:
+    """An ensemble on labelled data: the mean's errors, how far σ can be trusted (before
+    and after ``recalibrate``), the figures and, with ``output``, one row per structure."""
+    import pandas as pd
+
+    from tlmat.evaluation import regression_metrics
+    from tlmat.evaluation.calibration import calibration_figures
+    from tlmat.uncertainty import calibration
+    from tlmat.uncertainty import recalibrate as fit_scale
+
+    truth = dataset.targets[target]
+    unit = members.target.unit
+    raw = members.predict(dataset, calibrated=False)
+    _finite(raw["sigma"], dataset, checkpoint)
+
+    def scaled(scale: float) -> dict[str, np.ndarray]:
+        return {k: v if k == "mean" else scale * v for k, v in raw.items()}
+
+    arrays = before = scaled(members.sigma_scale)
+    scores = {**regression_metrics(truth, arrays["mean"]),
+              **calibration(truth, arrays["mean"], arrays["sigma"])}  # fmt: skip
+    head = f"ensemble of {len(members.members)} on {data}"
+    if recalibrate:
+        earlier = f" (σ scale {members.sigma_scale:.4f})" if members.sigma_scale != 1 else ""
+        with reported_errors():
+            members = fit_scale(checkpoint, members, dataset, target, data, raw)
+        arrays = scaled(members.sigma_scale)
+        after = {**scores, **calibration(truth, arrays["mean"], arrays["sigma"])}
+        console.print(f"{head}, before recalibration{earlier}: {_calibration_line(scores, unit)}")
+        console.print(
+            f"σ scale {members.sigma_scale:.4f} fitted on {data} (n = {len(truth)}) → "
+            f"{Path(checkpoint) / 'ensemble.json'}; predict and evaluate now use it"
+        )
+        console.print(f"after recalibration: {_calibration_line(after, unit)}")
+        console.print(
+            "note: the 'after' numbers are on the data the scale was fitted on; evaluate "
+            "on other held-out data to check them"
+        )
+        scores = {**after, "before_recalibration": scores}
+    else:
+        console.print(f"{head}: {_calibration_line(scores, unit)}")
+    scores["sigma_scale"] = members.sigma_scale
+    written = calibration_figures(
+        truth, arrays["mean"], arrays["sigma"], paths["calibration"].parent, unit,
+        _data_label(data), before["sigma"] if recalibrate else None,
+    )  # fmt: skip
+    for kind, path in written.items():
+        console.print(f"{kind.replace('_', '-')} figure → {path}", soft_wrap=True)
+    console.print_json(json.dumps(scores))
+    if output is not None:
+        u = f" ({unit})" if unit else ""
+        frame = pd.DataFrame({"id": dataset.ids, f"true{u}": truth,
+                              f"predicted{u}": arrays["mean"],
+                              f"error{u}": arrays["mean"] - truth})  # fmt: skip
+        for name in ("sigma_a", "sigma_e", "sigma"):
+            frame[f"{name}{u}"] = arrays[name]
+        frame.to_csv(output, index=False)
+        console.print(f"{len(frame)} rows → {output}")
 
 
 def models() -> None:

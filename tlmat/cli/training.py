@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -107,6 +108,14 @@ Devices = Annotated[int | None, typer.Option(help="How many GPUs to train on [1]
 Precision = Annotated[
     str | None,
     typer.Option(help="32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true]."),
+]
+EnsembleWorkers = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="With --ensemble: members trained side by side in local processes, the cores "
+        "shared between them [one per core, at most N; 1 on a GPU].",
+    ),
 ]
 #: the architecture every command trains from scratch unless told otherwise: the shape of
 #: the published Materials Project CGCNNs (64/4/32), so that scratch and transfer compare
@@ -335,6 +344,7 @@ def train(
             "initialisation and seed; predict then gives σ (Ekström et al.) [1].",
         ),
     ] = 1,
+    ensemble_workers: EnsembleWorkers = None,
     exclude_ids: Annotated[
         Path | None,
         typer.Option(
@@ -430,16 +440,16 @@ def train(
 
             spec = model_from_options(model, model_config_file)
             members = train_ensemble(
-                lambda s: (fresh_model(spec, s), None),
+                partial(scratch_member, spec),
                 dataset,
-                lambda s: split_of(
-                    dataset, parts, s, train_size, val_size, test_size, excluded, split_file
-                ),
+                partial(split_of, dataset, parts, train_size=train_size, val_size=val_size,
+                        test_size=test_size, exclude=excluded, split_file=split_file),
                 cfg,
                 run_dir,
                 ensemble,
                 overwrite,
-            )
+                workers=ensemble_side_by_side(ensemble, ensemble_workers, cfg),
+            )  # fmt: skip
             _ensemble_summary(members, dataset, split, target, unit, run_dir)
             return
         done = None if overwrite else finished_run(run_dir, trained, dataset, split, cfg)
@@ -458,6 +468,28 @@ def train(
         f"{epochs} epochs, {seconds / max(epochs, 1):.2f} s/epoch;"
         f" model → {Path(run_dir) / 'model.pt'}"
     )
+
+
+def scratch_member(config: ModelConfig, seed: int):
+    """An ensemble member trained from scratch: ``config``'s architecture initialised
+    with ``seed``, no transfer strategy (module-level, so that it pickles)."""
+    from tlmat.transfer.sources import fresh_model
+
+    return fresh_model(config, seed), None
+
+
+def ensemble_side_by_side(n_members: int, workers: int | None, config: TrainConfig) -> int:
+    """``--ensemble-workers``, or its default (:func:`tlmat.uncertainty.default_workers`),
+    said before the long part."""
+    from tlmat.uncertainty import default_workers, local_cores
+
+    workers = min(workers or default_workers(n_members, config), n_members)
+    if workers > 1:
+        console.print(
+            f"{n_members} members, {workers} side by side with "
+            f"{max(1, local_cores() // workers)} torch thread(s) each"
+        )
+    return workers
 
 
 def _ensemble_summary(members, dataset, split, target: str, unit: str, run_dir) -> None:
@@ -576,6 +608,7 @@ def finetune(
             "new head and seed; predict then gives σ (Ekström et al.) [1].",
         ),
     ] = 1,
+    ensemble_workers: EnsembleWorkers = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
@@ -646,16 +679,16 @@ def finetune(
             from tlmat.uncertainty import train_ensemble
 
             members = train_ensemble(
-                lambda s: prepare_transfer(strategy, source_model, target, keep_head, freeze_k, s),
+                partial(prepare_transfer, strategy, source_model, target, keep_head, freeze_k),
                 dataset,
-                lambda s: split_of(
-                    dataset, parts, s, train_size, val_size, test_size, split_file=split_file
-                ),
+                partial(split_of, dataset, parts, train_size=train_size, val_size=val_size,
+                        test_size=test_size, split_file=split_file),
                 cfg,
                 run_dir,
                 ensemble,
                 overwrite,
-            )
+                workers=ensemble_side_by_side(ensemble, ensemble_workers, cfg),
+            )  # fmt: skip
             _ensemble_summary(members, dataset, split, target, unit, run_dir)
             return
         origin, on, part = source_model, dataset, split

@@ -278,6 +278,9 @@ class GraphCache:
         >>> graphs[0]  # a CrystalGraph, loaded from disk on the second run
     """
 
+    #: whether the index is an in-memory database (the folder's could not be used)
+    _index_in_memory = False
+
     def __init__(self, root: str | Path, settings: GraphSettings):
         self.settings = settings
         self.directory = Path(root) / f"graphs-{settings.key()}"
@@ -297,6 +300,25 @@ class GraphCache:
             self._cannot_write(error.strerror or str(error))
             usable = self.directory.is_dir() and self._settings_match()
         self._db = self._open_index() if usable else self._memory_index()
+
+    # --- pickling (a dataset sent to worker processes, e.g. parallel ensemble members) --
+
+    def __getstate__(self) -> dict[str, Any]:
+        # an SQLite connection cannot cross processes, and copying memory-mapped shards
+        # would send every graph's bytes: the other process reopens both from the folder;
+        # only shards held in memory (an unwritable cache) travel with the cache
+        state = self.__dict__.copy()
+        state["_db"] = None  # (pickled in a feeder thread: the connection is not touched)
+        state["_shards"] = {
+            name: shard
+            for name, shard in self._shards.items()
+            if shard is not None and name.startswith("memory-")
+        }
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._db = self._memory_index() if self._index_in_memory else self._open_index()
 
     # --- settings ------------------------------------------------------------------------
 
@@ -333,6 +355,7 @@ class GraphCache:
     def _memory_index(self) -> sqlite3.Connection:
         db = sqlite3.connect(":memory:")
         db.execute(_SCHEMA)
+        self._index_in_memory = True
         return db
 
     def _open_index(self) -> sqlite3.Connection:

@@ -66,6 +66,10 @@ class RunInterrupted(RuntimeError):
         super().__init__(message)
         self.signum = signum
 
+    def __reduce__(self):
+        # raised in a worker process (parallel ensemble members), it is pickled back
+        return type(self), (str(self), self.signum)
+
     @property
     def exit_code(self) -> int:
         """The shell's convention for a process ended by a signal: 128 + its number."""
@@ -103,7 +107,7 @@ class _TimeEstimate(L.Callback):
 
 
 @contextlib.contextmanager
-def _stopped_by_signals():
+def stopped_by_signals():
     """Turn SIGTERM and SIGINT into :class:`RunInterrupted` while training (Lightning
     would end a SIGTERM'd run with exit status 0 and a Ctrl-C'd one silently)."""
     if threading.current_thread() is not threading.main_thread():
@@ -293,7 +297,7 @@ def fit(
         warnings.filterwarnings("ignore", ".*exists and is not empty.*")
         warnings.filterwarnings("ignore", ".*LeafSpec.*")
         try:
-            with _stopped_by_signals():
+            with stopped_by_signals():
                 trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
         except RunInterrupted as stopped:
             last = run_dir / "checkpoints" / "last.ckpt"
