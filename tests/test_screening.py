@@ -302,3 +302,52 @@ def test_cli_screen_decorated_candidates_with_the_chgnet_oracle(hf_zn_n) -> None
     assert table["formula"].tolist() == ["Hf"]
     assert abs(table["oracle E_f (eV/atom)"].iloc[0]) < 0.01
     assert (out / "candidates.extxyz").is_file() and (out / "relaxed.extxyz").is_file()
+
+
+@pytest.mark.integration
+def test_cli_screen_two_levels_from_yaml_and_a_level_lacking_candidates(data, hf_zn_n) -> None:
+    """A screen over two levels described in YAML: the second level predicts only the
+    first level's survivors; a level without structures for some candidates is refused
+    naming them."""
+    from typer.testing import CliRunner
+
+    from tlmat.cli import app
+    from tlmat.io import read_records, write_extxyz
+
+    tmp_path, _ = hf_zn_n
+    candidates = str(tmp_path / "candidates.extxyz")
+    ens = str(tmp_path / "ens")
+    oracle = {"table": str(data / "taata_nitrides_sample" / "examples.csv"),
+              "id_column": "material_id", "energy_column": "E_f"}  # fmt: skip
+    config = {
+        "levels": [
+            {"name": "prerelax", "ensemble": ens, "structures": [candidates], "cost_core_hours": 1},
+            {"name": "final", "ensemble": ens, "structures": [candidates]},
+        ],
+        "oracle": oracle,
+        "known": {"table": str(tmp_path / "known.csv"), "energy_column": "E_f"},
+        "k": 1.0,
+    }
+    (tmp_path / "two.yaml").write_text(json.dumps(config))  # JSON is YAML
+    out = tmp_path / "two-levels"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, ["screen", "--config", str(tmp_path / "two.yaml"),
+                                      "-o", str(out), *cache])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    first, second = summary["levels"]
+    assert second["in"] == first["kept"] and summary["oracle_calls"] == second["kept"]
+    assert summary["cost_core_hours"] == pytest.approx(first["in"] + 9.0 * second["kept"])
+    table = pd.read_csv(out / "screening.csv")
+    dropped_first = table["prerelax decision"] == "dropped"
+    assert table["final decision"][dropped_first].isna().all()  # never predicted there
+    # a second level lacking some candidates' structures is refused, naming them
+    records = read_records(candidates).records
+    write_extxyz(records[:-2], tmp_path / "fewer.extxyz")
+    config["levels"][1]["structures"] = [str(tmp_path / "fewer.extxyz")]
+    (tmp_path / "fewer.yaml").write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["screen", "--config", str(tmp_path / "fewer.yaml"),
+                                      "-o", str(tmp_path / "fewer-out"), *cache])  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "no structure for 2 candidate(s)" in text
+    assert records[-1].id in text or records[-2].id in text
