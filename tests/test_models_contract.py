@@ -4,9 +4,10 @@ Every architecture in :mod:`tlmat.models.registry` must pass these without a lin
 own here: named groups in forward order, output and embedding shapes, layer-wise
 features, a checkpoint round trip, every transfer strategy training exactly its groups
 (frozen batch-norm statistics untouched), fresh re-initialisation, a head rebuilt for a
-new target, symmetry invariance of intensive predictions, sum pooling for extensive
-targets, and fitting 50 real structures. Each architecture registers a ``<name>-small``
-preset that these tests (and CI) use.
+new target (and with two outputs for a heteroscedastic one, whose mean and variance round
+trip through a checkpoint and scale with the cell), symmetry invariance of intensive
+predictions, sum pooling for extensive targets, and fitting 50 real structures. Each
+architecture registers a ``<name>-small`` preset that these tests (and CI) use.
 """
 
 from __future__ import annotations
@@ -133,6 +134,82 @@ def test_new_target_gets_a_fresh_head_of_its_width(built) -> None:
     assert transferred.model(batch).shape == (4, 1)
     # the source is untouched
     assert source.model.head.out_dim == 2
+
+
+@pytest.mark.parametrize("strategy_name", STRATEGIES)
+def test_heteroscedastic_head_has_width_two_and_strategies_keep_their_groups(
+    built, strategy_name: str
+) -> None:
+    """Loss gaussian_nll: prepare_transfer rebuilds the head with two outputs (mean and
+    log-variance) and every strategy freezes and trains the same groups as for one."""
+    _, model, dataset = built
+    source = TrainedModel(copy.deepcopy(model), TargetSpec(name="formation_energy"))
+    plain, plain_strategy = prepare_transfer(strategy_name, source, "band_gap")
+    wide, strategy = prepare_transfer(strategy_name, source, "band_gap", out_dim=2)
+    assert strategy == plain_strategy and strategy.reinit_head
+    assert wide.model.head.out_dim == 2 and source.model.head.out_dim == 1
+    apply_strategy(plain.model, plain_strategy, lr=1e-3)
+    apply_strategy(wide.model, strategy, lr=1e-3)
+    assert list(wide.model.groups()) == list(plain.model.groups())
+    assert wide.model.frozen_groups == plain.model.frozen_groups
+    assert trainable_groups(wide.model) == trainable_groups(plain.model)
+    assert wide.model(dataset.batch(range(4))).shape == (4, 2)
+    # the same target again with a heteroscedastic source: its head is kept
+    again, kept = prepare_transfer(
+        strategy_name, TrainedModel(wide.model, TargetSpec(name="band_gap")), "band_gap", out_dim=2
+    )
+    assert not kept.reinit_head and again.model.head.out_dim == 2
+
+
+def test_heteroscedastic_model_round_trips_with_mean_and_variance(built, tmp_path: Path) -> None:
+    """Saved and loaded, a heteroscedastic model gives the mean in the target's unit (eV)
+    and the variance in its square: s²·exp(v), v clamped."""
+    _, model, dataset = built
+    wide = copy.deepcopy(model)
+    torch.manual_seed(3)
+    wide.replace_head(2)
+    target = TargetSpec(name="band_gap", unit="eV", mean=1.0, std=0.5, heteroscedastic=True)
+    trained = TrainedModel(wide, target, {"test": True})
+    loaded = load_checkpoint(save_checkpoint(trained, tmp_path / "model.pt"))
+    assert loaded.target == target and loaded.model.head.out_dim == 2
+    batch = dataset.batch(range(len(dataset)))
+    mean = loaded.predict_batch(batch)
+    with torch.no_grad():
+        out, original = loaded.model(batch), trained.model.eval()(batch)
+    torch.testing.assert_close(out, original)
+    assert out.shape == (len(dataset), 2) and mean.shape == (len(dataset),)
+    torch.testing.assert_close(mean, 1.0 + 0.5 * out[:, 0])  # eV
+    variance = loaded.target.decode_variance(out, batch)
+    torch.testing.assert_close(variance, 0.25 * out[:, 1].clamp(-10.0, 10.0).exp())  # eV²
+    big = torch.tensor([[0.0, 50.0], [0.0, -50.0]])  # clamped: finite, never 0
+    torch.testing.assert_close(target.decode_variance(big), 0.25 * torch.tensor([1e1, -1e1]).exp())
+
+
+def test_heteroscedastic_extensive_target_doubles_mean_and_quadruples_variance(
+    built, mp_structures, tmp_path: Path
+) -> None:
+    """The log-variance is per atom, like the mean: a 2×1×1 supercell has twice the
+    mean and four times the variance (n²·s²·exp(v)), whichever readout sums the atoms."""
+    _, model, _ = built
+    s = mp_structures[0]
+    dataset = dataset_of(model, [s, s * (2, 1, 1)], tmp_path)
+    wide = copy.deepcopy(model)
+    torch.manual_seed(3)
+    wide.replace_head(2)
+    target = TargetSpec(
+        name="energy", unit="eV/cell", extensive=True, mean=-5.0, std=2.0, heteroscedastic=True
+    )
+    trained = TrainedModel(wide, target)
+    batch = dataset.batch([0, 1])
+    values = trained.predict_batch(batch)
+    torch.testing.assert_close(values[1], 2 * values[0], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        variance = target.decode_variance(trained.model(batch), batch)
+        wide.pooling = "mean"  # the head's per-atom value, averaged over the atoms
+        per_atom = wide(batch)[:, 1].clamp(-10.0, 10.0)
+    torch.testing.assert_close(variance[1], 4 * variance[0], rtol=1e-4, atol=0.0)
+    n = batch.ptr.diff().to(variance.dtype)
+    torch.testing.assert_close(variance, n**2 * 4.0 * per_atom.exp(), rtol=1e-4, atol=0.0)
 
 
 def _bn_stats(module: torch.nn.Module) -> list[torch.Tensor]:

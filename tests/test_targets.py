@@ -71,6 +71,27 @@ def test_inconsistent_specifications_are_refused() -> None:
         TargetSpec(name="E", atom_refs={1: -13.6}, normalization="tanh")
 
 
+def test_heteroscedastic_specification_and_its_head_width() -> None:
+    """Loss gaussian_nll: the specification records it (so checkpoints decode the
+    variance), its head has two outputs, and only a linear normalisation is allowed."""
+    spec = TrainConfig(target="K", loss="gaussian_nll", log10=True).target_spec()
+    assert spec.heteroscedastic and spec.out_dim == 2
+    assert TrainConfig(target="K").target_spec().out_dim == 1
+    fitted = spec.fit(np.array([10.0, 100.0, 1000.0]))  # log10: 1, 2, 3
+    out = torch.tensor([[0.0, 0.0], [1.0, float(np.log(0.25))]])
+    # the mean as for any log10 target; the variance is of log10 y: std² exp(v)
+    torch.testing.assert_close(fitted.decode(out), torch.pow(10.0, 2.0 + fitted.std * out[:, 0]))
+    torch.testing.assert_close(
+        fitted.decode_variance(out), fitted.std**2 * torch.tensor([1.0, 0.25])
+    )
+    with pytest.raises(ValueError, match="must give 2 outputs"):
+        fitted.decode(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="not heteroscedastic"):
+        TargetSpec(name="K").decode_variance(out)
+    with pytest.raises(ValueError, match="not 'tanh'"):
+        TargetSpec(name="K", normalization="tanh", heteroscedastic=True)
+
+
 def test_training_an_extensive_target_predicts_in_its_unit(carbon, tmp_path: Path) -> None:
     """eV/cell in, eV/cell out: `fit` sums atoms for an extensive target."""
     counts = np.array([len(z) for z in atoms_of(carbon, range(len(carbon)))])
@@ -86,3 +107,21 @@ def test_training_an_extensive_target_predicts_in_its_unit(carbon, tmp_path: Pat
     # be far below the spread of eV/cell values across cell sizes
     error = np.abs(values - carbon.targets["energy_cell"][split.test]).mean()
     assert error < 0.2 * carbon.targets["energy_cell"].std()
+
+
+def test_training_a_heteroscedastic_extensive_target(carbon, tmp_path: Path) -> None:
+    """eV/cell with loss gaussian_nll: the mean in eV/cell, the variance in (eV/cell)²."""
+    from tlmat.models.prediction import predict_with_variance
+
+    counts = np.array([len(z) for z in atoms_of(carbon, range(len(carbon)))])
+    carbon.targets["energy_cell"] = carbon.targets["energy_per_atom"] * counts
+    split = random_split(len(carbon), (50, 15, 15), seed=0)
+    config = TrainConfig(target="energy_cell", unit="eV/cell", extensive=True, epochs=2,
+                         loss="gaussian_nll", progress_bar=False)  # fmt: skip
+    model = fresh_model("cgcnn-small", out_dim=config.target_spec().out_dim)
+    result = fit(model, carbon, split, config, tmp_path / "run")
+    assert result.trained.target.heteroscedastic and result.trained.model.head.out_dim == 2
+    mean, variance = predict_with_variance(result.trained, carbon, split.test)
+    np.testing.assert_array_equal(mean, predict(result.trained, carbon, split.test))
+    assert mean.shape == variance.shape == (15,) and (variance > 0).all()
+    assert np.isfinite(result.best_val_mae)

@@ -380,3 +380,128 @@ def test_members_side_by_side_equal_the_sequential_ones(perovskites, tmp_path) -
     again = train_ensemble(*args, tmp_path / "two", n_members=2, workers=2)
     assert (tmp_path / "two" / "member-1" / "model.pt").stat().st_mtime_ns == stamp
     np.testing.assert_allclose(again.val_mse, two.val_mse, rtol=1e-12)
+
+
+# --- heteroscedastic members: σ_a per structure (Gaussian NLL heads) --------------------
+
+
+def test_gaussian_nll_against_a_hand_computation() -> None:
+    import math
+
+    import torch
+
+    from tlmat.models import TargetSpec
+    from tlmat.training.module import PropertyModule, gaussian_nll
+
+    mean = torch.tensor([0.0, 1.0, -1.0])
+    log_variance = torch.tensor([0.0, math.log(4.0), -math.log(4.0)])
+    y = torch.tensor([1.0, 3.0, -1.5])
+    # ½[ln 2π + v + r²e⁻ᵛ]: r² e⁻ᵛ = 1, 4/4, 0.25·4 = 1 each, and the v cancel (0, ±ln 4)
+    expected = 0.5 * (math.log(2 * math.pi) + 1.0)
+    assert float(gaussian_nll(mean, log_variance, y)) == pytest.approx(expected, rel=1e-6)
+    torch_nll = torch.nn.GaussianNLLLoss(full=True, eps=1e-12)(mean, y, log_variance.exp())
+    assert float(gaussian_nll(mean, log_variance, y)) == pytest.approx(float(torch_nll), rel=1e-6)
+    # the module's loss: the target encoded ((y − 1)/2), the head's two columns, the clamp
+    target = TargetSpec(name="heat_ref", mean=1.0, std=2.0, heteroscedastic=True)
+    config = quick_config(loss="gaussian_nll")
+    model = fresh_model("cgcnn-small", out_dim=2).model
+    module = PropertyModule(model, target, config, [], steps_per_epoch=1)
+    prediction = torch.tensor([[0.0, 0.0], [0.5, 50.0]])  # 50 is clamped to 10
+    observed = torch.tensor([3.0, 1.0])  # encoded: 1.0, 0.0
+    by_hand = 0.5 * np.mean([np.log(2 * np.pi) + 0.0 + 1.0**2,
+                             np.log(2 * np.pi) + 10.0 + 0.5**2 * np.exp(-10.0)])  # fmt: skip
+    assert float(module._loss(prediction, observed, None)) == pytest.approx(by_hand, rel=1e-6)
+
+
+def heteroscedastic_small(seed: int):
+    return fresh_model("cgcnn-small", seed, out_dim=2), None
+
+
+@pytest.fixture(scope="module")
+def nll_ensemble(perovskites, tmp_path_factory) -> Path:
+    """Two small heteroscedastic CGCNN members (loss gaussian_nll) on the first 60
+    perovskites' splits."""
+    from functools import partial
+
+    folder = tmp_path_factory.mktemp("nll-ensemble") / "ens"
+    train_ensemble(heteroscedastic_small, perovskites, partial(seeded_split, np.arange(60),
+                   train_size=30), quick_config(loss="gaussian_nll", epochs=3), folder,
+                   n_members=2)  # fmt: skip
+    return folder
+
+
+def test_heteroscedastic_members_give_sigma_a_per_structure(nll_ensemble, perovskites) -> None:
+    from tlmat.models.prediction import predict_variance, predict_with_variance
+
+    manifest = json.loads((nll_ensemble / "ensemble.json").read_text())
+    assert manifest["aleatoric"] == "heteroscedastic"
+    assert "predicted variances" in manifest["definition"]
+    ensemble = load_ensemble(nll_ensemble)
+    assert ensemble.aleatoric == "heteroscedastic"
+    assert all(m.target.heteroscedastic and m.model.head.out_dim == 2 for m in ensemble.members)
+    test = np.arange(60, 120)
+    arrays = ensemble.predict(perovskites, test)
+    variances = np.stack([predict_variance(m, perovskites, test) for m in ensemble.members])
+    means = np.stack([predict(m, perovskites, test) for m in ensemble.members])
+    assert variances.shape == means.shape == (2, len(test)) and (variances > 0).all()
+    # σ_a² = the members' mean predicted variance (eV/cell)², per structure
+    np.testing.assert_allclose(arrays["sigma_a"] ** 2, variances.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(arrays["sigma_e"], means.std(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(arrays["mean"], means.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(
+        arrays["sigma"] ** 2, arrays["sigma_a"] ** 2 + arrays["sigma_e"] ** 2, rtol=1e-6
+    )
+    assert np.ptp(arrays["sigma_a"]) > 1e-3 * arrays["sigma_a"].mean(), "varies by structure"
+    # the mean is what predict gives, as for any model: every command keeps working
+    mean, variance = predict_with_variance(ensemble.members[0], perovskites, test)
+    np.testing.assert_array_equal(mean, means[0])
+    np.testing.assert_array_equal(variance, variances[0])
+
+
+def test_a_manifest_without_aleatoric_loads_as_before(small_ensemble, perovskites, tmp_path):
+    """An ensemble.json from before the option: σ_a² is the mean validation MSE."""
+    import shutil
+
+    folder = Path(shutil.copytree(small_ensemble, tmp_path / "ens"))
+    manifest = json.loads((folder / "ensemble.json").read_text())
+    assert manifest.pop("aleatoric") == "validation_mse"
+    (folder / "ensemble.json").write_text(json.dumps(manifest))
+    ensemble = load_ensemble(folder)
+    assert ensemble.aleatoric == "validation_mse"
+    arrays = ensemble.predict(perovskites, np.arange(60, 70))
+    np.testing.assert_allclose(arrays["sigma_a"], np.sqrt(np.mean(ensemble.val_mse)))
+    manifest["aleatoric"] = "heteroscedastic"  # a manifest its members contradict
+    (folder / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="members were replaced"):
+        load_ensemble(folder)
+
+
+def test_cli_train_and_finetune_ensembles_with_gaussian_nll(data: Path, tmp_path) -> None:
+    """`--ensemble 2 --loss gaussian_nll` end to end: predict writes σ_a per structure."""
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "perov48.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=48), table)
+    runner = CliRunner()
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    common = [str(table), "-t", "heat_ref", "--unit", "eV/cell", "--ensemble", "2", "--epochs",
+              "2", "--loss", "gaussian_nll", "--ensemble-workers", "1", *cache]  # fmt: skip
+    commands = {
+        "train": ["train", *common, "--model", "cgcnn-small"],
+        "finetune": ["finetune", *common, "--strategy", "head-only"],
+    }
+    for name, args in commands.items():
+        result = runner.invoke(app, [*args, "--run-dir", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((tmp_path / name / "ensemble.json").read_text())
+        assert manifest["aleatoric"] == "heteroscedastic", name
+        out = tmp_path / f"{name}.csv"
+        result = runner.invoke(app, ["predict", str(tmp_path / name), str(table), "-o",
+                                     str(out), *cache])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        frame = pd.read_csv(out)
+        sigma_a, sigma_e, sigma = (frame[f"{k} (eV/cell)"] for k in ("sigma_a", "sigma_e", "sigma"))
+        assert len(frame) == 48 and sigma_a.nunique() > 1, name
+        np.testing.assert_allclose(sigma**2, sigma_a**2 + sigma_e**2, rtol=1e-5)
+    run = json.loads((tmp_path / "finetune" / "member-0" / "run.json").read_text())
+    assert run["strategy"]["name"] == "head-only" and run["strategy"]["reinit_head"] is True

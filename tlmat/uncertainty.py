@@ -7,7 +7,15 @@ and seed. For a structure,
     σ_a² = mean over members of their validation MSE    (aleatoric: the noise they cannot fit)
     σ   = √(σ_a² + σ_e²)
 
-all in the target's unit. An ensemble folder holds ``ensemble.json`` (members, their
+all in the target's unit. With heteroscedastic members (``loss="gaussian_nll"``: each
+predicts a variance per structure), σ_a² is instead the mean over members of their
+predicted variances, per structure (Lakshminarayanan et al. 2017); σ_e² is unchanged. For
+a log10 target a member's variance is of log10 y and is carried to the target's unit, in
+which σ_e is, to first order: (ln 10 · ŷ)² · var(log10 y). ``ensemble.json`` records which
+σ_a was used (``aleatoric``: ``validation_mse`` or ``heteroscedastic``; a manifest without
+it is from before the option and means ``validation_mse``).
+
+An ensemble folder holds ``ensemble.json`` (members, their
 seeds and validation MSEs) and one run folder per member (``member-0/`` …), each a
 complete :func:`tlmat.training.fit` run. Members train one after the other, side by side
 in local processes (``workers``), or as SLURM jobs through submitit.
@@ -40,7 +48,7 @@ from tlmat.data.dataset import GraphDataset
 from tlmat.data.splits import Split
 from tlmat.models.base import TrainedModel
 from tlmat.models.checkpoint import load_checkpoint
-from tlmat.models.prediction import predict
+from tlmat.models.prediction import predict, predict_with_variance
 from tlmat.training.config import TrainConfig
 from tlmat.training.fit import RunInterrupted, finished_run, fit, stopped_by_signals
 from tlmat.training.rundir import (
@@ -56,6 +64,19 @@ MANIFEST = "ensemble.json"
 #: where members train: ``local`` (in this process, or ``workers`` processes side by side),
 #: ``slurm`` (one submitit job each) or ``debug`` (submitit's in-process executor)
 Executor = Literal["local", "slurm", "debug"]
+
+#: what σ_a² is: the members' mean validation MSE (Ekström et al.), one number for every
+#: structure, or the mean of heteroscedastic members' predicted variances per structure
+Aleatoric = Literal["validation_mse", "heteroscedastic"]
+DEFINITIONS: dict[str, str] = {
+    "validation_mse": "sigma_e^2 = variance of member predictions; sigma_a^2 = mean member "
+    "validation MSE; sigma = sqrt(sigma_a^2 + sigma_e^2) (Ekström et al.); all three times "
+    "sigma_scale when recalibrated",
+    "heteroscedastic": "sigma_e^2 = variance of member predictions; sigma_a^2 = mean over "
+    "members of their predicted variances, per structure (Gaussian NLL heads, "
+    "Lakshminarayanan et al. 2017; for a log10 target (ln 10 * y)^2 * var(log10 y)); "
+    "sigma = sqrt(sigma_a^2 + sigma_e^2); all three times sigma_scale when recalibrated",
+}
 
 logger = logging.getLogger("tlmat")
 
@@ -75,19 +96,41 @@ class Ensemble:
     def target(self):
         return self.members[0].target
 
+    @property
+    def aleatoric(self) -> Aleatoric:
+        """How σ_a is defined: ``heteroscedastic`` when every member predicts a variance,
+        else ``validation_mse``."""
+        kinds = {m.target.heteroscedastic for m in self.members}
+        if len(kinds) > 1:
+            raise ValueError(
+                "the members mix heteroscedastic (loss gaussian_nll) and plain ones: σ_a "
+                "has no single definition; train every member with the same loss"
+            )
+        return "heteroscedastic" if kinds == {True} else "validation_mse"
+
     def predict(
         self, dataset: GraphDataset, indices=None, calibrated: bool = True
     ) -> dict[str, np.ndarray]:
         """``mean``, ``sigma_a``, ``sigma_e`` and ``sigma`` per structure (target unit);
         the three σ multiplied by ``sigma_scale`` unless ``calibrated`` is false (σ as the
         members give it)."""
-        values = np.stack([predict(m, dataset, indices) for m in self.members])
         scale = self.sigma_scale if calibrated else 1.0
-        sigma_a2 = float(np.mean(self.val_mse))
+        if self.aleatoric == "heteroscedastic":
+            pairs = [predict_with_variance(m, dataset, indices) for m in self.members]
+            values = np.stack([mean for mean, _ in pairs]).astype(np.float64)
+            variances = np.stack([variance for _, variance in pairs]).astype(np.float64)
+            if self.target.log10:
+                # the members' variances are of log10 y; σ_e is in the target's unit, so
+                # carry them there to first order (delta method)
+                variances = (np.log(10.0) * values) ** 2 * variances
+            sigma_a2 = variances.mean(axis=0)
+        else:
+            values = np.stack([predict(m, dataset, indices) for m in self.members])
+            sigma_a2 = np.full(values.shape[1], float(np.mean(self.val_mse)))
         sigma_e2 = values.var(axis=0, ddof=0)
         return {
             "mean": values.mean(axis=0),
-            "sigma_a": scale * np.full(values.shape[1], np.sqrt(sigma_a2)),
+            "sigma_a": scale * np.sqrt(sigma_a2),
             "sigma_e": scale * np.sqrt(sigma_e2),
             "sigma": scale * np.sqrt(sigma_a2 + sigma_e2),
         }
@@ -219,14 +262,14 @@ def train_ensemble(
     results.update(_run_members(jobs, run_dir, workers, executor, slurm))
     members = [results[k][0] for k in range(n_members)]
     val_mse = [results[k][1] for k in range(n_members)]
+    aleatoric = Ensemble(members, val_mse).aleatoric
     manifest = {
         "members": folders,
         "seeds": seeds,
         "val_mse": val_mse,
         "target": members[0].target.model_dump(),
-        "definition": "sigma_e^2 = variance of member predictions; sigma_a^2 = mean member "
-        "validation MSE; sigma = sqrt(sigma_a^2 + sigma_e^2) (Ekström et al.); "
-        "all three times sigma_scale when recalibrated",
+        "aleatoric": aleatoric,
+        "definition": DEFINITIONS[aleatoric],
         "tlmat_version": tlmat.__version__,
     }
     kept = {} if overwrite else _kept_recalibration(run_dir, manifest)
@@ -319,16 +362,24 @@ def is_ensemble(path: str | Path) -> bool:
 
 def load_ensemble(path: str | Path) -> Ensemble:
     """An ensemble folder written by :func:`train_ensemble` (a manifest from before
-    recalibration existed has σ scale 1)."""
+    recalibration existed has σ scale 1; one from before ``aleatoric`` existed takes it
+    from its members, which predict no variance: σ_a² = the mean validation MSE)."""
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
     members = [load_checkpoint(path / name / "model.pt") for name in manifest["members"]]
     scale = float(manifest.get("sigma_scale", 1.0))
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"{path / MANIFEST}: sigma_scale must be a positive number, got {scale}")
-    return Ensemble(
+    ensemble = Ensemble(
         members, [float(v) for v in manifest["val_mse"]], scale, manifest.get("recalibration")
     )
+    recorded = manifest.get("aleatoric")
+    if recorded is not None and recorded != ensemble.aleatoric:
+        raise ValueError(
+            f"{path / MANIFEST}: aleatoric is {recorded!r}, but its members' checkpoints "
+            f"give {ensemble.aleatoric!r}; the folder's members were replaced"
+        )
+    return ensemble
 
 
 def fit_sigma_scale(y: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> float:

@@ -475,3 +475,56 @@ def test_the_users_figures_folder_in_an_ensemble_is_never_written(
     elsewhere = _evaluate(folder, table, tmp_path, "--figures", str(tmp_path / "figs"))
     assert elsewhere.exit_code == 0, elsewhere.output
     assert (tmp_path / "figs" / "calibration-held-out.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# --- loss gaussian_nll: refused where no variance can be predicted -----------------------
+
+
+def test_gaussian_nll_is_refused_where_it_cannot_give_a_variance(perovskites, tmp_path) -> None:
+    """A classifier, the tanh normalisation, a head of the wrong width (also one kept with
+    keep_head) and the methods without a network head are each refused before training,
+    with the reason."""
+    from tlmat.experiments.runs import run_strategy
+    from tlmat.models.prediction import predict_variance
+    from tlmat.transfer.sources import prepare_transfer
+
+    with pytest.raises(ValueError, match="needs a regression target, not a classification"):
+        TargetSpec(name="metal", task="classification", heteroscedastic=True)
+    with pytest.raises(ValueError, match="needs normalization 'standard' or 'none'"):
+        quick(loss="gaussian_nll", normalization="tanh")
+    classifier = TrainedModel(small_cgcnn().model, TargetSpec(name="metal", task="classification"))
+    classifier.model.replace_head(2)
+    with pytest.raises(ValueError, match="keep_head keeps the head of a classification source"):
+        prepare_transfer("full", classifier, "heat_ref", keep_head=True, out_dim=2)
+    with pytest.raises(ValueError, match=r"which has 1 output\(s\), but the target needs 2"):
+        prepare_transfer("full", small_cgcnn(), "heat_ref", keep_head=True, out_dim=2)
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"head has 1 output\(s\); loss gaussian_nll on"):
+        fit(small_cgcnn(), perovskites, split, quick(loss="gaussian_nll"), run)
+    assert not (run / "model.pt").exists() and not (run / "checkpoints").exists()
+    with pytest.raises(ValueError, match="'features\\+rf' fits no network head"):
+        run_strategy("features+rf", small_cgcnn(), perovskites, split,
+                     quick(loss="gaussian_nll"), tmp_path / "rf")  # fmt: skip
+    with pytest.raises(ValueError, match="predicts no variance"):
+        predict_variance(small_cgcnn(), perovskites, split.test)
+
+
+def test_cli_gaussian_nll_with_tanh_or_a_kept_head_exits_with_the_reason(data, tmp_path) -> None:
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "perov40.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=40), table)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    base = [str(table), "-t", "heat_ref", "--loss", "gaussian_nll", "--epochs", "1", *cache]
+    tanh = runner.invoke(app, ["train", *base, "--normalization", "tanh",
+                               "--run-dir", str(tmp_path / "tanh")])  # fmt: skip
+    assert tanh.exit_code == 1 and "needs normalization 'standard' or 'none'" in said(tanh)
+    assert not (tmp_path / "tanh").exists() and not (tmp_path / "cache").exists(), "before data"
+    unknown = runner.invoke(app, ["train", *base[:3], "--loss", "nll", *cache])
+    assert unknown.exit_code == 1 and "gaussian_nll" in said(unknown)
+    kept = runner.invoke(app, ["finetune", *base, "--keep-head", "--ensemble", "2",
+                               "--run-dir", str(tmp_path / "kept")])  # fmt: skip
+    assert kept.exit_code == 1, kept.output
+    assert "keep_head keeps the source's head, which has 1 output(s)" in said(kept)
+    assert not list((tmp_path / "kept").rglob("model.pt"))

@@ -59,7 +59,14 @@ LR = Annotated[float | None, typer.Option("--lr", help="Learning rate [1e-3].")]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size [64].")]
 Optimizer = Annotated[str | None, typer.Option(help="adam, adamw or sgd [adam].")]
 Scheduler = Annotated[str | None, typer.Option(help="plateau, cyclic or none [plateau].")]
-Loss = Annotated[str | None, typer.Option(help="l1 or mse [l1].")]
+Loss = Annotated[
+    str | None,
+    typer.Option(
+        help="l1, mse or gaussian_nll (the Gaussian negative log-likelihood: a head of "
+        "width 2 predicts each structure's mean and variance; with --ensemble, σ_a per "
+        "structure) [l1]."
+    ),
+]
 WeightDecay = Annotated[float | None, typer.Option(help="L2 penalty [0].")]
 Normalization = Annotated[str | None, typer.Option(help="standard, tanh or none [standard].")]
 Log10 = Annotated[bool, typer.Option("--log10", help="Learn log10 of the target.")]
@@ -414,7 +421,8 @@ def train(
             devices=devices,
             precision=precision,
         )
-        trained = fresh_model(model_from_options(model, model_config_file), seed)
+        out_dim = cfg.target_spec().out_dim  # 2 with --loss gaussian_nll: mean, variance
+        trained = fresh_model(model_from_options(model, model_config_file), seed, out_dim=out_dim)
         settings = trained.model.graph_settings
         elements = trained.model.elements
         excluded = read_ids(exclude_ids) if exclude_ids is not None else None
@@ -440,7 +448,7 @@ def train(
 
             spec = model_from_options(model, model_config_file)
             members = train_ensemble(
-                partial(scratch_member, spec),
+                partial(scratch_member, spec, out_dim=out_dim),
                 dataset,
                 partial(split_of, dataset, parts, train_size=train_size, val_size=val_size,
                         test_size=test_size, exclude=excluded, split_file=split_file),
@@ -470,12 +478,13 @@ def train(
     )
 
 
-def scratch_member(config: ModelConfig, seed: int):
+def scratch_member(config: ModelConfig, seed: int, out_dim: int = 1):
     """An ensemble member trained from scratch: ``config``'s architecture initialised
-    with ``seed``, no transfer strategy (module-level, so that it pickles)."""
+    with ``seed`` and a head of ``out_dim`` outputs, no transfer strategy (module-level,
+    so that it pickles)."""
     from tlmat.transfer.sources import fresh_model
 
-    return fresh_model(config, seed), None
+    return fresh_model(config, seed, out_dim=out_dim), None
 
 
 def ensemble_side_by_side(n_members: int, workers: int | None, config: TrainConfig) -> int:
@@ -679,7 +688,8 @@ def finetune(
             from tlmat.uncertainty import train_ensemble
 
             members = train_ensemble(
-                partial(prepare_transfer, strategy, source_model, target, keep_head, freeze_k),
+                partial(prepare_transfer, strategy, source_model, target, keep_head, freeze_k,
+                        out_dim=cfg.target_spec().out_dim),
                 dataset,
                 partial(split_of, dataset, parts, train_size=train_size, val_size=val_size,
                         test_size=test_size, split_file=split_file),
@@ -923,6 +933,12 @@ def compare(
             precision=precision,
         )
         cfg = cfg.model_copy(update={"progress_bar": False})
+        headless = [s for s in chosen if s.startswith("features+")]
+        if cfg.loss == "gaussian_nll" and headless:  # before any method trains
+            raise ValueError(
+                f"loss gaussian_nll trains a network's heteroscedastic head; "
+                f"{', '.join(headless)} fit no network head: leave them out of --strategies"
+            )
         claim(run_dir, "comparison.json")
         source_model = load_source(source)
         dataset, parts = target_data(

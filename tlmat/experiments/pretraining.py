@@ -150,7 +150,7 @@ def pretrain_source(
         progress_bar=False,
         **{"batch_size": 128, "plateau_patience": 3, "early_stopping_patience": 6} | spec.training,
     )
-    model = fresh_model(spec.model, spec.seed)
+    model = fresh_model(spec.model, spec.seed, out_dim=config.target_spec().out_dim)
     logger.info("pretraining %s on %d structures", folder.name, len(split.train))
     result = fit(
         model,

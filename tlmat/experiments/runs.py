@@ -80,6 +80,12 @@ def run_strategy(
     run_dir = Path(run_dir)
     y = dataset.targets[config.target]
     if name == "base" or name in BASELINES or name in FEATURE_STRATEGIES:
+        if config.loss == "gaussian_nll":
+            raise ValueError(
+                f"loss gaussian_nll trains a network's heteroscedastic head; {name!r} fits "
+                "no network head, so it cannot predict a variance: use a transfer "
+                "strategy or scratch"
+            )
         settings = {
             "method": name,
             "config": resumable_settings(config.model_dump()),
@@ -109,7 +115,13 @@ def run_strategy(
         return result
 
     model, strategy = prepare_transfer(
-        name, source, config.target, keep_head, freeze_k, config.seed
+        name,
+        source,
+        config.target,
+        keep_head,
+        freeze_k,
+        config.seed,
+        out_dim=config.target_spec().out_dim,
     )
     if reuse and not overwrite and (run_dir / "result.json").exists():
         return _reused(

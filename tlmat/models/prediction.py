@@ -1,10 +1,11 @@
 """Predictions of a trained model over a dataset of cached graphs, in physical units and in
-batches sized to the graphs. Here, not in :mod:`tlmat.training`, so that predicting does
-not import Lightning (two seconds of start-up on a laptop)."""
+batches sized to the graphs (and, for a heteroscedastic model, each structure's variance).
+Here, not in :mod:`tlmat.training`, so that predicting does not import Lightning (two
+seconds of start-up on a laptop)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,20 +16,27 @@ from tlmat.data.loader import GraphLoader, inference_batch_size
 from tlmat.models.base import TrainedModel
 
 
-@torch.no_grad()
-def predict_batches(trained: TrainedModel, batches: Iterable[Batch]) -> np.ndarray:
-    """Predictions in physical units for each graph of ``batches``, in order, on the
-    model's device (class probabilities for a classifier)."""
+def _outputs(
+    trained: TrainedModel, batches: Iterable[Batch]
+) -> Iterator[tuple[torch.Tensor, Batch]]:
+    """The network's outputs (normalised space) for each batch, with the batch, on the
+    model's device and in eval mode."""
     model = trained.model
     model.eval()
     model.pooling = trained.target.pooling
     device = next(model.parameters()).device
-    outputs = []
     for batch in batches:
         batch = batch.to(device)
         out = model(batch)
-        out = out.squeeze(-1) if out.shape[-1] == 1 else out
-        outputs.append(trained.target.decode(out, batch).cpu())
+        yield (out.squeeze(-1) if out.shape[-1] == 1 else out), batch
+
+
+@torch.no_grad()
+def predict_batches(trained: TrainedModel, batches: Iterable[Batch]) -> np.ndarray:
+    """Predictions in physical units for each graph of ``batches``, in order, on the
+    model's device (class probabilities for a classifier; the mean of a heteroscedastic
+    model)."""
+    outputs = [trained.target.decode(out, batch).cpu() for out, batch in _outputs(trained, batches)]
     return torch.cat(outputs).numpy() if outputs else np.zeros(0)
 
 
@@ -40,3 +48,35 @@ def predict(
     :func:`~tlmat.data.loader.inference_batch_size`)."""
     batch_size = batch_size or inference_batch_size(dataset, indices)
     return predict_batches(trained, GraphLoader(dataset, indices, batch_size=batch_size))
+
+
+@torch.no_grad()
+def predict_with_variance(
+    trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A heteroscedastic model's mean (target unit, as :func:`predict`) and variance
+    (target unit²; (log10 unit)² for a log10 target, see
+    :meth:`~tlmat.models.targets.TargetSpec.decode_variance`) for ``dataset[indices]``,
+    in one pass."""
+    target = trained.target
+    if not target.heteroscedastic:
+        raise ValueError(
+            f"the model of {target.name!r} predicts no variance: only a model trained with "
+            "loss gaussian_nll (a heteroscedastic head) does"
+        )
+    batch_size = batch_size or inference_batch_size(dataset, indices)
+    means, variances = [], []
+    for out, batch in _outputs(trained, GraphLoader(dataset, indices, batch_size=batch_size)):
+        means.append(target.decode(out, batch).cpu())
+        variances.append(target.decode_variance(out, batch).cpu())
+    if not means:
+        return np.zeros(0), np.zeros(0)
+    return torch.cat(means).numpy(), torch.cat(variances).numpy()
+
+
+def predict_variance(
+    trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int | None = None
+) -> np.ndarray:
+    """A heteroscedastic model's predicted variance per structure, in the target's unit²
+    (:func:`predict_with_variance`)."""
+    return predict_with_variance(trained, dataset, indices, batch_size)[1]

@@ -10,6 +10,14 @@ Extensive targets (``extensive=True``, e.g. a total energy in eV/cell) follow sc
 μ and s are fitted on per-atom values y/n, the model sums atom contributions, and
 y = s·Σᵢ oᵢ + n·μ. Optional per-element reference energies (``atom_refs``, in the target's
 unit per atom of that element) are subtracted first: y − Σᵢ E_ref(Zᵢ) is what is learnt.
+
+Heteroscedastic targets (``heteroscedastic=True``, trained with the Gaussian negative
+log-likelihood, Lakshminarayanan et al. 2017) have a head of width 2: the mean and the
+log-variance v of each structure, both in the normalised space. :meth:`TargetSpec.decode`
+gives the mean as for any target; :meth:`TargetSpec.decode_variance` gives the variance
+in the target's unit², s²·exp(v) (s = 1 without normalisation). For a log10 target it is
+the variance of log10 y, in (log10 unit)². For an extensive target v is per atom, like
+the mean: the variance of the cell's value is n²·s²·exp(v).
 """
 
 from __future__ import annotations
@@ -22,6 +30,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
 Normalization = Literal["standard", "tanh", "none"]
+
+#: Bounds of a heteroscedastic head's log-variance (normalised space). The Gaussian NLL is
+#: unbounded below as σ → 0 on a structure the model fits exactly, and its gradient
+#: (y − μ)²/σ² explodes there; the lower bound caps 1/σ² at e¹⁰ ≈ 2·10⁴. The upper one
+#: stops a model from explaining a hard structure away with an ever wider σ (e⁵ ≈ 150
+#: target standard deviations is already no information). Both keep exp(±v) finite in
+#: float16 (mixed precision), whose largest value is 65,504.
+LOG_VARIANCE_RANGE = (-10.0, 10.0)
 
 
 class TargetSpec(BaseModel):
@@ -46,6 +62,9 @@ class TargetSpec(BaseModel):
     log10_of: str | None = None
     #: class labels of a classifier, in output order (``["semiconductor", "metal"]``)
     classes: tuple[str, ...] = ()
+    #: the model also predicts each structure's variance (loss ``gaussian_nll``): its head
+    #: gives the mean and the log-variance, both in the normalised space
+    heteroscedastic: bool = False
 
     def column(self) -> str:
         """The header of this target's predictions: name and unit, ``K_VRH (log10 GPa)``."""
@@ -61,7 +80,27 @@ class TargetSpec(BaseModel):
             )
         if per_atom and self.task != "regression":
             raise ValueError(f"target {self.name!r}: classification targets are intensive")
+        if self.heteroscedastic and self.task != "regression":
+            raise ValueError(
+                f"target {self.name!r}: a heteroscedastic head (mean and variance, loss "
+                "gaussian_nll) needs a regression target, not a classification"
+            )
+        if self.heteroscedastic and self.normalization == "tanh":
+            # the tanh map is not linear: a variance in its space has no single value in
+            # the target's unit
+            raise ValueError(
+                f"target {self.name!r}: a heteroscedastic head (loss gaussian_nll) needs "
+                "normalization 'standard' or 'none', not 'tanh'"
+            )
         return self
+
+    @property
+    def out_dim(self) -> int:
+        """The head's width for this target: 1, 2 when heteroscedastic (mean and
+        log-variance), one per class for a classifier."""
+        if self.task == "classification":
+            return len(self.classes) or 2
+        return 2 if self.heteroscedastic else 1
 
     @property
     def pooling(self) -> Literal["mean", "sum"]:
@@ -154,10 +193,50 @@ class TargetSpec(BaseModel):
             return 0.5 * (torch.tanh(0.01 * (y - self.mean) / self.std) + 1.0)
         return y
 
+    def split_outputs(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A heteroscedastic model's outputs (n, 2) as the mean and the raw log-variance,
+        each (n,), in the normalised space."""
+        if not self.heteroscedastic:
+            raise ValueError(
+                f"target {self.name!r} is not heteroscedastic: the model predicts no "
+                "variance (train it with loss gaussian_nll)"
+            )
+        if out.dim() == 0 or out.shape[-1] != 2:
+            raise ValueError(
+                f"target {self.name!r} is heteroscedastic: the model must give 2 outputs "
+                f"(mean, log-variance) per structure, got shape {tuple(out.shape)}"
+            )
+        return out[..., 0], out[..., 1]
+
+    def log_variance(self, out: torch.Tensor, batch=None) -> torch.Tensor:
+        """Each structure's log-variance in the normalised space (that of :meth:`encode`),
+        clamped to :data:`LOG_VARIANCE_RANGE`; for an extensive target the head's value
+        is per atom and the cell's is that + 2 ln n."""
+        _, raw = self.split_outputs(out)
+        if not self.extensive:
+            return raw.clamp(*LOG_VARIANCE_RANGE)
+        counts, _ = self._per_structure(batch, raw)
+        counts = counts.to(raw.dtype)
+        # the model pools every output alike, summing over atoms for an extensive target
+        # (:attr:`pooling`): divided back, the log-variance is the atoms' mean
+        return (raw / counts).clamp(*LOG_VARIANCE_RANGE) + 2.0 * torch.log(counts)
+
+    def decode_variance(self, out: torch.Tensor, batch=None) -> torch.Tensor:
+        """Each structure's predicted variance in the target's unit²: s²·exp(v) after
+        standardisation, exp(v) without; for a log10 target the variance of log10 y, in
+        (log10 unit)²."""
+        variance = torch.exp(self.log_variance(out, batch).double())
+        if self.normalization == "standard":
+            variance = variance * self.std**2
+        return variance.to(out.dtype)
+
     def decode(self, out: torch.Tensor, batch=None) -> torch.Tensor:
-        """Network space → physical units (class probabilities for classification)."""
+        """Network space → physical units (class probabilities for classification; the
+        mean of a heteroscedastic model)."""
         if self.task == "classification":
             return torch.softmax(out, dim=-1)
+        if self.heteroscedastic:
+            out, _ = self.split_outputs(out)
         if self.needs_atoms:
             counts, refs = self._per_structure(batch, out)
             y = out.double()

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tlmat.models.targets import Normalization, TargetSpec
 
@@ -18,6 +18,10 @@ class TrainConfig(BaseModel):
     ``plateau_patience`` epochs without improvement, down to ``min_lr`` (Krawczuk &
     Venturi: 0.8, 25, 1e-6); ``cyclic`` is triangular between ``cyclic_low`` × LR and LR
     with a period of ``cyclic_period`` epochs (Hoffmann et al.).
+
+    Losses: ``l1`` and ``mse`` in the normalised target space; ``gaussian_nll`` trains a
+    heteroscedastic model (:class:`~tlmat.models.targets.TargetSpec`: a head of width 2,
+    the mean and log-variance of each structure) on the Gaussian negative log-likelihood.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -30,7 +34,7 @@ class TrainConfig(BaseModel):
     extensive: bool = False
     #: per-element reference values subtracted before fitting (atomic number → unit)
     atom_refs: dict[int, float] | None = None
-    loss: Literal["l1", "mse"] = "l1"
+    loss: Literal["l1", "mse", "gaussian_nll"] = "l1"
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     momentum: float = 0.9
@@ -52,6 +56,17 @@ class TrainConfig(BaseModel):
     precision: Literal["32-true", "64-true", "16-mixed", "bf16-mixed"] = "32-true"
     progress_bar: bool = True
 
+    @model_validator(mode="after")
+    def _loss_fits_the_target(self) -> TrainConfig:
+        if self.loss == "gaussian_nll" and self.normalization == "tanh":
+            # the tanh map is not linear: its space's variance has no value in the unit
+            raise ValueError(
+                "loss gaussian_nll predicts a variance, which needs normalization "
+                "'standard' or 'none' (tanh is not linear, so its variance has no value in "
+                "the target's unit)"
+            )
+        return self
+
     def target_spec(self) -> TargetSpec:
         """The (unfitted) specification of the target this run learns."""
         return TargetSpec(
@@ -61,6 +76,7 @@ class TrainConfig(BaseModel):
             normalization=self.normalization,
             extensive=self.extensive,
             atom_refs=self.atom_refs,
+            heteroscedastic=self.loss == "gaussian_nll",
         )
 
     @classmethod

@@ -227,6 +227,15 @@ def fit(
     )
     target = spec.fit(y_train, atoms)
     model = trained.model
+    if model.head.out_dim != target.out_dim:
+        # before any training: a head of the wrong width would broadcast in the loss
+        needs = "the mean and log-variance" if target.heteroscedastic else "one value"
+        raise ValueError(
+            f"the model's head has {model.head.out_dim} output(s); loss {config.loss} on "
+            f"{config.target!r} needs {target.out_dim} ({needs} per structure). Build the "
+            "model with that width (fresh_model(..., out_dim=config.target_spec().out_dim), "
+            "prepare_transfer(..., out_dim=...)), or fine-tune without --keep-head"
+        )
     model.pooling = target.pooling
     # Lightning keeps each module's mode; a source used for predictions is in eval mode,
     # and batch norm must train (frozen groups go back to eval every epoch)

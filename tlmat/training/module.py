@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -16,6 +17,16 @@ from tlmat.transfer.strategies import keep_frozen_in_eval
 
 class NonFiniteError(ArithmeticError):
     """A training loss or validation error became NaN or infinite."""
+
+
+def gaussian_nll(mean: torch.Tensor, log_variance: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mean Gaussian negative log-likelihood of ``y`` under N(mean, exp(log_variance)),
+    ½·[ln 2π + v + (y − μ)²·e⁻ᵛ] per structure (Lakshminarayanan et al. 2017), in the
+    normalised space. Written with the log-variance, so that no 1/σ² is ever formed."""
+    return (
+        0.5
+        * (math.log(2 * math.pi) + log_variance + (y - mean) ** 2 * torch.exp(-log_variance)).mean()
+    )
 
 
 class PropertyModule(L.LightningModule):
@@ -46,6 +57,9 @@ class PropertyModule(L.LightningModule):
 
     def _loss(self, prediction: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:
         encoded = self.target.encode(y, batch)
+        if self.config.loss == "gaussian_nll":
+            mean, _ = self.target.split_outputs(prediction)
+            return gaussian_nll(mean, self.target.log_variance(prediction, batch), encoded)
         if self.config.loss == "mse":
             return F.mse_loss(prediction, encoded)
         return F.l1_loss(prediction, encoded)
