@@ -81,6 +81,12 @@ def test_cli_train_ensemble_then_predict_with_sigma(data: Path, tmp_path) -> Non
     assert list(frame.columns) == ["id", "heat_ref (eV/cell)", "sigma_a (eV/cell)",
                                    "sigma_e (eV/cell)", "sigma (eV/cell)"]  # fmt: skip
     assert len(frame) == 60 and (frame["sigma (eV/cell)"] >= frame["sigma_a (eV/cell)"]).all()
+    # the spelling, `predict --ensemble DIR STRUCTURES…`, gives the same table
+    again = tmp_path / "pred-again.csv"
+    result = runner.invoke(app, ["predict", "--ensemble", str(tmp_path / "ens"), str(table),
+                                 "-o", str(again), *cache])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(again), frame)
 
 
 def test_cli_finetune_ensemble_of_transferred_members(data: Path, tmp_path) -> None:

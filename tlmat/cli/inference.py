@@ -103,11 +103,19 @@ def _structures(
 def predict(
     checkpoint: Checkpoint,
     structures: Annotated[
-        list[str], typer.Argument(metavar="STRUCTURES", help="Files or folders of structures.")
-    ],
+        list[str] | None,
+        typer.Argument(metavar="STRUCTURES", help="Files or folders of structures."),
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write.")] = Path(
         "predictions.csv"
     ),
+    ensemble: Annotated[
+        str | None,
+        typer.Option(
+            help="An ensemble folder (train/finetune --ensemble N); then every argument "
+            "is a structure source (the same as giving the folder as CHECKPOINT)."
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(help="Processes that parse and build graphs not yet cached [all cores]."),
@@ -137,8 +145,15 @@ def predict(
         tlmat predict cgcnn/formation-energy-per-atom my_cifs/ -o eform.csv
 
         tlmat predict cgcnn/bulk-moduli my_cifs/ --inverse-transform -o bulk_GPa.csv
+
+        tlmat predict --ensemble runs/ens my_cifs/ -o pred.csv   # mean, σ_a, σ_e, σ
     """
     from tlmat.inference import prediction_table
+
+    if ensemble is not None:  # `--ensemble DIR A B`: A is a structure source, not a model
+        structures, checkpoint = [checkpoint, *(structures or [])], ensemble
+    if not structures:
+        fail("no STRUCTURES to predict: give files or folders after the model")
     from tlmat.models.prediction import predict as predict_values
 
     writable_output(output, overwrite)
