@@ -511,3 +511,30 @@ def test_cli_train_and_finetune_ensembles_with_gaussian_nll(data: Path, tmp_path
         np.testing.assert_allclose(sigma**2, sigma_a**2 + sigma_e**2, rtol=1e-5)
     run = json.loads((tmp_path / "finetune" / "member-0" / "run.json").read_text())
     assert run["strategy"]["name"] == "head-only" and run["strategy"]["reinit_head"] is True
+
+
+def test_cli_ensemble_through_submitit_and_slurm_parameters(data: Path, tmp_path) -> None:
+    """Members go through the cluster executor's path (submitit; 'debug' runs its jobs
+    here): the ensemble is complete and its members' logs are in .submitit."""
+    from tlmat.cli.training import slurm_parameters
+    from tlmat.io import read_records, write_csv
+
+    assert slurm_parameters(["partition=cpu", "timeout_min=120", "mem_gb=3.5"]) == {
+        "partition": "cpu",
+        "timeout_min": 120,
+        "mem_gb": 3.5,
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        slurm_parameters(["partition"])
+    table = tmp_path / "perov40.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=40), table)
+    args = ["train", str(table), "-t", "heat_ref", "--unit", "eV/cell", "--model",
+            "cgcnn-small", "--ensemble", "2", "--epochs", "1", "--ensemble-executor", "debug",
+            "--run-dir", str(tmp_path / "ens"), "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(load_ensemble(tmp_path / "ens").members) == 2
+    assert (tmp_path / "ens" / ".submitit").is_dir()
+    bad = CliRunner().invoke(app, [*args[:-4], "--ensemble-executor", "ray", "--run-dir",
+                                   str(tmp_path / "ens2"), *args[-2:]])  # fmt: skip
+    assert bad.exit_code == 1 and "one of local, slurm, debug" in bad.output

@@ -124,6 +124,38 @@ EnsembleWorkers = Annotated[
         "shared between them [one per core, at most N; 1 on a GPU].",
     ),
 ]
+EnsembleExecutor = Annotated[
+    str,
+    typer.Option(
+        help="With --ensemble: where members train: 'local' (processes here), 'slurm' (one "
+        "submitit job per member, as tlmat benchmark's executor) or 'debug' (submitit "
+        "in this process, to try a setup).",
+    ),
+]
+Slurm = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--slurm",
+        help="A submitit SLURM parameter KEY=VALUE (repeatable), e.g. --slurm "
+        "partition=cpu --slurm timeout_min=120 --slurm cpus_per_task=4.",
+    ),
+]
+
+
+def slurm_parameters(items: list[str] | None) -> dict:
+    """``["partition=cpu", "timeout_min=120"]`` → ``{"partition": "cpu", "timeout_min":
+    120}`` (integers and decimals become numbers, as YAML would read them)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm {item!r}: expected KEY=VALUE, e.g. partition=cpu")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 #: the architecture every command trains from scratch unless told otherwise: the shape of
 #: the published Materials Project CGCNNs (64/4/32), so that scratch and transfer compare
 #: like with like (= tlmat.experiments.pretraining.DEFAULT_MODEL, which a test checks)
@@ -352,6 +384,8 @@ def train(
         ),
     ] = 1,
     ensemble_workers: EnsembleWorkers = None,
+    ensemble_executor: EnsembleExecutor = "local",
+    slurm: Slurm = None,
     exclude_ids: Annotated[
         Path | None,
         typer.Option(
@@ -457,6 +491,8 @@ def train(
                 ensemble,
                 overwrite,
                 workers=ensemble_side_by_side(ensemble, ensemble_workers, cfg),
+                executor=_executor(ensemble_executor),
+                slurm=slurm_parameters(slurm),
             )  # fmt: skip
             _ensemble_summary(members, dataset, split, target, unit, run_dir)
             return
@@ -485,6 +521,12 @@ def scratch_member(config: ModelConfig, seed: int, out_dim: int = 1):
     from tlmat.transfer.sources import fresh_model
 
     return fresh_model(config, seed, out_dim=out_dim), None
+
+
+def _executor(name: str):
+    if name not in ("local", "slurm", "debug"):
+        raise ValueError(f"--ensemble-executor {name!r}: one of local, slurm, debug")
+    return name
 
 
 def ensemble_side_by_side(n_members: int, workers: int | None, config: TrainConfig) -> int:
@@ -618,6 +660,8 @@ def finetune(
         ),
     ] = 1,
     ensemble_workers: EnsembleWorkers = None,
+    ensemble_executor: EnsembleExecutor = "local",
+    slurm: Slurm = None,
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
@@ -698,6 +742,8 @@ def finetune(
                 ensemble,
                 overwrite,
                 workers=ensemble_side_by_side(ensemble, ensemble_workers, cfg),
+                executor=_executor(ensemble_executor),
+                slurm=slurm_parameters(slurm),
             )  # fmt: skip
             _ensemble_summary(members, dataset, split, target, unit, run_dir)
             return
