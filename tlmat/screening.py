@@ -690,18 +690,62 @@ def _unique(structures: list[Structure]) -> list[Structure]:
     return [s for s in structures if id(s) in first]
 
 
+def _plot_hull(screening: Screening, ax) -> None:
+    """Predicted formation energies ± k·σ against the found hull at each composition."""
+    if not screening.levels or not screening.levels[0].ids:
+        ax.set_axis_off()
+        return
+    level = screening.levels[0]
+    index = {i: n for n, i in enumerate(screening.ids)}
+    formulas = [screening.formulas[index[i]] for i in level.ids]
+    hull = screening.known + [
+        (screening.formulas[index[i]], e)
+        for i, e in zip(screening.computed_ids, screening.computed_energies, strict=True)
+        if np.isfinite(e)
+    ]
+    # E − (E − hull(x)) = hull(x): the hull's formation energy at each composition
+    at_hull = level.mean - below_hull(formulas, level.mean, hull)
+    for kept, colour, label in ((True, "tab:green", "kept"), (False, "tab:red", "dropped")):
+        sel = level.kept == kept
+        if sel.any():
+            ax.errorbar(at_hull[sel], level.mean[sel], yerr=screening.k * level.sigma[sel],
+                        fmt="o", ms=3, color=colour, elinewidth=0.8,
+                        label=f"{level.name} prediction, {label}")  # fmt: skip
+    computed = dict(zip(screening.computed_ids, screening.computed_energies, strict=True))
+    done = [(at_hull[n], computed[i]) for n, i in enumerate(level.ids) if i in computed]
+    if done:
+        ax.plot(*zip(*done, strict=True), "kx", ms=4, label="oracle")
+    low, high = float(np.min(at_hull)), float(np.max(at_hull))
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot(
+        [low - pad, high + pad], [low - pad, high + pad], color="grey", lw=1, label="hull found"
+    )
+    ax.set_xlabel("hull's formation energy at the composition (eV/atom)")
+    ax.set_ylabel(f"formation energy ± {screening.k:g}σ (eV/atom)")
+    ax.set_title("hull with σ bars", fontsize=10)
+    ax.legend(fontsize=7)
+
+
 def plot_screening(screening: Screening, path: str | Path) -> Path:
-    """One panel per level: E_hull ± k·σ of each candidate (sorted), kept in green,
-    dropped in red, with the oracle's final E_hull where it was computed; a last panel
-    compares the hull found with the all-oracle hull when that is known."""
+    """The hull with σ bars, then one panel per level and the comparison with the
+    all-oracle hull when that is known.
+
+    The hull panel works for any number of elements: each candidate's formation energy
+    (first level's prediction ± k·σ, kept green, dropped red; the oracle's value as a
+    cross) against the formation energy of the hull found at its composition (known
+    phases plus the oracle's results), so the hull is the diagonal and a point below it
+    would be stable. The level panels show E_hull ± k·σ per candidate (sorted), with the
+    oracle's E_hull where it was computed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = len(screening.levels) + (screening.reference_energies is not None)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.2 * max(panels, 1), 4.2), squeeze=False)
+    panels = 1 + len(screening.levels) + (screening.reference_energies is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
     final = screening._final_e_hull()
+    _plot_hull(screening, axes[0][0])
+    axes = axes[:, 1:]
     for ax, level in zip(axes[0], screening.levels, strict=False):
         order = np.argsort(level.e_hull)
         x = np.arange(len(order))
