@@ -147,7 +147,7 @@ def test_screening_refuses_nonsense() -> None:
         screen(["a"], ["HfN"], [Level("x", _fixed_predictor(nan))], oracle)
     with pytest.raises(ValueError, match="k must be"):
         screen(["a"], ["HfN"], [], oracle, k=-1)
-    with pytest.raises(KeyError, match="no formation energy for 1 id"):
+    with pytest.raises(ValueError, match="no formation energy for 1 id"):
         TableOracle({})(["a"])
 
 

@@ -86,7 +86,7 @@ class TableOracle:
         missing = [i for i in ids if i not in self.energies]
         if missing:
             shown = ", ".join(missing[:10]) + (", …" if len(missing) > 10 else "")
-            raise KeyError(f"{self.name}: no formation energy for {len(missing)} id(s): {shown}")
+            raise ValueError(f"{self.name}: no formation energy for {len(missing)} id(s): {shown}")
         return np.array([float(self.energies[i]) for i in ids], dtype=np.float64)
 
     def can_answer_all(self, ids: Iterable[str]) -> bool:
@@ -615,7 +615,7 @@ def ensemble_predictor(ensemble: Ensemble, dataset: GraphDataset) -> Predictor:
     def predict(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         missing = [i for i in ids if i not in where]
         if missing:
-            raise KeyError(
+            raise ValueError(
                 f"{dataset.source}: no structure for {len(missing)} candidate(s) at this "
                 f"level: {', '.join(missing[:10])}"
             )
