@@ -187,6 +187,20 @@ def run_mp(args) -> None:
         "recalibrated-k1": (scale, 1.0),
     }
     out = OUT / "mp"
+    oracle = TableOracle({ds.ids[i]: float(y[i]) for i in candidates}, FULL, "MP DFT")
+    # per system: the candidates' ids and formulas, and the known phases (binaries, elements)
+    per_system = {}
+    for system in args.systems:
+        elements = set(system.split("-"))
+        per_system[system] = (
+            [ds.ids[i] for i in candidates if systems[i] == system],
+            [ds.formulas[i] for i in candidates if systems[i] == system],
+            [
+                (ds.formulas[i], float(y[i]))
+                for i in range(len(ds))
+                if usable[i] and set(systems[i].split("-")) < elements
+            ],
+        )
     results = {}
     for variant, (factor, k) in variants.items():
         sigma = arrays["sigma"] * factor
@@ -197,22 +211,13 @@ def run_mp(args) -> None:
         overall = calibration(y[candidates], arrays["mean"], sigma)
         overall["mae"] = float(np.mean(np.abs(y[candidates] - arrays["mean"])))
         rows = []
-        for system in args.systems:
-            elements = set(system.split("-"))
-            ids = [ds.ids[i] for i in candidates if systems[i] == system]
-            formulas = [ds.formulas[i] for i in candidates if systems[i] == system]
-            known = [
-                (ds.formulas[i], float(y[i]))
-                for i in range(len(ds))
-                if usable[i] and set(systems[i].split("-")) < elements
-            ]
-            oracle = TableOracle({ds.ids[i]: float(y[i]) for i in candidates}, FULL, "MP DFT")
+        for system, (ids, formulas, known) in per_system.items():
             result = screen(
                 ids, formulas, [Level("relaxed", fixed_predictor(predicted))], oracle, known,
                 k=k, reference=True,
             )  # fmt: skip
-            result.write(out / variant / system)
             summary = result.summary()
+            result.write(out / variant / system, summary)
             cal = summary["calibration"][0]
             rows.append(
                 {
@@ -324,8 +329,8 @@ def run_hf(args) -> None:
                 [Level("final", fixed_predictor(predicted))], oracle, known, k=args.k,
                 reference=True,
             )  # fmt: skip
-            result.write(OUT / "hf" / f"{folder}-r{repeat}")
             s = result.summary()
+            result.write(OUT / "hf" / f"{folder}-r{repeat}", s)
             cal = s["calibration"][0]
             results[name].append(
                 {
@@ -411,8 +416,7 @@ def chgnet_levels(run_dir: Path, prerelax_steps: int) -> dict:
         pre_s = time.perf_counter() - tic
         tic = time.perf_counter()
         final, energy, steps = oracle.relax(pre)
-        fractions = structure.composition.fractional_composition
-        e_f = energy - sum(fractions[el] * mu[el.symbol] for el in fractions)
+        e_f = oracle.formation_energy(structure.composition, energy)
         out["candidates"][i] = {
             "unrelaxed": structure.as_dict(),
             "prerelaxed": pre.as_dict(),
@@ -478,7 +482,8 @@ def run_chgnet(args) -> None:
                          "CHGNet 0.3.0 full relaxation")  # fmt: skip
     result = screen(screened, formulas, levels, oracle, known, k=args.k, reference=True)
     out = OUT / (args.name or "chgnet")
-    paths = result.write(out)
+    s = result.summary()
+    paths = result.write(out, s)
     chgnet_seconds = {
         level: float(np.mean([c["seconds"][level] for c in levels_data["candidates"].values()]))
         for level in ("prerelax", "final")
@@ -493,11 +498,10 @@ def run_chgnet(args) -> None:
         "ensemble": {"members": args.members, "epochs": args.epochs, "train_seconds": seconds},
         "chgnet_mean_seconds_per_candidate": chgnet_seconds,
         "costs_core_hours": {**costs, "oracle": EKSTROM_COSTS_CORE_HOURS["final"]},
-        "screening": result.summary(),
+        "screening": s,
         "files": {k: str(v) for k, v in paths.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    s = result.summary()
     print({k: s[k] for k in ("candidates", "levels", "oracle_calls", "oracle_calls_saved",
                              "cost_saved", "precision", "recall", "same_stable_set")})  # fmt: skip
     print(s["calibration"])

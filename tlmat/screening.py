@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -177,6 +178,13 @@ class CHGNetOracle:
         energies = result["trajectory"].energies
         return result["final_structure"], float(energies[-1]) / len(structure), len(energies)
 
+    def formation_energy(self, composition, energy_per_atom: float) -> float:
+        """Formation energy per atom (eV/atom) of a composition whose relaxed energy per
+        atom is ``energy_per_atom``, against the references' chemical potentials."""
+        mu = self.chemical_potentials()
+        fractions = composition.fractional_composition
+        return energy_per_atom - sum(fractions[el] * mu[el.symbol] for el in fractions)
+
     def chemical_potentials(self) -> dict[str, float]:
         """Lowest relaxed energy per atom of each element among the references (eV/atom)."""
         if self._mu is None:
@@ -211,13 +219,25 @@ class CHGNetOracle:
                 continue
             seconds = time.perf_counter() - tic
             spent += seconds
-            fractions = structure.composition.fractional_composition
-            out[n] = energy - sum(fractions[el] * mu[el.symbol] for el in fractions)
+            out[n] = self.formation_energy(structure.composition, energy)
             self.relaxed[i] = relaxed
             self.log[i] = {"steps": steps, "converged": steps < self.steps, "seconds": seconds}
         if len(ids):
             self.cost_core_hours = spent * torch.get_num_threads() / 3600 / len(ids)
         return out
+
+
+def _read_table(path: Path, columns: Sequence[str], what: str) -> pd.DataFrame:
+    """A CSV or JSON table that must have ``columns``; a missing one is an error naming
+    the file and the columns it has."""
+    frame = pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
+    for column in columns:
+        if column not in frame.columns:
+            raise ValueError(
+                f"{path}: {what} has no column {column!r} (columns: "
+                f"{', '.join(map(str, frame.columns))})"
+            )
+    return frame
 
 
 def read_energy_table(
@@ -226,13 +246,7 @@ def read_energy_table(
     """``key → formation energy per atom (eV/atom)`` from a CSV or JSON table; a row
     without a finite energy is an error naming the row."""
     path = Path(path)
-    frame = pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
-    for column in (key_column, energy_column):
-        if column not in frame.columns:
-            raise ValueError(
-                f"{path}: {what} table has no column {column!r} (columns: "
-                f"{', '.join(map(str, frame.columns))})"
-            )
+    frame = _read_table(path, (key_column, energy_column), f"{what} table")
     values = pd.to_numeric(frame[energy_column], errors="coerce")
     bad = np.flatnonzero(~np.isfinite(values.to_numpy(dtype=np.float64)))
     if len(bad):
@@ -252,14 +266,33 @@ def read_known_phases(
     path: str | Path, energy_column: str, formula_column: str = "formula"
 ) -> list[tuple[str, float]]:
     """Known phases ``(formula, formation energy per atom in eV/atom)`` from a table."""
-    path = Path(path)
-    frame = pd.read_json(path) if path.suffix == ".json" else pd.read_csv(path)
-    for column in (formula_column, energy_column):
-        if column not in frame.columns:
-            raise ValueError(f"{path}: known-phases table has no column {column!r}")
+    frame = _read_table(Path(path), (formula_column, energy_column), "known-phases table")
     return [
         (str(f), float(e)) for f, e in zip(frame[formula_column], frame[energy_column], strict=True)
     ]
+
+
+def _entries(phases: Iterable[tuple[str, float]]) -> list:
+    """pymatgen ``PDEntry`` s of ``(formula, formation energy per atom in eV/atom)``."""
+    from pymatgen.analysis.phase_diagram import PDEntry
+    from pymatgen.core import Composition
+
+    out = []
+    for formula, energy in phases:
+        composition = Composition(formula)
+        out.append(PDEntry(composition, float(energy) * composition.num_atoms))
+    return out
+
+
+def _phase_diagram(entries: list, also_elements_of: Sequence = ()):
+    """The ``PhaseDiagram`` of formation-energy entries, each element (of the entries and
+    of ``also_elements_of``) added at 0 eV/atom: the references formation energies use."""
+    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
+    from pymatgen.core import Composition
+
+    elements = {el for e in [*entries, *also_elements_of] for el in e.composition.elements}
+    references = [PDEntry(Composition(el.symbol), 0.0) for el in sorted(elements)]
+    return PhaseDiagram(references + entries)
 
 
 def hull_energies(
@@ -270,18 +303,8 @@ def hull_energies(
     """Energy above the convex hull (eV/atom, ≥ 0) of each candidate, the hull built from
     the known phases plus the candidates themselves (formation energies per atom; each
     element's reference is 0 eV/atom unless a known phase is lower)."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition
-
-    def entry(formula: str, energy: float) -> PDEntry:
-        composition = Composition(formula)
-        return PDEntry(composition, float(energy) * composition.num_atoms)
-
-    known_entries = [entry(f, e) for f, e in known]
-    candidates = [entry(f, e) for f, e in zip(formulas, energies, strict=True)]
-    elements = {el for e in known_entries + candidates for el in e.composition.elements}
-    references = [PDEntry(Composition(el.symbol), 0.0) for el in sorted(elements)]
-    diagram = PhaseDiagram(references + known_entries + candidates)
+    candidates = _entries(zip(formulas, energies, strict=True))
+    diagram = _phase_diagram(_entries(known) + candidates)
     return np.array([diagram.get_e_above_hull(c) for c in candidates], dtype=np.float64)
 
 
@@ -290,17 +313,8 @@ def below_hull(
 ) -> np.ndarray:
     """Energy (eV/atom) of each phase relative to the hull of ``hull`` alone: negative
     where the phase lies below it (the hull missed it by that much)."""
-    from pymatgen.analysis.phase_diagram import PDEntry, PhaseDiagram
-    from pymatgen.core import Composition
-
-    entries = [PDEntry(Composition(f), e * Composition(f).num_atoms) for f, e in hull]
-    probes = [
-        PDEntry(Composition(f), e * Composition(f).num_atoms)
-        for f, e in zip(formulas, energies, strict=True)
-    ]
-    elements = {el for e in entries + probes for el in e.composition.elements}
-    references = [PDEntry(Composition(el.symbol), 0.0) for el in sorted(elements)]
-    diagram = PhaseDiagram(references + entries)
+    probes = _entries(zip(formulas, energies, strict=True))
+    diagram = _phase_diagram(_entries(hull), also_elements_of=probes)
     return np.array(
         [diagram.get_decomp_and_e_above_hull(p, allow_negative=True)[1] for p in probes]
     )
@@ -340,10 +354,45 @@ class Screening:
     oracle_cost_core_hours: float  # per candidate
     computed_ids: list[str]
     computed_energies: np.ndarray  # eV/atom, NaN where the oracle failed
-    found_stable: list[str]  # candidates on the final hull
+    #: E_hull (eV/atom) of each computed candidate on the hull found (known + computed)
+    computed_e_hull: dict[str, float]
     reference_energies: np.ndarray | None = None  # the oracle's value for every candidate
-    reference_stable: list[str] = field(default_factory=list)
+    reference_e_hull: np.ndarray | None = None  # E_hull of every candidate, all-oracle hull
     seconds: float = 0.0
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {i: n for n, i in enumerate(self.ids)}
+
+    @property
+    def found_stable(self) -> list[str]:
+        """Candidates on the hull found."""
+        return [i for i, h in self.computed_e_hull.items() if h <= ON_HULL_TOL]
+
+    @property
+    def reference_stable(self) -> list[str]:
+        """Candidates on the all-oracle hull (empty when it is not known)."""
+        if self.reference_e_hull is None:
+            return []
+        return [i for i, h in zip(self.ids, self.reference_e_hull, strict=True) if h <= ON_HULL_TOL]
+
+    def found_hull(self) -> list[tuple[str, float]]:
+        """The phases of the hull found: known ones and the oracle's results."""
+        return self.known + [
+            (self.formulas[self._index[i]], e)
+            for i, e in zip(self.computed_ids, self.computed_energies, strict=True)
+            if np.isfinite(e)
+        ]
+
+    def recovery(self) -> tuple[float, float]:
+        """Precision and recall of hull membership against the all-oracle hull (NaN
+        where a set is empty)."""
+        found, ref = set(self.found_stable), set(self.reference_stable)
+        hit = len(found & ref)
+        return (
+            hit / len(found) if found else float("nan"),
+            hit / len(ref) if ref else float("nan"),
+        )
 
     # costs --------------------------------------------------------------------------
     @property
@@ -370,16 +419,11 @@ class Screening:
         lost = [i for i in self.reference_stable if i not in set(self.found_stable)]
         if not lost:
             return []
-        index = {i: n for n, i in enumerate(self.ids)}
-        found_hull = self.known + [
-            (self.formulas[index[i]], e)
-            for i, e in zip(self.computed_ids, self.computed_energies, strict=True)
-            if np.isfinite(e)
-        ]
+        index = self._index
         depth = below_hull(
             [self.formulas[index[i]] for i in lost],
             np.array([self.reference_energies[index[i]] for i in lost]),
-            found_hull,
+            self.found_hull(),
         )
         rows = []
         for i, below in zip(lost, depth, strict=True):
@@ -429,13 +473,12 @@ class Screening:
             "seconds": self.seconds,
         }
         if self.reference_energies is not None:
-            found, ref = set(self.found_stable), set(self.reference_stable)
-            hit = len(found & ref)
+            precision, recall = self.recovery()
             out.update(
-                reference_stable=sorted(ref),
-                same_stable_set=found == ref,
-                precision=hit / len(found) if found else float("nan"),
-                recall=hit / len(ref) if ref else float("nan"),
+                reference_stable=sorted(self.reference_stable),
+                same_stable_set=set(self.found_stable) == set(self.reference_stable),
+                precision=precision,
+                recall=recall,
                 missed=self.missed(),
                 calibration=self.calibration(),
             )
@@ -448,10 +491,9 @@ class Screening:
 
         if self.reference_energies is None:
             return []
-        index = {i: n for n, i in enumerate(self.ids)}
         rows = []
         for level in self.levels:
-            y = np.array([self.reference_energies[index[i]] for i in level.ids])
+            y = np.array([self.reference_energies[self._index[i]] for i in level.ids])
             if len(y) < 2:
                 continue
             scores = calibration(y, level.mean, level.sigma)
@@ -480,7 +522,7 @@ class Screening:
             ]
         computed = dict(zip(self.computed_ids, self.computed_energies, strict=True))
         frame[f"oracle E_f{unit}"] = [computed.get(i, np.nan) for i in self.ids]
-        final = self._final_e_hull()
+        final = self.computed_e_hull
         frame[f"computed E_hull{unit}"] = [final.get(i, np.nan) for i in self.ids]
         frame["on found hull"] = [i in set(self.found_stable) for i in self.ids]
         if self.reference_energies is not None:
@@ -488,22 +530,9 @@ class Screening:
             frame["on all-oracle hull"] = [i in set(self.reference_stable) for i in self.ids]
         return frame
 
-    def _final_e_hull(self) -> dict[str, float]:
-        index = {i: n for n, i in enumerate(self.ids)}
-        done = [
-            (i, e)
-            for i, e in zip(self.computed_ids, self.computed_energies, strict=True)
-            if np.isfinite(e)
-        ]
-        if not done:
-            return {}
-        e_hull = hull_energies(
-            [self.formulas[index[i]] for i, _ in done], np.array([e for _, e in done]), self.known
-        )
-        return {i: float(h) for (i, _), h in zip(done, e_hull, strict=True)}
-
-    def write(self, folder: str | Path) -> dict[str, Path]:
-        """``screening.csv``, ``summary.json`` and ``screening.png`` in ``folder``."""
+    def write(self, folder: str | Path, summary: dict[str, Any] | None = None) -> dict[str, Path]:
+        """``screening.csv``, ``summary.json`` (``summary``, if already made) and
+        ``screening.png`` in ``folder``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         paths = {
@@ -512,7 +541,7 @@ class Screening:
             "figure": folder / "screening.png",
         }
         self.table().to_csv(paths["table"], index=False)
-        paths["summary"].write_text(json.dumps(_plain(self.summary()), indent=2))
+        paths["summary"].write_text(json.dumps(_plain(summary or self.summary()), indent=2))
         plot_screening(self, paths["figure"])
         return paths
 
@@ -576,7 +605,14 @@ def screen(
             )
         )
         alive = [i for i, keep in zip(alive, kept, strict=True) if keep]
-    computed = oracle(alive) if alive else np.zeros(0)
+    computed = np.asarray(oracle(alive) if alive else np.zeros(0), dtype=np.float64)
+    done = [(i, e) for i, e in zip(alive, computed, strict=True) if np.isfinite(e)]
+    computed_e_hull = {}
+    if done:
+        e_hull = hull_energies(
+            [formulas[index[i]] for i, _ in done], np.array([e for _, e in done]), known
+        )
+        computed_e_hull = {i: float(h) for (i, _), h in zip(done, e_hull, strict=True)}
     screening = Screening(
         ids,
         formulas,
@@ -586,17 +622,12 @@ def screen(
         oracle.name,
         oracle.cost_core_hours,
         alive,
-        np.asarray(computed, dtype=np.float64),
-        [],
+        computed,
+        computed_e_hull,
     )
-    final = screening._final_e_hull()
-    screening.found_stable = [i for i, h in final.items() if h <= ON_HULL_TOL]
     if reference:
         screening.reference_energies = oracle(ids)
-        e_hull = hull_energies(formulas, screening.reference_energies, known)
-        screening.reference_stable = [
-            i for i, h in zip(ids, e_hull, strict=True) if h <= ON_HULL_TOL
-        ]
+        screening.reference_e_hull = hull_energies(formulas, screening.reference_energies, known)
     screening.seconds = time.perf_counter() - start
     return screening
 
@@ -639,7 +670,6 @@ def decorate(
     from itertools import permutations
 
     from pymatgen.core import Element
-    from pymatgen.transformations.standard_transformations import SubstitutionTransformation
 
     targets = [Element(e) for e in elements]
     out: list[Structure] = []
@@ -649,11 +679,7 @@ def decorate(
             continue
         for assignment in permutations(targets):
             mapping = {s: t.symbol for s, t in zip(species, assignment, strict=True)}
-            candidate = SubstitutionTransformation(mapping).apply_transformation(prototype)
-            if scale_volume:
-                ratio = _atomic_volume(candidate) / _atomic_volume(prototype)
-                candidate = candidate.scale_lattice(prototype.volume * ratio)
-            out.append(candidate)
+            out.append(_substituted(prototype, mapping, scale_volume))
     return _unique(out)
 
 
@@ -661,18 +687,25 @@ def substitute(prototypes: Iterable[Structure], mapping: Mapping[str, str]) -> l
     """Candidates by one chemically chosen substitution (e.g. ``{"Ti": "Hf", "Zr": "Hf"}``)
     of every prototype that holds one of the replaced elements, the cell rescaled by the
     atomic radii cubed as in :func:`decorate`; symmetry-equivalent results kept once."""
-    from pymatgen.transformations.standard_transformations import SubstitutionTransformation
-
     out = []
     for prototype in prototypes:
         present = {s.specie.symbol for s in prototype}
         used = {a: b for a, b in mapping.items() if a in present}
-        if not used:
-            continue
-        candidate = SubstitutionTransformation(used).apply_transformation(prototype)
-        ratio = _atomic_volume(candidate) / _atomic_volume(prototype)
-        out.append(candidate.scale_lattice(prototype.volume * ratio))
+        if used:
+            out.append(_substituted(prototype, used))
     return _unique(out)
+
+
+def _substituted(prototype: Structure, mapping: Mapping[str, str], scale_volume: bool = True):
+    """``prototype`` with its elements replaced (pymatgen's ``SubstitutionTransformation``),
+    the cell rescaled by the ratio of the atoms' volumes (atomic radii cubed)."""
+    from pymatgen.transformations.standard_transformations import SubstitutionTransformation
+
+    candidate = SubstitutionTransformation(dict(mapping)).apply_transformation(prototype)
+    if not scale_volume:
+        return candidate
+    ratio = _atomic_volume(candidate) / _atomic_volume(prototype)
+    return candidate.scale_lattice(prototype.volume * ratio)
 
 
 def _atomic_volume(structure: Structure) -> float:
@@ -696,15 +729,9 @@ def _plot_hull(screening: Screening, ax) -> None:
         ax.set_axis_off()
         return
     level = screening.levels[0]
-    index = {i: n for n, i in enumerate(screening.ids)}
-    formulas = [screening.formulas[index[i]] for i in level.ids]
-    hull = screening.known + [
-        (screening.formulas[index[i]], e)
-        for i, e in zip(screening.computed_ids, screening.computed_energies, strict=True)
-        if np.isfinite(e)
-    ]
+    formulas = [screening.formulas[screening._index[i]] for i in level.ids]
     # E − (E − hull(x)) = hull(x): the hull's formation energy at each composition
-    at_hull = level.mean - below_hull(formulas, level.mean, hull)
+    at_hull = level.mean - below_hull(formulas, level.mean, screening.found_hull())
     for kept, colour, label in ((True, "tab:green", "kept"), (False, "tab:red", "dropped")):
         sel = level.kept == kept
         if sel.any():
@@ -743,7 +770,7 @@ def plot_screening(screening: Screening, path: str | Path) -> Path:
 
     panels = 1 + len(screening.levels) + (screening.reference_energies is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
-    final = screening._final_e_hull()
+    final = screening.computed_e_hull
     _plot_hull(screening, axes[0][0])
     axes = axes[:, 1:]
     for ax, level in zip(axes[0], screening.levels, strict=False):
@@ -772,7 +799,7 @@ def plot_screening(screening: Screening, path: str | Path) -> Path:
         ax.legend(fontsize=8)
     if screening.reference_energies is not None:
         ax = axes[0][-1]
-        e_ref = hull_energies(screening.formulas, screening.reference_energies, screening.known)
+        e_ref = screening.reference_e_hull
         first = screening.levels[0] if screening.levels else None
         if first is not None:
             at = {i: n for n, i in enumerate(first.ids)}
@@ -789,12 +816,10 @@ def plot_screening(screening: Screening, path: str | Path) -> Path:
             )
         lim = max(float(np.max(e_ref)) if len(e_ref) else 0.1, 0.1)
         ax.plot([0, lim], [0, lim], color="grey", lw=0.8)
-        summary = screening.summary()
+        precision, recall = screening.recovery()
         ax.set_xlabel("all-oracle E_hull (eV/atom)")
         ax.set_ylabel("predicted E_hull (eV/atom)")
-        ax.set_title(
-            f"stable set: precision {summary['precision']:.2f}, recall {summary['recall']:.2f}"
-        )
+        ax.set_title(f"stable set: precision {precision:.2f}, recall {recall:.2f}")
         ax.legend(fontsize=8)
     fig.suptitle(
         f"{len(screening.ids)} candidates, {len(screening.computed_ids)} sent to "

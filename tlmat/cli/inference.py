@@ -63,7 +63,7 @@ def _model_or_ensemble(checkpoint: str):
     return load_source(checkpoint), None
 
 
-def _structures(
+def model_structures(
     trained: TrainedModel,
     sources: list[str],
     cache_dir,
@@ -73,6 +73,8 @@ def _structures(
     disorder: str = "skip",
     workers: int = 1,
 ) -> GraphDataset:
+    """One dataset of every structure source, built with the model's graph settings and
+    element checks; skipped structures are printed as a table."""
     from tlmat.data import concat, load_dataset
     from tlmat.datasets import resolve
 
@@ -160,7 +162,7 @@ def predict(
     with reported_errors():
         trained, members = _model_or_ensemble(checkpoint)
         trained.model.to(device)
-        dataset = _structures(
+        dataset = model_structures(
             trained,
             structures,
             cache_dir,
@@ -233,7 +235,7 @@ def embed(
     with reported_errors():
         trained, _ = _model_or_ensemble(checkpoint)  # an ensemble: its first member's features
         trained.model.to(device)
-        dataset = _structures(trained, [data], cache_dir, (), strict, on_duplicate, disorder)
+        dataset = model_structures(trained, [data], cache_dir, (), strict, on_duplicate, disorder)
     try:
         features, columns = layer_feature_table(trained, dataset, layers=layers or "embedding_out")
     except ValueError as error:
@@ -363,7 +365,9 @@ def evaluate(
             if recalibrate:  # refused before the data is read, not after
                 check_own_manifest(Path(checkpoint))
             paths = _figure_paths(Path(checkpoint), figures, _data_label(data), overwrite)
-        dataset = _structures(trained, [data], cache_dir, [target], strict, on_duplicate, disorder)
+        dataset = model_structures(
+            trained, [data], cache_dir, [target], strict, on_duplicate, disorder
+        )
     truth = dataset.targets[target]
     if members is not None:
         _evaluate_ensemble(checkpoint, members, dataset, data, target, output, paths, recalibrate)

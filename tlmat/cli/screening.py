@@ -19,7 +19,6 @@ from tlmat.cli.common import (
     Strict,
     console,
     reported_errors,
-    skipped_table,
     writable_output,
 )
 
@@ -229,6 +228,8 @@ def screen(
             ]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)} (or pass --config)")
+            # `chgnet` or `chgnet/VERSION` names the calculator; anything else is a table
+            chgnet = (oracle.partition("/")[2] or "0.3.0") if oracle.startswith("chgnet") else None
             spec = ScreenConfig(
                 levels=[
                     LevelConfig(
@@ -239,10 +240,8 @@ def screen(
                     )
                 ],
                 oracle=OracleConfig(
-                    table=None if oracle.startswith("chgnet") else oracle,
-                    chgnet=(oracle.partition("/")[2] or "0.3.0")
-                    if oracle.startswith("chgnet")
-                    else None,
+                    table=None if chgnet else oracle,
+                    chgnet=chgnet,
                     references=references or [],
                     id_column=oracle_id,
                     energy_column=oracle_energy,
@@ -277,11 +276,12 @@ def screen(
             the_oracle = _chgnet_oracle(spec, strict, disorder)
             compare = bool(reference)
         result = run_screen(ids, formulas, levels, the_oracle, phases, spec.k, compare)
-        paths = result.write(output)
+        summary = result.summary()
+        paths = result.write(output, summary)
         if getattr(the_oracle, "relaxed", None):
             _write_relaxed(the_oracle, output / "relaxed.extxyz")
             paths["relaxed"] = output / "relaxed.extxyz"
-    _print(result.summary())
+    _print(summary)
     if reference is None and not compare:
         console.print("no all-oracle comparison: the oracle table lacks some candidates")
     console.print(f"→ {', '.join(str(p) for p in paths.values())}")
@@ -358,8 +358,7 @@ def _write_relaxed(oracle, path: Path) -> None:
 def _levels(spec: ScreenConfig, cache_dir, strict, on_duplicate, disorder):
     """The levels with their predictors, and the candidates (ids, reduced formulas) of
     the first level; every later level must hold structures for the same ids."""
-    from tlmat.data import concat, load_dataset
-    from tlmat.datasets import resolve
+    from tlmat.cli.inference import model_structures
     from tlmat.screening import Level, ensemble_predictor
     from tlmat.uncertainty import is_ensemble, load_ensemble
 
@@ -371,25 +370,10 @@ def _levels(spec: ScreenConfig, cache_dir, strict, on_duplicate, disorder):
                 "needs σ — train one with `tlmat finetune … --ensemble 5`"
             )
         members = load_ensemble(level.ensemble)
-        model = members.members[0].model
-        dataset = None
-        for source in level.structures:
-            part = load_dataset(
-                resolve(source),
-                model.graph_settings,
-                [],
-                cache_dir=cache_dir,
-                elements=model.elements,
-                progress=True,
-                strict=strict,
-                on_duplicate=on_duplicate,
-                disorder=disorder,
-                workers=os.cpu_count() or 1,
-            )
-            dataset = part if dataset is None else concat(dataset, part)
-        skipped = skipped_table(dataset.log)
-        if skipped is not None:
-            console.print(skipped)
+        dataset = model_structures(
+            members.members[0], level.structures, cache_dir, (), strict, on_duplicate,
+            disorder, os.cpu_count() or 1,
+        )  # fmt: skip
         if ids is None:
             ids, formulas = list(dataset.ids), list(dataset.formulas)
         else:
