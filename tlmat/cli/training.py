@@ -435,6 +435,7 @@ def train(
     note_run_dir(run_dir, Path("runs/train"))
     with reported_errors():
         check_run_dir(run_dir, overwrite, finished_ok=True)  # before the slow work
+        executor, slurm_options = _executor(ensemble_executor), slurm_parameters(slurm)
         cfg = training_config(
             config,
             target,
@@ -491,8 +492,8 @@ def train(
                 ensemble,
                 overwrite,
                 workers=ensemble_side_by_side(ensemble, ensemble_workers, cfg),
-                executor=_executor(ensemble_executor),
-                slurm=slurm_parameters(slurm),
+                executor=executor,
+                slurm=slurm_options,
             )  # fmt: skip
             _ensemble_summary(members, dataset, split, target, unit, run_dir)
             return
@@ -686,6 +687,7 @@ def finetune(
 
     note_run_dir(run_dir, Path("runs/finetune"))
     with reported_errors():
+        executor, slurm_options = _executor(ensemble_executor), slurm_parameters(slurm)
         cfg = training_config(
             config,
             target,
@@ -742,8 +744,8 @@ def finetune(
                 ensemble,
                 overwrite,
                 workers=ensemble_side_by_side(ensemble, ensemble_workers, cfg),
-                executor=_executor(ensemble_executor),
-                slurm=slurm_parameters(slurm),
+                executor=executor,
+                slurm=slurm_options,
             )  # fmt: skip
             _ensemble_summary(members, dataset, split, target, unit, run_dir)
             return
