@@ -131,17 +131,23 @@ def add_line_graphs(
         # atom's d × d Gram matrix of unit bond vectors without its diagonal, row by row
         unit = unit.reshape(-1, degree, 3)
         gram = np.matmul(unit, unit.transpose(0, 2, 1))
-        cos = gram[:, ~np.eye(degree, dtype=bool)].ravel()
+        # without the diagonal, in row order: drop the first entry of the flattened
+        # d × d block, and the diagonal falls into the last column of a d − 1 by d + 1 view
+        n_centres = len(gram)
+        flat = gram.reshape(n_centres, degree * degree)[:, 1:]
+        cos = flat.reshape(n_centres, degree - 1, degree + 1)[:, :, :degree].reshape(-1)
     else:
         cos = np.einsum("ij,ij->i", unit[line[0]], unit[line[1]])
     cos = np.clip(cos, -1.0, 1.0).astype(np.float32)
     line = line.astype(np.int32)
     # both bonds of a pair belong to one graph, and pairs come sorted by their first bond
     bounds = np.searchsorted(line[0], np.r_[edge_offsets, n_bonds])
+    # back to each graph's own bond numbers in one pass; the graphs then hold views
+    line -= np.repeat(edge_offsets.astype(np.int32), np.diff(bounds))
     for k, graph in enumerate(graphs):
         lo, hi = bounds[k], bounds[k + 1]
-        graph.line_index = line[:, lo:hi] - np.int32(edge_offsets[k])
-        graph.line_cos = cos[lo:hi].copy()
+        graph.line_index = line[:, lo:hi]
+        graph.line_cos = cos[lo:hi]
 
 
 def graph_arrays(

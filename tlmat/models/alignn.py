@@ -138,22 +138,28 @@ class EdgeGatedConv(nn.Module):
         """``index`` (2, E): messages flow from ``index[0]`` to ``index[1]``."""
         source, target = index
         n, width = nodes.shape
-        # A and V both act on the sending node: one product and one gather for the two
-        # (index_select, whose backward is a plain index_add, unlike tensor[index])
-        sending = F.linear(
+        # A, V and B act on nodes: one product over the nodes, split there and gathered
+        # per edge with index_select, so that no edge-sized tensor is concatenated or
+        # sliced (a slice's backward fills an edge-sized zero tensor) and the sums are
+        # index_add, whose backward is a plain index_select (scatter's is a gather)
+        on_nodes = F.linear(
             nodes,
-            torch.cat([self.gate_source.weight, self.update_neighbor.weight]),
-            torch.cat([self.gate_source.bias, self.update_neighbor.bias]),
-        ).index_select(0, source)
-        logits = (
-            sending[:, :width]
-            + self.gate_target(nodes).index_select(0, target)
-            + self.gate_edge(edges)
+            torch.cat(
+                [self.gate_source.weight, self.update_neighbor.weight, self.gate_target.weight]
+            ),
+            torch.cat([self.gate_source.bias, self.update_neighbor.bias, self.gate_target.bias]),
         )
+        sending, neighbor, receiving = on_nodes.split(width, dim=1)
+        logits = torch.addmm(
+            sending.index_select(0, source) + receiving.index_select(0, target),
+            edges,
+            self.gate_edge.weight.t(),
+        ).add_(self.gate_edge.bias)
         gate = torch.sigmoid(logits)
-        # Σ_j σ_ij ⊙ V h_j and Σ_j σ_ij in one scatter
-        sums = scatter(torch.cat([gate * sending[:, width:], gate], dim=1), target, 0, dim_size=n)
-        update = self.update_self(nodes) + sums[:, :width] / (sums[:, width:] + 1e-6)
+        zeros = nodes.new_zeros(n, width)
+        numerator = zeros.index_add(0, target, gate * neighbor.index_select(0, source))
+        denominator = zeros.index_add(0, target, gate)
+        update = self.update_self(nodes) + numerator / (denominator + 1e-6)
         nodes = nodes + F.silu(self.norm_nodes(update))
         edges = edges + F.silu(self.norm_edges(logits))
         return nodes, edges
