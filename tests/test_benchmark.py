@@ -332,7 +332,7 @@ def test_model_zoo_grid_pretrains_and_transfers_every_architecture(
         assert summary["n_excluded_same_id"] > 0  # shared test materials were removed
         for method in ("full", "freeze-embedding"):
             assert f"| {method} [{name}] |" in report
-    assert architectures == set(registry.names())
+    assert architectures == set(registry.names(foundation=False))
     for method in ("base", "scratch", "scratch-schnet", "scratch-alignn", "scratch-cgat"):
         assert f"| {method} |" in report
     # every network saw the same test materials

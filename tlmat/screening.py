@@ -94,19 +94,12 @@ class TableOracle:
         return all(i in self.energies for i in ids)
 
 
-#: SHA-256 of the CHGNet weights inside the ``chgnet`` wheel, by version
-CHGNET_WEIGHTS: dict[str, tuple[str, str]] = {
-    "0.3.0": (
-        "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
-        "d14ab7c0f093efe64b60a7bcd540bca10e74fb7f46c86108a079af60524659d1",
-    ),
+#: SHA-256 of CHGNet weights inside the ``chgnet`` wheel that are not transfer sources
+#: (those are :data:`tlmat.models.chgnet.PUBLISHED`), by version
+OTHER_CHGNET_WEIGHTS: dict[str, tuple[str, str]] = {
     "0.2.0": (
         "pretrained/0.2.0/chgnet_0.2.0_e30f77s348m32.pth.tar",
         "ef624f78b6db9d315b4ef256f1bb3207449924191b91720dc17d3f60c5df980e",
-    ),
-    "r2scan": (
-        "pretrained/r2scan/chgnet_r2scan_transfer_learning_e15f36s161m23.pth.tar",
-        "8eba3db0f35a2788bb3ae22885ad340591e27996f213c6643af522a633b50dad",
     ),
 }
 
@@ -126,10 +119,13 @@ def load_chgnet(version: str = "0.3.0"):
     import torch
 
     from tlmat.datasets import sha256sum
+    from tlmat.models.chgnet import PUBLISHED
 
-    if version not in CHGNET_WEIGHTS:
-        raise ValueError(f"unknown CHGNet version {version!r}; known: {', '.join(CHGNET_WEIGHTS)}")
-    relative, checksum = CHGNET_WEIGHTS[version]
+    weights = {v: (file, checksum) for v, (file, checksum, _) in PUBLISHED.items()}
+    weights.update(OTHER_CHGNET_WEIGHTS)
+    if version not in weights:
+        raise ValueError(f"unknown CHGNet version {version!r}; known: {', '.join(weights)}")
+    relative, checksum = weights[version]
     path = Path(chgnet.__file__).parent / relative
     if sha256sum(path) != checksum:
         raise ValueError(f"{path}: checksum differs from CHGNet {version}'s published weights")

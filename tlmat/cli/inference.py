@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tlmat.cli.common import (
@@ -480,7 +481,11 @@ def models() -> None:
         architecture = registry.get(name)
         for label, settings in [(name, {}), *architecture.presets.items()]:
             config = registry.model_config({"architecture": name, **settings})
-            model = registry.build(config)
+            try:
+                model = registry.build(config)
+            except ImportError as error:  # an optional package (tlmat[foundation])
+                archs.add_row(label, "", "", "", escape(str(error)))
+                continue
             graph = config.graph_settings()
             neighbours = (
                 (f"{graph.max_neighbors} nearest" if graph.max_neighbors else "all")
@@ -509,12 +514,21 @@ def models() -> None:
             entry.description,
             "yes" if local else "downloaded on first use",
         )
+    published = {
+        name: registry.get(architecture).sources[name]
+        for name, architecture in registry.sources().items()
+    }
+    for name, entry in published.items():
+        table.add_row(name, registry.sources()[name], entry.description, "in its package")
     console.print(table)
     for name, entry in PRETRAINED.items():
         console.print(f"{name}: {entry.url} (sha256 {entry.sha256})", soft_wrap=True)
+    for name, entry in published.items():
+        console.print(f"{name}: {entry.location} (sha256 {entry.sha256})", soft_wrap=True)
     console.print(
         "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "
-        "2018), MIT licence. Loaded with torch.load(weights_only=True)."
+        "2018), MIT licence. Foundation models from their packages' own files "
+        "(pip install 'tlmat\\[foundation]'). All loaded with torch.load(weights_only=True)."
     )
 
 

@@ -28,6 +28,7 @@ MODULES: dict[str, str] = {
     "alignn": "tlmat.models.alignn",
     "cgat": "tlmat.models.cgat",
     "schnet": "tlmat.models.schnet",
+    "chgnet": "tlmat.models.chgnet",
 }
 
 
@@ -47,12 +48,25 @@ class Importer:
 
 
 @dataclass(frozen=True)
+class Published:
+    """A published model an architecture loads from files it knows itself (a package's
+    own weights): what ``Architecture.load_source`` takes, what it predicts, where the
+    weights are and their SHA-256."""
+
+    version: str
+    description: str
+    location: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Architecture:
     """One registered architecture.
 
     ``build(config, state)``: a model with random weights; ``state`` is the state dict
     about to be loaded into it, when there is one (so element tables can come from it
-    instead of from a file).
+    instead of from a file). ``sources``: published models the architecture loads from
+    files it knows itself (a package's own weights), by name.
     """
 
     name: str
@@ -62,11 +76,16 @@ class Architecture:
     reference: str
     presets: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     importer: Importer | None = None
+    sources: Mapping[str, Published] = field(default_factory=dict)
+    load_source: Callable[[str], TrainedModel] | None = None
+    #: a foundation model, whose worth is its published weights (trained on far more
+    #: data than a grid here pretrains on): the model-zoo grids leave it out
+    foundation: bool = False
 
 
-def names() -> list[str]:
-    """Registered architecture names."""
-    return list(MODULES)
+def names(foundation: bool = True) -> list[str]:
+    """Registered architecture names (``foundation=False``: without foundation models)."""
+    return [name for name in MODULES if foundation or not get(name).foundation]
 
 
 def get(name: str) -> Architecture:
@@ -137,3 +156,21 @@ def parameter_count(config: ModelConfig) -> int:
     """Number of trainable parameters of a model of ``config`` (one output)."""
     model = build(config)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def sources() -> dict[str, str]:
+    """Published models the architectures load themselves, name → architecture (e.g.
+    ``chgnet/0.3.0`` → ``chgnet``)."""
+    return {source: name for name in MODULES for source in get(name).sources}
+
+
+def load_published(source: str) -> TrainedModel:
+    """A published model by its registered name (:func:`sources`)."""
+    known = sources()
+    if source not in known:
+        raise ValueError(f"unknown published model {source!r}; known: {', '.join(known)}")
+    architecture = get(known[source])
+    assert architecture.load_source is not None
+    trained = architecture.load_source(architecture.sources[source].version)
+    trained.provenance["name"] = source
+    return trained

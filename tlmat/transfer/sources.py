@@ -31,8 +31,11 @@ PRETRAINED = {name: entry for name, entry in REGISTRY.items() if entry.architect
 
 
 def load_source(source: str | Path) -> TrainedModel:
-    """A source model from a registered name (``cgcnn/formation-energy-per-atom``), a tlmat
+    """A source model from a registered name (``cgcnn/formation-energy-per-atom``, or a
+    foundation model an architecture loads from its package, ``chgnet/0.3.0``), a tlmat
     checkpoint, or an original CGCNN ``.pth.tar``."""
+    if isinstance(source, str) and source in registry.sources():
+        return registry.load_published(source)
     if isinstance(source, str) and source in PRETRAINED:
         entry = PRETRAINED[source]
         trained = load_checkpoint(fetch(source))
@@ -49,8 +52,9 @@ def load_source(source: str | Path) -> TrainedModel:
         return trained
     path = Path(source)
     if not path.exists():
+        known = [*PRETRAINED, *registry.sources()]
         raise FileNotFoundError(
-            f"{source}: neither a file nor a registered model ({', '.join(PRETRAINED)})"
+            f"{source}: neither a file nor a registered model ({', '.join(known)})"
         )
     return load_checkpoint(path)
 

@@ -1,0 +1,67 @@
+"""Fault cases of foundation-model sources: weights that are not the published ones, an
+unknown version, a source name mistyped on the command line, and a structure with an
+element the foundation model has no embedding for. Each ends in a clear error (or a
+skipped row, named), never in a silently different model."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tlmat.cli import app
+from tlmat.models import registry
+from tlmat.models.checkpoint import CheckpointError
+
+pytest.importorskip("chgnet", reason="the CHGNet backbone needs pip install 'tlmat[foundation]'")
+
+from tlmat.models import chgnet as chgnet_module
+
+
+def test_changed_weights_are_refused_by_checksum(tmp_path, monkeypatch) -> None:
+    """A weights file whose bytes differ from the published ones (here one tensor
+    altered) is refused, naming the file and the published SHA-256; nothing is built."""
+    original = chgnet_module.weights_path("0.3.0")
+    altered = tmp_path / original.name
+    shutil.copy(original, altered)
+    stored = torch.load(altered, map_location="cpu", weights_only=True)
+    stored["model"]["state_dict"]["atom_embedding.embedding.weight"][0, 0] += 1.0
+    torch.save(stored, altered)
+    monkeypatch.setattr(chgnet_module, "weights_path", lambda version: altered)
+    with pytest.raises(CheckpointError, match=r"SHA-256 differs .* \(d14ab7c0"):
+        registry.load_published("chgnet/0.3.0")
+
+
+def test_unknown_version_and_source_name(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"unknown CHGNet version '9\.9'; known: 0\.3\.0, r2scan"):
+        chgnet_module.weights_path("9.9")
+    with pytest.raises(ValueError, match=r"unknown published model 'chgnet/0\.3'"):
+        registry.load_published("chgnet/0.3")
+    result = CliRunner().invoke(
+        app, ["predict", "chgnet/0.3", str(tmp_path), "-o", str(tmp_path / "p.csv")]
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1
+    assert "neither a file nor a registered model" in text and "chgnet/0.3.0" in text
+
+
+def test_element_beyond_the_embedding_is_skipped_by_name(data, tmp_path) -> None:
+    """CHGNet embeds H … Pu (Z ≤ 94): a real perovskite with its A site replaced by
+    americium is skipped as an unknown element, naming the row; the others predict."""
+    from tlmat.io import read_records, write_extxyz
+
+    records = read_records(data / "perov_5" / "val.csv.gz", [], limit=3).records
+    records[1].structure.replace(0, "Am")
+    write_extxyz(records, tmp_path / "three.extxyz")
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(
+        app, ["predict", "chgnet/0.3.0", str(tmp_path / "three.extxyz"), "-o", str(out),
+              "--cache-dir", str(tmp_path / "cache")],
+    )  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, text
+    assert "2 predictions" in text and "1 skipped" in text
+    assert "three.extxyz:frame 1" in text and "Am not in the model's element vocabulary" in text
+    assert len(out.read_text().splitlines()) == 3  # header + 2 rows
