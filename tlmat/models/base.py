@@ -23,6 +23,7 @@ Model outputs are in the normalised target space; :class:`TrainedModel` holds th
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -78,6 +79,18 @@ class Backbone(nn.Module):
 
     def reset_parameters(self) -> None:
         reset_all(self)
+
+
+def pooled_layers(
+    states: Iterable[tuple[str, torch.Tensor]], batch: Batch
+) -> OrderedDict[str, torch.Tensor]:
+    """Layer-wise features from (layer name, atom features) pairs: each averaged over
+    the atoms of every crystal, (n_crystals, d)."""
+    n_crystals = batch.ptr.numel() - 1
+    return OrderedDict(
+        (name, scatter(x, batch.batch, dim=0, dim_size=n_crystals, reduce="mean"))
+        for name, x in states
+    )
 
 
 class Head(nn.Module):

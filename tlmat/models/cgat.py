@@ -40,11 +40,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 from torch_geometric.data import Batch
-from torch_geometric.nn import global_mean_pool
 from torch_geometric.utils import scatter, softmax
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, pooled_layers
 from tlmat.models.layers import reset_all
 from tlmat.models.registry import Architecture
 
@@ -471,11 +470,7 @@ class CGATBackbone(Backbone):
         return self.readout(x, batch.batch, n_crystals)
 
     def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        n_crystals = batch.ptr.numel() - 1
-        out = OrderedDict(
-            (name, global_mean_pool(h, batch.batch, size=n_crystals))
-            for name, h in self._atoms(batch)
-        )
+        out = pooled_layers(self._atoms(batch), batch)
         out["composition"] = self.context(batch)
         return out
 

@@ -29,7 +29,7 @@ from torch_geometric.utils import scatter
 from tlmat.graphs.expansions import GaussianExpansion
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.atom_features import load_atom_init
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
 from tlmat.models.registry import Architecture, Importer
 from tlmat.models.targets import TargetSpec
 
@@ -124,9 +124,7 @@ class CGCNNBackbone(Backbone):
         return F.softplus(self.conv_to_fc(F.softplus(pooled)))
 
     def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        return OrderedDict(
-            (name, global_mean_pool(atom_fea, batch.batch)) for name, atom_fea in self._atoms(batch)
-        )
+        return pooled_layers(self._atoms(batch), batch)
 
 
 def build_cgcnn(config: CGCNNConfig, atom_features: torch.Tensor | None = None) -> CrystalModel:

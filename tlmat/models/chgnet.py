@@ -46,10 +46,9 @@ import torch
 from pydantic import Field
 from torch import nn
 from torch_geometric.data import Batch
-from torch_geometric.utils import scatter
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
 from tlmat.models.registry import Architecture, Published
 from tlmat.models.targets import TargetSpec
 
@@ -280,11 +279,7 @@ class CHGNetBackbone(Backbone):
         return self.readout(atoms)
 
     def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        n_crystals = batch.ptr.numel() - 1
-        return OrderedDict(
-            (name, scatter(x, batch.batch, dim=0, dim_size=n_crystals, reduce="mean"))
-            for name, x in self._atoms(batch)
-        )
+        return pooled_layers(self._atoms(batch), batch)
 
     def reset_parameters(self) -> None:
         # chgnet's basis frequencies have no reset_parameters: take everything from a

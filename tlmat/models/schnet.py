@@ -29,7 +29,7 @@ from torch_geometric.utils import scatter
 
 from tlmat.graphs.expansions import RadialBasis
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, pooled_layers
 from tlmat.models.layers import CosineCutoff, ShiftedSoftplus
 from tlmat.models.registry import Architecture
 
@@ -186,11 +186,7 @@ class SchNetBackbone(Backbone):
         return x
 
     def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        n_crystals = batch.ptr.numel() - 1
-        return OrderedDict(
-            (name, scatter(x, batch.batch, dim=0, dim_size=n_crystals, reduce="mean"))
-            for name, x in self._atoms(batch)
-        )
+        return pooled_layers(self._atoms(batch), batch)
 
     def reset_parameters(self) -> None:
         # each block re-initialises its own layers (Glorot); the generic reset_all would
