@@ -94,42 +94,21 @@ class TableOracle:
         return all(i in self.energies for i in ids)
 
 
-#: SHA-256 of CHGNet weights inside the ``chgnet`` wheel that are not transfer sources
-#: (those are :data:`tlmat.models.chgnet.PUBLISHED`), by version
-OTHER_CHGNET_WEIGHTS: dict[str, tuple[str, str]] = {
-    "0.2.0": (
-        "pretrained/0.2.0/chgnet_0.2.0_e30f77s348m32.pth.tar",
-        "ef624f78b6db9d315b4ef256f1bb3207449924191b91720dc17d3f60c5df980e",
-    ),
-}
-
-
 def load_chgnet(version: str = "0.3.0"):
-    """A CHGNet universal potential from the weights packaged in the ``chgnet`` wheel,
-    checksummed and read with ``torch.load(weights_only=True)`` (tensors and plain
-    containers only: nothing is unpickled) instead of the package's own loader, which
-    unpickles."""
+    """A CHGNet universal potential from the weights packaged in the ``chgnet`` wheel
+    (:data:`tlmat.models.chgnet.WEIGHTS`), checksummed and read with
+    ``torch.load(weights_only=True)`` (tensors and plain containers only: nothing is
+    unpickled) instead of the package's own loader, which unpickles."""
     try:
-        import chgnet
         from chgnet.model import CHGNet
     except ImportError as error:
         raise ImportError(
             "the CHGNet oracle needs the chgnet package: pip install 'tlmat[foundation]'"
         ) from error
-    import torch
 
-    from tlmat.datasets import sha256sum
-    from tlmat.models.chgnet import PUBLISHED
+    from tlmat.models.chgnet import read_weights
 
-    weights = {v: (file, checksum) for v, (file, checksum, _) in PUBLISHED.items()}
-    weights.update(OTHER_CHGNET_WEIGHTS)
-    if version not in weights:
-        raise ValueError(f"unknown CHGNet version {version!r}; known: {', '.join(weights)}")
-    relative, checksum = weights[version]
-    path = Path(chgnet.__file__).parent / relative
-    if sha256sum(path) != checksum:
-        raise ValueError(f"{path}: checksum differs from CHGNet {version}'s published weights")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_weights(version)
     # mlp_out_bias as chgnet's own loader sets it (only 0.2.0 was trained with it)
     return CHGNet.from_dict(state["model"], mlp_out_bias=version == "0.2.0", version=version)
 

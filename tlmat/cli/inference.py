@@ -514,16 +514,16 @@ def models() -> None:
             entry.description,
             "yes" if local else "downloaded on first use",
         )
-    published = {
-        name: registry.get(architecture).sources[name]
+    published = [
+        (name, architecture, registry.get(architecture).sources[name])
         for name, architecture in registry.sources().items()
-    }
-    for name, entry in published.items():
-        table.add_row(name, registry.sources()[name], entry.description, "in its package")
+    ]
+    for name, architecture, entry in published:
+        table.add_row(name, architecture, entry.description, "in its package")
     console.print(table)
     for name, entry in PRETRAINED.items():
         console.print(f"{name}: {entry.url} (sha256 {entry.sha256})", soft_wrap=True)
-    for name, entry in published.items():
+    for name, _, entry in published:
         console.print(f"{name}: {entry.location} (sha256 {entry.sha256})", soft_wrap=True)
     console.print(
         "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "

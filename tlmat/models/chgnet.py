@@ -55,18 +55,27 @@ from tlmat.models.targets import TargetSpec
 #: atomic numbers CHGNet's element embedding covers (H … Pu)
 ELEMENTS = list(range(1, 95))
 
-#: published weights inside the ``chgnet`` wheel: file, SHA-256, what they were fitted to
-PUBLISHED: dict[str, tuple[str, str, str]] = {
+#: every CHGNet weights file inside the ``chgnet`` wheel, by version: file and SHA-256
+WEIGHTS: dict[str, tuple[str, str]] = {
     "0.3.0": (
         "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
         "d14ab7c0f093efe64b60a7bcd540bca10e74fb7f46c86108a079af60524659d1",
-        "CHGNet 0.3.0: energies, forces, stresses and magnetic moments of MPtrj (PBE/PBE+U)",
     ),
     "r2scan": (
         "pretrained/r2scan/chgnet_r2scan_transfer_learning_e15f36s161m23.pth.tar",
         "8eba3db0f35a2788bb3ae22885ad340591e27996f213c6643af522a633b50dad",
-        "CHGNet r2SCAN: 0.3.0 transferred to MP r2SCAN energies (Huang et al. 2025)",
     ),
+    # the older potential, which the screening oracle may relax with; not a source
+    "0.2.0": (
+        "pretrained/0.2.0/chgnet_0.2.0_e30f77s348m32.pth.tar",
+        "ef624f78b6db9d315b4ef256f1bb3207449924191b91720dc17d3f60c5df980e",
+    ),
+}
+
+#: the versions that are transfer sources, and what they were fitted to
+PUBLISHED: dict[str, str] = {
+    "0.3.0": "CHGNet 0.3.0: energies, forces, stresses and magnetic moments of MPtrj (PBE/PBE+U)",
+    "r2scan": "CHGNet r2SCAN: 0.3.0 transferred to MP r2SCAN energies (Huang et al. 2025)",
 }
 
 
@@ -178,8 +187,11 @@ def reverse_edges(
 ) -> torch.Tensor:
     """For every directed edge i → j with image S, the index of the edge j → i with image
     −S (the same bond seen from j); an edge without one is its own reverse."""
+    own = torch.arange(centre.numel(), device=centre.device)
+    if centre.numel() == 0:
+        return own
     shift = shift.round().long()
-    reach = int(shift.abs().max()) if shift.numel() else 0
+    reach = int(shift.abs().max())
     base = 2 * reach + 1
 
     def key(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -198,10 +210,9 @@ def reverse_edges(
         forward = key(centre, neighbour, shift)
         backward = key(neighbour, centre, -shift)
     order = torch.argsort(forward)
-    position = torch.searchsorted(forward[order], backward).clamp(max=max(len(order) - 1, 0))
-    candidate = order[position] if len(order) else order
-    found = forward.index_select(0, candidate) == backward if len(order) else backward.bool()
-    own = torch.arange(centre.numel(), device=centre.device)
+    position = torch.searchsorted(forward[order], backward).clamp(max=len(order) - 1)
+    candidate = order[position]
+    found = forward.index_select(0, candidate) == backward
     return torch.where(found, candidate, own)
 
 
@@ -336,31 +347,43 @@ def tlmat_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
 
 
 def weights_path(version: str) -> Path:
-    """The published weights' file inside the installed ``chgnet`` package."""
-    if version not in PUBLISHED:
-        raise ValueError(f"unknown CHGNet version {version!r}; known: {', '.join(PUBLISHED)}")
+    """The weights' file of a CHGNet version inside the installed ``chgnet`` package."""
+    if version not in WEIGHTS:
+        raise ValueError(f"unknown CHGNet version {version!r}; known: {', '.join(WEIGHTS)}")
     try:
         import chgnet
     except ImportError as error:
         raise ImportError(
             f"chgnet/{version} needs the chgnet package: pip install 'tlmat[foundation]'"
         ) from error
-    return Path(chgnet.__file__).parent / PUBLISHED[version][0]
+    return Path(chgnet.__file__).parent / WEIGHTS[version][0]
+
+
+def read_weights(version: str) -> dict[str, Any]:
+    """The stored weights of a CHGNet version, after checking their SHA-256, read with
+    ``torch.load(weights_only=True)`` (tensors and plain containers: nothing unpickled)."""
+    from tlmat.datasets import sha256sum
+    from tlmat.models.checkpoint import CheckpointError
+
+    path = weights_path(version)
+    checksum = WEIGHTS[version][1]
+    if sha256sum(path) != checksum:
+        raise CheckpointError(
+            f"{path}: SHA-256 differs from the published CHGNet {version} weights ({checksum})"
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_published(version: str = "0.3.0") -> TrainedModel:
     """CHGNet's published weights as a tlmat model whose target is the total energy
     (eV/cell): atom contributions summed, plus CHGNet's per-element reference energies."""
-    from tlmat.datasets import sha256sum
     from tlmat.models.checkpoint import CheckpointError, load_state
 
-    path = weights_path(version)
-    relative, checksum, description = PUBLISHED[version]
-    if sha256sum(path) != checksum:
-        raise CheckpointError(
-            f"{path}: SHA-256 differs from the published CHGNet {version} weights ({checksum})"
-        )
-    stored = torch.load(path, map_location="cpu", weights_only=True)["model"]
+    if version not in PUBLISHED:
+        raise ValueError(f"CHGNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
+    stored = read_weights(version)["model"]
+    relative, checksum = WEIGHTS[version]
+    path = f"chgnet/{relative}"
     arguments = stored["model_args"]
     config = CHGNetConfig(**{k: v for k, v in arguments.items() if k in CHGNetConfig.model_fields})
     for name, expected in (("mlp_first", True), ("update_bond", True), ("update_angle", True)):
@@ -380,8 +403,8 @@ def load_published(version: str = "0.3.0") -> TrainedModel:
     )
     provenance = {
         "source": f"chgnet/{version}",
-        "description": description,
-        "weights": f"chgnet/{relative}",
+        "description": PUBLISHED[version],
+        "weights": path,
         "sha256": checksum,
         "package_version": _chgnet_version(),
     }
@@ -419,8 +442,10 @@ ARCHITECTURE = Architecture(
         },
     },
     sources={
-        f"chgnet/{version}": Published(version, what, f"chgnet/{file}", checksum)
-        for version, (file, checksum, what) in PUBLISHED.items()
+        f"chgnet/{version}": Published(
+            version, what, f"chgnet/{WEIGHTS[version][0]}", WEIGHTS[version][1]
+        )
+        for version, what in PUBLISHED.items()
     },
     load_source=load_published,
     foundation=True,
