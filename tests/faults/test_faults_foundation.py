@@ -65,3 +65,56 @@ def test_element_beyond_the_embedding_is_skipped_by_name(data, tmp_path) -> None
     assert "2 predictions" in text and "1 skipped" in text
     assert "three.extxyz:frame 1" in text and "Am not in the model's element vocabulary" in text
     assert len(out.read_text().splitlines()) == 3  # header + 2 rows
+
+
+def test_damaged_sevennet_checkpoint_is_refused_naming_the_file(tmp_path, monkeypatch) -> None:
+    """A SevenNet checkpoint whose bytes differ from the published ones (here cut in
+    half) is refused by checksum, naming the file and the published SHA-256; one that
+    passed the checksum but cannot be read is refused naming the file, never unpickled."""
+    pytest.importorskip("sevenn", reason="the SevenNet backbone needs tlmat[foundation]")
+    from tlmat.datasets import sha256sum
+    from tlmat.models import sevennet as sevennet_module
+
+    original = sevennet_module.weights_path("0")
+    damaged = tmp_path / original.name
+    damaged.write_bytes(original.read_bytes()[: original.stat().st_size // 2])
+    monkeypatch.setattr(sevennet_module, "weights_path", lambda weights: damaged)
+    with pytest.raises(
+        CheckpointError, match=r"checkpoint_sevennet_0\.pth: SHA-256 differs .*7052cb42"
+    ):
+        registry.load_published("sevennet/0")
+    relative, _ = sevennet_module.WEIGHTS["0"]
+    monkeypatch.setitem(sevennet_module.WEIGHTS, "0", (relative, sha256sum(damaged)))
+    with pytest.raises(CheckpointError, match=r"checkpoint_sevennet_0\.pth: refused to load"):
+        registry.load_published("sevennet/0")
+    with pytest.raises(ValueError, match=r"SevenNet 9 is not a source; sources: 0, mf-0"):
+        sevennet_module.load_published("9")
+
+
+def test_sevennet_refuses_an_element_outside_its_vocabulary(data, tmp_path) -> None:
+    """SevenNet embeds 89 elements (H … Bi, Ac … Pu): a real perovskite with its A site
+    replaced by polonium is skipped by name on the command line, and a graph that still
+    reaches the model directly is refused naming the element."""
+    pytest.importorskip("sevenn", reason="the SevenNet backbone needs tlmat[foundation]")
+    from tlmat.graphs.builder import graph_arrays, structure_arrays
+    from tlmat.graphs.cache import collate
+    from tlmat.io import read_records, write_extxyz
+
+    records = read_records(data / "perov_5" / "val.csv.gz", [], limit=3).records
+    records[1].structure.replace(0, "Po")
+    model = registry.build(registry.model_config("sevennet-small"))
+    assert 84 not in model.elements
+    graph = graph_arrays(*structure_arrays(records[1].structure), model.graph_settings)
+    with pytest.raises(ValueError, match=r"Po not in SevenNet's element vocabulary"):
+        model(collate([graph]))
+    write_extxyz(records, tmp_path / "three.extxyz")
+    out = tmp_path / "pred.csv"
+    result = CliRunner().invoke(
+        app, ["predict", "sevennet/0", str(tmp_path / "three.extxyz"), "-o", str(out),
+              "--cache-dir", str(tmp_path / "cache")],
+    )  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, text
+    assert "2 predictions" in text and "1 skipped" in text
+    assert "three.extxyz:frame 1" in text and "Po not in the model's element vocabulary" in text
+    assert len(out.read_text().splitlines()) == 3  # header + 2 rows

@@ -29,6 +29,7 @@ MODULES: dict[str, str] = {
     "cgat": "tlmat.models.cgat",
     "schnet": "tlmat.models.schnet",
     "chgnet": "tlmat.models.chgnet",
+    "sevennet": "tlmat.models.sevennet",
 }
 
 
