@@ -148,6 +148,30 @@ def test_cyclic_schedule_and_sgd_run(perovskites, tmp_path: Path) -> None:
     assert np.isfinite(result.best_val_mae)
 
 
+def test_onecycle_schedule_warms_up_then_decays_over_the_epochs(perovskites, tmp_path) -> None:
+    """The one-cycle schedule peaks at lr after warmup_fraction of the steps and ends
+    near zero at the last step of the last epoch; a short run with it trains."""
+    from tlmat.training.module import PropertyModule
+
+    config = quick(epochs=10, scheduler="onecycle", lr=3e-3, warmup_fraction=0.2)
+    model = small_cgcnn().model
+    groups = [{"params": list(model.parameters()), "lr": config.lr}]
+    module = PropertyModule(model, TargetSpec(), config, groups, steps_per_epoch=5)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(50):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    # peak at the last warm-up step: 20 % of 10 epochs × 5 steps, counted from 0
+    assert int(np.argmax(rates)) == 9
+    assert rates[9] == pytest.approx(3e-3)
+    assert rates[0] == pytest.approx(3e-3 / 25) and rates[-1] < 1e-5
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    result = fit(small_cgcnn(), perovskites, split, quick(epochs=2, scheduler="onecycle"), tmp_path)
+    assert np.isfinite(result.best_val_mae)
+
+
 def test_yaml_config_equals_flags(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("target: heat_ref\nlr: 0.0001\nweight_decay: 0.001\nscheduler: plateau\n")

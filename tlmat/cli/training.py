@@ -58,7 +58,9 @@ Epochs = Annotated[
 LR = Annotated[float | None, typer.Option("--lr", help="Learning rate [1e-3].")]
 BatchSize = Annotated[int | None, typer.Option(help="Batch size [64].")]
 Optimizer = Annotated[str | None, typer.Option(help="adam, adamw or sgd [adam].")]
-Scheduler = Annotated[str | None, typer.Option(help="plateau, cyclic or none [plateau].")]
+Scheduler = Annotated[
+    str | None, typer.Option(help="plateau, cyclic, onecycle (warm-up + cosine) or none [plateau].")
+]
 Loss = Annotated[
     str | None,
     typer.Option(

@@ -17,7 +17,9 @@ class TrainConfig(BaseModel):
     Schedules: ``plateau`` multiplies the LR by ``plateau_factor`` after
     ``plateau_patience`` epochs without improvement, down to ``min_lr`` (Krawczuk &
     Venturi: 0.8, 25, 1e-6); ``cyclic`` is triangular between ``cyclic_low`` × LR and LR
-    with a period of ``cyclic_period`` epochs (Hoffmann et al.).
+    with a period of ``cyclic_period`` epochs (Hoffmann et al.); ``onecycle`` warms up
+    from LR/25 to LR over ``warmup_fraction`` of the epochs, then decays it along a
+    cosine to LR/(25·10⁴) at the last step (for pretraining sources on a fixed budget).
 
     Losses: ``l1`` and ``mse`` in the normalised target space; ``gaussian_nll`` trains a
     heteroscedastic model (:class:`~tlmat.models.targets.TargetSpec`: a head of width 2,
@@ -39,12 +41,14 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     momentum: float = 0.9
     weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["none", "plateau", "cyclic"] = "plateau"
+    scheduler: Literal["none", "plateau", "cyclic", "onecycle"] = "plateau"
     plateau_factor: float = 0.8
     plateau_patience: int = 25
     min_lr: float = 1e-6
     cyclic_period: int = 100
     cyclic_low: float = 0.1
+    #: fraction of the ``epochs`` the one-cycle schedule spends warming up to ``lr``
+    warmup_fraction: float = Field(0.1, gt=0, lt=1)
     epochs: int = Field(300, ge=1)
     early_stopping_patience: int | None = 50
     batch_size: int = Field(64, ge=1)

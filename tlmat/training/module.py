@@ -149,4 +149,18 @@ class PropertyModule(L.LightningModule):
                 "optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
             }
+        if c.scheduler == "onecycle":
+            # warm-up then cosine decay to ~0 over exactly ``epochs``: on a fixed epoch
+            # budget it ends lower than a plateau schedule, which never gets to decay
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[g["lr"] for g in self.param_groups],
+                total_steps=c.epochs * self.steps_per_epoch,
+                pct_start=c.warmup_fraction,
+                cycle_momentum=c.optimizer == "sgd",
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
         return optimizer
