@@ -30,6 +30,8 @@ MODULES: dict[str, str] = {
     "schnet": "tlmat.models.schnet",
     "chgnet": "tlmat.models.chgnet",
     "sevennet": "tlmat.models.sevennet",
+    "m3gnet": "tlmat.models.m3gnet",
+    "megnet": "tlmat.models.megnet",
 }
 
 

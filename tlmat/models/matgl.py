@@ -1,0 +1,234 @@
+"""What tlmat's two matgl backbones share (:mod:`tlmat.models.m3gnet`,
+:mod:`tlmat.models.megnet`): importing matgl, the element vocabulary, and reading
+matgl's published property models from a local folder, safely.
+
+The layers are the ``matgl`` package's own (``pip install 'tlmat[foundation]'``,
+matgl ≥ 4.1, whose models are PyTorch Geometric modules; DGL is not needed).
+
+Published models. matgl's pre-trained property models live, offline, in
+``$TLMAT_DATA_DIR/matgl_pretrained/<name>/`` (:func:`tlmat.datasets.data_dir`): the
+files of matgl's ``pretrained_models/<name>/`` (MatGL, BSD-3-Clause). Of each folder
+tlmat reads three files, each checked against its SHA-256 first:
+
+- ``model.json``: plain JSON (``json.load``): matgl's class and constructor arguments,
+  which become the tlmat config (and the element vocabulary, ``element_types``);
+- ``state.pt``: the weights, ``torch.load(weights_only=True)`` with no allowlist: tensors
+  in an ordered dict, nothing else;
+- ``model.pt``: a small PyTorch zip pickle, ``{"model": {constructor arguments},
+  "target_transformer": matgl.data.transformer.Normalizer(mean, std)}``. It is read with
+  ``torch.load(weights_only=True)`` under ``torch.serialization.safe_globals`` with one
+  entry: the name ``matgl.data.transformer.Normalizer`` mapped onto tlmat's empty stub
+  class :class:`_Normalizer`, which only receives the pickled attribute dict. No matgl
+  class is rebuilt and no matgl code runs; only the two numbers ``mean`` and ``std`` are
+  used (the network predicts (y − mean)/std). A file that needs any other global is
+  refused.
+
+``README.md`` is not read. matgl's own loader (``matgl.load_model``) fails on these
+folders with PyTorch ≥ 2.6 (``Normalizer`` is not on its ``weights_only`` allowlist) and,
+for M3GNet, on the state-dict names (see :mod:`tlmat.models.m3gnet`).
+
+Importing matgl adds numpy's array classes to PyTorch's process-wide ``weights_only``
+allowlist (``matgl.utils.io``); :func:`import_matgl` takes them off again, so tlmat's own
+checkpoints are still read with no allowlist at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from pymatgen.core import Element
+
+#: the elements of matgl's models (``matgl.config.DEFAULT_ELEMENTS``): H … Pu without
+#: Po, At, Rn, Fr and Ra, in this order (the row of each in the element embedding)
+ELEMENT_SYMBOLS: tuple[str, ...] = tuple(
+    Element.from_Z(z).symbol for z in range(1, 95) if z not in (84, 85, 86, 87, 88)
+)
+#: their atomic numbers
+ELEMENTS: list[int] = [Element(s).Z for s in ELEMENT_SYMBOLS]
+
+#: the folder (under the data directory) that holds matgl's published models
+FOLDER = "matgl_pretrained"
+
+#: matgl's activations and tlmat's names for them (the head's)
+ACTIVATIONS = {"swish": "silu", "softplus2": "ssp"}
+
+
+@dataclass(frozen=True)
+class MatGLSource:
+    """One published matgl property model: its folder, what it predicts, and the SHA-256
+    of the files tlmat reads."""
+
+    folder: str
+    description: str
+    target: str  # tlmat's name of the property
+    unit: str
+    sha256: Mapping[str, str]  # model.json, model.pt, state.pt
+
+
+def import_matgl(what: str = "the matgl backbones") -> ModuleType:
+    """The ``matgl`` package (imported on first use), leaving PyTorch's ``weights_only``
+    allowlist as it was before."""
+    before = list(torch.serialization.get_safe_globals())
+    try:
+        import matgl
+        import matgl.models
+    except ImportError as error:
+        raise ImportError(
+            f"{what} need the matgl package (≥ 4.1): pip install 'tlmat[foundation]'"
+        ) from error
+    finally:
+        if list(torch.serialization.get_safe_globals()) != before:
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(before)
+    return matgl
+
+
+def matgl_version() -> str:
+    from importlib.metadata import version
+
+    return version("matgl")
+
+
+def element_table(elements: list[int] = ELEMENTS) -> torch.Tensor:
+    """Atomic number → row of the element embedding, −1 for an element the model lacks."""
+    table = torch.full((119,), -1, dtype=torch.long)
+    table[torch.tensor(elements)] = torch.arange(len(elements))
+    return table
+
+
+def node_types(table: torch.Tensor, z: torch.Tensor, architecture: str) -> torch.Tensor:
+    """The embedding rows of the atoms ``z``; a clear error for an unknown element (the
+    data layer leaves such structures out when given :attr:`Backbone.elements`)."""
+    types = table[z.clamp(0, len(table) - 1)]
+    unknown = (types < 0) | (z >= len(table))
+    if bool(unknown.any()):
+        symbols = sorted({Element.from_Z(int(v)).symbol for v in z[unknown].unique()})
+        raise ValueError(
+            f"{architecture}: element(s) {', '.join(symbols)} not in the model's element "
+            "vocabulary (matgl's 89 elements, H–Pu without Po, At, Rn, Fr, Ra)"
+        )
+    return types
+
+
+def head_names(state: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    """matgl's ``MLP`` at ``prefix`` (``…layers.0``, ``…layers.2``, …: linear maps between
+    activations) → tlmat's :class:`Head` (``head.hidden.0``, ``head.hidden.2``, …,
+    ``head.out``)."""
+    start = f"{prefix}.layers."
+    layers = sorted({int(k[len(start) :].split(".")[0]) for k in state if k.startswith(start)})
+    names = {}
+    for key in state:
+        if not key.startswith(start):
+            continue
+        index, _, rest = key[len(start) :].partition(".")
+        position = layers.index(int(index))
+        layer = "head.out" if position == len(layers) - 1 else f"head.hidden.{2 * position}"
+        names[key] = f"{layer}.{rest}"
+    return names
+
+
+def folder_path(source: MatGLSource) -> Path:
+    """The local folder of a published matgl model, or a clear error naming it."""
+    from tlmat.datasets import data_dir
+
+    root = data_dir()
+    folder = (root / FOLDER / source.folder) if root is not None else None
+    if folder is None or not folder.is_dir():
+        shown = folder if folder is not None else Path("$TLMAT_DATA_DIR") / FOLDER / source.folder
+        raise FileNotFoundError(
+            f"{shown}: matgl's published model {source.folder} is not there (a copy of "
+            f"matgl's pretrained_models/{source.folder}/ with model.json, model.pt and "
+            "state.pt); set TLMAT_DATA_DIR to the data folder that holds "
+            f"{FOLDER}/{source.folder}"
+        )
+    return folder
+
+
+class _Normalizer:
+    """Receives the attributes of a pickled ``matgl.data.transformer.Normalizer``
+    (``mean``, ``std``); nothing else of it is rebuilt."""
+
+
+@dataclass
+class PublishedFiles:
+    """What tlmat takes from a published matgl folder."""
+
+    folder: Path
+    model_class: str  # matgl's class: M3GNet or MEGNet
+    init_args: dict[str, Any]
+    state: dict[str, torch.Tensor]  # matgl's names, without the wrapper's ``model.``
+    mean: float
+    std: float
+
+
+def read_published(source: MatGLSource) -> PublishedFiles:
+    """The files of a published matgl model, each checked against its SHA-256 first
+    (see the module's docstring for how each is read)."""
+    from tlmat.datasets import sha256sum
+    from tlmat.models.checkpoint import CheckpointError
+
+    folder = folder_path(source)
+    for name, checksum in source.sha256.items():
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from matgl's published {source.folder}")
+        if sha256sum(path) != checksum:
+            raise CheckpointError(
+                f"{path}: SHA-256 differs from the published matgl {source.folder} "
+                f"{name} ({checksum})"
+            )
+    with (folder / "model.json").open() as handle:
+        described = json.load(handle)
+    inner = described.get("kwargs", {}).get("model", {})
+    if described.get("@class") != "TransformedTargetModel" or "init_args" not in inner:
+        raise CheckpointError(f"{folder / 'model.json'}: not a matgl TransformedTargetModel")
+    state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([(_Normalizer, "matgl.data.transformer.Normalizer")]):
+            pickled = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"{folder / 'model.pt'}: refused to load with weights_only=True and only "
+            f"matgl.data.transformer.Normalizer allowed ({str(error).splitlines()[-1][:200]})"
+        ) from error
+    transformer = pickled.get("target_transformer") if isinstance(pickled, dict) else None
+    if not isinstance(transformer, _Normalizer):
+        raise CheckpointError(f"{folder / 'model.pt'}: its target transformer is no Normalizer")
+    mean, std = float(transformer.__dict__["mean"]), float(transformer.__dict__["std"])
+    init_args = dict(inner["init_args"])
+    elements = init_args.get("element_types")
+    if elements is not None and tuple(elements) != ELEMENT_SYMBOLS:
+        raise CheckpointError(
+            f"{folder / 'model.json'}: element_types differ from matgl's 89 default elements"
+        )
+    prefix = "model."
+    if not all(k.startswith(prefix) for k in state):
+        raise CheckpointError(f"{folder / 'state.pt'}: not the state of a TransformedTargetModel")
+    return PublishedFiles(
+        folder=folder,
+        model_class=str(inner.get("@class")),
+        init_args=init_args,
+        state={k[len(prefix) :]: v for k, v in state.items()},
+        mean=mean,
+        std=std,
+    )
+
+
+def load_mapped(model: torch.nn.Module, mapped: dict[str, torch.Tensor], path: Path) -> None:
+    """Load matgl's weights under tlmat's names; buffers the published state lacks (the
+    fixed bases' cutoff, which matgl ≥ 4 stores and older matgl did not) keep the values
+    the model was built with."""
+    from tlmat.models.checkpoint import load_state
+
+    parameters = {name for name, _ in model.named_parameters()}
+    own = model.state_dict()
+    for key, value in own.items():
+        if key not in mapped and key not in parameters:
+            mapped[key] = value
+    load_state(model, mapped, path)
