@@ -41,6 +41,9 @@ def _imports(path: Path) -> list[str]:
 def test_every_package_and_module_has_a_layer() -> None:
     parts = {p.relative_to(ROOT).parts[0].removesuffix(".py") for p in ROOT.glob("*")}
     parts -= {"__init__", "__main__", "__pycache__", "py.typed"}
+    # data, not code: the shipped sources' weights and model cards
+    assert not list((ROOT / "pretrained").rglob("*.py"))
+    parts -= {"pretrained"}
     assert sorted(parts - set(LAYERS)) == []
 
 

@@ -119,9 +119,11 @@ def test_quick_and_bad_configs(small_csv: Path, tmp_path: Path) -> None:
     lee_asahi = BenchmarkConfig.from_yaml(
         Path(__file__).parents[1] / "benchmarks" / "configs" / "lee-asahi-bulk.yaml"
     ).quick()
-    for name in ("mp-10k", "mp-all"):
-        spec = lee_asahi.sources[name].pretrain
-        assert spec.size == 400 and spec.training["epochs"] == 1
+    spec = lee_asahi.sources["mp-10k"].pretrain
+    assert spec.size == 400 and spec.training["epochs"] == 1
+    # the full-data source is shipped, not pretrained again (not even in --quick)
+    assert lee_asahi.sources["mp-all"].checkpoint == "tlmat/mp-eform-cgcnn"
+    assert lee_asahi.sources["mp-all"].pretrain is None
     assert lee_asahi.sources["cgcnn-mp"].saw_test  # the leaky checkpoint stays marked
 
 

@@ -240,6 +240,8 @@ def test_compare_checks_strategy_names_before_training(small_perov: Path, tmp_pa
 def test_models_lists_the_cgcnn_checkpoints() -> None:
     out = run(["models"])
     assert "cgcnn/formation-energy-per-atom" in out and "weights_only=True" in out
+    # the shipped tlmat sources, with their test error and model card
+    assert "tlmat/mp-eform-cgcnn" in out and "pretrained/mp-eform-cgcnn/card.md" in out
 
 
 def test_errors_are_clear(tmp_path: Path) -> None:

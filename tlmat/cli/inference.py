@@ -472,7 +472,7 @@ def models() -> None:
     """
     from tlmat.datasets import data_dir
     from tlmat.models import registry
-    from tlmat.transfer.sources import PRETRAINED
+    from tlmat.transfer.sources import PRETRAINED, shipped, shipped_folder
 
     archs = Table(title="Architectures (--model)", title_justify="left")
     for column in ("name", "parameters", "graph", "readout", "reference"):
@@ -519,16 +519,33 @@ def models() -> None:
         for name, architecture in registry.sources().items()
     ]
     for name, architecture, entry in published:
-        table.add_row(name, architecture, entry.description, "in its package")
+        where = "local folder" if entry.location.startswith("$TLMAT_DATA_DIR") else "in its package"
+        table.add_row(name, architecture, entry.description, where)
+    for name, card in shipped().items():
+        test = card["test"]
+        table.add_row(
+            name,
+            card["architecture"],
+            f"{card['description']}; test MAE {test['mae']:.3f} {card['unit']}",
+            "shipped with tlmat",
+        )
     console.print(table)
     for name, entry in PRETRAINED.items():
         console.print(f"{name}: {entry.url} (sha256 {entry.sha256})", soft_wrap=True)
     for name, _, entry in published:
         console.print(f"{name}: {entry.location} (sha256 {entry.sha256})", soft_wrap=True)
+    for name, card in shipped().items():
+        console.print(
+            f"{name}: model card {shipped_folder(name) / 'card.md'} "
+            f"(sha256 {card['model_sha256']})",
+            soft_wrap=True,
+        )
     console.print(
         "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "
         "2018), MIT licence. Foundation models from their packages' own files "
-        "(pip install 'tlmat\\[foundation]'). All loaded with torch.load(weights_only=True)."
+        "(pip install 'tlmat\\[foundation]'), matgl's from $TLMAT_DATA_DIR/matgl_pretrained. "
+        "All loaded with torch.load(weights_only=True); shipped tlmat sources are listed "
+        "with their model cards."
     )
 
 

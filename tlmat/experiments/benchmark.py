@@ -305,22 +305,32 @@ def job_settings(config: BenchmarkConfig, job: Job, root: Path):
     source = config.sources[job.source]
     if source.pretrain is not None:
         return model_settings(source.pretrain.model)
-    from tlmat.transfer.sources import load_source
+    return checkpoint_settings(source.checkpoint)
 
-    return load_source(source.checkpoint).model.graph_settings
+
+def checkpoint_settings(checkpoint: str):
+    """The graph settings of a published or shipped checkpoint (a shipped tlmat source's
+    from its model card, without loading it)."""
+    from tlmat.models.registry import model_config
+    from tlmat.transfer.sources import load_source, shipped
+
+    if checkpoint in shipped():
+        card = shipped()[checkpoint]
+        return model_config(
+            {"architecture": card["architecture"], **card["model"]}
+        ).graph_settings()
+    return load_source(checkpoint).model.graph_settings
 
 
 def grid_settings(config: BenchmarkConfig) -> list:
     """Every distinct graph setting the grid's models need (the grid's model first)."""
-    from tlmat.transfer.sources import load_source
-
     found = [model_settings(config.model)]
     found += [model_settings(m.model) for m in method_configs(config.methods) if m.model]
     for source in config.sources.values():
         if source.pretrain is not None:
             found.append(model_settings(source.pretrain.model))
         else:
-            found.append(load_source(source.checkpoint).model.graph_settings)
+            found.append(checkpoint_settings(source.checkpoint))
     unique = {settings.key(): settings for settings in found}
     return list(unique.values())
 
@@ -434,10 +444,42 @@ def held_out_materials(config: BenchmarkConfig, dataset, fixed) -> tuple[list[st
     return [dataset.ids[i] for i in index], [dataset.formulas[i] for i in index]
 
 
+def grid_held_out(
+    configs: list[BenchmarkConfig], cache_dir: Path | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """Each grid's held-out materials (``{name: {"ids": …, "formulas": …}}``), computed
+    exactly as the grid computes them: a source shared by these grids must not train on
+    the union."""
+    out = {}
+    for config in configs:
+        dataset, fixed = _data(config, cache_dir)
+        ids, formulas = held_out_materials(config, dataset, fixed)
+        out[config.name] = {"ids": ids, "formulas": formulas}
+    return out
+
+
 def source_path(config: BenchmarkConfig, name: str, root: Path) -> str | Path:
     """A source's checkpoint: the published one, or the one pretrained under ``root``."""
     source = config.sources[name]
     return source.checkpoint if source.pretrain is None else root / "sources" / name / "model.pt"
+
+
+def clean_source_check(
+    config: BenchmarkConfig, name: str, source: SourceConfig, ids: list[str], formulas: list[str]
+) -> dict[str, Any]:
+    """Refuse a shipped tlmat source that trained on this grid's held-out materials (a
+    grid it was not built for), unless the grid declares it with ``saw_test``."""
+    from tlmat.transfer.sources import seen_materials
+
+    n_ids, n_formulas = seen_materials(source.checkpoint, ids, formulas)
+    if (n_ids or n_formulas) and source.saw_test is None:
+        raise ValueError(
+            f"{config.name}: source {name} ({source.checkpoint}) trained on {n_ids} of this "
+            f"grid's {len(ids)} held-out materials and {n_formulas} of their reduced "
+            "formulas; rebuild it with this grid in benchmarks/configs "
+            "(python3 benchmarks/sources.py), or declare saw_test: to keep it as a marked row"
+        )
+    return {"held_out_seen": {"ids": n_ids, "formulas": n_formulas}}
 
 
 def prepare_sources(
@@ -446,6 +488,7 @@ def prepare_sources(
     """Pretrain the sources that need it (leakage-free), then describe every source in
     ``sources.json``."""
     from tlmat.experiments.pretraining import pretrain_source
+    from tlmat.transfer.sources import shipped
 
     ids, formulas = held_out_materials(config, dataset, fixed)
     described = {}
@@ -453,6 +496,8 @@ def prepare_sources(
         entry: dict[str, Any] = {"saw_test": source.saw_test}
         if source.pretrain is None:
             entry.update(kind="checkpoint", checkpoint=source.checkpoint)
+            if source.checkpoint in shipped():
+                entry.update(clean_source_check(config, name, source, ids, formulas))
         else:
             folder = root / "sources" / name
             pretrain_source(source.pretrain, ids, formulas, folder, cache_dir)

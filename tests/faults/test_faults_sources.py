@@ -1,0 +1,51 @@
+"""Fault cases of the sources tlmat ships (tlmat/pretrained/): weights changed after the
+model card was written, and a grid whose test materials a shipped source trained on.
+Each ends in a clear error, never in a silently leaky or different source."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tlmat.experiments.benchmark import BenchmarkConfig, SourceConfig, clean_source_check
+from tlmat.transfer import sources
+from tlmat.transfer.sources import load_source, shipped_folder, training_materials
+
+NAME = "tlmat/mp-eform-cgcnn"
+
+
+def test_changed_shipped_weights_are_refused(tmp_path, monkeypatch) -> None:
+    copy = tmp_path / "pretrained" / "mp-eform-cgcnn"
+    shutil.copytree(shipped_folder(NAME), copy)
+    model = copy / "model.pt"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF  # one byte of the stored tensors
+    model.write_bytes(bytes(data))
+    monkeypatch.setattr(sources, "SHIPPED_DIR", tmp_path / "pretrained")
+    sources.shipped.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"model\.pt: SHA-256 .* differs from its model card"):
+            load_source(NAME)
+    finally:
+        sources.shipped.cache_clear()
+
+
+def test_grid_whose_test_materials_the_source_saw_is_refused() -> None:
+    """A new grid testing on materials the shipped source trained on (here: five of its
+    training structures) is refused, unless it declares saw_test, which marks the rows."""
+    seen = training_materials(NAME)["train"][:5]
+    ids, formulas = [i for i, _ in seen], [f for _, f in seen]
+    config = BenchmarkConfig(
+        name="leaky",
+        data="mp_cgcnn_36k/mp_cgcnn_36k.csv.gz",
+        target="band_gap",
+        sizes=[100],
+        sources={"mp-all": {"checkpoint": NAME}},
+    )
+    with pytest.raises(ValueError, match=r"trained on 5 of this grid's 5 held-out materials"):
+        clean_source_check(config, "mp-all", config.sources["mp-all"], ids, formulas)
+    declared = SourceConfig(checkpoint=NAME, saw_test="shares MP structures")
+    counts = clean_source_check(config, "mp-all", declared, ids, formulas)
+    assert counts["held_out_seen"]["ids"] == 5
+    assert counts["held_out_seen"]["formulas"] == len(set(formulas))
