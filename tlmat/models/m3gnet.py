@@ -92,13 +92,11 @@ from tlmat.models.matgl import (
     element_table,
     head_names,
     import_matgl,
-    load_mapped,
-    matgl_version,
     node_types,
     read_published,
+    trained_from_published,
 )
 from tlmat.models.registry import Architecture, Published
-from tlmat.models.targets import TargetSpec
 
 #: the published models, by version
 PUBLISHED: dict[str, MatGLSource] = {
@@ -404,37 +402,19 @@ def load_published(
         raise ValueError(f"M3GNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
     source = PUBLISHED[version]
     files = read_published(source)
-    weights = files.folder / "state.pt"
     config = config_from_arguments(files.init_args, str(files.folder / "model.json"))
     config = config.model_copy(
         update={"node_aggregation": node_aggregation, "three_body_bond": three_body_bond}
     )
-    model = build_m3gnet(config)
-    names = tlmat_names(files.state)
-    unknown = sorted(set(files.state) - set(names))
-    if unknown:
-        from tlmat.models.checkpoint import CheckpointError
-
-        raise CheckpointError(f"{weights}: unexpected tensor {unknown[0]!r}")
-    load_mapped(model, {names[k]: v for k, v in files.state.items()}, weights)
-    target = TargetSpec(
-        name=source.target,
-        unit=source.unit,
-        normalization="standard",
-        mean=files.mean,
-        std=files.std,
+    return trained_from_published(
+        "m3gnet",
+        version,
+        source,
+        files,
+        build_m3gnet(config),
+        tlmat_names(files.state),
+        {"node_aggregation": node_aggregation, "three_body_bond": three_body_bond},
     )
-    provenance = {
-        "source": f"m3gnet/{version}",
-        "description": source.description,
-        "weights": f"matgl_pretrained/{source.folder}/state.pt",
-        "sha256": source.sha256["state.pt"],
-        "files_sha256": dict(source.sha256),
-        "node_aggregation": node_aggregation,
-        "three_body_bond": three_body_bond,
-        "package_version": matgl_version(),
-    }
-    return TrainedModel(model, target, provenance)
 
 
 ARCHITECTURE = Architecture(

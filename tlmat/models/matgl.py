@@ -232,3 +232,44 @@ def load_mapped(model: torch.nn.Module, mapped: dict[str, torch.Tensor], path: P
         if key not in mapped and key not in parameters:
             mapped[key] = value
     load_state(model, mapped, path)
+
+
+def trained_from_published(
+    architecture: str,
+    version: str,
+    source: MatGLSource,
+    files: PublishedFiles,
+    model: torch.nn.Module,
+    names: Mapping[str, str],
+    settings: Mapping[str, Any],
+) -> Any:
+    """A published matgl model as a tlmat :class:`TrainedModel`: the weights of ``files``
+    loaded into ``model`` under tlmat's ``names`` (any tensor without one is refused),
+    matgl's target normaliser as the target, and where it came from (with the
+    ``settings`` it runs with) as provenance."""
+    from tlmat.models.base import TrainedModel
+    from tlmat.models.checkpoint import CheckpointError
+    from tlmat.models.targets import TargetSpec
+
+    weights = files.folder / "state.pt"
+    unknown = sorted(set(files.state) - set(names))
+    if unknown:
+        raise CheckpointError(f"{weights}: unexpected tensor {unknown[0]!r}")
+    load_mapped(model, {names[k]: v for k, v in files.state.items()}, weights)
+    target = TargetSpec(
+        name=source.target,
+        unit=source.unit,
+        normalization="standard",
+        mean=files.mean,
+        std=files.std,
+    )
+    provenance = {
+        "source": f"{architecture}/{version}",
+        "description": source.description,
+        "weights": f"{FOLDER}/{source.folder}/state.pt",
+        "sha256": source.sha256["state.pt"],
+        "files_sha256": dict(source.sha256),
+        **settings,
+        "package_version": matgl_version(),
+    }
+    return TrainedModel(model, target, provenance)

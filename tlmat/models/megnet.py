@@ -66,13 +66,11 @@ from tlmat.models.matgl import (
     element_table,
     head_names,
     import_matgl,
-    load_mapped,
-    matgl_version,
     node_types,
     read_published,
+    trained_from_published,
 )
 from tlmat.models.registry import Architecture, Published
-from tlmat.models.targets import TargetSpec
 
 #: the fidelities of the multi-fidelity band-gap model, in the order of its state embedding
 FIDELITIES = ("PBE", "GLLB-SC", "HSE", "SCAN")
@@ -349,13 +347,11 @@ def load_published(
 ) -> TrainedModel:
     """matgl's published MEGNet as a tlmat model predicting its published target;
     ``fidelity`` (band-gap model): 0 PBE, 1 GLLB-SC, 2 HSE, 3 SCAN."""
-    from tlmat.models.checkpoint import CheckpointError
 
     if version not in PUBLISHED:
         raise ValueError(f"MEGNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
     source = PUBLISHED[version]
     files = read_published(source)
-    weights = files.folder / "state.pt"
     config = config_from_arguments(files.init_args, str(files.folder / "model.json"))
     try:
         config = MEGNetConfig(
@@ -363,31 +359,18 @@ def load_published(
         )
     except ValueError as error:
         raise ValueError(f"megnet/{version}: {error}") from None
-    model = build_megnet(config)
-    names = tlmat_names(files.state)
-    unknown = sorted(set(files.state) - set(names))
-    if unknown:
-        raise CheckpointError(f"{weights}: unexpected tensor {unknown[0]!r}")
-    load_mapped(model, {names[k]: v for k, v in files.state.items()}, weights)
-    target = TargetSpec(
-        name=source.target,
-        unit=source.unit,
-        normalization="standard",
-        mean=files.mean,
-        std=files.std,
-    )
-    provenance = {
-        "source": f"megnet/{version}",
-        "description": source.description,
-        "weights": f"matgl_pretrained/{source.folder}/state.pt",
-        "sha256": source.sha256["state.pt"],
-        "files_sha256": dict(source.sha256),
-        "node_aggregation": node_aggregation,
-        "package_version": matgl_version(),
-    }
+    settings: dict[str, Any] = {"node_aggregation": node_aggregation}
     if config.ntypes_state:
-        provenance["fidelity"] = FIDELITIES[fidelity] if fidelity < len(FIDELITIES) else fidelity
-    return TrainedModel(model, target, provenance)
+        settings["fidelity"] = FIDELITIES[fidelity] if fidelity < len(FIDELITIES) else fidelity
+    return trained_from_published(
+        "megnet",
+        version,
+        source,
+        files,
+        build_megnet(config),
+        tlmat_names(files.state),
+        settings,
+    )
 
 
 ARCHITECTURE = Architecture(
