@@ -66,8 +66,18 @@ class Backbone(nn.Module):
         return None
 
     def groups(self) -> OrderedDict[str, nn.Module]:
-        """Named parameter groups in forward order (``embedding``, ``interactions.i``, …)."""
-        raise NotImplementedError
+        """Named parameter groups in forward order (``embedding``, ``interactions.i``, …).
+
+        The default serves a backbone built as ``self.embedding``, the blocks
+        ``self.interactions`` and, when it has one, ``self.readout``; a backbone laid out
+        otherwise names its own groups."""
+        groups: OrderedDict[str, nn.Module] = OrderedDict(embedding=self.embedding)
+        for k, block in enumerate(self.interactions):
+            groups[f"interactions.{k}"] = block
+        readout = getattr(self, "readout", None)
+        if readout is not None:
+            groups["readout"] = readout
+        return groups
 
     def forward(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

@@ -248,13 +248,6 @@ class M3GNetBackbone(Backbone):
     def elements(self) -> list[int]:
         return ELEMENTS
 
-    def groups(self) -> OrderedDict[str, nn.Module]:
-        groups: OrderedDict[str, nn.Module] = OrderedDict(embedding=self.embedding)
-        for k, block in enumerate(self.interactions):
-            groups[f"interactions.{k}"] = block
-        groups["readout"] = self.readout
-        return groups
-
     def _atoms(self, batch: Batch) -> Iterator[tuple[str, torch.Tensor]]:
         """(group name, atom features) after the embedding and after each block; the
         order of operations is matgl's ``M3GNet.forward``."""

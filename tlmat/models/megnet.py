@@ -212,13 +212,6 @@ class MEGNetBackbone(Backbone):
     def elements(self) -> list[int]:
         return ELEMENTS
 
-    def groups(self) -> OrderedDict[str, nn.Module]:
-        groups: OrderedDict[str, nn.Module] = OrderedDict(embedding=self.embedding)
-        for k, block in enumerate(self.interactions):
-            groups[f"interactions.{k}"] = block
-        groups["readout"] = self.readout
-        return groups
-
     def _state(self, n_crystals: int, like: torch.Tensor) -> torch.Tensor:
         if self.config.ntypes_state:
             return torch.full((n_crystals,), self.config.fidelity, device=like.device)

@@ -163,12 +163,6 @@ class SchNetBackbone(Backbone):
     def elements(self) -> list[int]:
         return list(range(1, self.max_z + 1))
 
-    def groups(self) -> OrderedDict[str, nn.Module]:
-        groups: OrderedDict[str, nn.Module] = OrderedDict(embedding=self.embedding)
-        for k, block in enumerate(self.interactions):
-            groups[f"interactions.{k}"] = block
-        return groups
-
     def _atoms(self, batch: Batch) -> Iterator[tuple[str, torch.Tensor]]:
         # the basis and the envelope depend only on the distances: computed once and
         # shared by every block (each block has its own filter network on top)

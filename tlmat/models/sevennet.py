@@ -380,13 +380,6 @@ class SevenNetBackbone(Backbone):
     def elements(self) -> list[int]:
         return sorted(self.config.elements)
 
-    def groups(self) -> OrderedDict[str, nn.Module]:
-        groups: OrderedDict[str, nn.Module] = OrderedDict(embedding=self.embedding)
-        for k, block in enumerate(self.interactions):
-            groups[f"interactions.{k}"] = block
-        groups["readout"] = self.readout
-        return groups
-
     def _data(self, batch: Batch) -> dict[str, torch.Tensor]:
         """sevenn's data dictionary (``AtomGraphData`` keys) of a batch of tlmat graphs."""
         import sevenn._keys as KEY
