@@ -53,6 +53,26 @@ def _load(path: Path, allowlist: tuple[Any, ...] = ()) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def require_sha256(path: Path, checksum: str, what: str) -> None:
+    """Refuse a published file whose bytes are not the published ones."""
+    from tlmat.datasets import sha256sum
+
+    if sha256sum(path) != checksum:
+        raise CheckpointError(f"{path}: SHA-256 differs from the published {what} ({checksum})")
+
+
+def read_published_weights(
+    path: Path, checksum: str, what: str, allowlist: tuple[Any, ...] = ()
+) -> Any:
+    """A published weights file (``what``, e.g. ``CHGNet 0.3.0 weights``), checked against
+    its SHA-256, then read with ``torch.load(weights_only=True)`` and ``allowlist``."""
+    require_sha256(path, checksum, what)
+    try:
+        return _load(path, allowlist)
+    except Exception as error:
+        raise _refusal(path, error) from error
+
+
 def safe_load(path: str | Path) -> dict[str, Any]:
     """``torch.load(weights_only=True)``: first with no allowlist (tlmat's own files), then
     with each importer's own allowlist for files that need one. A refused file raises a

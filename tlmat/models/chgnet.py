@@ -355,16 +355,10 @@ def weights_path(version: str) -> Path:
 def read_weights(version: str) -> dict[str, Any]:
     """The stored weights of a CHGNet version, after checking their SHA-256, read with
     ``torch.load(weights_only=True)`` (tensors and plain containers: nothing unpickled)."""
-    from tlmat.datasets import sha256sum
-    from tlmat.models.checkpoint import CheckpointError
+    from tlmat.models.checkpoint import read_published_weights
 
-    path = weights_path(version)
-    checksum = WEIGHTS[version][1]
-    if sha256sum(path) != checksum:
-        raise CheckpointError(
-            f"{path}: SHA-256 differs from the published CHGNet {version} weights ({checksum})"
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    file, checksum = weights_path(version), WEIGHTS[version][1]
+    return read_published_weights(file, checksum, f"CHGNet {version} weights")
 
 
 def load_published(version: str = "0.3.0") -> TrainedModel:

@@ -170,19 +170,14 @@ class PublishedFiles:
 def read_published(source: MatGLSource) -> PublishedFiles:
     """The files of a published matgl model, each checked against its SHA-256 first
     (see the module's docstring for how each is read)."""
-    from tlmat.datasets import sha256sum
-    from tlmat.models.checkpoint import CheckpointError
+    from tlmat.models.checkpoint import CheckpointError, require_sha256
 
     folder = folder_path(source)
     for name, checksum in source.sha256.items():
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing from matgl's published {source.folder}")
-        if sha256sum(path) != checksum:
-            raise CheckpointError(
-                f"{path}: SHA-256 differs from the published matgl {source.folder} "
-                f"{name} ({checksum})"
-            )
+        require_sha256(path, checksum, f"matgl {source.folder} {name}")
     with (folder / "model.json").open() as handle:
         described = json.load(handle)
     inner = described.get("kwargs", {}).get("model", {})

@@ -495,20 +495,12 @@ def weights_path(weights: str) -> Path:
 def read_weights(weights: str) -> dict[str, Any]:
     """A SevenNet checkpoint, after checking its SHA-256, read with
     ``torch.load(weights_only=True)`` and the four numpy globals of :func:`_numpy_allowlist`."""
-    from tlmat.datasets import sha256sum
-    from tlmat.models.checkpoint import CheckpointError, _refusal
+    from tlmat.models.checkpoint import CheckpointError, read_published_weights
 
-    path = weights_path(weights)
-    checksum = WEIGHTS[weights][1]
-    if sha256sum(path) != checksum:
-        raise CheckpointError(
-            f"{path}: SHA-256 differs from the published SevenNet {weights} weights ({checksum})"
-        )
-    try:
-        with torch.serialization.safe_globals(_numpy_allowlist()):
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise _refusal(path, error) from error
+    path, checksum = weights_path(weights), WEIGHTS[weights][1]
+    stored = read_published_weights(
+        path, checksum, f"SevenNet {weights} weights", tuple(_numpy_allowlist())
+    )
     if not isinstance(stored, dict) or not {"config", "model_state_dict"} <= set(stored):
         raise CheckpointError(f"{path}: not a sevenn checkpoint (no config and model_state_dict)")
     return stored
