@@ -342,3 +342,55 @@ def test_model_zoo_grid_pretrains_and_transfers_every_architecture(
         tuple(pd.read_csv(p)["id"]) for p in (tmp_path / "res").glob("*/n60-s0/*/predictions.csv")
     }
     assert len(tests) == 1
+
+
+def test_a_method_runs_only_up_to_its_max_size(small_csv: Path) -> None:
+    config = BenchmarkConfig(
+        **config_for(
+            small_csv,
+            methods=["scratch", {"name": "full", "strategy": "full", "max_size": 20}],
+        )
+    )
+    sizes = {(j.method, j.size) for j in jobs(config)}
+    assert sizes == {("scratch", 20), ("scratch", 40), ("full", 20)}
+
+
+def test_source_outputs_are_computed_once_as_each_job_would(small_csv: Path, tmp_path) -> None:
+    """Features and raw predictions of every structure, computed once per source for the
+    zero-shot rows and the features+MLP/RF jobs, equal what a job computes alone."""
+    from tlmat.experiments.benchmark import OUTPUTS, _data
+    from tlmat.models.prediction import predict
+    from tlmat.transfer.features import extract_features
+    from tlmat.transfer.sources import load_source
+
+    config = BenchmarkConfig(
+        **config_for(small_csv, sizes=[20], seeds=[0], methods=["features+rf"],
+                     executor={"kind": "debug"})
+    )  # fmt: skip
+    root = tmp_path / "results"
+    run_benchmark(config, root, tmp_path / "cache")
+    stored = np.load(root / "cgcnn-mp" / OUTPUTS)
+    dataset, fixed = _data(config, tmp_path / "cache")
+    assert stored["ids"].tolist() == dataset.ids
+    source = load_source("cgcnn/formation-energy-per-atom")
+    alone = extract_features(source, dataset, fixed.test, "layers")
+    np.testing.assert_allclose(stored["features"][fixed.test], alone, rtol=1e-5, atol=1e-5)
+    raw = predict(source, dataset, fixed.test).reshape(len(fixed.test), -1)
+    np.testing.assert_allclose(stored["predictions"][fixed.test], raw, rtol=1e-5, atol=1e-6)
+
+
+def test_ray_executor_gives_the_local_numbers(small_csv: Path, tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="executor kind ray needs the optional extra tlmat[ray]")
+    overrides = {"sizes": [20], "seeds": [0], "methods": ["scratch", "features+rf"]}
+    maes = {}
+    for kind in ("debug", "ray"):
+        executor = {"kind": kind, "workers": 2}
+        config = BenchmarkConfig(**config_for(small_csv, executor=executor, **overrides))
+        root = tmp_path / kind
+        run_benchmark(config, root, tmp_path / "cache")
+        maes[kind] = {
+            str(j): json.loads((j.folder(root) / "result.json").read_text())["test"]["mae"]
+            for j in jobs(config)
+        }
+    # the same jobs, the same numbers (to the last bits of a random forest's sums)
+    assert len(maes["ray"]) == 2 and maes["ray"] == pytest.approx(maes["debug"], rel=1e-12)

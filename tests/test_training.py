@@ -200,3 +200,47 @@ def test_a_long_run_says_how_long_after_its_first_epoch(perovskites, tmp_path, m
         fit(small_cgcnn(), perovskites, split, quick(epochs=3), tmp_path / "run")
     said = [r.getMessage() for r in caplog.records if "more epochs may take" in r.getMessage()]
     assert len(said) == 1 and "up to 2 more epochs" in said[0] and "--epochs caps it" in said[0]
+
+
+@pytest.mark.integration
+def test_ddp_on_two_cpu_processes_matches_one_process_and_resumes(data, tmp_path) -> None:
+    """Data-parallel training through Lightning's DDP on 2 CPU processes (gloo), launched
+    as on a cluster: Lightning relaunches the command for the second process. Each
+    process takes half of every batch, so 2 × 16 sees the batches of 1 × 32; the
+    tolerance (5 % of the validation MAE) covers batch-norm statistics, which each process
+    computes on its half. An interrupted DDP run resumes to exactly the uninterrupted
+    one's numbers."""
+    import os
+    import subprocess
+    import sys
+
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / "perov300.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=300), table)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(run: str, epochs: int, processes: int) -> dict:
+        command = [sys.executable, "-m", "tlmat", "train", str(table), "-t", "heat_ref",
+                   "--unit", "eV/cell", "--accelerator", "cpu", "--epochs", str(epochs),
+                   "--early-stopping-patience", "0", "--cache-dir", str(tmp_path / "cache"),
+                   "--run-dir", str(tmp_path / run)]  # fmt: skip
+        command += ["--batch-size", str(32 // processes)]
+        if processes > 1:
+            command += ["--devices", str(processes), "--ddp-strategy", "ddp"]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads((tmp_path / run / "run.json").read_text())
+
+    one, two = train("one", 3, 1), train("two", 3, 2)
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert two["epochs"] == 3
+    assert two["best_val_mae"] == pytest.approx(one["best_val_mae"], rel=0.05)
+
+    train("resumed", 1, 2)
+    for name in ("model.pt", "run.json", "test_metrics.json"):  # as if killed after epoch 1
+        (tmp_path / "resumed" / name).unlink()
+    resumed = train("resumed", 3, 2)
+    assert (resumed["resumed"], resumed["resumed_from_epoch"]) == (True, 1)
+    assert resumed["best_val_mae"] == pytest.approx(two["best_val_mae"], rel=1e-6)
+    assert len(pd.read_csv(tmp_path / "resumed" / "metrics.csv").dropna(subset=["val_mae"])) == 3

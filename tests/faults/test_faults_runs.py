@@ -528,3 +528,30 @@ def test_cli_gaussian_nll_with_tanh_or_a_kept_head_exits_with_the_reason(data, t
     assert kept.exit_code == 1, kept.output
     assert "keep_head keeps the source's head, which has 1 output(s)" in said(kept)
     assert not list((tmp_path / "kept").rglob("model.pt"))
+
+
+def test_report_of_a_scratch_curve_that_does_not_fall_says_why_instead_of_failing(
+    tmp_path,
+) -> None:
+    """A two-epoch grid (``--quick``) can leave scratch worse at the larger size: the report
+    is still written, without equivalent sizes, and says why (it used to abort)."""
+    from tlmat.evaluation.report import summary_tables, write_report
+
+    rows = []
+    for size, mae in ((100, 0.40), (500, 0.45)):
+        for method, factor in (("scratch", 1.0), ("full", 0.5)):
+            folder = tmp_path / f"n{size}-s0" / method
+            folder.mkdir(parents=True)
+            (folder / "result.json").write_text(
+                json.dumps({"strategy": method, "test": {"mae": mae * factor, "n": 40}})
+            )
+            rows.append((method, size, mae * factor))
+    import pandas as pd
+
+    runs = pd.DataFrame(rows, columns=["method", "size", "mae"]).assign(seed=0)
+    tables = summary_tables(runs)
+    assert not any(name.startswith("equivalent") for name in tables)
+    assert tables["_fit"].iloc[0].slope > 0
+    report = write_report(tmp_path, tmp_path / "report", unit="eV/cell")
+    text = report.read_text()
+    assert "No equivalent scratch training-set sizes" in text and "slope +0.073" in text

@@ -113,7 +113,24 @@ SplitFile = Annotated[
 Accelerator = Annotated[
     str | None, typer.Option(help="auto, cpu, gpu or mps (Lightning's accelerator) [auto].")
 ]
-Devices = Annotated[int | None, typer.Option(help="How many GPUs to train on [1].")]
+Devices = Annotated[
+    int | None,
+    typer.Option(
+        help="Processes per node, one per GPU (or CPU processes with --accelerator cpu); "
+        "more than one trains data-parallel (DDP) with --batch-size per process [1]."
+    ),
+]
+NumNodes = Annotated[
+    int | None, typer.Option(help="Machines of a DDP run, e.g. SLURM nodes under srun [1].")
+]
+DistributedStrategy = Annotated[
+    str | None,
+    typer.Option(
+        "--ddp-strategy",
+        help="How a DDP run's processes start: ddp (Lightning relaunches this command "
+        "per device, or srun started them), ddp_spawn (one machine) or auto [auto].",
+    ),
+]
 Precision = Annotated[
     str | None,
     typer.Option(help="32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true]."),
@@ -408,6 +425,8 @@ def train(
     early_stopping_patience: Patience = None,
     accelerator: Accelerator = None,
     devices: Devices = None,
+    num_nodes: NumNodes = None,
+    ddp_strategy: DistributedStrategy = None,
     precision: Precision = None,
     seed: Seed = 0,
     unit: Unit = "",
@@ -456,6 +475,8 @@ def train(
             early_stopping_patience=early_stopping_patience,
             accelerator=accelerator,
             devices=devices,
+            num_nodes=num_nodes,
+            ddp_strategy=ddp_strategy,
             precision=precision,
         )
         out_dim = cfg.target_spec().out_dim  # 2 with --loss gaussian_nll: mean, variance
@@ -642,6 +663,8 @@ def finetune(
     early_stopping_patience: Patience = None,
     accelerator: Accelerator = None,
     devices: Devices = None,
+    num_nodes: NumNodes = None,
+    ddp_strategy: DistributedStrategy = None,
     precision: Precision = None,
     seed: Seed = 0,
     unit: Unit = "",
@@ -708,6 +731,8 @@ def finetune(
             early_stopping_patience=early_stopping_patience,
             accelerator=accelerator,
             devices=devices,
+            num_nodes=num_nodes,
+            ddp_strategy=ddp_strategy,
             precision=precision,
         )
         check_run_dir(run_dir, overwrite, finished_ok=True)  # before the slow work
@@ -917,6 +942,8 @@ def compare(
     early_stopping_patience: Patience = None,
     accelerator: Accelerator = None,
     devices: Devices = None,
+    num_nodes: NumNodes = None,
+    ddp_strategy: DistributedStrategy = None,
     precision: Precision = None,
     seed: Seed = 0,
     unit: Unit = "",
@@ -980,6 +1007,8 @@ def compare(
             early_stopping_patience=early_stopping_patience,
             accelerator=accelerator,
             devices=devices,
+            num_nodes=num_nodes,
+            ddp_strategy=ddp_strategy,
             precision=precision,
         )
         cfg = cfg.model_copy(update={"progress_bar": False})

@@ -14,7 +14,14 @@ from tlmat.data.dataset import GraphDataset
 class GraphLoader:
     """Iterates PyG batches of ``dataset[indices]``; with ``shuffle`` the order is drawn from
     (``seed``, epoch) — the trainer sets the epoch, so a resumed run sees the same order as
-    an uninterrupted one."""
+    an uninterrupted one.
+
+    With ``replicas`` > 1 (data-parallel training), the process of rank r of the
+    ``torch.distributed`` group takes every ``replicas``-th structure of that order,
+    starting at r: together the processes' k-th batches are the one-process loader's k-th
+    batch of ``batch_size`` × ``replicas``. The order is first padded by repeating its
+    head, so every process runs the same number of steps (as ``DistributedSampler``).
+    """
 
     def __init__(
         self,
@@ -24,17 +31,37 @@ class GraphLoader:
         shuffle: bool = False,
         target: str | None = None,
         seed: int = 0,
+        replicas: int = 1,
     ):
+        if replicas < 1:
+            raise ValueError(f"replicas must be at least 1, got {replicas}")
         self.dataset = dataset
         self.indices = np.arange(len(dataset)) if indices is None else np.asarray(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.target = target
         self.seed = seed
+        self.replicas = replicas
         self.epoch = 0
 
     def __len__(self) -> int:
-        return (len(self.indices) + self.batch_size - 1) // self.batch_size
+        share = -(-len(self.indices) // self.replicas)
+        return (share + self.batch_size - 1) // self.batch_size
+
+    def _rank(self) -> int:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                f"a loader sharded over {self.replicas} processes runs inside a "
+                "torch.distributed group (a DDP run); none is initialised"
+            )
+        if dist.get_world_size() != self.replicas:
+            raise RuntimeError(
+                f"the loader is sharded over {self.replicas} processes, the "
+                f"torch.distributed group has {dist.get_world_size()}"
+            )
+        return dist.get_rank()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -44,6 +71,9 @@ class GraphLoader:
         if self.shuffle:
             rng = np.random.default_rng([self.seed, self.epoch])
             order = order[rng.permutation(len(order))]
+        if self.replicas > 1 and len(order):
+            padded = np.resize(order, -(-len(order) // self.replicas) * self.replicas)
+            order = padded[self._rank() :: self.replicas]
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = self.dataset.batch(chunk.tolist(), self.target)

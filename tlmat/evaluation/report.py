@@ -211,6 +211,13 @@ def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, p
     )
     if base_curve is not None and len(base_curve) >= 2:
         fit = loglog_fit(base_curve.index.to_numpy(), base_curve.to_numpy())
+        tables["_fit"] = pd.DataFrame(
+            {"slope": [fit.slope], "intercept": [fit.intercept], "r2": [fit.r2]}
+        )
+
+    if base_curve is not None and len(base_curve) >= 2 and fit.slope < 0:
+        # a curve that does not fall (too few epochs, say) cannot be inverted: the fit
+        # is still reported, the equivalent sizes are not
 
         def equivalent(value: float, size: int) -> str:
             eq = equivalent_training_size(fit, value)
@@ -224,9 +231,6 @@ def summary_tables(runs: pd.DataFrame, baseline: str = "scratch") -> dict[str, p
         }
         tables[f"equivalent {baseline} training-set size"] = (
             pd.Series(eq_table).rename_axis(["method", "size"]).unstack("size")
-        )
-        tables["_fit"] = pd.DataFrame(
-            {"slope": [fit.slope], "intercept": [fit.intercept], "r2": [fit.r2]}
         )
     if "sec_per_epoch" in runs:
         speed = runs.dropna(subset=["sec_per_epoch"]).groupby(["method", "size"])["sec_per_epoch"]
@@ -614,6 +618,13 @@ def write_report(
             "are shown for reference, not as headline numbers.",
             "",
             *markdown_table(sources_table(sources)),
+            "",
+        ]
+    if "_fit" in tables and not any(name.startswith("equivalent") for name in tables):
+        lines += [
+            f"No equivalent {baseline} training-set sizes: the {baseline} learning curve "
+            f"does not fall with N (log10 MAE slope {tables['_fit'].iloc[0].slope:+.3f}), "
+            "so it cannot be inverted; train longer or over a wider range of sizes.",
             "",
         ]
     for name, table in tables.items():

@@ -67,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tlmat.experiments.baselines import BASELINES
 from tlmat.experiments.pretraining import DEFAULT_MODEL, PretrainConfig
+from tlmat.transfer.strategies import FEATURE_STRATEGIES
 
 if TYPE_CHECKING:
     from tlmat.training import TrainConfig
@@ -76,15 +77,18 @@ logger = logging.getLogger("tlmat")
 
 class ExecutorConfig(BaseModel):
     """Where jobs run: ``local`` processes (``workers`` at a time), ``slurm`` through
-    submitit (``slurm`` holds its parameters, e.g. partition, timeout_min), or ``debug``
-    (in this process, one after the other)."""
+    submitit (``slurm`` holds its parameters, e.g. partition, timeout_min), ``ray`` (a
+    Ray cluster, or a local one; ``ray`` holds ``ray.init``'s arguments, e.g.
+    ``address: auto`` to join a running cluster; each job asks for ``threads_per_job``
+    CPUs), or ``debug`` (in this process, one after the other)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["local", "slurm", "debug"] = "local"
+    kind: Literal["local", "slurm", "ray", "debug"] = "local"
     workers: int = Field(2, ge=1)
     threads_per_job: int = Field(1, ge=1)
     slurm: dict[str, Any] = Field(default_factory=dict)
+    ray: dict[str, Any] = Field(default_factory=dict)
 
 
 #: Methods that use no source: run once per (size, seed), in ``common/``.
@@ -104,6 +108,9 @@ class MethodConfig(BaseModel):
     strategy: str
     #: the architecture a source-free network method trains (name, preset or mapping)
     model: str | dict[str, Any] | None = None
+    #: run only at training-set sizes up to this (e.g. full fine-tuning of a foundation
+    #: model, too slow on a CPU at thousands of structures)
+    max_size: int | None = Field(None, ge=1)
 
     @property
     def source_free(self) -> bool:
@@ -281,12 +288,18 @@ def method_config(config: BenchmarkConfig, job: Job) -> MethodConfig:
 def jobs(config: BenchmarkConfig) -> list[Job]:
     """Every (size, seed, source, method); source-free methods once, under ``common``."""
     grid = [(size, seed) for size in sorted(config.sizes) for seed in repeats(config, size)]
-    common = [m.name for m in method_configs(config.methods) if m.source_free]
-    out = [Job(size, seed, COMMON, m) for size, seed in grid for m in common]
+
+    def fits(method: MethodConfig, size: int) -> bool:
+        return method.max_size is None or size <= method.max_size
+
+    common = [m for m in method_configs(config.methods) if m.source_free]
+    out = [Job(size, seed, COMMON, m.name) for size, seed in grid for m in common if fits(m, size)]
     for name, source in config.sources.items():
         entries = method_configs(source.methods or config.methods)
-        methods = [m.name for m in entries if not m.source_free]
-        out += [Job(size, seed, name, m) for size, seed in grid for m in methods]
+        methods = [m for m in entries if not m.source_free]
+        out += [
+            Job(size, seed, name, m.name) for size, seed in grid for m in methods if fits(m, size)
+        ]
     return out
 
 
@@ -335,14 +348,16 @@ def grid_settings(config: BenchmarkConfig) -> list:
     return list(unique.values())
 
 
-def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None):
+def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_model: bool = True):
     """The dataset (pool [+ val] [+ test]) built with ``settings`` (default: the grid
     model's) and the fixed split every job draws from. Only structures that every model
-    of the grid can use are kept, so every job sees the same ids in the same order."""
+    of the grid can use are kept, so every job sees the same ids in the same order
+    (``every_model=False``: those the grid's model can use, without building the other
+    models' graphs)."""
     from tlmat.data import Split, concat, load_dataset, random_split, subsample
     from tlmat.experiments.pretraining import table_path
 
-    everything = grid_settings(config)
+    everything = grid_settings(config) if every_model else [model_settings(config.model)]
     settings = settings or everything[0]
 
     def load(spec: str):
@@ -447,12 +462,15 @@ def held_out_materials(config: BenchmarkConfig, dataset, fixed) -> tuple[list[st
 def grid_held_out(
     configs: list[BenchmarkConfig], cache_dir: Path | None = None
 ) -> dict[str, dict[str, list[str]]]:
-    """Each grid's held-out materials (``{name: {"ids": …, "formulas": …}}``), computed
-    exactly as the grid computes them: a source shared by these grids must not train on
-    the union."""
+    """Each grid's held-out materials (``{name: {"ids": …, "formulas": …}}``): a source
+    shared by these grids must not train on the union. Computed exactly as the grid
+    computes them, or, where the held-out set is a fixed table or a whole Matbench task,
+    as its superset (before structures some model of the grid cannot use are dropped),
+    which needs only the graphs of the grid's scratch model, not a foundation model's."""
     out = {}
     for config in configs:
-        dataset, fixed = _data(config, cache_dir)
+        fixed_table = config.test is not None or config.protocol == "matbench"
+        dataset, fixed = _data(config, cache_dir, every_model=not fixed_table)
         ids, formulas = held_out_materials(config, dataset, fixed)
         out[config.name] = {"ids": ids, "formulas": formulas}
     return out
@@ -513,6 +531,64 @@ def prepare_sources(
     return described
 
 
+OUTPUTS = "outputs.npz"
+
+
+def source_outputs(
+    config: BenchmarkConfig, name: str, root: Path, source, dataset
+) -> tuple[np.ndarray, np.ndarray]:
+    """Source ``name``'s pooled layer features and raw predictions for every structure of
+    the grid (row i ↔ ``dataset[i]``), computed once and kept in
+    ``<root>/<name>/outputs.npz`` for the zero-shot rows and every features+MLP/RF job: a
+    foundation model takes 7–30 ms per structure on a CPU, too slow to repeat for each
+    size and seed. A table written for other structures or another source is computed
+    again."""
+    import os
+
+    from tlmat.models.prediction import predict
+    from tlmat.transfer.features import extract_features
+
+    path = root / name / OUTPUTS
+    origin = str(source_path(config, name, root))
+    if path.exists():
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["source"]) == origin and stored["ids"].tolist() == list(dataset.ids):
+                return stored["features"], stored["predictions"]
+        logger.info("%s: written for other structures or another source; computing again", path)
+    features = extract_features(source, dataset, None, "layers")
+    predictions = predict(source, dataset, None).reshape(len(dataset), -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    with partial.open("wb") as handle:  # a reader never sees a half-written table
+        np.savez(
+            handle,
+            features=features,
+            predictions=predictions,
+            ids=np.array(dataset.ids),
+            source=np.array(origin),
+        )
+    os.replace(partial, path)
+    return features, predictions
+
+
+def prepare_outputs(config: BenchmarkConfig, root: Path, cache_dir: Path | None, todo) -> None:
+    """Compute each source's outputs table before the jobs that share it run in parallel."""
+    from tlmat.transfer.sources import load_source
+
+    for name in sorted({j.source for j in todo if j.source != COMMON}):
+        dataset, _ = _data(config, cache_dir, job_settings(config, Job(0, 0, name, ""), root))
+        source = load_source(source_path(config, name, root))
+        start = time.perf_counter()
+        features, _ = source_outputs(config, name, root, source, dataset)
+        logger.info(
+            "%s: %d features of %d structures in %.0f s",
+            name,
+            features.shape[1],
+            len(dataset),
+            time.perf_counter() - start,
+        )
+
+
 def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | None) -> dict:
     """Train and evaluate one (size, seed, source, method); writes its folder."""
     import torch
@@ -539,9 +615,13 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
         source = load_source(origin)
     folder = job.folder(root)
     zero = folder.parent / "zero-shot.json"
-    if job.source != COMMON and not zero.exists():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        zero.write_text(json.dumps(zero_shot(source, dataset, split, config.target), indent=2))
+    features = None
+    if job.source != COMMON:
+        features, predictions = source_outputs(config, job.source, root, source, dataset)
+        if not zero.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            found = zero_shot(source, dataset, split, config.target, predictions)
+            zero.write_text(json.dumps(found, indent=2))
     train_config = _train_config(config, job)
     result = run_strategy(
         method.strategy,
@@ -552,6 +632,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
         folder,
         freeze_k=config.freeze_k,
         overwrite=True,
+        features=features if method.strategy in FEATURE_STRATEGIES else None,
     )
     manifest = json.loads((folder / "result.json").read_text())
     if method.name != method.strategy:  # reports label rows by this
@@ -627,6 +708,25 @@ def changed_jobs(config: BenchmarkConfig, root: Path) -> dict[str, list[str]]:
     return changed
 
 
+def _run_on_ray(config: BenchmarkConfig, todo: list[Job], root: Path, cache: Path | None) -> None:
+    """Run ``todo`` as Ray tasks; they read the graph cache ``run_benchmark`` built."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("executor kind ray needs Ray: pip install 'tlmat[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        options = {"num_cpus": config.executor.workers * config.executor.threads_per_job}
+        options = config.executor.ray or options  # a cluster's address says its own size
+        ray.init(**options, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=config.executor.threads_per_job)(run_job)
+        ray.get([task.remote(config, job, root, cache) for job in todo])
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def run_benchmark(
     config: BenchmarkConfig, root: str | Path, cache_dir: str | Path | None = None
 ) -> Path:
@@ -658,6 +758,7 @@ def run_benchmark(
     torch.set_num_threads(config.executor.workers * config.executor.threads_per_job)
     try:
         prepare_sources(config, root, cache, dataset, fixed)
+        prepare_outputs(config, root, cache, todo)
     finally:
         torch.set_num_threads(threads)
     kind = config.executor.kind
@@ -669,6 +770,8 @@ def run_benchmark(
             futures = [pool.submit(run_job, config, job, root, cache) for job in todo]
             for future in as_completed(futures):
                 future.result()
+    elif kind == "ray":
+        _run_on_ray(config, todo, root, cache)
     else:
         import submitit
 

@@ -45,14 +45,23 @@ class StrategyResult:
 
 
 def zero_shot(
-    source: TrainedModel, dataset: GraphDataset, split: Split, target: str
+    source: TrainedModel,
+    dataset: GraphDataset,
+    split: Split,
+    target: str,
+    predictions: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """The source's raw predictions on the test split, and the same after a linear
     recalibration a·ŷ + b fitted on the training split (units may differ: eV/atom vs eV
-    per cell)."""
+    per cell). ``predictions``: the source's raw outputs for every structure of
+    ``dataset``, when already computed."""
     y = dataset.targets[target]
-    raw_test = predict(source, dataset, split.test).reshape(len(split.test), -1)[:, 0]
-    raw_train = predict(source, dataset, split.train).reshape(len(split.train), -1)[:, 0]
+    if predictions is None:
+        raw_test = predict(source, dataset, split.test).reshape(len(split.test), -1)[:, 0]
+        raw_train = predict(source, dataset, split.train).reshape(len(split.train), -1)[:, 0]
+    else:
+        raw = predictions.reshape(len(dataset), -1)[:, 0]
+        raw_test, raw_train = raw[split.test], raw[split.train]
     a, b = np.polyfit(raw_train, y[split.train], 1)
     return {
         "zero-shot": regression_metrics(y[split.test], raw_test),
@@ -71,11 +80,14 @@ def run_strategy(
     freeze_k: int = 1,
     overwrite: bool = False,
     reuse: bool = False,
+    features: np.ndarray | None = None,
 ) -> StrategyResult:
     """Train one strategy (``scratch`` uses the source's architecture with random weights)
     and evaluate it on the test split. With ``reuse``, a finished run in ``run_dir`` made
     with the same settings is read back instead of trained again (other settings are
-    refused, unless ``overwrite``)."""
+    refused, unless ``overwrite``). ``features``: the source's pooled layer features of
+    every structure of ``dataset`` (row i ↔ ``dataset[i]``), computed once for many
+    feature-strategy runs instead of once per run."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     y = dataset.targets[config.target]
@@ -102,7 +114,9 @@ def run_strategy(
         prepare_run_dir(run_dir, overwrite)
         record(run_dir, SETTINGS)
         (run_dir / SETTINGS).write_text(json.dumps(settings, indent=2, default=str))
-        prediction, val_mae, extra = _predict_without_training(name, source, dataset, split, config)
+        prediction, val_mae, extra = _predict_without_training(
+            name, source, dataset, split, config, features
+        )
         result = StrategyResult(
             name,
             regression_metrics(y[split.test], prediction),
@@ -161,7 +175,12 @@ def _reused(run_dir: Path, name: str, settings: dict[str, Any]) -> StrategyResul
 
 
 def _predict_without_training(
-    name: str, source: TrainedModel, dataset: GraphDataset, split: Split, config: TrainConfig
+    name: str,
+    source: TrainedModel,
+    dataset: GraphDataset,
+    split: Split,
+    config: TrainConfig,
+    features: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, dict[str, Any]]:
     """Test predictions, validation MAE and details of the methods that fine-tune no
     network: the training mean, descriptor baselines, and source features + MLP/RF."""
@@ -175,8 +194,12 @@ def _predict_without_training(
             name, dataset, split.train, split.test, y[split.train], config.seed
         )
         return prediction, float("nan"), extra
-    features = {
+    if features is not None and len(features) != len(dataset):
+        raise ValueError(f"{len(features)} feature rows for {len(dataset)} structures")
+    parts = {
         part: extract_features(source, dataset, getattr(split, part), "layers")
+        if features is None
+        else features[getattr(split, part)]
         for part in ("train", "val", "test")
     }
     regressor = feature_regressor(
@@ -185,12 +208,12 @@ def _predict_without_training(
         epochs=config.epochs,
         patience=config.early_stopping_patience or config.epochs,
     )
-    regressor.fit(features["train"], y[split.train], features["val"], y[split.val])
-    val_mae = float(np.abs(regressor.predict(features["val"]) - y[split.val]).mean())
+    regressor.fit(parts["train"], y[split.train], parts["val"], y[split.val])
+    val_mae = float(np.abs(regressor.predict(parts["val"]) - y[split.val]).mean())
     return (
-        regressor.predict(features["test"]),
+        regressor.predict(parts["test"]),
         val_mae,
-        {"n_features": int(features["train"].shape[1])},
+        {"n_features": int(parts["train"].shape[1])},
     )
 
 

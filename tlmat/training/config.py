@@ -54,8 +54,17 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(64, ge=1)
     seed: int = 0
     accelerator: Literal["auto", "cpu", "gpu", "mps"] = "auto"
-    #: how many accelerators (GPUs) Lightning trains on
+    #: processes (one per GPU, or CPU processes) per node that Lightning trains on; more
+    #: than one in all (``devices`` × ``num_nodes``) is data-parallel training (DDP):
+    #: every process takes an equal share of each shuffled epoch, so ``batch_size`` is
+    #: per process and the batch the optimiser sees is ``batch_size`` × processes
     devices: int = Field(1, ge=1)
+    #: machines (SLURM nodes) of a DDP run
+    num_nodes: int = Field(1, ge=1)
+    #: how Lightning starts a DDP run's processes: ``ddp`` (it relaunches the command
+    #: once per device, or a cluster launcher such as ``srun`` started them all),
+    #: ``ddp_spawn`` (spawned from this process; one machine), ``auto`` (Lightning's choice)
+    ddp_strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     #: Lightning's precision: "32-true", "64-true", "16-mixed" (GPUs) or "bf16-mixed"
     precision: Literal["32-true", "64-true", "16-mixed", "bf16-mixed"] = "32-true"
     progress_bar: bool = True
@@ -70,6 +79,11 @@ class TrainConfig(BaseModel):
                 "the target's unit)"
             )
         return self
+
+    @property
+    def processes(self) -> int:
+        """Training processes in all (``devices`` × ``num_nodes``)."""
+        return self.devices * self.num_nodes
 
     def target_spec(self) -> TargetSpec:
         """The (unfitted) specification of the target this run learns."""

@@ -140,6 +140,8 @@ def _trainer(config: TrainConfig, callbacks: list, run_dir: Path, steps: int) ->
         max_epochs=config.epochs,
         accelerator=config.accelerator,
         devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.ddp_strategy,
         precision=config.precision,
         deterministic=True,
         callbacks=callbacks,
@@ -149,6 +151,14 @@ def _trainer(config: TrainConfig, callbacks: list, run_dir: Path, steps: int) ->
         log_every_n_steps=max(1, min(50, steps)),
         num_sanity_val_steps=0,
     )
+
+
+def launched_rank() -> int:
+    """This process's global rank in a DDP run whose processes were started by a launcher
+    (Lightning's relaunch, torchrun, srun), from the environment those set; 0 otherwise."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 @contextlib.contextmanager
@@ -215,7 +225,13 @@ def fit(
     """Train ``trained.model`` on ``dataset[split.train]``, selecting the epoch with the
     lowest validation MAE; the target normaliser is refitted on the training split."""
     run_dir = Path(run_dir)
-    resume = prepare_run_dir(run_dir, overwrite)
+    # in a DDP run started by a launcher (Lightning's relaunch of the command, srun), the
+    # processes of rank > 0 train beside rank 0 but never touch the run folder
+    primary = launched_rank() == 0
+    if primary:
+        resume = prepare_run_dir(run_dir, overwrite)
+    else:
+        resume = (run_dir / "checkpoints" / "last.ckpt").exists()
     strategy = strategy or Strategy(name="scratch", from_source=False)
     L.seed_everything(config.seed, workers=True, verbose=False)
     start = time.perf_counter()
@@ -244,8 +260,9 @@ def fit(
     if not param_groups:
         raise ValueError(f"strategy {strategy.name!r} leaves nothing to train")
 
-    check_resume(run_dir, run_settings(trained, dataset, split, config, strategy))
-    record(run_dir, "checkpoints", "metrics.csv", "hparams.yaml", "split.json")
+    if primary:
+        check_resume(run_dir, run_settings(trained, dataset, split, config, strategy))
+        record(run_dir, "checkpoints", "metrics.csv", "hparams.yaml", "split.json")
 
     train_loader = GraphLoader(
         dataset,
@@ -254,6 +271,7 @@ def fit(
         shuffle=True,
         target=config.target,
         seed=config.seed,
+        replicas=config.processes,
     )
     val_loader = GraphLoader(
         dataset, split.val, inference_batch_size(dataset, split.val), target=config.target
@@ -286,7 +304,8 @@ def fit(
         )
     with _quiet_lightning():
         trainer = _trainer(config, callbacks, run_dir, len(train_loader))
-    split.save(run_dir / "split.json", dataset.ids)
+    if primary:
+        split.save(run_dir / "split.json", dataset.ids)
     ckpt = run_dir / "checkpoints" / "last.ckpt" if resume else None
     resumed_from = None
     if ckpt is not None:
@@ -331,6 +350,9 @@ def fit(
                 f"{run_dir}: training diverged — {error}; {kept}; no model.pt was written. "
                 "Try a lower learning rate (--lr) or another normalisation."
             ) from None
+    if trainer.global_rank > 0:
+        # a launched process of rank > 0: evaluation, model.pt and reports are rank 0's
+        raise SystemExit(0)
     if earlier is not None and metrics_file.exists():
         resumed = pd.read_csv(metrics_file)
         first = resumed["epoch"].min() if len(resumed) else np.inf
@@ -343,11 +365,12 @@ def fit(
         {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     )
     model.cpu()
-    best = (
-        float(checkpoints.best_model_score)
-        if checkpoints.best_model_score is not None
-        else float("nan")
-    )
+    best_score, epochs = checkpoints.best_model_score, trainer.current_epoch
+    if config.ddp_strategy == "ddp_spawn" and best_path.exists():
+        # the spawned processes trained; this one's trainer only learns the best path
+        best_score = _best_score(best_path, checkpoints)
+        epochs = _epochs_done(run_dir / "checkpoints" / "last.ckpt")
+    best = float(best_score) if best_score is not None else float("nan")
     seconds = time.perf_counter() - start
     run_provenance = {
         **(provenance or {}),
@@ -360,7 +383,7 @@ def fit(
     bad = [
         n for n, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()
     ]
-    if bad or (checkpoints.best_model_score is not None and not np.isfinite(best)):
+    if bad or (best_score is not None and not np.isfinite(best)):
         raise DivergedError(
             f"{run_dir}: the selected model is not finite (validation MAE {best}"
             + (f", non-finite weights in {bad[0]}" if bad else "")
@@ -383,16 +406,28 @@ def fit(
             "n_val": len(split.val),
             "n_test": len(split.test),
         },
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "best_val_mae": best,
         "seconds": seconds,
-        "seconds_per_epoch": seconds / max(trainer.current_epoch, 1),
+        "seconds_per_epoch": seconds / max(epochs, 1),
+        "processes": config.processes,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "resumed": resume,
         "resumed_from_epoch": resumed_from,
     }
     (run_dir / "run.json").write_text(json.dumps(manifest, indent=2, default=str))
-    return FitResult(result, run_dir, best, trainer.current_epoch, seconds, manifest)
+    return FitResult(result, run_dir, best, epochs, seconds, manifest)
+
+
+def _best_score(checkpoint: Path, callback: ModelCheckpoint):
+    """The monitored score a ModelCheckpoint callback stored in ``checkpoint``."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return state.get("callbacks", {}).get(callback.state_key, {}).get("best_model_score")
+
+
+def _epochs_done(last: Path) -> int:
+    """Epochs finished, from the checkpoint written after every epoch."""
+    return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
 
 
 def data_fingerprint(dataset: GraphDataset, split: Split, target: str) -> str:

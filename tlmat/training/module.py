@@ -83,6 +83,7 @@ class PropertyModule(L.LightningModule):
             on_epoch=True,
             batch_size=batch.num_graphs,
             prog_bar=True,
+            sync_dist=self.config.processes > 1,  # each DDP process saw its share
         )
         return loss
 
@@ -92,11 +93,25 @@ class PropertyModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         prediction = self(batch)
-        self.log("val_loss", self._loss(prediction, batch.y, batch), batch_size=batch.num_graphs)
+        # every DDP process validates on the whole validation set (the loader is not
+        # sharded), so the value is the same on each; sync_dist only averages equals
+        distributed = self.config.processes > 1
+        self.log(
+            "val_loss",
+            self._loss(prediction, batch.y, batch),
+            batch_size=batch.num_graphs,
+            sync_dist=distributed,
+        )
         errors = (self.target.decode(prediction, batch) - batch.y).abs()
         self._val_error += errors.sum().detach().double().cpu()
         self._val_count += errors.numel()
-        self.log("val_mae", errors.mean(), batch_size=batch.num_graphs, prog_bar=True)
+        self.log(
+            "val_mae",
+            errors.mean(),
+            batch_size=batch.num_graphs,
+            prog_bar=True,
+            sync_dist=distributed,
+        )
 
     def on_validation_epoch_end(self) -> None:
         # runs before the checkpoint callback: a non-finite epoch is never saved

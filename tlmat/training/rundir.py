@@ -23,13 +23,14 @@ SETTINGS = "settings.json"
 #: files whose presence means a run (or a method's run) finished
 FINISHED = ("model.pt", "result.json")
 #: training options a resume may change: they decide how long or where, not what, an
-#: epoch computes (the manifest records the values in effect)
+#: epoch computes (the manifest records the values in effect); ``devices`` and
+#: ``num_nodes`` are not among them: the number of processes sets the optimiser's batch
 RESUMABLE_CHANGES = (
     "epochs",
     "early_stopping_patience",
     "progress_bar",
     "accelerator",
-    "devices",
+    "ddp_strategy",
 )
 
 logger = logging.getLogger("tlmat")
