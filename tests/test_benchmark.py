@@ -186,6 +186,9 @@ def test_matbench_protocol_tests_on_the_official_fold(data: Path, tmp_path: Path
         "lee-asahi-bulk",
         "lee-asahi-dielectric",
         "hoffmann-pbe-hse",
+        "foundation-perovskites",
+        "foundation-phonons",
+        "foundation-dielectric",
     ],
 )
 def test_shipped_configs_are_valid(name: str) -> None:

@@ -141,3 +141,20 @@ def test_report_says_which_figures_it_could_not_draw(grid: Path, tmp_path: Path)
     text = write_report(copy, tmp_path / "report", unit="eV/cell").read_text()
     assert "Not drawn:" in text and "parity and error figures: no predictions.csv" in text
     assert not (tmp_path / "report" / "parity.png").exists()
+
+
+def test_published_results_sit_beside_the_grids_best_rows(grid: Path, tmp_path: Path) -> None:
+    from tlmat.evaluation.report import beside_published
+
+    runs = load_runs(grid)
+    table = beside_published(runs, 60, {"CGCNN (Matbench v0.1)": 0.0452})
+    assert table.loc["CGCNN (Matbench v0.1)", "origin"] == "published"
+    scratch = runs[(runs.method == "scratch") & (runs["size"] == 60)]["mae"].mean()
+    assert table.loc["scratch", "test MAE"] == f"{scratch:.4f}"
+    assert "zero-shot" not in table.index  # raw outputs in the source's unit
+    assert list(table["test MAE"].astype(float)) == sorted(table["test MAE"].astype(float))
+    text = write_report(
+        grid, tmp_path / "r", unit="eV/cell", references={"CGCNN (Matbench v0.1)": 0.0452}
+    ).read_text()
+    assert "## beside published results (N = 60 here)" in text
+    assert "| CGCNN (Matbench v0.1) | 0.0452 | published |" in text

@@ -555,3 +555,19 @@ def test_report_of_a_scratch_curve_that_does_not_fall_says_why_instead_of_failin
     report = write_report(tmp_path, tmp_path / "report", unit="eV/cell")
     text = report.read_text()
     assert "No equivalent scratch training-set sizes" in text and "slope +0.073" in text
+
+
+def test_settings_added_later_differ_only_when_they_change_what_a_run_does() -> None:
+    """A run or grid job recorded before ``num_nodes`` / ``ddp_strategy`` / ``max_size``
+    existed did what their neutral values do: reused, not refused; any other value is a
+    change."""
+    from tlmat.training.rundir import differences
+
+    before = {"config": {"epochs": 5, "devices": 1}, "method": {"name": "full"}}
+    now = {
+        "config": {"epochs": 5, "devices": 1, "num_nodes": 1, "ddp_strategy": "auto"},
+        "method": {"name": "full", "max_size": None},
+    }
+    assert differences(before, now) == []
+    now["config"]["num_nodes"] = 2
+    assert differences(before, now) == ["config.num_nodes: <unset> → 2"]

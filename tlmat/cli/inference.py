@@ -588,9 +588,10 @@ def report(
         unit = unit or written.get("unit", "")
         threshold = threshold if threshold is not None else written.get("threshold")
         title = title or written.get("name")
+    references = written.get("references") if grid.exists() else None
     writable_output(out or results / "report", overwrite, folder=True)
     try:
-        path = write_report(results, out, unit, threshold, baseline, title)
+        path = write_report(results, out, unit, threshold, baseline, title, references)
     except (FileNotFoundError, ValueError) as error:
         fail(error)
     console.print(f"report → {path} (and report.html, figures beside it)")

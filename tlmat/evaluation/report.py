@@ -520,6 +520,18 @@ def markdown_table(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def beside_published(runs: pd.DataFrame, size: int, references: dict[str, float]) -> pd.DataFrame:
+    """This grid's methods at ``size`` (mean test MAE over seeds, raw zero-shot rows left
+    out) and the published ``references``, best first."""
+    here = runs[(runs["size"] == size) & ~runs["method"].map(_raw_zero_shot)]
+    mean = here.groupby("method")["mae"].agg(["mean", "count"])
+    rows = [(m, r["mean"], f"this grid, {int(r['count'])} seed(s)") for m, r in mean.iterrows()]
+    rows += [(name, float(value), "published") for name, value in references.items()]
+    table = pd.DataFrame(rows, columns=["row", "test MAE", "origin"]).sort_values("test MAE")
+    table["test MAE"] = table["test MAE"].map("{:.4f}".format)
+    return table.set_index("row")
+
+
 def write_report(
     root: str | Path,
     out: str | Path | None = None,
@@ -527,8 +539,11 @@ def write_report(
     threshold: float | None = None,
     baseline: str = "scratch",
     title: str | None = None,
+    references: dict[str, float] | None = None,
 ) -> Path:
-    """Write ``report.md``, ``report.html`` and PNG figures for a results grid."""
+    """Write ``report.md``, ``report.html`` and PNG figures for a results grid;
+    ``references``: published test MAEs on the same task (leaderboard rows, in ``unit``),
+    set beside this grid's best rows."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -584,6 +599,10 @@ def write_report(
     if predictions and without:
         missing.append(f"no predictions.csv, so not in the parity and error figures: "
                        f"{', '.join(without)}")  # fmt: skip
+    if references:
+        tables[f"beside published results (N = {largest} here)"] = beside_published(
+            runs, largest, references
+        )
     sources = load_sources(root)
     scaling = pretraining_scaling(runs)
     if scaling is not None:

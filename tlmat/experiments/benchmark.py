@@ -184,6 +184,9 @@ class BenchmarkConfig(BaseModel):
     fewer_seeds: dict[int, int] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     threshold: float | None = None
+    #: published test MAEs on the same task, in ``unit`` (leaderboard rows), which the
+    #: report sets beside this grid's results: ``{"ALIGNN (Matbench v0.1)": 0.0288}``
+    references: dict[str, float] = Field(default_factory=dict)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @field_validator("sources", mode="before")
@@ -659,7 +662,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
 #: settings that say which jobs a grid has, or how it is run and reported, not what a
 #: job computes: a finished job is reused whatever their values
 GRID_ONLY = ("name", "unit", "sizes", "seeds", "sources", "methods", "fewer_seeds")
-GRID_ONLY += ("threshold", "executor")
+GRID_ONLY += ("threshold", "executor", "references")
 
 
 def job_signature(config: BenchmarkConfig, job: Job) -> dict[str, Any]:
@@ -780,4 +783,10 @@ def run_benchmark(
         submitted = [executor.submit(run_job, config, job, root, cache) for job in todo]
         for job in submitted:
             job.result()
-    return write_report(root, unit=config.unit, threshold=config.threshold, title=config.name)
+    return write_report(
+        root,
+        unit=config.unit,
+        threshold=config.threshold,
+        title=config.name,
+        references=config.references,
+    )

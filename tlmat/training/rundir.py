@@ -157,12 +157,22 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+#: settings added after runs were recorded, with the value that does what those runs did:
+#: a record without the setting is the same as one with this value (leaf key → value)
+ADDED_SETTINGS: dict[str, Any] = {"num_nodes": 1, "ddp_strategy": "auto", "max_size": None}
+
+
 def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``key: old → new`` for every setting that changed (nested keys dotted)."""
+    """``key: old → new`` for every setting that changed (nested keys dotted); a setting
+    of :data:`ADDED_SETTINGS` missing from ``before`` counts as its neutral value."""
     a, b = (
         _flatten(json.loads(json.dumps(before, default=str))),
         _flatten(json.loads(json.dumps(now, default=str))),
     )
+    for key, value in b.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if key not in a and leaf in ADDED_SETTINGS and value == ADDED_SETTINGS[leaf]:
+            a[key] = value
     lines = []
     for key in sorted(set(a) | set(b)):
         if a.get(key, "<unset>") != b.get(key, "<unset>"):
