@@ -1,14 +1,23 @@
 """Fault cases of the sources tlmat ships (tlmat/pretrained/): weights changed after the
-model card was written, and a grid whose test materials a shipped source trained on.
-Each ends in a clear error, never in a silently leaky or different source."""
+model card was written, a grid whose test materials a shipped source trained on, and
+results of a grid whose source has since changed. Each ends in a clear error, never in
+a silently leaky or different source."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
 
-from tlmat.experiments.benchmark import BenchmarkConfig, SourceConfig, clean_source_check
+from tlmat.experiments.benchmark import (
+    BenchmarkConfig,
+    SourceConfig,
+    _train_config,
+    changed_jobs,
+    clean_source_check,
+    jobs,
+)
 from tlmat.transfer import sources
 from tlmat.transfer.sources import load_source, shipped_folder, training_materials
 
@@ -49,3 +58,38 @@ def test_grid_whose_test_materials_the_source_saw_is_refused() -> None:
     counts = clean_source_check(config, "mp-all", declared, ids, formulas)
     assert counts["held_out_seen"]["ids"] == 5
     assert counts["held_out_seen"]["formulas"] == len(set(formulas))
+
+
+def test_results_from_a_source_since_replaced_are_refused(tmp_path) -> None:
+    """Found by the issue-12 re-runs: results written before jobs recorded signatures
+    kept only their training settings, so jobs from an earlier pretrained ``mp-all`` would
+    have been reused as rows of the shipped ``tlmat/mp-eform-cgcnn`` that replaced it."""
+    config = BenchmarkConfig(
+        name="replaced",
+        data="mp_cgcnn_36k/mp_cgcnn_36k.csv.gz",
+        target="band_gap",
+        sizes=[100],
+        seeds=[0],
+        methods=["scratch"],
+        sources={
+            "mp-all": {"checkpoint": NAME, "methods": ["full"]},
+            "mp-10k": {
+                "pretrain": {
+                    "data": "mp_cgcnn_36k/mp_cgcnn_36k.csv.gz",
+                    "target": "formation_energy_per_atom",
+                },
+                "methods": ["full"],
+            },
+        },
+    )
+    results = tmp_path / "results"
+    for job in jobs(config):
+        folder = job.folder(results)
+        folder.mkdir(parents=True)
+        recorded = f"elsewhere/results/sources/{job.source}/model.pt"  # pretrained then
+        manifest = {"config": _train_config(config, job).model_dump(), "source": recorded}
+        (folder / "result.json").write_text(json.dumps(manifest))
+    changed = changed_jobs(config, results)
+    # the pretrained source moved with its folder: the same; mp-all is now another model
+    assert list(changed) == [str(j.folder(results)) for j in jobs(config) if j.source == "mp-all"]
+    assert "→ tlmat/mp-eform-cgcnn" in changed[next(iter(changed))][0]

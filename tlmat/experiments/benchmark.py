@@ -504,14 +504,22 @@ def clean_source_check(
 
 
 def prepare_sources(
-    config: BenchmarkConfig, root: Path, cache_dir: Path | None, dataset, fixed
+    config: BenchmarkConfig,
+    root: Path,
+    cache_dir: Path | None,
+    dataset,
+    fixed,
+    todo: list[Job] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Pretrain the sources that need it (leakage-free), then describe every source in
-    ``sources.json``."""
-    from tlmat.experiments.pretraining import pretrain_source
+    ``sources.json``. A source none of ``todo`` (the unfinished jobs; ``None``: all) uses
+    is not pretrained again when its summary matches: a results folder keeps the
+    summaries, not the weights."""
+    from tlmat.experiments.pretraining import pretrain_source, pretrained_summary
     from tlmat.transfer.sources import shipped
 
     ids, formulas = held_out_materials(config, dataset, fixed)
+    used = None if todo is None else {job.source for job in todo}
     described = {}
     for name, source in config.sources.items():
         entry: dict[str, Any] = {"saw_test": source.saw_test}
@@ -521,8 +529,10 @@ def prepare_sources(
                 entry.update(clean_source_check(config, name, source, ids, formulas))
         else:
             folder = root / "sources" / name
-            pretrain_source(source.pretrain, ids, formulas, folder, cache_dir)
-            summary = json.loads((folder / "pretrain.json").read_text())
+            summary = pretrained_summary(source.pretrain, ids, formulas, folder)
+            if summary is None or used is None or name in used:
+                pretrain_source(source.pretrain, ids, formulas, folder, cache_dir)
+                summary = json.loads((folder / "pretrain.json").read_text())
             entry.update(
                 kind="pretrained",
                 checkpoint=str(folder / "model.pt"),
@@ -702,10 +712,21 @@ def changed_jobs(config: BenchmarkConfig, root: Path) -> dict[str, list[str]]:
             continue
         if "signature" in manifest:
             found = differences(manifest["signature"], job_signature(config, job))
-        else:  # results written before signatures: their training settings are recorded
+        else:  # results written before signatures: their training settings and source
             before, now = manifest.get("config", {}), _train_config(config, job).model_dump()
             shared = set(before) & set(now)
             found = differences({k: before[k] for k in shared}, {k: now[k] for k in shared})
+            if job.source != COMMON and "source" in manifest:
+                source = config.sources[job.source]
+                recorded = Path(manifest["source"])
+                same = (
+                    recorded.parts[-3:] == ("sources", job.source, "model.pt")
+                    if source.pretrain is not None  # wherever the results folder was then
+                    else str(recorded) == source.checkpoint
+                )
+                if not same:
+                    now = source.checkpoint or f"pretrained {job.source}"
+                    found.append(f"source: {manifest['source']} → {now}")
         if found:
             changed[str(job.folder(root))] = found
     return changed
@@ -760,7 +781,7 @@ def run_benchmark(
     threads = torch.get_num_threads()
     torch.set_num_threads(config.executor.workers * config.executor.threads_per_job)
     try:
-        prepare_sources(config, root, cache, dataset, fixed)
+        prepare_sources(config, root, cache, dataset, fixed, todo)
         prepare_outputs(config, root, cache, todo)
     finally:
         torch.set_num_threads(threads)

@@ -87,6 +87,27 @@ def _held_out_digest(ids: list[str], formulas: list[str]) -> str:
     return hashlib.sha256(json.dumps([sorted(ids), sorted(formulas)]).encode()).hexdigest()
 
 
+def spec_hash(spec: PretrainConfig, held_out_ids: list[str], held_out_formulas: list[str]) -> str:
+    """What decides a pretrained source: its settings and the held-out materials removed."""
+    return hashlib.sha256(
+        (spec.model_dump_json() + _held_out_digest(held_out_ids, held_out_formulas)).encode()
+    ).hexdigest()[:16]
+
+
+def pretrained_summary(
+    spec: PretrainConfig, held_out_ids: list[str], held_out_formulas: list[str], folder: Path
+) -> dict[str, Any] | None:
+    """``folder``'s ``pretrain.json`` when it was written for these settings and held-out
+    materials (the summary outlives the weights, which results folders do not keep)."""
+    try:
+        done = json.loads((folder / "pretrain.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (
+        done if done.get("spec_hash") == spec_hash(spec, held_out_ids, held_out_formulas) else None
+    )
+
+
 def pretrain_source(
     spec: PretrainConfig,
     held_out_ids: list[str],
@@ -95,9 +116,7 @@ def pretrain_source(
     cache_dir: Path | None = None,
 ) -> Path:
     """Pretrain (or reuse) a source in ``folder``; returns its ``model.pt``."""
-    digest = hashlib.sha256(
-        (spec.model_dump_json() + _held_out_digest(held_out_ids, held_out_formulas)).encode()
-    ).hexdigest()[:16]
+    digest = spec_hash(spec, held_out_ids, held_out_formulas)
     model_file, summary_file = folder / "model.pt", folder / "pretrain.json"
     if model_file.exists():
         done = json.loads(summary_file.read_text()) if summary_file.exists() else {}
