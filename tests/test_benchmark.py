@@ -409,3 +409,32 @@ def test_ray_executor_gives_the_local_numbers(small_csv: Path, tmp_path: Path) -
         }
     # the same jobs, the same numbers (to the last bits of a random forest's sums)
     assert len(maes["ray"]) == 2 and maes["ray"] == pytest.approx(maes["debug"], rel=1e-12)
+
+
+def test_source_summary_recorded_under_an_earlier_setting_name(tmp_path: Path) -> None:
+    """Summaries written when the pretrained network was named ``architecture:
+    cgcnn/formation-energy-per-atom`` still describe a source now named ``model:
+    cgcnn-mp``, but only for the held-out materials their hash was computed with."""
+    import hashlib
+
+    from tlmat.experiments.pretraining import (
+        PretrainConfig,
+        _held_out_digest,
+        pretrained_summary,
+    )
+
+    spec = PretrainConfig(data="mp_cgcnn_36k/mp_cgcnn_36k.csv.gz", target="band_gap")
+    then = {
+        ("architecture" if k == "model" else k): (
+            "cgcnn/formation-energy-per-atom" if k == "model" else v
+        )
+        for k, v in spec.model_dump().items()
+    }
+    ids, formulas = ["mp-1", "mp-2"], ["Cs", "NaCl"]
+    text = json.dumps(then, separators=(",", ":")) + _held_out_digest(ids, formulas)
+    summary = {"spec": then, "spec_hash": hashlib.sha256(text.encode()).hexdigest()[:16]}
+    (tmp_path / "pretrain.json").write_text(json.dumps(summary))
+    assert pretrained_summary(spec, ids, formulas, tmp_path) == summary
+    assert pretrained_summary(spec, ids[:1], formulas, tmp_path) is None  # other held-out
+    other = PretrainConfig(data="mp_cgcnn_36k/mp_cgcnn_36k.csv.gz", target="band_gap", seed=1)
+    assert pretrained_summary(other, ids, formulas, tmp_path) is None

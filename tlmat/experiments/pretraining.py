@@ -94,18 +94,44 @@ def spec_hash(spec: PretrainConfig, held_out_ids: list[str], held_out_formulas: 
     ).hexdigest()[:16]
 
 
+#: settings earlier versions recorded under another name: old key → (key, old → new value);
+#: ``architecture: cgcnn/formation-energy-per-atom`` (a fresh network shaped like that
+#: checkpoint) became the preset ``model: cgcnn-mp`` of the same shape
+RENAMED_SPEC = {"architecture": ("model", {"cgcnn/formation-energy-per-atom": "cgcnn-mp"})}
+
+
+def _renamed(recorded: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in recorded.items():
+        if key in RENAMED_SPEC:
+            key, values = RENAMED_SPEC[key]
+            value = values.get(value, value)
+        out[key] = value
+    return out
+
+
 def pretrained_summary(
     spec: PretrainConfig, held_out_ids: list[str], held_out_formulas: list[str], folder: Path
 ) -> dict[str, Any] | None:
     """``folder``'s ``pretrain.json`` when it was written for these settings and held-out
-    materials (the summary outlives the weights, which results folders do not keep)."""
+    materials (the summary outlives the weights, which results folders do not keep). A
+    summary recording a setting under its earlier name counts when its hash proves the
+    same held-out materials and the renamed settings equal these."""
     try:
         done = json.loads((folder / "pretrain.json").read_text())
     except (OSError, ValueError):
         return None
-    return (
-        done if done.get("spec_hash") == spec_hash(spec, held_out_ids, held_out_formulas) else None
+    if done.get("spec_hash") == spec_hash(spec, held_out_ids, held_out_formulas):
+        return done
+    recorded = done.get("spec")
+    if not isinstance(recorded, dict) or _renamed(recorded) == recorded:
+        return None
+    # the hash of the settings as then recorded, with these held-out materials
+    then = json.dumps(recorded, separators=(",", ":")) + _held_out_digest(
+        held_out_ids, held_out_formulas
     )
+    same_held_out = hashlib.sha256(then.encode()).hexdigest()[:16] == done.get("spec_hash")
+    return done if same_held_out and _renamed(recorded) == spec.model_dump() else None
 
 
 def pretrain_source(
