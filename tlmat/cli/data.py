@@ -103,6 +103,7 @@ def info(
 
         tlmat info my_cifs/ --disorder majority --export clean.extxyz
     """
+    from tlmat.data.ingest import default_workers
     from tlmat.io import read_records, write_csv, write_extxyz
 
     for output in (skipped_csv, export):
@@ -117,6 +118,7 @@ def info(
             limit=limit,
             progress=True,
             on_duplicate=on_duplicate,
+            workers=default_workers(),
         )
     for table in summarise(result):
         console.print(table)
@@ -146,7 +148,10 @@ def cache(
     ] = None,
     target: Targets = None,
     cache_dir: CacheDir = None,
-    workers: Annotated[int, typer.Option(help="Processes for parsing and building.")] = 1,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Processes for parsing and building (default: every core)."),
+    ] = None,
     strict: Strict = False,
     disorder: Disorder = "skip",
     on_duplicate: OnDuplicate = "error",

@@ -72,7 +72,7 @@ def model_structures(
     strict: bool = False,
     on_duplicate: str = "error",
     disorder: str = "skip",
-    workers: int = 1,
+    workers: int | None = None,
 ) -> GraphDataset:
     """One dataset of every structure source, built with the model's graph settings and
     element checks; skipped structures are printed as a table."""

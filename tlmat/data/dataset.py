@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
+from tlmat.data.ingest import iter_ingested
 from tlmat.datasets import resolve
 from tlmat.graphs.cache import UNWRITABLE, CachedGraphs, CacheWriteError, GraphCache, set_aside
 from tlmat.graphs.data import CrystalGraph
@@ -194,9 +195,10 @@ def load_dataset(
     disorder: str = "skip",
     on_duplicate: DuplicatePolicy = "error",
     elements: Collection[int] | None = None,
-    workers: int = 1,
+    workers: int | None = None,
     progress: bool = False,
     chunk_size: int = 20_000,
+    fast: bool = True,
     **read_options: Any,
 ) -> GraphDataset:
     """Read a structure source and return its graphs, through the on-disk cache.
@@ -205,7 +207,10 @@ def load_dataset(
     and options load the ids, targets and graphs from the cache without parsing.
     ``strict`` (default: as set by :func:`strict_reading`, else off) stops at the first
     bad structure; ``on_duplicate`` is ``"error"`` (refuse a source with a repeated id)
-    or ``"first"`` (keep the first row of each id, skip the others).
+    or ``"first"`` (keep the first row of each id, skip the others). A first read runs
+    on ``workers`` processes (default: every core), parsing, checking and building each
+    structure in one pass (:mod:`tlmat.data.ingest`); ``fast=False`` reads through
+    pymatgen ``Structure`` objects instead, which gives the same dataset, more slowly.
 
     Example:
         >>> ds = load_dataset("perov_5/train.csv.gz", GraphSettings(cutoff=8.0, max_neighbors=12),
@@ -236,32 +241,55 @@ def load_dataset(
     # Stream: parse, check and build a chunk at a time, keeping only ids, formulas,
     # targets and cache entries, so that no dataset has to fit in memory as structures.
     log = ProblemLog(strict=strict)
-    records = iter_records(
-        path,
-        targets,
-        log=log,
-        disorder=disorder,
-        workers=workers,
-        progress=progress,
-        on_duplicate=on_duplicate,
-        **read_options,
-    )
     ids: list[str] = []
     formulas: list[str] = []
     keys: list[str] = []
     entries: list[tuple[str, int, int]] = []
     values: list[dict[str, Any]] = []
-    while chunk := list(islice(records, chunk_size)):
-        graphs = cache.graphs(chunk, log, elements, workers)
-        for position, entry, key in zip(
-            graphs.source_index, graphs.entries, graphs.keys, strict=True
-        ):
-            record = chunk[position]
-            ids.append(record.id)
-            formulas.append(record.formula)
-            keys.append(key)
-            entries.append(entry)
-            values.append(record.targets)
+    if fast:
+        found = iter_ingested(
+            path,
+            settings,
+            list(targets) if targets is not None else None,
+            log=log,
+            elements=elements,
+            disorder=disorder,
+            on_duplicate=on_duplicate,
+            workers=workers,
+            progress=progress,
+            **read_options,
+        )
+        while chunk := list(islice(found, chunk_size)):
+            for item, entry in zip(
+                chunk, cache.add([i.key for i in chunk], [i.graph for i in chunk]), strict=True
+            ):
+                ids.append(item.id)
+                formulas.append(item.formula)
+                keys.append(item.key)
+                entries.append(entry)
+                values.append(item.targets)
+    else:
+        records = iter_records(
+            path,
+            targets,
+            log=log,
+            disorder=disorder,
+            workers=workers or 1,
+            progress=progress,
+            on_duplicate=on_duplicate,
+            **read_options,
+        )
+        while chunk := list(islice(records, chunk_size)):
+            graphs = cache.graphs(chunk, log, elements, workers or 1)
+            for position, entry, key in zip(
+                graphs.source_index, graphs.entries, graphs.keys, strict=True
+            ):
+                record = chunk[position]
+                ids.append(record.id)
+                formulas.append(record.formula)
+                keys.append(key)
+                entries.append(entry)
+                values.append(record.targets)
     if not ids:
         what = "could be read" if log.n_ok == 0 else "has a usable graph"
         raise InputError(f"{path}: no structure {what} ({log.summary()})")

@@ -74,12 +74,22 @@ def structure_key(structure: Structure | Molecule) -> str:
 
     Two files holding the same crystal share a key, so their graph is built once.
     """
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(np.asarray(structure.atomic_numbers, dtype=np.int16).tobytes())
-    digest.update(np.ascontiguousarray(structure.cart_coords, dtype=np.float64).tobytes())
     if isinstance(structure, Structure):
-        digest.update(np.ascontiguousarray(structure.lattice.matrix, dtype=np.float64).tobytes())
-        digest.update(np.asarray(structure.lattice.pbc, dtype=bool).tobytes())
+        cell, pbc = structure.lattice.matrix, structure.lattice.pbc
+    else:
+        cell = pbc = None
+    return arrays_key(structure.atomic_numbers, structure.cart_coords, cell, pbc)
+
+
+def arrays_key(z, pos, cell=None, pbc=None) -> str:
+    """:func:`structure_key` of a structure given as arrays (atomic numbers, Cartesian
+    positions in Å, cell in Å and periodicity; no cell for a molecule)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(np.asarray(z, dtype=np.int16).tobytes())
+    digest.update(np.ascontiguousarray(pos, dtype=np.float64).tobytes())
+    if cell is not None:
+        digest.update(np.ascontiguousarray(cell, dtype=np.float64).tobytes())
+        digest.update(np.asarray(pbc, dtype=bool).tobytes())
     return digest.hexdigest()
 
 
@@ -629,6 +639,17 @@ class GraphCache:
         self._shards[name] = shard
         for row, (key, crc) in enumerate(zip(keys, shard.row_crc.tolist(), strict=True)):
             self._memory[key] = (name, row, crc)
+
+    def add(self, keys: Sequence[str], graphs: Sequence[GraphArrays]) -> list[Entry]:
+        """The entries of graphs built elsewhere (:mod:`tlmat.data.ingest`): those already
+        cached (and intact) are reused, the others stored, each structure once."""
+        entries = self._verified(keys)
+        todo = {k: g for k, g in zip(keys, graphs, strict=True) if k not in entries}
+        self.store(list(todo), list(todo.values()))
+        self.n_built = len(todo)
+        if todo:
+            entries = self.lookup(keys)
+        return [entries[k] for k in keys]
 
     def graphs(
         self,

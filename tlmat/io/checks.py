@@ -110,8 +110,8 @@ def not_elements(structure: Structure | Molecule) -> list[str]:
     return sorted({sp.symbol for sp in structure.composition if isinstance(sp, DummySpecies)})
 
 
-def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record | Problem:
-    """Parse and check one raw item."""
+def checked_targets(item: RawItem, options: CheckOptions) -> dict[str, Target] | Problem:
+    """The item's targets as numbers, or the first reason one is unusable."""
     names = options.targets if options.targets is not None else tuple(item.targets)
     targets: dict[str, Target] = {}
     for name in names:
@@ -121,6 +121,14 @@ def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record
         if isinstance(parsed, Problem):
             return _problem(item, parsed.reason, parsed.detail)
         targets[name] = parsed
+    return targets
+
+
+def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record | Problem:
+    """Parse and check one raw item."""
+    targets = checked_targets(item, options)
+    if isinstance(targets, Problem):
+        return targets
 
     try:
         structure = to_structure(item.payload)
