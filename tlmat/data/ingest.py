@@ -14,7 +14,9 @@ so records, skips and their messages are the same as that path's, which
 
 from __future__ import annotations
 
+import gc
 import os
+from collections import deque
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from tlmat.graphs.builder import (
     graph_problem,
     structure_arrays,
 )
-from tlmat.graphs.cache import arrays_key, structure_key
+from tlmat.graphs.cache import arrays_key, pack_graphs, structure_key, unpack_graphs
 from tlmat.graphs.neighbors import Neighbors
 from tlmat.graphs.settings import GraphSettings
 from tlmat.io.checks import CheckOptions, RawItem, checked_targets, make_record
@@ -158,6 +160,38 @@ def ingest_chunk(
     return [r for r, _ in results]
 
 
+def _ingest_packed(args) -> tuple[list[Ingested | Problem], dict[str, np.ndarray]]:
+    """:func:`ingest_chunk` in a worker: the graphs travel back packed into a few arrays
+    (pickling eight small arrays per structure cost as much as parsing it)."""
+    results = ingest_chunk(args)
+    built = [r for r in results if isinstance(r, Ingested) and r.graph is not None]
+    packed = pack_graphs([r.graph for r in built])
+    for r in built:
+        r.graph = None
+    return results, packed
+
+
+def _unpacked(returned: tuple[list[Ingested | Problem], dict[str, np.ndarray]]):
+    results, packed = returned
+    graphs = iter(unpack_graphs(packed))
+    for r in results:
+        if isinstance(r, Ingested) and r.problem is None:
+            r.graph = next(graphs)
+    return results
+
+
+def _bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, window: int) -> Iterator:
+    """``pool.map`` that keeps at most ``window`` jobs in flight: ``Executor.map`` submits
+    every job at once, which would hold a whole dataset's text in memory."""
+    pending: deque = deque()
+    for job in jobs:
+        pending.append(pool.submit(fn, job))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def _chunks(items: Iterable[RawItem | Problem]) -> Iterator[list[RawItem | Problem]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, CHUNK)):
@@ -193,11 +227,14 @@ def iter_ingested(
     first = next(chunks, [])
     head = ingest_chunk((first, options, settings, elements, fast))
     workers = default_workers() if workers is None else workers
-    pool = ProcessPoolExecutor(workers) if workers > 1 and len(first) == CHUNK else None
+    pool = None
+    if workers > 1 and len(first) == CHUNK:
+        pool = ProcessPoolExecutor(workers, initializer=gc.freeze)
     if pool is None:
         rest = (ingest_chunk((c, options, settings, elements, fast)) for c in chunks)
     else:
-        rest = pool.map(ingest_chunk, ((c, options, settings, elements, fast) for c in chunks))
+        jobs = ((c, options, settings, elements, fast) for c in chunks)
+        rest = map(_unpacked, _bounded_map(pool, _ingest_packed, jobs, 4 * workers))
     results = chain.from_iterable(chain([head], rest))
 
     def parsed() -> Iterator[Ingested]:
@@ -208,6 +245,10 @@ def iter_ingested(
                 log.n_ok += 1
                 yield result
 
+    # the cyclic garbage collector finds nothing to free in these short-lived records but
+    # walks every object each time it runs: off during the read, a fifth of this process
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         tracked = track(parsed(), f"reading {Path(path).name}", limit, enabled=progress)
         for found in unique_ids(tracked, on_duplicate, log, str(path)):
@@ -216,5 +257,7 @@ def iter_ingested(
             else:
                 yield found
     finally:
+        if collecting:
+            gc.enable()
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -18,7 +18,7 @@ class Neighbors:
     neighbors: np.ndarray  # (E,) int
     shifts: np.ndarray  # (E, 3) int
     distances: np.ndarray  # (E,) float, Å
-    vectors: np.ndarray  # (E, 3) float, r_j + S·cell − r_i, Å
+    vectors: np.ndarray | None  # (E, 3) float, r_j + S·cell − r_i, Å
 
     def take(self, index: np.ndarray) -> Neighbors:
         return Neighbors(
@@ -26,7 +26,7 @@ class Neighbors:
             self.neighbors[index],
             self.shifts[index],
             self.distances[index],
-            self.vectors[index],
+            None if self.vectors is None else self.vectors[index],
         )
 
 
@@ -34,23 +34,31 @@ def neighbor_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> Neighbors:
     """All pairs within ``cutoff`` Å, periodic images included along periodic axes."""
-    # pymatgen's search is called directly: Structure.get_neighbor_list adds Python
-    # overhead that dominates for the small cells of most datasets
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     box = np.ascontiguousarray(cell if np.any(pbc) else np.eye(3), dtype=np.float64)
+    return _with_vectors(_pairs(positions, box, pbc, cutoff), positions, box)
+
+
+def _pairs(positions: np.ndarray, box: np.ndarray, pbc: np.ndarray, cutoff: float) -> Neighbors:
+    """:func:`neighbor_list` without the bond vectors (filled in for the pairs kept)."""
+    # pymatgen's search is called directly: Structure.get_neighbor_list adds Python
+    # overhead that dominates for the small cells of most datasets
     i, j, images, d = find_points_in_spheres(
         positions, positions, float(cutoff), np.asarray(pbc, dtype=np.int64), box, 1e-8
     )
-    not_self = (i != j) | np.any(images != 0, axis=1)
-    i, j, d = i[not_self], j[not_self], d[not_self]
-    shifts = images[not_self].astype(np.int64)
-    vectors = positions[j] + shifts @ box - positions[i]
+    not_self = (i != j) | images.any(axis=1)
+    if not not_self.all():
+        i, j, d, images = i[not_self], j[not_self], d[not_self], images[not_self]
     # Stable sort on the exact distances, keeping the search's order among equal ones: the
     # original CGCNN loader does exactly this (get_all_neighbors, then sorted by distance),
     # so the nearest-k selection below picks the same atoms it does, ties included.
-    order = np.argsort(d, kind="stable")
-    order = order[np.argsort(i[order], kind="stable")]
-    return Neighbors(i[order], j[order], shifts[order], d[order], vectors[order])
+    order = np.lexsort((d, i))
+    return Neighbors(i[order], j[order], images[order].astype(np.int64), d[order], None)
+
+
+def _with_vectors(pairs: Neighbors, positions: np.ndarray, box: np.ndarray) -> Neighbors:
+    pairs.vectors = positions[pairs.neighbors] + pairs.shifts @ box - positions[pairs.centers]
+    return pairs
 
 
 def _boundary_tie(pairs: Neighbors, n_atoms: int, k: int) -> bool:
@@ -95,16 +103,19 @@ def nearest_neighbor_list(
     CGCNN loader's.
     """
     n_atoms = len(positions)
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    box = np.ascontiguousarray(cell if np.any(pbc) else np.eye(3), dtype=np.float64)
     if max_neighbors is not None and n_atoms and bool(np.all(pbc)):
         volume_per_atom = abs(np.linalg.det(cell)) / n_atoms
         # radius of a sphere holding max_neighbors + 1 atoms at this density, with margin
         guess = 1.3 * (3 * (max_neighbors + 1) * volume_per_atom / (4 * np.pi)) ** (1 / 3) + 0.5
         if guess < cutoff:
-            pairs = neighbor_list(positions, cell, pbc, guess)
+            pairs = _pairs(positions, box, pbc, guess)
             enough = np.bincount(pairs.centers, minlength=n_atoms).min() >= max_neighbors
             if enough and not _boundary_tie(pairs, n_atoms, max_neighbors):
-                return nearest(pairs, n_atoms, max_neighbors)
-    return nearest(neighbor_list(positions, cell, pbc, cutoff), n_atoms, max_neighbors)
+                return _with_vectors(nearest(pairs, n_atoms, max_neighbors), positions, box)
+    pairs = nearest(_pairs(positions, box, pbc, cutoff), n_atoms, max_neighbors)
+    return _with_vectors(pairs, positions, box)
 
 
 def nearest(pairs: Neighbors, n_atoms: int, max_neighbors: int | None) -> Neighbors:

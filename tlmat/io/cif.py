@@ -80,6 +80,19 @@ def _values(block, tag: str) -> list[str] | None:
     return list(column) if len(column) else None
 
 
+def _thinnest(cell: list[list[float]]) -> float:
+    """The smallest distance (Å) between lattice planes of a cell (volume over the area
+    of a face), in plain floats: numpy's small-matrix calls cost more than the sums."""
+    (a1, a2, a3), (b1, b2, b3), (c1, c2, c3) = cell
+    faces = (  # b × c, c × a, a × b
+        (b2 * c3 - b3 * c2, b3 * c1 - b1 * c3, b1 * c2 - b2 * c1),
+        (c2 * a3 - c3 * a2, c3 * a1 - c1 * a3, c1 * a2 - c2 * a1),
+        (a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1),
+    )
+    volume = abs(a1 * faces[0][0] + a2 * faces[0][1] + a3 * faces[0][2])
+    return min(volume / max(math.hypot(*face), 1e-300) for face in faces)
+
+
 def _is_identity(operation: str) -> bool:
     return operation.strip("'\"").replace(" ", "").lower() == "x,y,z"
 
@@ -132,12 +145,8 @@ def read_plain_cif(text: str) -> CifArrays | None:
     close = np.all(np.abs(diff) < SITE_TOLERANCE, axis=-1)
     if np.count_nonzero(close) != len(frac):
         return None
-    lattice = Lattice.from_parameters(*parameters)
-    matrix = lattice.matrix
-    if abs(np.linalg.det(matrix)) < 1e-6:
-        return None
-    thickness = 1 / np.linalg.norm(np.linalg.inv(matrix).T, axis=1)
-    if np.any(thickness < MIN_THICKNESS * 2):
+    matrix = Lattice.from_parameters(*parameters).matrix
+    if _thinnest(matrix.tolist()) < 2 * MIN_THICKNESS:  # pymatgen refuses such cells
         return None
 
     # pymatgen groups sites by species and then sorts them by electronegativity, then
