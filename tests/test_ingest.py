@@ -112,3 +112,40 @@ def test_plain_cif_reader_takes_only_what_it_reads_exactly(data: Path) -> None:
     for changed in (symmetric, disordered, labelled, "data_x\n_cell_length_a 3\n"):
         assert changed != text or changed.startswith("data_x")
         assert read_plain_cif(changed) is None
+
+
+def test_a_second_read_with_other_options_parses_nothing(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache remembers which structure each text gave: a later read of the same file
+    with other targets and another model's elements parses none of them, and still gives
+    exactly the pymatgen path's dataset for those options."""
+    from tlmat.data import ingest
+
+    source = data / "mp_cgcnn_36k" / "mp_cgcnn_36k.csv.gz"
+    settings = GraphSettings(cutoff=8.0, max_neighbors=12)
+    options = {"cache_dir": tmp_path / "cache", "workers": 1, "limit": 300}
+    load_dataset(source, settings, ["band_gap"], **options)
+    parsed = []
+    counting = ingest.ingest_chunk
+    monkeypatch.setattr(
+        ingest, "ingest_chunk", lambda args: parsed.extend(args[0]) or counting(args)
+    )
+    no_oxygen = [z for z in range(1, 84) if z != 8]
+    again = load_dataset(source, settings, ["efermi"], elements=no_oxygen, **options)
+    assert parsed == []
+    reference = load_dataset(
+        source,
+        settings,
+        ["efermi"],
+        elements=no_oxygen,
+        cache_dir=tmp_path / "reference",
+        fast=False,
+        limit=300,
+    )
+    assert again.ids == reference.ids and again.formulas == reference.formulas
+    assert np.array_equal(again.targets["efermi"], reference.targets["efermi"])
+    skips = [sorted((p.where, p.detail) for p in d.log.problems) for d in (again, reference)]
+    assert skips[0] == skips[1] and len(skips[0]) > 0  # oxides skipped by their element
+    for i in range(len(again)):
+        assert again.graphs.arrays(i).equals(reference.graphs.arrays(i))

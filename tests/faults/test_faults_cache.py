@@ -237,3 +237,20 @@ def test_full_disk_is_one_clear_error_and_leaves_nothing(
     assert warnings_of(caplog) == []  # the error is the one message
     assert sorted(p.name for p in directory.iterdir()) == before  # no .tmp-shard-* left
     assert len(GraphCache(tmp_path, settings)) == 10
+
+
+def test_a_remembered_text_whose_graph_is_gone_is_parsed_again(
+    source: Path, tmp_path: Path
+) -> None:
+    """The cache's record of texts read before points at graphs; when a graph's shard is
+    damaged, the text is parsed and its graph built again, never taken on trust."""
+    settings = GraphSettings(cutoff=8.0, max_neighbors=12)
+    first = load_dataset(source, settings, ["heat_ref"], cache_dir=tmp_path, limit=N)
+    expected = [first.graphs.arrays(i) for i in range(len(first))]  # copies
+    shard = next(p for p in graph_dir(tmp_path, settings).iterdir() if p.name.startswith("shard-"))
+    z = np.load(shard / "z.npy")
+    np.save(shard / "z.npy", (z % 50) + 1)  # other elements, same length
+    again = load_dataset(source, settings, ["heat_ref", "dir_gap"], cache_dir=tmp_path, limit=N)
+    assert again.ids == first.ids
+    for i in range(len(again)):
+        assert again.graphs.arrays(i).equals(expected[i])

@@ -257,6 +257,7 @@ def load_dataset(
             on_duplicate=on_duplicate,
             workers=workers,
             progress=progress,
+            cache=cache,
             **read_options,
         )
         while chunk := list(islice(found, chunk_size)):

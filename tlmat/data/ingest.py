@@ -15,6 +15,7 @@ so records, skips and their messages are the same as that path's, which
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator
@@ -34,13 +35,25 @@ from tlmat.graphs.builder import (
     graph_problem,
     structure_arrays,
 )
-from tlmat.graphs.cache import arrays_key, pack_graphs, structure_key, unpack_graphs
+from tlmat.graphs.cache import (
+    GraphCache,
+    arrays_key,
+    pack_graphs,
+    structure_key,
+    unpack_graphs,
+)
 from tlmat.graphs.neighbors import Neighbors
 from tlmat.graphs.settings import GraphSettings
 from tlmat.io.checks import CheckOptions, RawItem, checked_targets, make_record
 from tlmat.io.cif import read_plain_cif
 from tlmat.io.parse import Text, detect_text_format
-from tlmat.io.readers import DuplicatePolicy, check_duplicate_policy, iter_raw, unique_ids
+from tlmat.io.readers import (
+    READ_VERSION,
+    DuplicatePolicy,
+    check_duplicate_policy,
+    iter_raw,
+    unique_ids,
+)
 from tlmat.io.records import Problem, ProblemLog, Target
 from tlmat.progress import track
 
@@ -180,22 +193,85 @@ def _unpacked(returned: tuple[list[Ingested | Problem], dict[str, np.ndarray]]):
     return results
 
 
-def _bounded_map(pool: ProcessPoolExecutor, fn, jobs: Iterable, window: int) -> Iterator:
-    """``pool.map`` that keeps at most ``window`` jobs in flight: ``Executor.map`` submits
-    every job at once, which would hold a whole dataset's text in memory."""
-    pending: deque = deque()
-    for job in jobs:
-        pending.append(pool.submit(fn, job))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 def _chunks(items: Iterable[RawItem | Problem]) -> Iterator[list[RawItem | Problem]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, CHUNK)):
         yield chunk
+
+
+def text_digest(item: RawItem | Problem, options: CheckOptions) -> str | None:
+    """What decides a text item's structure (its text, format and the reading options),
+    hashed; ``None`` for payloads that are not text (files, dicts, ASE atoms)."""
+    if not isinstance(item, RawItem):
+        return None
+    payload = item.payload
+    if isinstance(payload, Text):
+        text, fmt = payload.text, payload.fmt
+    elif isinstance(payload, str):
+        text, fmt = payload, ""
+    else:
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{READ_VERSION}|{options.disorder}|{options.min_distance!r}|{fmt}|".encode())
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+@dataclass
+class _Chunk:
+    """A chunk of raw items: those answered from the cache's record of texts read
+    before, and the positions still to parse."""
+
+    items: list[RawItem | Problem]
+    done: list[Ingested | Problem | None]
+    todo: list[int]
+    digests: list[str | None]
+
+
+def _known(
+    chunk: list[RawItem | Problem],
+    options: CheckOptions,
+    elements: Collection[int] | None,
+    cache: GraphCache | None,
+) -> _Chunk:
+    """Answer the items whose text was read before and whose graph is cached (intact)
+    without parsing: targets are checked as ever, elements on the cached graph."""
+    digests = [text_digest(item, options) for item in chunk] if cache is not None else []
+    known = cache.parsed_texts([d for d in digests if d]) if cache is not None else {}
+    entries = cache._verified(sorted({k for k, _ in known.values()})) if known else {}
+    done: list[Ingested | Problem | None] = [None] * len(chunk)
+    todo = []
+    for n, item in enumerate(chunk):
+        hit = known.get(digests[n]) if digests and digests[n] else None
+        if hit is None or hit[0] not in entries:
+            todo.append(n)
+            continue
+        targets = checked_targets(item, options)
+        if isinstance(targets, Problem):
+            done[n] = targets
+            continue
+        key, formula = hit
+        problem = None
+        if elements is not None:
+            entry = entries[key]
+            fault = element_problem(cache.load(key, entry, verify=False).z, elements)
+            if fault is not None:
+                problem = Problem(item.where or item.id, fault[0], fault[1], item.id)
+        done[n] = Ingested(item.id, item.where, formula, targets, key, None, problem)
+    return _Chunk(chunk, done, todo, digests)
+
+
+def _merge(part: _Chunk, parsed: list[Ingested | Problem], cache: GraphCache | None):
+    """The chunk's results in file order; the texts just parsed are remembered."""
+    fresh = []
+    for n, result in zip(part.todo, parsed, strict=True):
+        part.done[n] = result
+        digest = part.digests[n] if part.digests else None
+        if digest and isinstance(result, Ingested) and result.problem is None:
+            fresh.append((digest, result.key, result.formula))
+    if cache is not None:
+        cache.remember_texts(fresh)
+    return part.done
 
 
 def iter_ingested(
@@ -214,28 +290,47 @@ def iter_ingested(
     workers: int | None = None,
     fast: bool = True,
     progress: bool = False,
+    cache: GraphCache | None = None,
 ) -> Iterator[Ingested]:
     """Every structure of ``path`` with a usable graph, in file order; faults go to
     ``log`` as the pymatgen path reports them. ``workers``: processes (default: every
-    core; the first chunk is read here, so small sources start no processes)."""
+    core; started only once a chunk of 128 needs parsing). With ``cache``, texts read
+    before whose graphs it holds are not parsed again; an :class:`Ingested` from there
+    has no ``graph`` (the cache holds it)."""
     check_duplicate_policy(on_duplicate)
     options = CheckOptions(disorder, min_distance, tuple(targets) if targets is not None else None)
     items = iter_raw(path, targets, structure_column, id_column)
     if limit is not None:
         items = islice(items, limit)
-    chunks = _chunks(items)
-    first = next(chunks, [])
-    head = ingest_chunk((first, options, settings, elements, fast))
     workers = default_workers() if workers is None else workers
-    pool = None
-    if workers > 1 and len(first) == CHUNK:
-        pool = ProcessPoolExecutor(workers, initializer=gc.freeze)
-    if pool is None:
-        rest = (ingest_chunk((c, options, settings, elements, fast)) for c in chunks)
-    else:
-        jobs = ((c, options, settings, elements, fast) for c in chunks)
-        rest = map(_unpacked, _bounded_map(pool, _ingest_packed, jobs, 4 * workers))
-    results = chain.from_iterable(chain([head], rest))
+    cache = cache if fast else None  # fast=False is the reference: it parses everything
+    pool: ProcessPoolExecutor | None = None
+
+    def job(part: _Chunk):
+        return ([part.items[n] for n in part.todo], options, settings, elements, fast)
+
+    def chunk_results() -> Iterator[list[Ingested | Problem]]:
+        nonlocal pool
+        pending: deque = deque()
+        for n, chunk in enumerate(_chunks(items)):
+            part = _known(chunk, options, elements, cache)
+            if pool is None and n > 0 and workers > 1 and len(part.todo) == CHUNK:
+                pool = ProcessPoolExecutor(workers, initializer=gc.freeze)
+            if pool is None:
+                yield _merge(part, ingest_chunk(job(part)) if part.todo else [], cache)
+                continue
+            # in file order: a chunk found whole in the cache waits for those before it
+            future = pool.submit(_ingest_packed, job(part)) if part.todo else None
+            pending.append((part, future))
+            while len(pending) >= 4 * workers:  # bounded: a dataset never waits in memory
+                yield finish(*pending.popleft())
+        while pending:
+            yield finish(*pending.popleft())
+
+    def finish(part: _Chunk, future) -> list[Ingested | Problem]:
+        return _merge(part, _unpacked(future.result()) if future is not None else [], cache)
+
+    results = chain.from_iterable(chunk_results())
 
     def parsed() -> Iterator[Ingested]:
         for result in results:

@@ -291,6 +291,19 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY,"
     " shard TEXT NOT NULL, row INTEGER NOT NULL, crc INTEGER NOT NULL)"
 )
+#: structure texts read before (digest of text and reading options → structure key and
+#: reduced formula): a later read of the same file with other targets or another model's
+#: elements finds their graphs without parsing them again. An accelerator only: lost when
+#: the index is rebuilt, and a text whose graph is gone is parsed again.
+_TEXTS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS texts (digest TEXT PRIMARY KEY,"
+    " key TEXT NOT NULL, formula TEXT NOT NULL)"
+)
+
+
+def _create(db: sqlite3.Connection) -> None:
+    db.execute(_SCHEMA)
+    db.execute(_TEXTS_SCHEMA)
 
 
 class GraphCache:
@@ -378,14 +391,14 @@ class GraphCache:
 
     def _memory_index(self) -> sqlite3.Connection:
         db = sqlite3.connect(":memory:")
-        db.execute(_SCHEMA)
+        _create(db)
         self._index_in_memory = True
         return db
 
     def _open_index(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.index_path, timeout=60)
         try:
-            db.execute(_SCHEMA)
+            _create(db)
             db.commit()
             db.execute("SELECT COUNT(*) FROM entries LIMIT 1").fetchone()
         except sqlite3.Error as error:
@@ -416,7 +429,7 @@ class GraphCache:
             # another process may have replaced it while we waited for the lock
             db = sqlite3.connect(self.index_path, timeout=60)
             try:
-                db.execute(_SCHEMA)
+                _create(db)
                 db.execute("SELECT COUNT(*) FROM entries").fetchone()
                 return db
             except sqlite3.Error as again:
@@ -433,7 +446,7 @@ class GraphCache:
                     if side.exists() and aside is not None:
                         os.replace(side, aside.with_name(aside.name + suffix))
                 db = sqlite3.connect(self.index_path, timeout=60)
-                db.execute(_SCHEMA)
+                _create(db)
             rows = self._shard_entries()
             db.executemany("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)", rows)
             db.commit()
@@ -530,6 +543,23 @@ class GraphCache:
             ):
                 found[key] = (shard, row, crc)
         return found
+
+    def parsed_texts(self, digests: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Structure key and reduced formula of texts read before, by digest."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(digests), 900):  # SQLite's bound-parameter limit
+            chunk = list(digests[start : start + 900])
+            marks = ",".join("?" * len(chunk))
+            for digest, key, formula in self._sql(
+                f"SELECT digest, key, formula FROM texts WHERE digest IN ({marks})", chunk
+            ):
+                found[digest] = (key, formula)
+        return found
+
+    def remember_texts(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Record (digest, structure key, reduced formula) of texts just read."""
+        if rows and self.unwritable is None:
+            self._write_sql("INSERT OR REPLACE INTO texts VALUES (?, ?, ?)", list(rows), True)
 
     def lookup(self, keys: Sequence[str]) -> dict[str, Entry]:
         """Index entries (shard, row, crc) of the keys that are cached (not yet verified)."""
@@ -659,6 +689,13 @@ class GraphCache:
         cached (and intact) are reused, the others stored, each structure once."""
         entries = self._verified(keys)
         todo = {k: g for k, g in zip(keys, graphs, strict=True) if k not in entries}
+        gone = [k for k, g in todo.items() if g is None]
+        if gone:  # found in the cache when read, damaged or removed since
+            raise CacheWriteError(
+                errno.ENOENT,
+                f"graph cache {self.directory}: {len(gone)} graph(s) found when the data was "
+                "read have since been removed or damaged (by another process?); run again",
+            )
         self.store(list(todo), list(todo.values()))
         self.n_built = len(todo)
         if todo:
