@@ -148,3 +148,21 @@ def test_cached_graphs_cross_processes_by_pickle(records, tmp_path: Path) -> Non
     in_memory = held.graphs(records[:30])
     assert all(entry[0].startswith("memory-") for entry in in_memory.entries)
     assert_same(pickle.loads(pickle.dumps(in_memory)), fresh(records[:30], settings))
+
+
+def test_released_pages_read_back_the_same_graphs(data: Path, tmp_path: Path) -> None:
+    """Letting go of the mapped pages (a long pass does it every 64 batches) changes no
+    graph read afterwards."""
+    from tlmat.data import load_dataset
+    from tlmat.data.loader import GraphLoader, release_memory
+
+    settings = GraphSettings(cutoff=8.0, max_neighbors=12)
+    dataset = load_dataset(
+        data / "perov_5" / "test.csv.gz", settings, cache_dir=tmp_path, limit=300
+    )
+    before = [dataset.graphs.arrays(i) for i in range(len(dataset))]
+    release_memory(dataset)
+    after = [dataset.graphs.arrays(i) for i in range(len(dataset))]
+    assert all(a.equals(b) for a, b in zip(before, after, strict=True))
+    batches = list(GraphLoader(dataset, batch_size=2))  # 150 batches: releases twice
+    assert sum(b.num_graphs for b in batches) == len(dataset)
