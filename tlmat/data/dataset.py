@@ -241,11 +241,6 @@ def load_dataset(
     # Stream: parse, check and build a chunk at a time, keeping only ids, formulas,
     # targets and cache entries, so that no dataset has to fit in memory as structures.
     log = ProblemLog(strict=strict)
-    ids: list[str] = []
-    formulas: list[str] = []
-    keys: list[str] = []
-    entries: list[tuple[str, int, int]] = []
-    values: list[dict[str, Any]] = []
     if fast:
         found = iter_ingested(
             path,
@@ -260,15 +255,7 @@ def load_dataset(
             cache=cache,
             **read_options,
         )
-        while chunk := list(islice(found, chunk_size)):
-            for item, entry in zip(
-                chunk, cache.add([i.key for i in chunk], [i.graph for i in chunk]), strict=True
-            ):
-                ids.append(item.id)
-                formulas.append(item.formula)
-                keys.append(item.key)
-                entries.append(entry)
-                values.append(item.targets)
+        rows = _ingested_rows(found, cache, chunk_size)
     else:
         records = iter_records(
             path,
@@ -280,17 +267,18 @@ def load_dataset(
             on_duplicate=on_duplicate,
             **read_options,
         )
-        while chunk := list(islice(records, chunk_size)):
-            graphs = cache.graphs(chunk, log, elements, workers or 1)
-            for position, entry, key in zip(
-                graphs.source_index, graphs.entries, graphs.keys, strict=True
-            ):
-                record = chunk[position]
-                ids.append(record.id)
-                formulas.append(record.formula)
-                keys.append(key)
-                entries.append(entry)
-                values.append(record.targets)
+        rows = _record_rows(records, cache, log, elements, workers or 1, chunk_size)
+    ids: list[str] = []
+    formulas: list[str] = []
+    keys: list[str] = []
+    entries: list[tuple[str, int, int]] = []
+    values: list[dict[str, Any]] = []
+    for id_, formula, key, entry, row_targets in rows:
+        ids.append(id_)
+        formulas.append(formula)
+        keys.append(key)
+        entries.append(entry)
+        values.append(row_targets)
     if not ids:
         what = "could be read" if log.n_ok == 0 else "has a usable graph"
         raise InputError(f"{path}: no structure {what} ({log.summary()})")
@@ -306,6 +294,31 @@ def load_dataset(
     )
     _write_manifest(manifest_dir, dataset, keys)
     return dataset
+
+
+Row = tuple[str, str, str, tuple[str, int, int], dict[str, Any]]
+
+
+def _ingested_rows(found, cache: GraphCache, chunk_size: int) -> Iterator[Row]:
+    """(id, formula, key, cache entry, targets) of the one-pass read, stored a chunk at
+    a time."""
+    while chunk := list(islice(found, chunk_size)):
+        stored = cache.add([i.key for i in chunk], [i.graph for i in chunk])
+        for item, entry in zip(chunk, stored, strict=True):
+            yield item.id, item.formula, item.key, entry, item.targets
+
+
+def _record_rows(
+    records, cache: GraphCache, log: ProblemLog, elements, workers: int, chunk_size: int
+) -> Iterator[Row]:
+    """The same rows through pymatgen records and :meth:`GraphCache.graphs`."""
+    while chunk := list(islice(records, chunk_size)):
+        graphs = cache.graphs(chunk, log, elements, workers)
+        for position, entry, key in zip(
+            graphs.source_index, graphs.entries, graphs.keys, strict=True
+        ):
+            record = chunk[position]
+            yield record.id, record.formula, key, entry, record.targets
 
 
 def _write_manifest(directory: Path, dataset: GraphDataset, keys: list[str]) -> None:

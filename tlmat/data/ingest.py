@@ -31,8 +31,8 @@ from tlmat.graphs.builder import (
     GraphArrays,
     add_line_graphs,
     atom_graph,
+    checked_graph,
     element_problem,
-    graph_problem,
     structure_arrays,
 )
 from tlmat.graphs.cache import (
@@ -100,23 +100,12 @@ def _cif_text(payload: Any) -> str | None:
 
 
 def _graph(
-    item: RawItem,
-    z: np.ndarray,
-    pos: np.ndarray,
-    cell: np.ndarray,
-    pbc: np.ndarray,
-    settings: GraphSettings,
-    elements: Collection[int] | None,
-    pairs: tuple[GraphArrays, Neighbors] | None = None,
+    item: RawItem, z, pos, cell, pbc, settings: GraphSettings, elements, built=None
 ) -> tuple[GraphArrays | None, Neighbors | None, Problem | None]:
-    """The graph of checked arrays, or why it has none (as the graph builder says it)."""
-    fault = element_problem(z, elements)
-    if fault is None:
-        arrays, neighbors = pairs or atom_graph(z, pos, cell, pbc, settings)
-        fault = graph_problem(arrays, settings)
-        if fault is None:
-            return arrays, neighbors, None
-    return None, None, Problem(item.where or item.id, fault[0], fault[1], item.id)
+    """:func:`~tlmat.graphs.builder.checked_graph` as the three fields :class:`Ingested`
+    and the line graph need."""
+    found = checked_graph(z, pos, cell, pbc, settings, elements, item.where, item.id, built)
+    return (None, None, found) if isinstance(found, Problem) else (*found, None)
 
 
 def ingest_item(

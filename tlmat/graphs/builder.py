@@ -186,17 +186,34 @@ def element_problem(z: np.ndarray, elements: Collection[int] | None) -> tuple[Re
     return None
 
 
+def checked_graph(
+    z: np.ndarray,
+    pos: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    settings: GraphSettings,
+    elements: Collection[int] | None,
+    where: str,
+    id: str,
+    built: tuple[GraphArrays, Neighbors] | None = None,
+) -> tuple[GraphArrays, Neighbors] | Problem:
+    """The graph (and float64 neighbour list) of a structure given as arrays, or why it
+    has none: an element outside ``elements``, or an atom short of neighbours.
+    ``built``: the :func:`atom_graph` already computed for these arrays."""
+    fault = element_problem(z, elements)
+    if fault is None:
+        arrays, pairs = built or atom_graph(z, pos, cell, pbc, settings)
+        fault = graph_problem(arrays, settings)
+    if fault is not None:
+        return Problem(where or id, fault[0], fault[1], id)
+    return arrays, pairs
+
+
 def _graph_and_pairs_or_problem(
     record: Record, settings: GraphSettings, elements: Collection[int] | None
 ) -> tuple[GraphArrays, Neighbors] | Problem:
     z, pos, cell, pbc = structure_arrays(record.structure)
-    fault = element_problem(z, elements)
-    if fault is None:
-        arrays, pairs = atom_graph(z, pos, cell, pbc, settings)
-        fault = graph_problem(arrays, settings)
-    if fault is not None:
-        return Problem(record.where or record.id, fault[0], fault[1], record.id)
-    return arrays, pairs
+    return checked_graph(z, pos, cell, pbc, settings, elements, record.where, record.id)
 
 
 def graphs_or_problems(

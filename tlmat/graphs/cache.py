@@ -202,6 +202,7 @@ class Shard:
             self.arrays = arrays
             self.checksums: dict[str, int] = {}
             self._intact: bool | None = True
+            self._maps: list = []  # nothing mapped
         else:
             # plain ndarray views of the maps: slicing an np.memmap is several times slower
             maps = {
@@ -211,8 +212,6 @@ class Shard:
             self._maps = [getattr(value, "_mmap", None) for value in maps.values()]
             self.checksums = json.loads((path / "checksums.json").read_text())
             self._intact = None
-        if arrays is not None:
-            self._maps = []
         required = {"z", "pos", "cell", "pbc", "edge_index", "node_ptr", "edge_ptr", *EDGE_FIELDS}
         missing = required - set(self.arrays)
         if missing:

@@ -34,9 +34,17 @@ def neighbor_list(
     positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float
 ) -> Neighbors:
     """All pairs within ``cutoff`` Å, periodic images included along periodic axes."""
+    positions, box = _search_arrays(positions, cell, pbc)
+    return _with_vectors(_pairs(positions, box, pbc, cutoff), positions, box)
+
+
+def _search_arrays(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions and box as pymatgen's search takes them (a unit box for a molecule)."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     box = np.ascontiguousarray(cell if np.any(pbc) else np.eye(3), dtype=np.float64)
-    return _with_vectors(_pairs(positions, box, pbc, cutoff), positions, box)
+    return positions, box
 
 
 def _pairs(positions: np.ndarray, box: np.ndarray, pbc: np.ndarray, cutoff: float) -> Neighbors:
@@ -103,8 +111,7 @@ def nearest_neighbor_list(
     CGCNN loader's.
     """
     n_atoms = len(positions)
-    positions = np.ascontiguousarray(positions, dtype=np.float64)
-    box = np.ascontiguousarray(cell if np.any(pbc) else np.eye(3), dtype=np.float64)
+    positions, box = _search_arrays(positions, cell, pbc)
     if max_neighbors is not None and n_atoms and bool(np.all(pbc)):
         volume_per_atom = abs(np.linalg.det(cell)) / n_atoms
         # radius of a sphere holding max_neighbors + 1 atoms at this density, with margin
