@@ -154,7 +154,8 @@ def test_released_pages_read_back_the_same_graphs(data: Path, tmp_path: Path) ->
     """Letting go of the mapped pages (a long pass does it every 64 batches) changes no
     graph read afterwards."""
     from tlmat.data import load_dataset
-    from tlmat.data.loader import GraphLoader, release_memory
+    from tlmat.data.loader import GraphLoader
+    from tlmat.data.memory import release_memory
 
     settings = GraphSettings(cutoff=8.0, max_neighbors=12)
     dataset = load_dataset(

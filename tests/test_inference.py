@@ -67,3 +67,21 @@ def test_cli_predict_writes_units_and_the_inverse_transform(sample: Path, tmp_pa
         app, ["predict", "cgcnn/band-gap", str(sample), "-o", gap, "--inverse-transform", *cache]
     )
     assert refused.exit_code == 1 and "not log10 of a quantity" in refused.output
+
+
+def test_predictions_and_embeddings_in_chunks_equal_one_pass(perovskites) -> None:
+    """What ``tlmat predict`` / ``tlmat embed`` write a chunk at a time is the one-pass
+    result, in order, whatever the chunk and batch sizes."""
+    from tlmat.models.prediction import iter_predictions, predict
+    from tlmat.transfer.features import iter_layer_features, layer_feature_table
+
+    gap = tlmat.load_model("cgcnn/band-gap").trained
+    whole = predict(gap, perovskites)
+    parts = list(iter_predictions(gap, perovskites, batch_size=7, rows=50))
+    assert [len(p) for p, _ in parts] == [56, 56, 8]  # whole batches of 7 per chunk
+    np.testing.assert_array_equal(np.concatenate([p for p, _ in parts]), np.arange(120))
+    np.testing.assert_allclose(np.concatenate([v for _, v in parts]), whole, atol=1e-6)
+    features, names = layer_feature_table(gap, perovskites, layers="all")
+    chunks = list(iter_layer_features(gap, perovskites, layers="all", batch_size=16, rows=40))
+    assert all(c[2] == names for c in chunks) and len(chunks) == 3
+    np.testing.assert_allclose(np.concatenate([c[1] for c in chunks]), features, atol=1e-5)

@@ -187,3 +187,55 @@ def test_parallel_read_matches_serial(data: Path) -> None:
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_records(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".npz"])
+def test_table_writer_streams_chunks_into_one_table(data: Path, tmp_path: Path, suffix) -> None:
+    import pandas as pd
+
+    from tlmat.io.writers import TableWriter
+
+    records = read_records(data / "cgcnn_sample_regression")
+    ids = [r.id for r in records]
+    volumes = np.array([[r.structure.volume, r.structure.density] for r in records])
+    columns = ["volume (Å³)", "density (g/cm³)"]
+    path = tmp_path / f"table{suffix}"
+    with TableWriter(path, len(ids), "features") as table:
+        for start in range(0, len(ids), 4):  # chunks of 4, 4, 2
+            frame = pd.DataFrame(volumes[start : start + 4], columns=columns)
+            frame.insert(0, "id", ids[start : start + 4])
+            table.write(frame)
+        assert not path.exists()  # in a temporary file until closed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    if suffix == ".npz":
+        with np.load(path) as npz:
+            assert npz["ids"].tolist() == ids and npz["columns"].tolist() == columns
+            np.testing.assert_array_equal(npz["features"], volumes)
+        return
+    back = pd.read_csv(path, dtype={"id": str}) if suffix == ".csv" else pd.read_parquet(path)
+    assert list(back.columns) == ["id", *columns] and back["id"].tolist() == ids
+    np.testing.assert_allclose(back[columns].to_numpy(), volumes, rtol=1e-12)
+
+
+def test_table_writer_leaves_nothing_behind_when_the_work_fails(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from tlmat.io.writers import TableWriter
+
+    path = tmp_path / "out.npz"
+    with pytest.raises(RuntimeError, match="diverged"), TableWriter(path, 4) as table:
+        table.write(pd.DataFrame({"id": ["a", "b"], "x": [1.0, 2.0]}))
+        raise RuntimeError("diverged")
+    assert list(tmp_path.iterdir()) == []
+    short = TableWriter(path, 4)
+    short.write(pd.DataFrame({"id": ["a"], "x": [1.0]}))
+    with pytest.raises(ValueError, match="1 rows written of 4"):
+        short.close()
+    changed = TableWriter(tmp_path / "out.csv")
+    changed.write(pd.DataFrame({"id": ["a"], "x": [1.0]}))
+    with pytest.raises(ValueError, match="columns changed"):
+        changed.write(pd.DataFrame({"id": ["b"], "y": [1.0]}))
+    changed.abort()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"written as \.csv, \.parquet, \.npz"):
+        TableWriter(tmp_path / "out.txt")

@@ -40,16 +40,28 @@ Checkpoint = Annotated[
 ]
 
 
-def _finite(values: np.ndarray, dataset: GraphDataset, checkpoint: str) -> None:
-    """Fail (exit 1, nothing written) if the model gave NaN or infinite predictions."""
+def _finite(
+    values: np.ndarray, dataset: GraphDataset, checkpoint: str, positions=None, total=None
+) -> None:
+    """Fail (exit 1, nothing written) if the model gave NaN or infinite predictions;
+    ``positions``: the rows of ``dataset`` that ``values`` are for (default: all)."""
     rows = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if rows.any():
-        ids = [dataset.ids[i] for i in np.flatnonzero(rows)[:3]]
+        where = np.flatnonzero(rows) if positions is None else positions[rows]
+        ids = [dataset.ids[i] for i in where[:3]]
+        chunk = "" if total in (None, len(values)) else f" of a chunk, {total} in all"
         fail(
             f"{checkpoint} gave predictions that are not finite for {int(rows.sum())} of "
-            f"{len(values)} structures (e.g. {', '.join(ids)}); nothing was written — the "
-            "model's weights are probably damaged or diverged"
+            f"{len(values)} structures{chunk} (e.g. {', '.join(ids)}); nothing was written "
+            "— the model's weights are probably damaged or diverged"
         )
+
+
+def _table_suffix(output: Path, default: str = ".csv") -> str:
+    """The table format of ``output``: its suffix when tlmat writes that format."""
+    from tlmat.io.writers import TABLE_SUFFIXES
+
+    return output.suffix if output.suffix in TABLE_SUFFIXES else default
 
 
 def _model_or_ensemble(checkpoint: str):
@@ -109,9 +121,10 @@ def predict(
         list[str] | None,
         typer.Argument(metavar="STRUCTURES", help="Files or folders of structures."),
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write.")] = Path(
-        "predictions.csv"
-    ),
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="CSV to write (.parquet, .npz: in those formats)."),
+    ] = Path("predictions.csv"),
     ensemble: Annotated[
         str | None,
         typer.Option(
@@ -157,7 +170,8 @@ def predict(
         structures, checkpoint = [checkpoint, *(structures or [])], ensemble
     if not structures:
         fail("no STRUCTURES to predict: give files or folders after the model")
-    from tlmat.models.prediction import predict as predict_values
+    from tlmat.io.writers import TableWriter
+    from tlmat.models.prediction import iter_predictions
 
     writable_output(output, overwrite)
     with reported_errors():
@@ -183,13 +197,17 @@ def predict(
             scaled = f" (σ × {members.sigma_scale:.4f}, recalibrated on {fitted_on})"
         console.print(f"{len(dataset)} predictions with σ{scaled} → {output}", soft_wrap=True)
         return
-    values = predict_values(trained, dataset)
-    _finite(values, dataset, checkpoint)
-    try:
-        table = prediction_table(dataset.ids, values, trained.target, inverse_transform)
-    except ValueError as error:
-        fail(error)
-    table.to_csv(output, index=False)
+    # written a chunk at a time, to a temporary file renamed into place at the end: 10⁶
+    # predictions never sit in memory as one table, and a failure leaves nothing behind
+    with TableWriter(output, len(dataset), "predictions", _table_suffix(output)) as written:
+        for positions, values in iter_predictions(trained, dataset):
+            _finite(values, dataset, checkpoint, positions, len(dataset))
+            ids = [dataset.ids[i] for i in positions]
+            try:
+                table = prediction_table(ids, values, trained.target, inverse_transform)
+            except ValueError as error:
+                fail(error)
+            written.write(table)
     console.print(f"{len(dataset)} predictions → {output} ({dataset.log.n_skipped} skipped)")
 
 
@@ -227,7 +245,10 @@ def embed(
 
         tlmat embed runs/alignn/model.pt perov_5/test --layers interactions.7 -o f.parquet
     """
-    from tlmat.transfer.features import layer_feature_table
+    import pandas as pd
+
+    from tlmat.io.writers import TableWriter
+    from tlmat.transfer.features import iter_layer_features
 
     if output.suffix not in (".npz", ".parquet", ".csv"):
         # np.savez would quietly write OUTPUT.npz beside the name given
@@ -237,23 +258,20 @@ def embed(
         trained, _ = _model_or_ensemble(checkpoint)  # an ensemble: its first member's features
         trained.model.to(device)
         dataset = model_structures(trained, [data], cache_dir, (), strict, on_duplicate, disorder)
-    try:
-        features, columns = layer_feature_table(trained, dataset, layers=layers or "embedding_out")
-    except ValueError as error:
-        fail(error)
-    _finite(features, dataset, checkpoint)
-    if output.suffix in (".parquet", ".csv"):
-        import pandas as pd
-
-        frame = pd.DataFrame(features, columns=columns)
-        frame.insert(0, "id", dataset.ids)
-        if output.suffix == ".csv":
-            frame.to_csv(output, index=False)
-        else:
-            frame.to_parquet(output, index=False)
-    else:
-        np.savez(output, ids=np.array(dataset.ids), embeddings=features, columns=columns)
-    console.print(f"{features.shape[0]} × {features.shape[1]} embeddings → {output}")
+    # a chunk at a time into a temporary file, renamed into place when all is written
+    with TableWriter(output, len(dataset), "embeddings") as written:
+        try:
+            for positions, features, columns in iter_layer_features(
+                trained, dataset, layers=layers or "embedding_out"
+            ):
+                _finite(features, dataset, checkpoint, positions, len(dataset))
+                frame = pd.DataFrame(features, columns=columns)
+                frame.insert(0, "id", [dataset.ids[i] for i in positions])
+                written.write(frame)
+        except ValueError as error:
+            fail(error)
+    width = len(written.columns or [])
+    console.print(f"{written.rows} × {width} embeddings → {output}")
 
 
 def _data_label(data: str) -> str:

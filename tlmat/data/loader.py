@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
 
 import numpy as np
 import torch
 from torch_geometric.data import Batch
 
 from tlmat.data.dataset import GraphDataset
+from tlmat.data.memory import release_memory
 
 #: batches between releases of the cache's mapped pages (GraphCache.release) and of the
 #: heap memory glibc keeps after the batches' tensors are freed
 RELEASE_EVERY = 64
-
-
-@lru_cache(maxsize=1)
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or ``None`` (not Linux/glibc). Batches of varying size
-    leave freed tensor memory in glibc's arenas: 1 GB after predicting 10⁵ structures."""
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-def release_memory(dataset: GraphDataset) -> None:
-    """Give back the cache pages and freed heap a pass over ``dataset`` accumulated."""
-    cache = getattr(dataset.graphs, "cache", None)
-    if cache is not None:
-        cache.release()
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 class GraphLoader:

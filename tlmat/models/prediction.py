@@ -40,6 +40,30 @@ def predict_batches(trained: TrainedModel, batches: Iterable[Batch]) -> np.ndarr
     return torch.cat(outputs).numpy() if outputs else np.zeros(0)
 
 
+@torch.no_grad()
+def iter_predictions(
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    indices=None,
+    batch_size: int | None = None,
+    rows: int = 10_000,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`predict` a chunk at a time: (positions in ``dataset``, predictions) for
+    about ``rows`` structures each, in order — for outputs written as they come."""
+    batch_size = batch_size or inference_batch_size(dataset, indices)
+    loader = GraphLoader(dataset, indices, batch_size=batch_size)
+    positions: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
+    for out, batch in _outputs(trained, loader):
+        positions.append(batch.index.cpu())
+        values.append(trained.target.decode(out, batch).cpu())
+        if sum(len(p) for p in positions) >= rows:
+            yield torch.cat(positions).numpy(), torch.cat(values).numpy()
+            positions, values = [], []
+    if positions:
+        yield torch.cat(positions).numpy(), torch.cat(values).numpy()
+
+
 def predict(
     trained: TrainedModel, dataset: GraphDataset, indices=None, batch_size: int | None = None
 ) -> np.ndarray:

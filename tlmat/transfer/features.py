@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -37,6 +38,45 @@ def select_layers(available: list[str], layers: str | list[str] | None) -> list[
 
 
 @torch.no_grad()
+def iter_layer_features(
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    indices=None,
+    layers: str | list[str] | None = None,
+    batch_size: int | None = None,
+    rows: int = 10_000,
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
+    """:func:`layer_feature_table` a chunk at a time: (positions in ``dataset``,
+    features, column names) for about ``rows`` structures each, in order."""
+    model = trained.model.eval()
+    chunks: list[torch.Tensor] = []
+    positions: list[torch.Tensor] = []
+    names: list[str] | None = None
+    chosen: list[str] = []
+    # the crystal embedding alone needs one pass through the backbone, not every layer's
+    embedding_only = layers in ("embedding_out", ["embedding_out"])
+    batch_size = batch_size or inference_batch_size(dataset, indices)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in GraphLoader(dataset, indices, batch_size=batch_size):
+            positions.append(batch.index)
+            batch = batch.to(device)
+            if embedding_only:
+                features = OrderedDict(embedding_out=model.embed(batch))
+            else:
+                features = model.layer_features(batch)
+            if names is None:
+                chosen = select_layers(list(features), layers)
+                widths = [(layer, features[layer].shape[1]) for layer in chosen]
+                names = [f"{layer}:{k}" for layer, width in widths for k in range(width)]
+            chunks.append(torch.cat([features[layer] for layer in chosen], dim=1).cpu())
+            if sum(len(p) for p in positions) >= rows:
+                yield torch.cat(positions).numpy(), torch.cat(chunks).numpy(), names
+                chunks, positions = [], []
+    if chunks and names is not None:
+        yield torch.cat(positions).numpy(), torch.cat(chunks).numpy(), names
+
+
 def layer_feature_table(
     trained: TrainedModel,
     dataset: GraphDataset,
@@ -46,26 +86,10 @@ def layer_feature_table(
 ) -> tuple[np.ndarray, list[str]]:
     """Pooled features of the named layers (see :func:`select_layers`), concatenated,
     with a column name ``<layer>:<k>`` for every feature; batched."""
-    model = trained.model.eval()
-    chunks, names = [], None
-    chosen: list[str] = []
-    # the crystal embedding alone needs one pass through the backbone, not every layer's
-    embedding_only = layers in ("embedding_out", ["embedding_out"])
-    batch_size = batch_size or inference_batch_size(dataset, indices)
-    device = next(model.parameters()).device
-    for batch in GraphLoader(dataset, indices, batch_size=batch_size):
-        batch = batch.to(device)
-        if embedding_only:
-            features = OrderedDict(embedding_out=model.embed(batch))
-        else:
-            features = model.layer_features(batch)
-        if names is None:
-            chosen = select_layers(list(features), layers)
-            names = [f"{layer}:{k}" for layer in chosen for k in range(features[layer].shape[1])]
-        chunks.append(torch.cat([features[layer] for layer in chosen], dim=1).cpu())
-    if names is None:
+    parts = list(iter_layer_features(trained, dataset, indices, layers, batch_size))
+    if not parts:
         return np.zeros((0, 0), dtype=np.float32), []
-    return torch.cat(chunks).numpy(), names
+    return np.concatenate([features for _, features, _ in parts]), parts[0][2]
 
 
 def extract_features(
