@@ -801,7 +801,9 @@ def run_benchmark(
 
         executor = submitit.AutoExecutor(folder=root / ".submitit", cluster="slurm")
         executor.update_parameters(**config.executor.slurm)
-        submitted = [executor.submit(run_job, config, job, root, cache) for job in todo]
+        # one SLURM job array for the grid (slurm_array_parallelism caps how many run)
+        with executor.batch():
+            submitted = [executor.submit(run_job, config, job, root, cache) for job in todo]
         for job in submitted:
             job.result()
     return write_report(

@@ -3,7 +3,10 @@
 Layout under ``root/graphs-<settings key>/``::
 
     settings.json           the GraphSettings (and format version) the key stands for
-    index.sqlite            structure key → (shard, row, crc32); safe for many processes
+    index.sqlite            structure key → (shard, row, crc32); safe for many processes;
+                            and (table ``texts``) digest of a structure text and its
+                            reading options → structure key and reduced formula, so a
+                            text read before is not parsed again
     shard-<uuid>/*.npy      one array per field, graphs concatenated, with offset arrays,
                             plus each row's structure key and CRC32 (``keys``, ``row_crc``)
 
