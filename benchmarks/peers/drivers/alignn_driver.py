@@ -70,6 +70,7 @@ def main() -> None:
     from alignn.deprecated.pretrained import load_pure_torch_model
     from alignn.torch_graph_builder import build_pure_torch_graph
     from jarvis.core.atoms import Atoms
+    from torch.utils.data import DataLoader
 
     sizes = {part: len(common.rows(args.data, part)) for part in common.PARTS}
     out_dir = args.workdir / "alignn-out"
@@ -129,7 +130,14 @@ def main() -> None:
     val_mae = [epoch[1] for epoch in history]  # graph-level L1 loss of each epoch
 
     model, saved = load_pure_torch_model(str(out_dir), device="cpu")
-    test_loader = kept["test"]
+    # the built test graphs in batches of the training batch size (alignn's own test loader
+    # takes one structure per batch)
+    test_loader = DataLoader(
+        kept["test"].dataset,
+        batch_size=args.batch_size,
+        shuffle=False,
+        collate_fn=kept["test"].collate_fn,
+    )
     predicted, expected = [], []
     start = time.perf_counter()
     with torch.no_grad():
