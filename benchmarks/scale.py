@@ -120,6 +120,7 @@ def write_scale_set(path: Path, size: int, seed: int = 0) -> None:
 
 def timed(command: list[str], env: dict[str, str]) -> dict:
     """Wall seconds and peak RSS (MiB) of one command, run under /usr/bin/time -v."""
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     done = subprocess.run(
         ["/usr/bin/time", "-v", *command], env=env, capture_output=True, text=True
@@ -128,10 +129,21 @@ def timed(command: list[str], env: dict[str, str]) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr).group(1))
-    return {"command": " ".join(command), "seconds": seconds, "peak_rss_mib": rss / 1024}
+    return {
+        "command": " ".join(command),
+        "seconds": seconds,
+        "peak_rss_mib": rss / 1024,
+        # the machine's 1-minute load before and after: > cores means another job shared it
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
-def bench(size: int, work: Path, env: dict[str, str], out: dict, out_path: Path) -> None:
+STAGES = ("cold_read", "train_one_epoch", "predict", "embed")
+
+
+def bench(
+    size: int, work: Path, env: dict[str, str], out: dict, out_path: Path, stages=STAGES
+) -> None:
     data = work / f"scale-{size}.csv.gz"
     if not data.exists():
         start = time.perf_counter()
@@ -139,14 +151,20 @@ def bench(size: int, work: Path, env: dict[str, str], out: dict, out_path: Path)
         print(f"{data}: written in {time.perf_counter() - start:.0f} s", flush=True)
     cache = work / f"cache-{size}"
     runs = work / f"runs-{size}"
-    shutil.rmtree(cache, ignore_errors=True)
-    shutil.rmtree(runs, ignore_errors=True)
-    runs.mkdir(parents=True)
+    if "cold_read" in stages:
+        shutil.rmtree(cache, ignore_errors=True)
+    elif not cache.is_dir():
+        raise SystemExit(f"{cache}: no cache to reuse; run the cold_read stage first")
+    if "train_one_epoch" in stages:
+        shutil.rmtree(runs, ignore_errors=True)
+    runs.mkdir(parents=True, exist_ok=True)
     tlmat = [sys.executable, "-m", "tlmat.cli"]
-    entry: dict = {"structures": size, "data_bytes": data.stat().st_size}
-    out["sizes"][str(size)] = entry
+    entry: dict = out["sizes"].setdefault(str(size), {})
+    entry.update(structures=size, data_bytes=data.stat().st_size)
 
     def stage(name: str, command: list[str]) -> None:
+        if name not in stages:
+            return
         entry[name] = timed(command, env)
         entry[name]["per_s"] = size / entry[name]["seconds"]
         out_path.write_text(json.dumps(out, indent=2))
@@ -166,8 +184,9 @@ def bench(size: int, work: Path, env: dict[str, str], out: dict, out_path: Path)
             str(cache),
         ],
     )
-    graph_bytes = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
-    entry["cache_bytes_per_graph"] = graph_bytes / size
+    if "cold_read" in stages or "cache_bytes_per_graph" not in entry:
+        graph_bytes = sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())
+        entry["cache_bytes_per_graph"] = graph_bytes / size
     stage(
         "train_one_epoch",
         [
@@ -208,8 +227,9 @@ def bench(size: int, work: Path, env: dict[str, str], out: dict, out_path: Path)
         "embed",
         [*tlmat, "embed", model, str(data), "-o", str(runs / "emb.npz"), "--cache-dir", str(cache)],
     )
-    shutil.rmtree(cache, ignore_errors=True)  # ≈ 5 GB at 10⁶
-    shutil.rmtree(runs, ignore_errors=True)
+    if stages[-1] == STAGES[-1]:  # the last stage ran: nothing left to reuse
+        shutil.rmtree(cache, ignore_errors=True)  # ≈ 7.5 GB at 10⁶
+        shutil.rmtree(runs, ignore_errors=True)
 
 
 def main() -> None:
@@ -217,19 +237,32 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--work", type=Path, default=Path("benchmarks/out/scale"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="stages to (re-)run, in order; the others' results are kept from --out, and "
+        "a stage after cold_read reuses the cache the last cold_read left",
+    )
     args = parser.parse_args()
     if data_dir() is None:
         raise SystemExit("set TLMAT_DATA_DIR to the shared data folder")
     args.work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TLMAT_DATA_DIR": str(data_dir())}
-    out = {
-        "command": "python3 " + " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "note": "scale test on strained/perturbed copies of real structures, not a science set",
-        "sizes": {},
-    }
+    stages = [s for s in STAGES if s in args.stages]
+    command = "python3 " + " ".join(sys.argv)
+    # the sizes and stages run here replace theirs; the rest of --out is kept
+    out = json.loads(args.out.read_text()) if args.out.exists() else {"sizes": {}}
+    out.setdefault("commands", [out.pop("command")] if "command" in out else [])
+    out["commands"].append(command)
     for size in args.sizes:
-        bench(size, args.work, env, out, args.out)
+        if stages == list(STAGES):
+            out["sizes"].pop(str(size), None)
+    out["machine"] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    out["note"] = "scale test on strained/perturbed copies of real structures, not a science set"
+    for size in args.sizes:
+        bench(size, args.work, env, out, args.out, stages)
     print(f"→ {args.out}")
 
 
