@@ -624,6 +624,9 @@ class GraphCache:
                     except (IndexError, ValueError, OSError):
                         ok[i] = False
             bad.extend(k for k, good in zip(keys, ok.tolist(), strict=True) if not good)
+            # each shard's pages as soon as it is checked: verifying the 50 shards of 10⁶
+            # graphs had mapped them all at once, 7 GB
+            shard.release()
         return bad
 
     def _drop(self, bad: Sequence[str]) -> None:
