@@ -103,6 +103,8 @@ def main() -> None:
         with open(metrics) as handle:
             val_mae = [float(r["val_MAE"]) for r in csv.DictReader(handle) if r.get("val_MAE")]
 
+    # the checkpoint this driver wrote minutes ago in its own work folder (Lightning
+    # pickles hyper-parameters, so weights_only=True refuses it); never a downloaded file
     state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"])
     module.eval()

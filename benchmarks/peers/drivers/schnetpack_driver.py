@@ -167,6 +167,8 @@ def main() -> None:
         with open(metrics) as handle:
             val_mae = [float(r["val_y_MAE"]) for r in csv.DictReader(handle) if r.get("val_y_MAE")]
 
+    # schnetpack saves the whole model object, written by this run in its own work
+    # folder; never a downloaded file
     best = torch.load(best_path, map_location="cpu", weights_only=False)
     best.eval()
     converter = spk.interfaces.AtomsConverter(
