@@ -114,6 +114,33 @@ def test_plain_cif_reader_takes_only_what_it_reads_exactly(data: Path) -> None:
         assert read_plain_cif(changed) is None
 
 
+def test_reduced_formulas_are_pymatgens(data: Path) -> None:
+    """The plain reader's formulas skip building a Composition: they must still be
+    pymatgen's, special cases (peroxides, diatomic gases) and polyanions included."""
+    from pymatgen.core import Composition
+
+    from tlmat.io.cif import reduced_formula
+
+    counts = [
+        (("O", 2),),
+        (("H", 2),),
+        (("H", 2), ("O", 2)),
+        (("Li", 2), ("O", 2)),
+        (("Fe", 4), ("Li", 4), ("O", 16), ("P", 4)),
+        (("H", 4), ("N", 2), ("O", 6)),
+        (("C", 2), ("H", 4)),
+    ]
+    import pandas as pd
+
+    for text in pd.read_csv(data / "mp_cgcnn_36k" / "mp_cgcnn_36k.csv.gz", nrows=300)["cif"]:
+        structure = structure_from_text(text, "cif")
+        amounts = structure.composition.get_el_amt_dict()
+        counts.append(tuple(sorted((s, int(n)) for s, n in amounts.items())))
+    for count in counts:
+        expected = Composition({s: float(n) for s, n in count}).reduced_formula
+        assert reduced_formula(count) == expected, count
+
+
 def test_a_second_read_with_other_options_parses_nothing(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from tlmat.graphs.builder import (
     GraphArrays,
     add_line_graphs,
-    atom_graph,
+    atom_graphs,
     checked_graph,
     element_problem,
     structure_arrays,
@@ -45,7 +45,7 @@ from tlmat.graphs.cache import (
 from tlmat.graphs.neighbors import Neighbors
 from tlmat.graphs.settings import GraphSettings
 from tlmat.io.checks import CheckOptions, RawItem, checked_targets, make_record
-from tlmat.io.cif import read_plain_cif
+from tlmat.io.cif import CifArrays, read_plain_cif
 from tlmat.io.parse import Text, detect_text_format
 from tlmat.io.readers import (
     READ_VERSION,
@@ -60,6 +60,9 @@ from tlmat.progress import track
 #: items a worker takes at once (large enough to amortise the transfer, small enough to
 #: keep every core busy to the end)
 CHUNK = 128
+#: texts whose digests are written to the cache's index in one transaction (a commit per
+#: chunk cost 50 µs a structure)
+REMEMBER_EVERY = 8192
 
 
 @dataclass
@@ -108,25 +111,32 @@ def _graph(
     return (None, None, found) if isinstance(found, Problem) else (*found, None)
 
 
-def ingest_item(
-    item: RawItem | Problem,
-    options: CheckOptions,
-    settings: GraphSettings,
-    elements: Collection[int] | None = None,
-    fast: bool = True,
-) -> tuple[Ingested | Problem, Neighbors | None]:
-    """One raw item → :class:`Ingested` (with the float64 neighbour list its line graph
-    needs), or the :class:`Problem` that skips it."""
+def _parse(
+    item: RawItem | Problem, options: CheckOptions, fast: bool
+) -> Problem | tuple[dict[str, Target], CifArrays | None]:
+    """An item's checked targets and, for a plain CIF, its structure as arrays; or the
+    :class:`Problem` that skips it."""
     if isinstance(item, Problem):
-        return item, None
+        return item
     targets = checked_targets(item, options)
     if isinstance(targets, Problem):
-        return targets, None
+        return targets
     text = _cif_text(item.payload) if fast else None
-    plain = read_plain_cif(text) if text is not None else None
-    if plain is not None:
-        pbc = np.ones(3, dtype=bool)
-        built = atom_graph(plain.z, plain.pos, plain.cell, pbc, settings)
+    return targets, read_plain_cif(text) if text is not None else None
+
+
+def _ingest(
+    item: RawItem,
+    targets: dict[str, Target],
+    plain: CifArrays | None,
+    built: tuple[GraphArrays, Neighbors] | None,
+    options: CheckOptions,
+    settings: GraphSettings,
+    elements: Collection[int] | None,
+) -> tuple[Ingested | Problem, Neighbors | None]:
+    """One parsed item → :class:`Ingested` (with the float64 neighbour list its line graph
+    needs), or the :class:`Problem` that skips it. ``built``: the graph of ``plain``."""
+    if plain is not None and built is not None:
         distances = built[1].distances
         # the overlap check needs every pair nearer than min_distance, which the nearest
         # neighbours include whenever the cutoff reaches that far; a fault is reported by
@@ -134,6 +144,7 @@ def ingest_item(
         if settings.cutoff >= options.min_distance and not (
             len(distances) and distances.min() < options.min_distance
         ):
+            pbc = built[0].pbc
             graph, neighbors, problem = _graph(
                 item, plain.z, plain.pos, plain.cell, pbc, settings, elements, built
             )
@@ -153,9 +164,25 @@ def ingest_item(
 def ingest_chunk(
     args: tuple[list[RawItem | Problem], CheckOptions, GraphSettings, Collection[int] | None, bool],
 ) -> list[Ingested | Problem]:
-    """:func:`ingest_item` for many items, their line graphs built together."""
+    """Raw items → :class:`Ingested` or the :class:`Problem` that skips each, the graphs
+    of the plain CIFs (and all line graphs) built together."""
     items, options, settings, elements, fast = args
-    results = [ingest_item(item, options, settings, elements, fast) for item in items]
+    parsed = [_parse(item, options, fast) for item in items]
+    plain = [n for n, p in enumerate(parsed) if not isinstance(p, Problem) and p[1] is not None]
+    structures = [parsed[n][1] for n in plain]  # type: ignore[index]
+    graphs = atom_graphs(
+        [c.z for c in structures],
+        [c.pos for c in structures],
+        [c.cell for c in structures],
+        settings,
+    )
+    built = dict(zip(plain, graphs, strict=True))
+    results = [
+        (p, None)
+        if isinstance(p, Problem)
+        else _ingest(item, *p, built.get(n), options, settings, elements)  # type: ignore[arg-type]
+        for n, (item, p) in enumerate(zip(items, parsed, strict=True))
+    ]
     if settings.line_graph:
         kept = [(r.graph, n) for r, n in results if isinstance(r, Ingested) and r.graph is not None]
         add_line_graphs([g for g, _ in kept], [n for _, n in kept], settings)
@@ -250,16 +277,14 @@ def _known(
     return _Chunk(chunk, done, todo, digests)
 
 
-def _merge(part: _Chunk, parsed: list[Ingested | Problem], cache: GraphCache | None):
-    """The chunk's results in file order; the texts just parsed are remembered."""
-    fresh = []
+def _merge(part: _Chunk, parsed: list[Ingested | Problem], fresh: list[tuple[str, str, str]]):
+    """The chunk's results in file order; the texts just parsed join ``fresh``, to be
+    remembered by the cache."""
     for n, result in zip(part.todo, parsed, strict=True):
         part.done[n] = result
         digest = part.digests[n] if part.digests else None
         if digest and isinstance(result, Ingested) and result.problem is None:
             fresh.append((digest, result.key, result.formula))
-    if cache is not None:
-        cache.remember_texts(fresh)
     return part.done
 
 
@@ -298,6 +323,13 @@ def iter_ingested(
     def job(part: _Chunk):
         return ([part.items[n] for n in part.todo], options, settings, elements, fast)
 
+    fresh: list[tuple[str, str, str]] = []  # texts parsed, remembered in one transaction
+
+    def remember(at_least: int) -> None:
+        if cache is not None and len(fresh) >= at_least:
+            cache.remember_texts(fresh)
+            fresh.clear()
+
     def chunk_results() -> Iterator[list[Ingested | Problem]]:
         nonlocal pool
         pending: deque = deque()
@@ -306,18 +338,20 @@ def iter_ingested(
             if pool is None and n > 0 and workers > 1 and len(part.todo) == CHUNK:
                 pool = ProcessPoolExecutor(workers, initializer=gc.freeze)
             if pool is None:
-                yield _merge(part, ingest_chunk(job(part)) if part.todo else [], cache)
-                continue
-            # in file order: a chunk found whole in the cache waits for those before it
-            future = pool.submit(_ingest_packed, job(part)) if part.todo else None
-            pending.append((part, future))
-            while len(pending) >= 4 * workers:  # bounded: a dataset never waits in memory
-                yield finish(*pending.popleft())
+                yield _merge(part, ingest_chunk(job(part)) if part.todo else [], fresh)
+            else:
+                # in file order: a chunk found whole in the cache waits for those before it
+                future = pool.submit(_ingest_packed, job(part)) if part.todo else None
+                pending.append((part, future))
+                while len(pending) >= 4 * workers:  # bounded: a dataset never waits in memory
+                    yield finish(*pending.popleft())
+            remember(REMEMBER_EVERY)
         while pending:
             yield finish(*pending.popleft())
+        remember(1)
 
     def finish(part: _Chunk, future) -> list[Ingested | Problem]:
-        return _merge(part, _unpacked(future.result()) if future is not None else [], cache)
+        return _merge(part, _unpacked(future.result()) if future is not None else [], fresh)
 
     results = chain.from_iterable(chunk_results())
 

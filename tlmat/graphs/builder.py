@@ -13,7 +13,12 @@ import torch
 from pymatgen.core import Element, Molecule, Structure
 
 from tlmat.graphs.data import CrystalGraph
-from tlmat.graphs.neighbors import Neighbors, bond_pairs, nearest_neighbor_list
+from tlmat.graphs.neighbors import (
+    Neighbors,
+    bond_pairs,
+    nearest_neighbor_list,
+    nearest_neighbor_lists,
+)
 from tlmat.graphs.settings import GraphSettings
 from tlmat.io.records import InputError, Problem, ProblemLog, Reason, Record
 
@@ -97,6 +102,54 @@ def atom_graph(
         edge_shift=pairs.shifts.astype(np.int8),
     )
     return arrays, pairs
+
+
+def atom_graphs(
+    z: Sequence[np.ndarray],
+    pos: Sequence[np.ndarray],
+    cell: Sequence[np.ndarray],
+    settings: GraphSettings,
+) -> list[tuple[GraphArrays, Neighbors]]:
+    """:func:`atom_graph` of many periodic structures, bit for bit the same, the
+    neighbours selected (:func:`~tlmat.graphs.neighbors.nearest_neighbor_lists`) and the
+    arrays converted once for all of them."""
+    if not z:
+        return []
+    if settings.max_neighbors is None:
+        pbc = np.ones(3, dtype=bool)
+        return [atom_graph(*arrays, pbc, settings) for arrays in zip(z, pos, cell, strict=True)]
+    pairs = nearest_neighbor_lists(pos, cell, settings.cutoff, settings.max_neighbors)
+    atoms = _ptr([len(x) for x in z])
+    edges = _ptr([len(p.centers) for p in pairs])
+    all_z = np.concatenate(z).astype(np.int8)
+    all_pos = np.concatenate(pos).astype(np.float32)
+    cells = np.asarray(cell, dtype=np.float64).astype(np.float32)
+    edge_index = np.stack(
+        [np.concatenate([p.neighbors for p in pairs]), np.concatenate([p.centers for p in pairs])]
+    ).astype(np.int32)
+    distances = np.concatenate([p.distances for p in pairs]).astype(np.float32)
+    vectors = np.concatenate([p.vectors for p in pairs]).astype(np.float32)
+    shifts = np.concatenate([p.shifts for p in pairs]).astype(np.int8)
+    pbc = np.ones(3, dtype=bool)
+    graphs = []
+    for s, found in enumerate(pairs):
+        a, b, e, f = atoms[s], atoms[s + 1], edges[s], edges[s + 1]
+        arrays = GraphArrays(
+            all_z[a:b],
+            all_pos[a:b],
+            cells[s],
+            pbc,
+            edge_index[:, e:f],
+            distances[e:f],
+            vectors[e:f],
+            shifts[e:f],
+        )
+        graphs.append((arrays, found))
+    return graphs
+
+
+def _ptr(counts: Sequence[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
 
 def add_line_graphs(

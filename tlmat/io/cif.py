@@ -19,6 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 from pymatgen.core import Composition, Element, Lattice
+from pymatgen.core.composition import reduce_formula
 from pymatgen.io.cif import str2float
 
 #: pymatgen's CifParser defaults, which these rules reproduce
@@ -64,8 +65,10 @@ def _element(symbol: str) -> tuple[int, float] | None:
 
 @lru_cache(maxsize=65536)
 def reduced_formula(counts: tuple[tuple[str, int], ...]) -> str:
-    """``Composition.reduced_formula`` of element counts (cached: formulas repeat)."""
-    return Composition({symbol: float(n) for symbol, n in counts}).reduced_formula
+    """``Composition.reduced_formula`` of whole element counts (cached: formulas repeat),
+    through the two steps it takes for them, without building a ``Composition``."""
+    formula, _ = reduce_formula(dict(counts))
+    return Composition.special_formulas.get(formula, formula)
 
 
 def _number(text: str) -> float:
