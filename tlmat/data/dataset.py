@@ -22,7 +22,7 @@ import torch
 from torch_geometric.data import Batch
 
 from tlmat.data.ingest import iter_ingested
-from tlmat.data.memory import trim_heap
+from tlmat.data.memory import paused_gc, trim_heap
 from tlmat.datasets import resolve
 from tlmat.graphs.cache import UNWRITABLE, CachedGraphs, CacheWriteError, GraphCache, set_aside
 from tlmat.graphs.data import CrystalGraph
@@ -275,16 +275,17 @@ def load_dataset(
     entries: list[tuple[str, int, int]] = []
     # a column per target, not a dict per row: a tenth of the memory at 10⁶ structures
     columns: dict[str, list[Any]] = {}
-    for id_, formula, key, entry, row_targets in rows:
-        for name, value in row_targets.items():
-            columns.setdefault(name, [np.nan] * len(ids)).append(value)
-        ids.append(id_)
-        formulas.append(formula)
-        keys.append(key)
-        entries.append(entry)
-        for column in columns.values():
-            if len(column) < len(ids):  # this row lacks that target
-                column.append(np.nan)
+    with paused_gc():
+        for id_, formula, key, entry, row_targets in rows:
+            for name, value in row_targets.items():
+                columns.setdefault(name, [np.nan] * len(ids)).append(value)
+            ids.append(id_)
+            formulas.append(formula)
+            keys.append(key)
+            entries.append(entry)
+            for column in columns.values():
+                if len(column) < len(ids):  # this row lacks that target
+                    column.append(np.nan)
     if not ids:
         what = "could be read" if log.n_ok == 0 else "has a usable graph"
         raise InputError(f"{path}: no structure {what} ({log.summary()})")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from tlmat.data.memory import paused_gc
 from tlmat.graphs.builder import (
     GraphArrays,
     add_line_graphs,
@@ -363,19 +364,14 @@ def iter_ingested(
                 log.n_ok += 1
                 yield result
 
-    # the cyclic garbage collector finds nothing to free in these short-lived records but
-    # walks every object each time it runs: off during the read, a fifth of this process
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        tracked = track(parsed(), f"reading {Path(path).name}", limit, enabled=progress)
-        for found in unique_ids(tracked, on_duplicate, log, str(path)):
-            if found.problem is not None:
-                log.skip(found.problem)
-            else:
-                yield found
+        with paused_gc():
+            tracked = track(parsed(), f"reading {Path(path).name}", limit, enabled=progress)
+            for found in unique_ids(tracked, on_duplicate, log, str(path)):
+                if found.problem is not None:
+                    log.skip(found.problem)
+                else:
+                    yield found
     finally:
-        if collecting:
-            gc.enable()
         if pool is not None:
             pool.shutdown(cancel_futures=True)
