@@ -119,8 +119,8 @@ def atom_graphs(
         pbc = np.ones(3, dtype=bool)
         return [atom_graph(*arrays, pbc, settings) for arrays in zip(z, pos, cell, strict=True)]
     pairs = nearest_neighbor_lists(pos, cell, settings.cutoff, settings.max_neighbors)
-    atoms = _ptr([len(x) for x in z])
-    edges = _ptr([len(p.centers) for p in pairs])
+    atoms = ptr_from_counts([len(x) for x in z])
+    edges = ptr_from_counts([len(p.centers) for p in pairs])
     all_z = np.concatenate(z).astype(np.int8)
     all_pos = np.concatenate(pos).astype(np.float32)
     cells = np.asarray(cell, dtype=np.float64).astype(np.float32)
@@ -148,7 +148,9 @@ def atom_graphs(
     return graphs
 
 
-def _ptr(counts: Sequence[int]) -> np.ndarray:
+def ptr_from_counts(counts: Sequence[int]) -> np.ndarray:
+    """Offsets (int64) of consecutive blocks of ``counts`` items: ``[0, c0, c0 + c1, …]``,
+    as PyG's ``ptr`` and the cache's shards store them."""
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
 

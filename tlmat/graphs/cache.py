@@ -47,7 +47,12 @@ import torch
 from pymatgen.core import Molecule, Structure
 from torch_geometric.data import Batch
 
-from tlmat.graphs.builder import GraphArrays, element_problem, iter_graph_arrays
+from tlmat.graphs.builder import (
+    GraphArrays,
+    element_problem,
+    iter_graph_arrays,
+    ptr_from_counts,
+)
 from tlmat.graphs.data import CrystalGraph
 from tlmat.graphs.settings import GRAPH_FORMAT_VERSION, GraphSettings
 from tlmat.io.records import Problem, ProblemLog, Record
@@ -107,10 +112,6 @@ def _crc(arrays: GraphArrays) -> int:
     return crc
 
 
-def _ptr(counts: Sequence[int]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-
-
 def set_aside(path: Path, problem: object, what: str) -> Path | None:
     """Rename a damaged file or folder to ``<name>.damaged-<time>`` (kept for inspection,
     never deleted) and say so once; ``None`` when it could not be renamed."""
@@ -158,8 +159,8 @@ def _read_only(error: sqlite3.Error) -> bool:
 def _pack(graphs: Sequence[GraphArrays], keys: Sequence[str]) -> dict[str, np.ndarray]:
     """Concatenate graphs into shard arrays, with each row's structure key and CRC32."""
     out: dict[str, np.ndarray] = {
-        "node_ptr": _ptr([g.num_nodes for g in graphs]),
-        "edge_ptr": _ptr([g.num_edges for g in graphs]),
+        "node_ptr": ptr_from_counts([g.num_nodes for g in graphs]),
+        "edge_ptr": ptr_from_counts([g.num_edges for g in graphs]),
         "z": np.concatenate([g.z for g in graphs]),
         "pos": np.concatenate([g.pos for g in graphs]),
         "cell": np.stack([g.cell for g in graphs]),
@@ -171,7 +172,7 @@ def _pack(graphs: Sequence[GraphArrays], keys: Sequence[str]) -> dict[str, np.nd
     for f in EDGE_FIELDS:
         out[f] = np.concatenate([getattr(g, f) for g in graphs])
     if graphs[0].line_index is not None:
-        out["line_ptr"] = _ptr([g.line_index.shape[1] for g in graphs])
+        out["line_ptr"] = ptr_from_counts([g.line_index.shape[1] for g in graphs])
         out["line_index"] = np.concatenate([g.line_index for g in graphs], axis=1)
         out["line_cos"] = np.concatenate([g.line_cos for g in graphs])
     return {key: np.ascontiguousarray(value) for key, value in out.items()}
@@ -827,7 +828,7 @@ def collate(graphs: Sequence[GraphArrays]) -> Batch:
     """Concatenate graphs into a PyG ``Batch`` with offset edge (and line-graph) indices."""
     n_nodes = np.array([g.num_nodes for g in graphs])
     n_edges = np.array([g.num_edges for g in graphs])
-    node_offset = np.repeat(_ptr(n_nodes)[:-1], n_edges)
+    node_offset = np.repeat(ptr_from_counts(n_nodes)[:-1], n_edges)
     edge_index = np.concatenate([g.edge_index for g in graphs], axis=1) + node_offset
     fields: dict[str, torch.Tensor] = {
         "z": torch.from_numpy(np.concatenate([g.z for g in graphs]).astype(np.int64)),
@@ -843,11 +844,14 @@ def collate(graphs: Sequence[GraphArrays]) -> Batch:
     }
     if graphs[0].line_index is not None:
         n_lines = np.array([g.line_index.shape[1] for g in graphs])
-        edge_offset = np.repeat(_ptr(n_edges)[:-1], n_lines)
+        edge_offset = np.repeat(ptr_from_counts(n_edges)[:-1], n_lines)
         line_index = np.concatenate([g.line_index for g in graphs], axis=1) + edge_offset
         fields["line_index"] = torch.from_numpy(line_index.astype(np.int64))
         fields["line_cos"] = torch.from_numpy(np.concatenate([g.line_cos for g in graphs]))
     batch = torch.from_numpy(np.repeat(np.arange(len(graphs)), n_nodes))
     return Batch(
-        batch=batch, ptr=torch.from_numpy(_ptr(n_nodes)), num_nodes=int(n_nodes.sum()), **fields
+        batch=batch,
+        ptr=torch.from_numpy(ptr_from_counts(n_nodes)),
+        num_nodes=int(n_nodes.sum()),
+        **fields,
     )
