@@ -4,11 +4,15 @@ next to results so a run can be repeated exactly."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+#: the parts of a split, in the order a ``split.json`` lists them
+PARTS = ("train", "val", "test")
 
 
 @dataclass
@@ -20,25 +24,57 @@ class Split:
     test: np.ndarray
 
     def ids(self, ids: Sequence[str]) -> dict[str, list[str]]:
-        return {name: [ids[i] for i in getattr(self, name)] for name in ("train", "val", "test")}
+        return {name: [ids[i] for i in getattr(self, name)] for name in PARTS}
 
     def save(self, path: str | Path, ids: Sequence[str]) -> None:
         Path(path).write_text(json.dumps(self.ids(ids), indent=1))
 
     @classmethod
     def load(cls, path: str | Path, ids: Sequence[str]) -> Split:
-        """A saved split mapped back onto a dataset's positions (every id must be there)."""
-        saved = json.loads(Path(path).read_text())
+        """A saved split mapped back onto a dataset's positions. Every id must be in the
+        dataset, and listed once: an id in two parts (a test id also trained on) or twice
+        in one is refused, because the test score would no longer be a held-out score."""
+        saved = read_split_ids(path)
         position = {item: i for i, item in enumerate(ids)}
         missing = [i for part in saved.values() for i in part if i not in position]
         if missing:
             raise ValueError(f"{path}: {len(missing)} ids not in the dataset, e.g. {missing[0]}")
-        return cls(
-            *(
-                np.array([position[i] for i in saved[k]], dtype=np.int64)
-                for k in ("train", "val", "test")
+        return cls(*(np.array([position[i] for i in saved[k]], dtype=np.int64) for k in PARTS))
+
+
+def _first(ids: Sequence[str], most: int = 5) -> str:
+    shown = ", ".join(ids[:most])
+    return shown + (f", … ({len(ids)} in all)" if len(ids) > most else "")
+
+
+def read_split_ids(path: str | Path) -> dict[str, list[str]]:
+    """The train/val/test id lists of a ``split.json``, checked: each part is a list, no id
+    is listed twice in a part, and no id is in two parts (each refusal names the ids and
+    the parts)."""
+    try:
+        saved = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a JSON split file ({error})") from None
+    if not isinstance(saved, dict) or any(not isinstance(saved.get(k), list) for k in PARTS):
+        raise ValueError(f"{path}: a split file holds the id lists 'train', 'val' and 'test'")
+    parts = {k: [str(i) for i in saved[k]] for k in PARTS}
+    for name, part in parts.items():
+        repeated = [i for i, n in Counter(part).items() if n > 1]
+        if repeated:
+            raise ValueError(
+                f"{path}: {len(repeated)} ids are listed more than once in {name!r}: "
+                f"{_first(repeated)}"
             )
-        )
+    for k, first in enumerate(PARTS):
+        for second in PARTS[k + 1 :]:
+            earlier = set(parts[first])
+            shared = [i for i in parts[second] if i in earlier]
+            if shared:
+                raise ValueError(
+                    f"{path}: {len(shared)} ids are in both {first!r} and {second!r}: "
+                    f"{_first(shared)}; a structure must be in one part only"
+                )
+    return parts
 
 
 def _counts(n: int, sizes: Sequence[float]) -> list[int]:

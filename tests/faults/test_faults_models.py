@@ -1,0 +1,99 @@
+"""Fault cases of models, ensembles and splits: nothing that mixes what should not be
+mixed, or scores a model on what it trained on, passes without a refusal.
+
+Every case uses real Castelli perovskites (perov_5) and asserts the exact outcome."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tlmat.cli import app
+from tlmat.data import Split
+from tlmat.models import TargetSpec, TrainedModel
+from tlmat.models.atom_features import load_atom_init
+from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
+from tlmat.training import TrainConfig
+
+runner = CliRunner()
+
+
+def said(result) -> str:
+    """A command's output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def small_cgcnn(seed: int = 0) -> TrainedModel:
+    torch.manual_seed(seed)
+    config = CGCNNConfig(atom_fea_len=32, n_conv=2, h_fea_len=32)
+    return TrainedModel(build_cgcnn(config, load_atom_init()), TargetSpec())
+
+
+def quick(**overrides) -> TrainConfig:
+    base = dict(target="heat_ref", unit="eV/cell", epochs=1, batch_size=16, progress_bar=False,
+                early_stopping_patience=None, scheduler="none")  # fmt: skip
+    return TrainConfig(**{**base, **overrides})
+
+
+def _table(data: Path, tmp_path: Path, name: str, part: str = "val", limit: int = 60) -> Path:
+    """The first ``limit`` perovskites of perov_5/``part`` as a CSV with a CIF column."""
+    from tlmat.io import read_records, write_csv
+
+    table = tmp_path / f"{name}.csv"
+    write_csv(read_records(data / "perov_5" / f"{part}.csv.gz", ["heat_ref"], limit=limit), table)
+    return table
+
+
+# --- split files: a test id that also trains, or an id listed twice, is refused ----------
+
+
+def _split_file(tmp_path: Path, parts: dict[str, list[str]]) -> Path:
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(parts))
+    return path
+
+
+def test_split_with_test_ids_in_training_is_refused(perovskites, tmp_path) -> None:
+    ids = perovskites.ids
+    leaked = ids[30:35]  # five test structures that also train
+    path = _split_file(tmp_path, {"train": ids[:30] + leaked, "val": ids[30:40],
+                                  "test": ids[40:60]})  # fmt: skip
+    with pytest.raises(ValueError, match="5 ids are in both 'train' and 'val'"):
+        Split.load(path, ids)
+    path = _split_file(tmp_path, {"train": ids[:30] + ids[40:45], "val": ids[30:40],
+                                  "test": ids[40:60]})  # fmt: skip
+    with pytest.raises(ValueError, match="5 ids are in both 'train' and 'test'") as refused:
+        Split.load(path, ids)
+    assert ", ".join(ids[40:45]) in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_split_with_an_id_listed_twice_is_refused(perovskites, tmp_path) -> None:
+    ids = perovskites.ids
+    path = _split_file(tmp_path, {"train": [*ids[:30], ids[3]], "val": ids[30:40],
+                                  "test": ids[40:60]})  # fmt: skip
+    with pytest.raises(ValueError, match=f"1 ids are listed more than once in 'train': {ids[3]}"):
+        Split.load(path, ids)
+    clean = _split_file(tmp_path, {"train": ids[:30], "val": ids[30:40], "test": ids[40:60]})
+    assert len(Split.load(clean, ids).train) == 30  # a clean split still loads
+
+
+def test_cli_train_refuses_an_overlapping_split_in_one_line(data, tmp_path) -> None:
+    import pandas as pd
+
+    table = _table(data, tmp_path, "perov60")
+    ids = pd.read_csv(table)["id"].astype(str).tolist()
+    path = _split_file(tmp_path, {"train": ids[:30], "val": ids[30:40],
+                                  "test": ids[40:60] + ids[:5]})  # fmt: skip
+    result = runner.invoke(app, ["train", str(table), "-t", "heat_ref", "--split", str(path),
+                                 "--epochs", "1", "--run-dir", str(tmp_path / "run"),
+                                 "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"error: {path}: 5 ids are in both 'train' and 'test': {', '.join(ids[:5])}" in said(
+        result
+    )
+    assert not (tmp_path / "run" / "model.pt").exists()
