@@ -6,6 +6,7 @@ Every case uses real Castelli perovskites (perov_5) and asserts the exact outcom
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,50 @@ def test_cli_train_refuses_an_overlapping_split_in_one_line(data, tmp_path) -> N
         result
     )
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+# --- checkpoints: a newer format, or a config at odds with its graph settings -----------
+
+
+def _edited_checkpoint(tmp_path: Path, edit) -> Path:
+    """A small CGCNN checkpoint, then ``edit`` applied to its stored dictionary."""
+    from tlmat.models.checkpoint import save_checkpoint
+
+    path = save_checkpoint(small_cgcnn(), tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    torch.save(payload, path)
+    return path
+
+
+def _predict(data: Path, checkpoint: Path, tmp_path: Path):
+    table = _table(data, tmp_path, "five", limit=5)
+    return runner.invoke(app, ["predict", str(checkpoint), str(table), "-o",
+                               str(tmp_path / "pred.csv"), "--cache-dir",
+                               str(tmp_path / "cache")])  # fmt: skip
+
+
+def test_checkpoint_of_a_newer_format_is_refused(data, tmp_path) -> None:
+    from tlmat.models import CheckpointError, load_checkpoint
+
+    path = _edited_checkpoint(tmp_path, lambda payload: payload.update(checkpoint_version=99))
+    expected = "written by a newer tlmat (format 99; this one reads ≤ 2): upgrade tlmat"
+    with pytest.raises(CheckpointError, match=re.escape(expected)):
+        load_checkpoint(path)
+    result = _predict(data, path, tmp_path)
+    assert result.exit_code == 1 and f"error: {path}: {expected}" in said(result)
+    assert "Traceback" not in result.output and not (tmp_path / "pred.csv").exists()
+
+
+def test_checkpoint_whose_config_and_graph_settings_disagree_is_refused(data, tmp_path) -> None:
+    from tlmat.models import CheckpointError, load_checkpoint
+
+    path = _edited_checkpoint(tmp_path, lambda payload: payload["config"].update(cutoff=6.0))
+    with pytest.raises(CheckpointError, match=re.escape("cutoff = 6.0, the checkpoint's")):
+        load_checkpoint(path)
+    result = _predict(data, path, tmp_path)
+    assert result.exit_code == 1, result.output
+    assert "graph setting cutoff = 6.0, the checkpoint's graph_settings say 8.0" in said(result)
+    assert not (tmp_path / "pred.csv").exists()
+    same = _edited_checkpoint(tmp_path, lambda payload: None)  # an unedited one still loads
+    assert load_checkpoint(same).model.graph_settings.cutoff == 8.0

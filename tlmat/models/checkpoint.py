@@ -141,10 +141,43 @@ def build_model(
     return model
 
 
+def check_version(data: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint of a newer layout than this tlmat reads: its fields may mean
+    something else now, so loading it could predict wrongly without an error."""
+    version = data.get("checkpoint_version", CHECKPOINT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: checkpoint_version is {version!r}, not a number")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer tlmat (format {version}; this one reads "
+            f"≤ {CHECKPOINT_VERSION}): upgrade tlmat"
+        )
+
+
+def check_graph_settings(
+    model: CrystalModel, stored: dict[str, Any] | None, path: str | Path
+) -> None:
+    """Refuse a checkpoint whose stored graph settings differ from those its model config
+    gives: graphs are built from the config, so the model would see other neighbours than
+    it was trained on. Settings a checkpoint does not store (older formats) are not
+    compared."""
+    if not stored:
+        return
+    derived = model.graph_settings.model_dump()
+    for field, value in stored.items():
+        if field in derived and derived[field] != value:
+            raise CheckpointError(
+                f"{path}: the model config gives graph setting {field} = {derived[field]!r}, "
+                f"the checkpoint's graph_settings say {value!r}; the checkpoint is "
+                "inconsistent (edited or damaged), so its predictions cannot be trusted"
+            )
+
+
 def load_checkpoint(path: str | Path) -> TrainedModel:
     """A tlmat checkpoint, or published weights one of the importers recognises."""
     data = safe_load(path)
     if data.get("format") == "tlmat":
+        check_version(data, path)
         lacking = [f for f in REQUIRED_FIELDS if f not in data]
         if lacking:
             raise CheckpointError(
@@ -153,6 +186,7 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
             )
         state = data["state_dict"]
         model = build_model(data["architecture"], data["config"], state)
+        check_graph_settings(model, data.get("graph_settings"), path)
         load_state(model, state, path)
         return TrainedModel(model, TargetSpec(**data["target"]), dict(data["provenance"]))
     for importer in registry.importers():
