@@ -366,7 +366,9 @@ def load_ensemble(path: str | Path) -> Ensemble:
     from its members, which predict no variance: σ_a² = the mean validation MSE)."""
     path = Path(path)
     manifest = json.loads((path / MANIFEST).read_text())
-    members = [load_checkpoint(path / name / "model.pt") for name in manifest["members"]]
+    folders = member_folders(path, manifest)
+    members = [load_checkpoint(folder / "model.pt") for folder in folders]
+    check_same_target(path, manifest, folders, members)
     scale = float(manifest.get("sigma_scale", 1.0))
     if not (np.isfinite(scale) and scale > 0):
         raise ValueError(f"{path / MANIFEST}: sigma_scale must be a positive number, got {scale}")
@@ -380,6 +382,69 @@ def load_ensemble(path: str | Path) -> Ensemble:
             f"give {ensemble.aleatoric!r}; the folder's members were replaced"
         )
     return ensemble
+
+
+#: what every member must share: what is predicted, in which unit, and how it is
+#: normalised (each member's mean and std come from its own split, so they may differ)
+SHARED_TARGET = (
+    "name", "unit", "task", "classes", "log10", "log10_of", "extensive", "normalization"
+)  # fmt: skip
+
+
+def member_folders(path: Path, manifest: dict[str, Any]) -> list[Path]:
+    """The members' folders named in ``manifest``, each refused unless it lies inside
+    the ensemble folder: a manifest must not make tlmat read (or average in) models
+    from elsewhere (an absolute path, ``..``, a link leading out)."""
+    names = manifest.get("members")
+    if not isinstance(names, list) or not names:
+        raise ValueError(f"{path / MANIFEST}: 'members' must be a non-empty list of folders")
+    if len(manifest.get("val_mse", [])) != len(names):
+        raise ValueError(
+            f"{path / MANIFEST}: {len(names)} members but "
+            f"{len(manifest.get('val_mse', []))} val_mse values"
+        )
+    root = path.resolve()
+    folders = []
+    for name in names:
+        folder = path / str(name)
+        inside = not Path(str(name)).is_absolute() and ".." not in Path(str(name)).parts
+        if not inside or not folder.resolve().is_relative_to(root):
+            raise ValueError(
+                f"{path / MANIFEST}: member {name!r} lies outside the ensemble folder "
+                f"{path}; an ensemble's members must be folders inside it"
+            )
+        folders.append(folder)
+    return folders
+
+
+def check_same_target(
+    path: Path, manifest: dict[str, Any], folders: list[Path], members: list[TrainedModel]
+) -> None:
+    """Refuse members that predict another target, in another unit or normalised another
+    way than the ensemble (its manifest's ``target``, else its first member): their
+    mean and σ would mix quantities without a word."""
+    recorded = manifest.get("target")
+    if isinstance(recorded, dict):
+        expected, where = recorded, MANIFEST
+    else:
+        expected, where = members[0].target.model_dump(), f"{folders[0].name}/model.pt"
+    for folder, member in zip(folders, members, strict=True):
+        own = member.target.model_dump()
+        differ = [
+            f for f in SHARED_TARGET if f in expected and _listed(own[f]) != _listed(expected[f])
+        ]
+        if differ:
+            said = "; ".join(f"{f} {own[f]!r} (the ensemble: {expected[f]!r})" for f in differ)
+            raise ValueError(
+                f"{path}: member {folder.name} predicts another target than the ensemble "
+                f"({where}): {said}; every member must predict the same target in the same "
+                "unit and normalisation"
+            )
+
+
+def _listed(value: Any) -> Any:
+    """JSON gives lists where the target spec has tuples (``classes``)."""
+    return list(value) if isinstance(value, tuple | list) else value
 
 
 def fit_sigma_scale(y: np.ndarray, mean: np.ndarray, sigma: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from tlmat.cli import app
-from tlmat.data import Split
+from tlmat.data import Split, random_split
 from tlmat.models import TargetSpec, TrainedModel
 from tlmat.models.atom_features import load_atom_init
 from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
@@ -145,3 +146,81 @@ def test_checkpoint_whose_config_and_graph_settings_disagree_is_refused(data, tm
     assert not (tmp_path / "pred.csv").exists()
     same = _edited_checkpoint(tmp_path, lambda payload: None)  # an unedited one still loads
     assert load_checkpoint(same).model.graph_settings.cutoff == 8.0
+
+
+# --- ensembles: members that predict another target, or live outside the folder --------
+
+
+def _member_split(seed: int):
+    return random_split(60, (30, 15, 15), seed=seed)
+
+
+def _small_member(seed: int):
+    return small_cgcnn(seed), None
+
+
+@pytest.fixture(scope="module")
+def tiny_ensemble(perovskites, tmp_path_factory) -> Path:
+    """Two small CGCNN members (1 epoch) on splits of the first 60 perovskites."""
+    from tlmat.uncertainty import train_ensemble
+
+    folder = tmp_path_factory.mktemp("models-ensemble") / "ens"
+    train_ensemble(_small_member, perovskites, _member_split, quick(), folder, n_members=2)
+    return folder
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(folder, tmp_path / "ens"))
+
+
+def _retarget(checkpoint: Path, **target) -> None:
+    """Make a member predict another target (as if trained on another column)."""
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["target"].update(target)
+    torch.save(payload, checkpoint)
+
+
+def test_ensemble_member_with_another_target_and_unit_is_refused(
+    data, tiny_ensemble, tmp_path
+) -> None:
+    from tlmat.uncertainty import load_ensemble
+
+    folder = _copy(tiny_ensemble, tmp_path)
+    _retarget(folder / "member-1" / "model.pt", name="formation_energy_per_atom", unit="eV/atom")
+    expected = ("member member-1 predicts another target than the ensemble (ensemble.json): "
+                "name 'formation_energy_per_atom' (the ensemble: 'heat_ref'); unit 'eV/atom' "
+                "(the ensemble: 'eV/cell')")  # fmt: skip
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_ensemble(folder)
+    result = _predict(data, folder, tmp_path)
+    assert result.exit_code == 1 and expected in said(result), result.output
+    assert "Traceback" not in result.output and not (tmp_path / "pred.csv").exists()
+
+
+def test_ensemble_member_normalised_another_way_is_refused(tiny_ensemble, tmp_path) -> None:
+    """A manifest from before ``target`` was recorded: members are compared with the first."""
+    from tlmat.uncertainty import load_ensemble
+
+    folder = _copy(tiny_ensemble, tmp_path)
+    manifest = json.loads((folder / "ensemble.json").read_text())
+    del manifest["target"]
+    (folder / "ensemble.json").write_text(json.dumps(manifest))
+    assert len(load_ensemble(folder).members) == 2  # the members agree: loaded
+    _retarget(folder / "member-1" / "model.pt", log10=True)
+    with pytest.raises(ValueError, match=re.escape("log10 True (the ensemble: False)")) as refused:
+        load_ensemble(folder)
+    assert "member member-1" in str(refused.value) and "member-0/model.pt" in str(refused.value)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute"])
+def test_ensemble_member_outside_its_folder_is_refused(tiny_ensemble, tmp_path, where) -> None:
+    from tlmat.uncertainty import load_ensemble
+
+    folder = _copy(tiny_ensemble, tmp_path)
+    outside = Path(shutil.copytree(folder / "member-1", tmp_path / "elsewhere"))
+    name = "../elsewhere" if where == "parent" else str(outside)
+    manifest = json.loads((folder / "ensemble.json").read_text())
+    manifest["members"][1] = name
+    (folder / "ensemble.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=re.escape(f"member {name!r} lies outside the ensemble")):
+        load_ensemble(folder)
