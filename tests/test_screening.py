@@ -351,3 +351,20 @@ def test_cli_screen_two_levels_from_yaml_and_a_level_lacking_candidates(data, hf
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "no structure for 2 candidate(s)" in text
     assert records[-1].id in text or records[-2].id in text
+
+
+def test_the_oracle_name_picks_the_calculator_only_by_chgnets_registered_name(
+    tmp_path, monkeypatch
+) -> None:
+    from tlmat.screening import CHGNET_VERSION, OracleConfig
+
+    references = {"references": ["Hf.cif"]}
+    assert OracleConfig.from_name("chgnet", **references).chgnet == CHGNET_VERSION
+    assert OracleConfig.from_name("chgnet/0.2.0", **references).chgnet == "0.2.0"
+    with pytest.raises(ValueError, match=r"no CHGNet 9\.9"):
+        OracleConfig.from_name("chgnet/9.9", **references)
+    # a table whose name begins like the calculator's is still a table
+    assert OracleConfig.from_name("chgnet_dft.csv").table == "chgnet_dft.csv"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chgnet").write_text("id,formation_energy_per_atom\n")
+    assert OracleConfig.from_name("chgnet").table == "chgnet"

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from pymatgen.core import Structure
@@ -49,6 +50,8 @@ EKSTROM_COSTS_CORE_HOURS: dict[str, float] = {
 }
 #: a complete relaxation (every level) when nothing else is said, core-hours per phase
 FULL_RELAXATION_CORE_HOURS = sum(EKSTROM_COSTS_CORE_HOURS.values())
+#: the CHGNet version the screening calculator relaxes with when none is named
+CHGNET_VERSION = "0.3.0"
 #: |E_hull| below this counts as on the hull (eV/atom)
 ON_HULL_TOL = 1e-6
 
@@ -94,7 +97,7 @@ class TableOracle:
         return all(i in self.energies for i in ids)
 
 
-def load_chgnet(version: str = "0.3.0"):
+def load_chgnet(version: str = CHGNET_VERSION):
     """A CHGNet universal potential from the weights packaged in the ``chgnet`` wheel
     (:data:`tlmat.models.chgnet.WEIGHTS`), checksummed and read with
     ``torch.load(weights_only=True)`` (tensors and plain containers only: nothing is
@@ -124,7 +127,7 @@ class CHGNetOracle:
 
     structures: Mapping[str, Structure]
     references: Sequence[Structure]
-    version: str = "0.3.0"
+    version: str = CHGNET_VERSION
     fmax: float = 0.1
     steps: int = 500
     name: str = ""
@@ -806,3 +809,285 @@ def plot_screening(screening: Screening, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+# --- a screening from its configuration (what `tlmat screen` runs) ------------------------
+
+
+class LevelConfig(BaseModel):
+    """One relaxation level: the candidates' structures at that level, the ensemble that
+    predicts final formation energies from them, and the DFT cost of getting there."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    ensemble: str
+    structures: list[str]
+    cost_core_hours: float = Field(0.0, ge=0)
+
+
+class OracleConfig(BaseModel):
+    """The expensive step: a ``table`` of the user's DFT formation energies (eV/atom),
+    or a real cheap calculator for demonstrations: ``chgnet`` (its version) relaxing the
+    candidates, with elemental ``references`` (structure files) for the formation energy."""
+
+    model_config = ConfigDict(extra="forbid")
+    table: str | None = None
+    id_column: str = "id"
+    energy_column: str = "formation_energy_per_atom"
+    cost_core_hours: float = Field(9.0, ge=0)
+    chgnet: str | None = None
+    references: list[str] = Field(default_factory=list)
+    fmax: float = Field(0.1, gt=0)  # eV/Å
+    steps: int = Field(500, ge=1)
+
+    @model_validator(mode="after")
+    def _one_oracle(self) -> OracleConfig:
+        if (self.table is None) == (self.chgnet is None):
+            raise ValueError("the oracle is either a table or chgnet: give exactly one")
+        if self.chgnet is not None and not self.references:
+            raise ValueError("the CHGNet oracle needs elemental reference structures")
+        return self
+
+    @classmethod
+    def from_name(cls, oracle: str, **settings: Any) -> OracleConfig:
+        """The oracle a name gives: CHGNet's registered name, alone (its default version)
+        or with a version (``chgnet/0.3.0``), is the calculator; anything else is a table.
+        ``settings``: the other fields."""
+        from tlmat.models.chgnet import ARCHITECTURE, WEIGHTS
+
+        name, _, version = oracle.partition("/")
+        # asked of the CHGNet module, not spelt here: a table file named like it stays a table
+        if name == ARCHITECTURE.name and not Path(oracle).is_file():
+            version = version or CHGNET_VERSION
+            if version not in WEIGHTS:
+                raise ValueError(
+                    f"--oracle {oracle}: no CHGNet {version}; known: {', '.join(WEIGHTS)}"
+                )
+            return cls(chgnet=version, **settings)
+        return cls(table=oracle, **settings)
+
+    def build(self, structures: Mapping[str, Structure] | None = None) -> Oracle:
+        """The oracle itself; the CHGNet calculator relaxes ``structures`` (id → the last
+        level's structure of each candidate)."""
+        if self.table is not None:
+            energies = read_energy_table(self.table, self.energy_column, self.id_column, "oracle")
+            return TableOracle(energies, self.cost_core_hours, f"DFT table {Path(self.table).name}")
+        from tlmat.datasets import resolve
+        from tlmat.io import read_records
+
+        references = [
+            r.structure for s in self.references for r in read_records(resolve(s)).records
+        ]
+        return CHGNetOracle(dict(structures or {}), references, self.chgnet, self.fmax, self.steps)
+
+
+class KnownConfig(BaseModel):
+    """Phases already computed (formula, formation energy per atom in eV/atom)."""
+
+    model_config = ConfigDict(extra="forbid")
+    table: str
+    formula_column: str = "formula"
+    energy_column: str = "formation_energy_per_atom"
+
+
+class ScreenConfig(BaseModel):
+    """A whole screening (``tlmat screen --config screen.yaml``): several levels in order,
+    the oracle, the known phases and k."""
+
+    model_config = ConfigDict(extra="forbid")
+    levels: list[LevelConfig] = Field(min_length=1)
+    oracle: OracleConfig
+    known: KnownConfig | None = None
+    k: float = Field(2.0, ge=0)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How structure files are read: as :func:`tlmat.data.load_dataset` takes them."""
+
+    cache_dir: str | Path | None = None
+    strict: bool = False
+    on_duplicate: str = "error"
+    disorder: str = "skip"
+    workers: int | None = None
+    progress: bool = False
+
+
+@dataclass
+class ScreeningRun:
+    """A finished :func:`run_screening`: the screening, its summary, the files written,
+    whether it was compared with the all-oracle hull, and the reading logs of the levels'
+    structures (for the structures skipped)."""
+
+    screening: Screening
+    summary: dict[str, Any]
+    paths: dict[str, Path]
+    compared: bool
+    logs: list[Any] = field(default_factory=list)
+
+
+def candidates_from_prototypes(
+    prototypes: Sequence[str | Path],
+    path: str | Path,
+    system: str | None = None,
+    substitute_map: str | None = None,
+) -> int:
+    """Write to ``path`` (extended XYZ) the candidates made from the structures of
+    ``prototypes`` (files or registered names) by decoration into a chemical ``system``
+    (``Hf-Zn-N``) or one substitution (``Ti=Hf,Zr=Hf``): give exactly one. Ids are
+    ``<prototype id>>formula``, numbered when a prototype gives several. Returns how many."""
+    from tlmat.datasets import resolve
+    from tlmat.io import read_records, records_from_structures, write_extxyz
+
+    if (system is None) == (substitute_map is None):
+        raise ValueError("--prototypes needs exactly one of --system and --substitute")
+    if substitute_map is not None:
+        pairs = [item.split("=") for item in substitute_map.split(",")]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError(f"--substitute {substitute_map!r}: expected e.g. Ti=Hf,Zr=Hf")
+    structures, ids = [], []
+    for source in prototypes:
+        for record in read_records(resolve(source)).records:
+            if system is not None:
+                made = decorate([record.structure], system.split("-"))
+            else:
+                made = substitute([record.structure], dict(pairs))
+            structures += made
+            ids += [f"{record.id}>{s.composition.reduced_formula}" for s in made]
+    if not structures:
+        raise ValueError(f"no candidates: no prototype in {', '.join(map(str, prototypes))} fits")
+    write_extxyz(records_from_structures(structures, _numbered(ids)).records, path)
+    return len(structures)
+
+
+def _numbered(ids: list[str]) -> list[str]:
+    """``ids`` with ``#1``, ``#2``… added to each one that occurs more than once."""
+    from collections import Counter
+
+    seen, count = Counter(ids), Counter()
+    out = []
+    for i in ids:
+        count[i] += 1
+        out.append(f"{i}#{count[i]}" if seen[i] > 1 else i)
+    return out
+
+
+def _level_dataset(level: LevelConfig, ensemble: Ensemble, reading: Reading) -> GraphDataset:
+    """One dataset of a level's structure files, with the ensemble's graph settings and
+    element checks."""
+    from tlmat.data import concat, load_dataset
+    from tlmat.datasets import resolve
+
+    model = ensemble.members[0].model
+    datasets = [
+        load_dataset(
+            resolve(source),
+            model.graph_settings,
+            [],
+            elements=model.elements,
+            cache_dir=reading.cache_dir,
+            strict=reading.strict,
+            disorder=reading.disorder,
+            on_duplicate=reading.on_duplicate,
+            workers=reading.workers,
+            progress=reading.progress,
+        )
+        for source in level.structures
+    ]
+    dataset = datasets[0]
+    for other in datasets[1:]:
+        dataset = concat(dataset, other)
+    return dataset
+
+
+def _same_candidates(level: str, ids: list[str], formulas: list[str], dataset) -> None:
+    """A later level must hold structures of the first level's candidates, unchanged."""
+    mine = dict(zip(dataset.ids, dataset.formulas, strict=True))
+    lacking = [i for i in ids if i not in mine]
+    if lacking:
+        raise ValueError(
+            f"level {level!r}: no structure for {len(lacking)} candidate(s) of "
+            f"the first level, e.g. {', '.join(lacking[:5])}"
+        )
+    changed = [i for i, f in zip(ids, formulas, strict=True) if mine[i] != f]
+    if changed:
+        raise ValueError(f"level {level!r}: the composition changed for {', '.join(changed[:5])}")
+
+
+def load_levels(
+    config: ScreenConfig, reading: Reading | None = None
+) -> tuple[list[Level], list[str], list[str], list[Any]]:
+    """The levels with their predictors, the candidates (ids, reduced formulas) of the
+    first level, and the reading log of each level; every later level must hold
+    structures for the same ids."""
+    from tlmat.uncertainty import is_ensemble, load_ensemble
+
+    reading = reading or Reading()
+    levels, ids, formulas, logs = [], [], [], []
+    for level in config.levels:
+        if not is_ensemble(level.ensemble):
+            raise ValueError(
+                f"{level.ensemble}: not an ensemble folder (no ensemble.json); screening "
+                "needs σ — train one with `tlmat finetune … --ensemble 5`"
+            )
+        members = load_ensemble(level.ensemble)
+        dataset = _level_dataset(level, members, reading)
+        logs.append(dataset.log)
+        if not levels:
+            ids, formulas = list(dataset.ids), list(dataset.formulas)
+        else:
+            _same_candidates(level.name, ids, formulas, dataset)
+        levels.append(
+            Level(level.name, ensemble_predictor(members, dataset), level.cost_core_hours)
+        )
+    return levels, ids, formulas, logs
+
+
+def _last_structures(config: ScreenConfig, reading: Reading) -> dict[str, Structure]:
+    """id → structure of every candidate at the last level (what a calculator relaxes)."""
+    from tlmat.datasets import resolve
+    from tlmat.io import read_records
+
+    return {
+        record.id: record.structure
+        for source in config.levels[-1].structures
+        for record in read_records(
+            resolve(source), strict=reading.strict, disorder=reading.disorder
+        ).records
+    }
+
+
+def run_screening(
+    config: ScreenConfig,
+    output: str | Path,
+    reference: bool | None = None,
+    reading: Reading | None = None,
+) -> ScreeningRun:
+    """Run a whole screening and write its results to ``output``: ``screening.csv``,
+    ``summary.json``, ``screening.png`` and, when a calculator relaxed the survivors,
+    ``relaxed.extxyz``. ``reference``: also run the oracle on every candidate and
+    compare with the all-oracle hull (default: when the oracle is a table holding every
+    candidate; a calculator only when asked)."""
+    from tlmat.io import records_from_structures, write_extxyz
+
+    output, reading = Path(output), reading or Reading()
+    known = config.known
+    phases = (
+        read_known_phases(known.table, known.energy_column, known.formula_column) if known else []
+    )
+    levels, ids, formulas, logs = load_levels(config, reading)
+    if config.oracle.table is not None:
+        oracle = config.oracle.build()
+        compare = oracle.can_answer_all(ids) if reference is None else reference
+    else:
+        oracle = config.oracle.build(_last_structures(config, reading))
+        compare = bool(reference)
+    screening = screen(ids, formulas, levels, oracle, phases, config.k, compare)
+    summary = screening.summary()
+    paths = screening.write(output, summary)
+    relaxed = getattr(oracle, "relaxed", None)
+    if relaxed:  # a record of what the calculator did
+        paths["relaxed"] = output / "relaxed.extxyz"
+        write_extxyz(records_from_structures(list(relaxed.values()), list(relaxed)).records,
+                     paths["relaxed"])  # fmt: skip
+    return ScreeningRun(screening, summary, paths, compare, logs)

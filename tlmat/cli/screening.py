@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.markup import escape
 from rich.table import Table
 
@@ -19,62 +19,12 @@ from tlmat.cli.common import (
     Strict,
     console,
     reported_errors,
+    skipped_table,
     writable_output,
 )
 
-
-class LevelConfig(BaseModel):
-    """One relaxation level: the candidates' structures at that level, the ensemble that
-    predicts final formation energies from them, and the DFT cost of getting there."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    ensemble: str
-    structures: list[str]
-    cost_core_hours: float = Field(0.0, ge=0)
-
-
-class OracleConfig(BaseModel):
-    """The expensive step: a ``table`` of the user's DFT formation energies (eV/atom),
-    or a real cheap calculator for demonstrations: ``chgnet`` (its version) relaxing the
-    candidates, with elemental ``references`` (structure files) for the formation energy."""
-
-    model_config = ConfigDict(extra="forbid")
-    table: str | None = None
-    id_column: str = "id"
-    energy_column: str = "formation_energy_per_atom"
-    cost_core_hours: float = Field(9.0, ge=0)
-    chgnet: str | None = None
-    references: list[str] = Field(default_factory=list)
-    fmax: float = Field(0.1, gt=0)  # eV/Å
-    steps: int = Field(500, ge=1)
-
-    @model_validator(mode="after")
-    def _one_oracle(self) -> OracleConfig:
-        if (self.table is None) == (self.chgnet is None):
-            raise ValueError("the oracle is either a table or chgnet: give exactly one")
-        if self.chgnet is not None and not self.references:
-            raise ValueError("the CHGNet oracle needs elemental reference structures")
-        return self
-
-
-class KnownConfig(BaseModel):
-    """Phases already computed (formula, formation energy per atom in eV/atom)."""
-
-    model_config = ConfigDict(extra="forbid")
-    table: str
-    formula_column: str = "formula"
-    energy_column: str = "formation_energy_per_atom"
-
-
-class ScreenConfig(BaseModel):
-    """``tlmat screen --config screen.yaml``: several levels in order."""
-
-    model_config = ConfigDict(extra="forbid")
-    levels: list[LevelConfig] = Field(min_length=1)
-    oracle: OracleConfig
-    known: KnownConfig | None = None
-    k: float = Field(2.0, ge=0)
+if TYPE_CHECKING:  # the library is imported when a command runs: `--help` stays fast
+    from tlmat.screening import ScreenConfig
 
 
 EXAMPLE_CONFIG = """\
@@ -87,98 +37,130 @@ k: 2
 """
 
 
-def screen(
-    candidates: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="CANDIDATES",
-            help="Structures of the candidates (files, folders or registered names), "
-            "predicted by --ensemble; ids must match the oracle table.",
-        ),
-    ] = None,
-    ensemble: Annotated[
-        str | None,
-        typer.Option(
-            help="Ensemble folder (train/finetune --ensemble N) predicting the formation "
-            "energy per atom (eV/atom)."
-        ),
-    ] = None,
-    oracle: Annotated[
-        str | None,
-        typer.Option(
-            help="CSV/JSON table of DFT formation energies per atom (eV/atom), or "
-            "'chgnet' / 'chgnet/0.3.0' to relax the survivors with CHGNet (demonstrations)."
-        ),
-    ] = None,
-    references: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--references",
-            help="Elemental structures (files) whose relaxed energies give CHGNet's "
-            "formation energies.",
-        ),
-    ] = None,
-    prototypes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--prototypes",
-            help="Make the candidates by decorating these structures (instead of CANDIDATES):"
-            " with --system, every assignment of its elements; with --substitute, one map.",
-        ),
-    ] = None,
-    system: Annotated[
-        str | None, typer.Option(help="Chemical system to decorate into, e.g. Hf-Zn-N.")
-    ] = None,
-    substitute: Annotated[
-        str | None, typer.Option(help="Element map for --prototypes, e.g. Ti=Hf,Zr=Hf.")
-    ] = None,
-    oracle_id: Annotated[str, typer.Option(help="Id column of the oracle table.")] = "id",
-    oracle_energy: Annotated[
-        str, typer.Option(help="Formation-energy column (eV/atom) of the oracle table.")
-    ] = "formation_energy_per_atom",
-    oracle_cost: Annotated[
-        float,
-        typer.Option(
-            min=0, help="Core-hours of one oracle calculation [9: Ekström et al.'s final step]."
-        ),
-    ] = 9.0,
-    known: Annotated[
-        Path | None,
-        typer.Option(help="CSV/JSON table of known phases: formula and E_f (eV/atom)."),
-    ] = None,
-    known_formula: Annotated[str, typer.Option(help="Formula column of --known.")] = "formula",
-    known_energy: Annotated[
-        str, typer.Option(help="Formation-energy column (eV/atom) of --known.")
-    ] = "formation_energy_per_atom",
-    level: Annotated[str, typer.Option(help="Name of the candidates' relaxation level.")] = (
-        "final"
+# the options of `tlmat screen`, named once here so that the command reads as what it does
+Candidates = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="CANDIDATES",
+        help="Structures of the candidates (files, folders or registered names), "
+        "predicted by --ensemble; ids must match the oracle table.",
     ),
-    level_cost: Annotated[
-        float,
-        typer.Option(min=0, help="Core-hours to bring one candidate to --level before predicting."),
-    ] = 0.0,
-    k: Annotated[float, typer.Option("-k", min=0, help="Drop candidates with E_hull > k·σ.")] = 2.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            help="YAML with several levels in order: `levels:` (name, ensemble, "
-            "structures, cost_core_hours), `oracle:`, `known:`, `k:` (README: Screening); "
-            "replaces the arguments and options of one level."
-        ),
-    ] = None,
-    reference: Annotated[
-        bool | None,
-        typer.Option(
-            help="Also run the oracle on every candidate and compare with the all-oracle "
-            "hull [default: when the oracle is a table holding every candidate]."
-        ),
-    ] = None,
-    output: Annotated[
-        Path,
-        typer.Option(
-            "--output", "-o", help="Folder for screening.csv, summary.json, screening.png."
-        ),
-    ] = Path("screening"),
+]
+
+Ensemble = Annotated[
+    str | None,
+    typer.Option(
+        help="Ensemble folder (train/finetune --ensemble N) predicting the formation "
+        "energy per atom (eV/atom)."
+    ),
+]
+
+OracleName = Annotated[
+    str | None,
+    typer.Option(
+        help="CSV/JSON table of DFT formation energies per atom (eV/atom), or "
+        "'chgnet' / 'chgnet/0.3.0' to relax the survivors with CHGNet (demonstrations)."
+    ),
+]
+
+References = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--references",
+        help="Elemental structures (files) whose relaxed energies give CHGNet's "
+        "formation energies.",
+    ),
+]
+
+Prototypes = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--prototypes",
+        help="Make the candidates by decorating these structures (instead of CANDIDATES):"
+        " with --system, every assignment of its elements; with --substitute, one map.",
+    ),
+]
+
+System = Annotated[str | None, typer.Option(help="Chemical system to decorate into, e.g. Hf-Zn-N.")]
+
+Substitute = Annotated[
+    str | None, typer.Option(help="Element map for --prototypes, e.g. Ti=Hf,Zr=Hf.")
+]
+
+OracleId = Annotated[str, typer.Option(help="Id column of the oracle table.")]
+
+OracleEnergy = Annotated[
+    str, typer.Option(help="Formation-energy column (eV/atom) of the oracle table.")
+]
+
+OracleCost = Annotated[
+    float,
+    typer.Option(
+        min=0, help="Core-hours of one oracle calculation [9: Ekström et al.'s final step]."
+    ),
+]
+
+Known = Annotated[
+    Path | None,
+    typer.Option(help="CSV/JSON table of known phases: formula and E_f (eV/atom)."),
+]
+
+KnownFormula = Annotated[str, typer.Option(help="Formula column of --known.")]
+
+KnownEnergy = Annotated[str, typer.Option(help="Formation-energy column (eV/atom) of --known.")]
+
+LevelName = Annotated[str, typer.Option(help="Name of the candidates' relaxation level.")]
+
+LevelCost = Annotated[
+    float,
+    typer.Option(min=0, help="Core-hours to bring one candidate to --level before predicting."),
+]
+
+KSigma = Annotated[float, typer.Option("-k", min=0, help="Drop candidates with E_hull > k·σ.")]
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        help="YAML with several levels in order: `levels:` (name, ensemble, "
+        "structures, cost_core_hours), `oracle:`, `known:`, `k:` (README: Screening); "
+        "replaces the arguments and options of one level."
+    ),
+]
+
+ReferenceAll = Annotated[
+    bool | None,
+    typer.Option(
+        help="Also run the oracle on every candidate and compare with the all-oracle "
+        "hull [default: when the oracle is a table holding every candidate]."
+    ),
+]
+
+Output = Annotated[
+    Path,
+    typer.Option("--output", "-o", help="Folder for screening.csv, summary.json, screening.png."),
+]
+
+
+def screen(
+    candidates: Candidates = None,
+    ensemble: Ensemble = None,
+    oracle: OracleName = None,
+    references: References = None,
+    prototypes: Prototypes = None,
+    system: System = None,
+    substitute: Substitute = None,
+    oracle_id: OracleId = "id",
+    oracle_energy: OracleEnergy = "formation_energy_per_atom",
+    oracle_cost: OracleCost = 9.0,
+    known: Known = None,
+    known_formula: KnownFormula = "formula",
+    known_energy: KnownEnergy = "formation_energy_per_atom",
+    level: LevelName = "final",
+    level_cost: LevelCost = 0.0,
+    k: KSigma = 2.0,
+    config: ConfigFile = None,
+    reference: ReferenceAll = None,
+    output: Output = Path("screening"),
     cache_dir: CacheDir = None,
     overwrite: Overwrite = False,
     strict: Strict = False,
@@ -202,197 +184,90 @@ def screen(
         tlmat screen --prototypes ti_zn_n.extxyz --substitute Ti=Hf --ensemble ens/
         --oracle chgnet --references Hf.cif Zn.cif N2.cif -o screening/
     """
-    import numpy as np
-    import yaml
-
-    from tlmat.screening import TableOracle, read_energy_table, read_known_phases
-    from tlmat.screening import screen as run_screen
+    from tlmat.screening import Reading, run_screening
 
     with reported_errors():
-        if config is not None:
-            if candidates or ensemble or oracle or prototypes:
-                raise ValueError(
-                    "--config describes the levels and the oracle: give no "
-                    "CANDIDATES, --prototypes, --ensemble or --oracle beside it"
-                )
-            spec = ScreenConfig.model_validate(yaml.safe_load(config.read_text()) or {})
-        else:
-            missing = [
-                name
-                for name, value in (
-                    ("CANDIDATES or --prototypes", candidates or prototypes),
-                    ("--ensemble", ensemble),
-                    ("--oracle", oracle),
-                )
-                if not value
-            ]
-            if missing:
-                raise ValueError(f"missing {', '.join(missing)} (or pass --config)")
-            # `chgnet` or `chgnet/VERSION` names the calculator; anything else is a table
-            chgnet = (oracle.partition("/")[2] or "0.3.0") if oracle.startswith("chgnet") else None
-            spec = ScreenConfig(
-                levels=[
-                    LevelConfig(
-                        name=level,
-                        ensemble=ensemble,
-                        structures=candidates or [],  # --prototypes: made below
-                        cost_core_hours=level_cost,
-                    )
-                ],
-                oracle=OracleConfig(
-                    table=None if chgnet else oracle,
-                    chgnet=chgnet,
-                    references=references or [],
-                    id_column=oracle_id,
-                    energy_column=oracle_energy,
-                    cost_core_hours=oracle_cost,
-                ),
-                known=KnownConfig(
-                    table=str(known), formula_column=known_formula, energy_column=known_energy
-                )
-                if known
-                else None,
-                k=k,
-            )
+        spec = _config(
+            config, candidates, prototypes, ensemble, oracle, references, level, level_cost,
+            oracle_id, oracle_energy, oracle_cost, known, known_formula, known_energy, k,
+        )  # fmt: skip
     writable_output(output, overwrite, folder=True)
     with reported_errors():
         if prototypes:
             spec.levels[0].structures = [str(_decorated(prototypes, system, substitute, output))]
-        phases = (
-            read_known_phases(spec.known.table, spec.known.energy_column, spec.known.formula_column)
-            if spec.known
-            else []
-        )
-        levels, ids, formulas = _levels(spec, cache_dir, strict, on_duplicate, disorder)
-        if spec.oracle.table is not None:
-            energies = read_energy_table(
-                spec.oracle.table, spec.oracle.energy_column, spec.oracle.id_column, "oracle"
-            )
-            the_oracle = TableOracle(
-                energies, spec.oracle.cost_core_hours, f"DFT table {Path(spec.oracle.table).name}"
-            )
-            compare = the_oracle.can_answer_all(ids) if reference is None else reference
-        else:
-            the_oracle = _chgnet_oracle(spec, strict, disorder)
-            compare = bool(reference)
-        result = run_screen(ids, formulas, levels, the_oracle, phases, spec.k, compare)
-        summary = result.summary()
-        paths = result.write(output, summary)
-        if getattr(the_oracle, "relaxed", None):
-            _write_relaxed(the_oracle, output / "relaxed.extxyz")
-            paths["relaxed"] = output / "relaxed.extxyz"
-    _print(summary)
-    if reference is None and not compare:
+        reading = Reading(cache_dir, strict, on_duplicate, disorder, os.cpu_count() or 1, True)
+        run = run_screening(spec, output, reference, reading)
+    for log in run.logs:
+        table = skipped_table(log)
+        if table is not None:
+            console.print(table)
+    _print(run.summary)
+    if reference is None and not run.compared:
         console.print("no all-oracle comparison: the oracle table lacks some candidates")
-    console.print(f"→ {', '.join(str(p) for p in paths.values())}")
-    if not np.isfinite(result.computed_energies).all():
+    console.print(f"→ {', '.join(str(p) for p in run.paths.values())}")
+    if not np.isfinite(run.screening.computed_energies).all():
         raise typer.Exit(1)
+
+
+def _config(
+    config: Path | None,
+    candidates: list[str] | None,
+    prototypes: list[str] | None,
+    ensemble: str | None,
+    oracle: str | None,
+    references: list[str] | None,
+    level: str,
+    level_cost: float,
+    oracle_id: str,
+    oracle_energy: str,
+    oracle_cost: float,
+    known: Path | None,
+    known_formula: str,
+    known_energy: str,
+    k: float,
+) -> ScreenConfig:
+    """The screening the flags describe: a ``--config`` YAML, or one level from the
+    arguments and options (not both)."""
+    import yaml
+
+    from tlmat.screening import KnownConfig, LevelConfig, OracleConfig, ScreenConfig
+
+    if config is not None:
+        if candidates or ensemble or oracle or prototypes:
+            raise ValueError(
+                "--config describes the levels and the oracle: give no "
+                "CANDIDATES, --prototypes, --ensemble or --oracle beside it"
+            )
+        return ScreenConfig.model_validate(yaml.safe_load(config.read_text()) or {})
+    flags = {"CANDIDATES or --prototypes": candidates or prototypes, "--ensemble": ensemble,
+             "--oracle": oracle}  # fmt: skip
+    missing = [name for name, value in flags.items() if not value]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)} (or pass --config)")
+    # CANDIDATES, or --prototypes: the level's structures are made later
+    first = LevelConfig(name=level, ensemble=ensemble, structures=candidates or [],
+                        cost_core_hours=level_cost)  # fmt: skip
+    the_oracle = OracleConfig.from_name(
+        oracle, references=references or [], id_column=oracle_id,
+        energy_column=oracle_energy, cost_core_hours=oracle_cost,
+    )  # fmt: skip
+    phases = (
+        KnownConfig(table=str(known), formula_column=known_formula, energy_column=known_energy)
+        if known
+        else None
+    )
+    return ScreenConfig(levels=[first], oracle=the_oracle, known=phases, k=k)
 
 
 def _decorated(prototypes: list[str], system: str | None, substitute: str | None, output: Path):
     """Candidates made from prototypes, written to ``candidates.extxyz`` in the output
-    folder (ids ``<prototype id>>formula``, numbered when a prototype gives several)."""
-    from collections import Counter
+    folder."""
+    from tlmat.screening import candidates_from_prototypes
 
-    from tlmat.datasets import resolve
-    from tlmat.io import read_records, records_from_structures, write_extxyz
-    from tlmat.screening import decorate
-    from tlmat.screening import substitute as substituted
-
-    if (system is None) == (substitute is None):
-        raise ValueError("--prototypes needs exactly one of --system and --substitute")
-    structures, ids = [], []
-    for source in prototypes:
-        for record in read_records(resolve(source)).records:
-            if system is not None:
-                made = decorate([record.structure], system.split("-"))
-            else:
-                pairs = [item.split("=") for item in substitute.split(",")]
-                if any(len(p) != 2 for p in pairs):
-                    raise ValueError(f"--substitute {substitute!r}: expected e.g. Ti=Hf,Zr=Hf")
-                made = substituted([record.structure], dict(pairs))
-            structures += made
-            ids += [f"{record.id}>{s.composition.reduced_formula}" for s in made]
-    if not structures:
-        raise ValueError(f"no candidates: no prototype in {', '.join(prototypes)} fits")
-    seen = Counter(ids)
-    count: Counter = Counter()
-    unique_ids = []
-    for i in ids:
-        count[i] += 1
-        unique_ids.append(f"{i}#{count[i]}" if seen[i] > 1 else i)
     path = output / "candidates.extxyz"
-    write_extxyz(records_from_structures(structures, unique_ids).records, path)
-    console.print(f"{len(structures)} candidates from {len(prototypes)} prototype file(s) → {path}")
+    made = candidates_from_prototypes(prototypes, path, system, substitute)
+    console.print(f"{made} candidates from {len(prototypes)} prototype file(s) → {path}")
     return path
-
-
-def _chgnet_oracle(spec: ScreenConfig, strict: bool, disorder: str):
-    """The CHGNet oracle over the last level's structures of the candidates."""
-    from tlmat.datasets import resolve
-    from tlmat.io import read_records
-    from tlmat.screening import CHGNetOracle
-
-    structures = {}
-    for source in spec.levels[-1].structures:
-        for record in read_records(resolve(source), strict=strict, disorder=disorder).records:
-            structures[record.id] = record.structure
-    references = [
-        r.structure
-        for source in spec.oracle.references
-        for r in read_records(resolve(source)).records
-    ]
-    return CHGNetOracle(
-        structures, references, spec.oracle.chgnet, spec.oracle.fmax, spec.oracle.steps
-    )
-
-
-def _write_relaxed(oracle, path: Path) -> None:
-    """The structures the oracle relaxed, with their steps (a record of what it did)."""
-    from tlmat.io import records_from_structures, write_extxyz
-
-    ids = list(oracle.relaxed)
-    write_extxyz(records_from_structures([oracle.relaxed[i] for i in ids], ids).records, path)
-
-
-def _levels(spec: ScreenConfig, cache_dir, strict, on_duplicate, disorder):
-    """The levels with their predictors, and the candidates (ids, reduced formulas) of
-    the first level; every later level must hold structures for the same ids."""
-    from tlmat.cli.inference import model_structures
-    from tlmat.screening import Level, ensemble_predictor
-    from tlmat.uncertainty import is_ensemble, load_ensemble
-
-    levels, ids, formulas = [], None, None
-    for level in spec.levels:
-        if not is_ensemble(level.ensemble):
-            raise ValueError(
-                f"{level.ensemble}: not an ensemble folder (no ensemble.json); screening "
-                "needs σ — train one with `tlmat finetune … --ensemble 5`"
-            )
-        members = load_ensemble(level.ensemble)
-        dataset = model_structures(
-            members.members[0], level.structures, cache_dir, (), strict, on_duplicate,
-            disorder, os.cpu_count() or 1,
-        )  # fmt: skip
-        if ids is None:
-            ids, formulas = list(dataset.ids), list(dataset.formulas)
-        else:
-            mine = dict(zip(dataset.ids, dataset.formulas, strict=True))
-            lacking = [i for i in ids if i not in mine]
-            if lacking:
-                raise ValueError(
-                    f"level {level.name!r}: no structure for {len(lacking)} candidate(s) of "
-                    f"the first level, e.g. {', '.join(lacking[:5])}"
-                )
-            changed = [i for i, f in zip(ids, formulas, strict=True) if mine[i] != f]
-            if changed:
-                raise ValueError(
-                    f"level {level.name!r}: the composition changed for {', '.join(changed[:5])}"
-                )
-        levels.append(
-            Level(level.name, ensemble_predictor(members, dataset), level.cost_core_hours)
-        )
-    return levels, ids, formulas
 
 
 def _print(summary: dict) -> None:
