@@ -551,6 +551,37 @@ def write_report(
     if threshold is not None:
         runs["within_threshold"] = [_within(path, threshold) for path in runs["path"]]
     runs.to_csv(out / "runs.csv", index=False)
+    tables = _report_tables(runs, baseline, unit, threshold, references)
+    figures, missing = _report_figures(runs, out, unit, threshold, baseline)
+    scaling = pretraining_scaling(runs)
+    if scaling is not None:
+        tables["test MAE vs pretraining-set size"] = scaling
+        plot_pretraining_scaling(runs, out / "pretraining_scaling.png", unit)
+        figures.append(
+            ("pretraining_scaling.png", "Test MAE against the size of the pretraining set.")
+        )
+    lines = _introduction(runs, root, unit, title, load_sources(root))
+    lines += _table_sections(tables, unit, baseline)
+    lines += ["## Figures", ""]
+    for number, (file, caption) in enumerate(figures, start=1):
+        lines += [f"![{file}]({file})", "", f"*Figure {number}.* {caption}", ""]
+    if missing:
+        lines += ["Not drawn:", "", *[f"- {why}" for why in missing], ""]
+    markdown = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(_html(markdown, title or root.name))
+    return out / "report.md"
+
+
+def _report_tables(
+    runs: pd.DataFrame,
+    baseline: str,
+    unit: str,
+    threshold: float | None,
+    references: dict[str, float] | None,
+) -> dict[str, pd.DataFrame]:
+    """The report's tables by heading, in order (``_fit``: the baseline's power law, used
+    by the text, not shown); the largest training-set size gets the detailed ones."""
     tables = summary_tables(runs, baseline)
     largest = int(runs["size"].max())
     tables[f"all metrics at N={largest} (mean over seeds)"] = metrics_table(runs, largest)
@@ -559,59 +590,66 @@ def write_report(
         tables[f"fraction of test errors within {threshold:g} {unit}".rstrip()] = (
             within["within_threshold"].mean().map("{:.3f}".format).unstack("size")
         )
-    figures: list[tuple[str, str]] = []  # (file, caption)
-    missing: list[str] = []  # figures that could not be drawn, and why
-    seeds = runs["seed"].nunique()
+    if references:
+        tables[f"beside published results (N = {largest} here)"] = beside_published(
+            runs, largest, references
+        )
+    return tables
+
+
+def _report_figures(
+    runs: pd.DataFrame, out: Path, unit: str, threshold: float | None, baseline: str
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """Draw the learning curves and the test-set figures at the largest size into
+    ``out``: (file, caption) of each figure drawn, and each one not drawn with why."""
+    figures: list[tuple[str, str]] = []
+    missing: list[str] = []
+    largest = int(runs["size"].max())
     if runs["size"].nunique() >= 2:
         plot_learning_curves(runs, out / "learning_curves.png", unit, baseline)
         figures.append(
             (
                 "learning_curves.png",
-                f"Test MAE against training-set size, mean ± sample std over {seeds} seed(s); "
-                f"dotted: the power law fitted to {baseline}. Colour: strategy; marker: source.",
+                "Test MAE against training-set size, mean ± sample std over "
+                f"{runs['seed'].nunique()} seed(s); dotted: the power law fitted to "
+                f"{baseline}. Colour: strategy; marker: source.",
             )
         )
     else:
         missing.append("learning curves: the grid has one training-set size")
     predictions = _predictions(runs, largest)
-    if predictions:
-        plot_parity(predictions, out / "parity.png", unit, largest)
-        plot_error_distributions(
-            predictions, out / "error_cdf.png", out / "error_box.png", unit, threshold, largest
-        )
-        figures += [
-            ("parity.png", f"Predicted against DFT on the test set at N = {largest}, every seed."),
-            (
-                "error_cdf.png",
-                f"Fraction of test structures within an absolute error, N = {largest}, all "
-                "seeds" + (f"; dotted: the threshold {threshold:g} {unit}" if threshold else "."),
-            ),
-            (
-                "error_box.png",
-                f"Signed test errors at N = {largest}, all seeds pooled: box = quartiles, "
-                "whiskers = 5th–95th percentiles.",
-            ),
-        ]
-    else:
+    if not predictions:
         missing.append(f"parity and error figures: no predictions.csv in the runs at N = {largest}")
+        return figures, missing
+    plot_parity(predictions, out / "parity.png", unit, largest)
+    plot_error_distributions(
+        predictions, out / "error_cdf.png", out / "error_box.png", unit, threshold, largest
+    )
+    figures += [
+        ("parity.png", f"Predicted against DFT on the test set at N = {largest}, every seed."),
+        (
+            "error_cdf.png",
+            f"Fraction of test structures within an absolute error, N = {largest}, all "
+            "seeds" + (f"; dotted: the threshold {threshold:g} {unit}" if threshold else "."),
+        ),
+        (
+            "error_box.png",
+            f"Signed test errors at N = {largest}, all seeds pooled: box = quartiles, "
+            "whiskers = 5th–95th percentiles.",
+        ),
+    ]
     at_largest = set(runs[runs["size"] == largest]["method"]) - set(predictions)
     without = sorted(m for m in at_largest if not m.startswith("zero-shot"))
-    if predictions and without:
+    if without:
         missing.append(f"no predictions.csv, so not in the parity and error figures: "
                        f"{', '.join(without)}")  # fmt: skip
-    if references:
-        tables[f"beside published results (N = {largest} here)"] = beside_published(
-            runs, largest, references
-        )
-    sources = load_sources(root)
-    scaling = pretraining_scaling(runs)
-    if scaling is not None:
-        tables["test MAE vs pretraining-set size"] = scaling
-        plot_pretraining_scaling(runs, out / "pretraining_scaling.png", unit)
-        figures.append(
-            ("pretraining_scaling.png", "Test MAE against the size of the pretraining set.")
-        )
+    return figures, missing
 
+
+def _introduction(
+    runs: pd.DataFrame, root: Path, unit: str, title: str | None, sources: dict[str, dict]
+) -> list[str]:
+    """The report's title, what the numbers are, and the pretrained sources."""
     lines = [
         f"# {title or root.name}",
         "",
@@ -639,6 +677,12 @@ def write_report(
             *markdown_table(sources_table(sources)),
             "",
         ]
+    return lines
+
+
+def _table_sections(tables: dict[str, pd.DataFrame], unit: str, baseline: str) -> list[str]:
+    """One section per table, with what its heading needs said (units, the fitted law)."""
+    lines: list[str] = []
     if "_fit" in tables and not any(name.startswith("equivalent") for name in tables):
         lines += [
             f"No equivalent {baseline} training-set sizes: the {baseline} learning curve "
@@ -667,15 +711,7 @@ def write_report(
                 "",
             ]
         lines += [*markdown_table(table), ""]
-    lines += ["## Figures", ""]
-    for number, (file, caption) in enumerate(figures, start=1):
-        lines += [f"![{file}]({file})", "", f"*Figure {number}.* {caption}", ""]
-    if missing:
-        lines += ["Not drawn:", "", *[f"- {why}" for why in missing], ""]
-    markdown = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(_html(markdown, title or root.name))
-    return out / "report.md"
+    return lines
 
 
 def _html(markdown: str, title: str) -> str:
