@@ -167,7 +167,7 @@ def test_repeated_skips_are_one_line_each_and_hints_name_real_options(
     blanked = [f"{line.split(',')[0]}," for line in lines[1:7]]  # six rows without a target
     id_prop.write_text("\n".join(lines[:1] + blanked + lines[7:]) + "\n")
     with caplog.at_level(logging.WARNING, logger="tlmat"):
-        result = read_records(cgcnn_folder)
+        result = read_records(cgcnn_folder, ["target"])
     assert result.log.n_skipped == 6 and len(result) == 4
     assert len(caplog.records) == 2  # the first, then one line that the rest are counted
     assert "further 'missing target' items are counted" in caplog.records[1].getMessage()

@@ -282,5 +282,102 @@ def test_first_row_without_a_target_is_a_skip_not_a_header(cgcnn_folder: Path) -
     id_prop = cgcnn_folder / "id_prop.csv"
     id_prop.write_text(id_prop.read_text().replace("1000041,1.0", "1000041,", 1))
     result = read_records(cgcnn_folder)
-    assert len(result) == 9 and [p.id for p in result.log.problems] == ["1000041"]
-    assert result.log.problems[0].reason is Reason.MISSING_TARGET
+    # no target named: the row is kept without a value (a header would have been dropped)
+    assert len(result) == 10 and not result.log.problems
+    assert result[0].id == "1000041" and result[0].targets == {}
+    named = read_records(cgcnn_folder, ["target"])
+    assert len(named) == 9 and [p.id for p in named.log.problems] == ["1000041"]
+    assert named.log.problems[0].reason is Reason.MISSING_TARGET
+
+
+# 9. non-finite coordinates ----------------------------------------------------------------
+NAN_SITE = ("  Os  Os1  1  0.77619935", "  Os  Os1  1  nan")
+
+
+def test_nan_coordinates_are_named_in_both_reading_paths(
+    perov_rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    rows = perov_rows.copy()
+    first = rows.cif[0]
+    assert NAN_SITE[0] in first
+    rows.loc[0, "cif"] = first.replace(*NAN_SITE)
+    rows.loc[1, "cif"] = re.sub(r"_cell_length_a\s+\S+", "_cell_length_a   inf", rows.cif[1])
+    assert "_cell_length_a   inf" in rows.cif[1]
+    path = tmp_path / "nan.csv"
+    rows.to_csv(path, index=False)
+    slow = read_records(path, ["heat_ref"])
+    fast = load_dataset(path, GraphSettings.preset("cgcnn"), ["heat_ref"], cache_dir=tmp_path)
+    for log in (slow.log, fast.log):
+        assert len(log.problems) == 2, log.problems
+        assert {p.reason for p in log.problems} == {Reason.NON_FINITE_COORDINATES}
+        assert "NaN or infinite" in log.problems[0].detail
+        assert "neighbour" not in str(log.problems)
+    assert len(slow) == len(fast) == 2
+
+
+# 10. several structures where one is expected -----------------------------------------------
+def test_a_cif_of_two_blocks_in_a_folder_or_a_cell_is_skipped_saying_why(
+    cgcnn_folder: Path, perov_rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    two = cgcnn_folder / "1000050.cif"
+    two.write_text(two.read_text() + "\n" + (cgcnn_folder / "1000041.cif").read_text())
+    problem = only_problem(read_records(cgcnn_folder).log)
+    assert problem.reason is Reason.MANY_STRUCTURES and problem.id == "1000050"
+    assert problem.detail == "holds 2 structures (CIF data blocks); expected one"
+    dataset = load_dataset(cgcnn_folder, GraphSettings.preset("cgcnn"), cache_dir=tmp_path)
+    assert only_problem(dataset.log).reason is Reason.MANY_STRUCTURES
+    rows = perov_rows.copy()
+    rows.loc[2, "cif"] = rows.cif[2] + "\n" + rows.cif[3]  # a plain P1 pair: the fast path
+    path = tmp_path / "cells.csv"
+    rows.to_csv(path, index=False)
+    cells = load_dataset(path, GraphSettings.preset("cgcnn"), ["heat_ref"], cache_dir=tmp_path)
+    assert len(cells) == 3 and only_problem(cells.log).reason is Reason.MANY_STRUCTURES
+
+
+def test_a_cif_file_of_two_blocks_given_alone_gives_both(cgcnn_folder: Path) -> None:
+    two = cgcnn_folder / "two.cif"
+    two.write_text(
+        (cgcnn_folder / "1000050.cif").read_text() + (cgcnn_folder / "1000041.cif").read_text()
+    )
+    result = read_records(two)
+    assert [r.id for r in result] == ["two#0", "two#1"] and not result.log.problems
+    alone = [read_records(cgcnn_folder / f"{i}.cif")[0] for i in ("1000050", "1000041")]
+    assert [r.formula for r in result] == [r.formula for r in alone]
+
+
+def test_a_multi_frame_xyz_named_by_id_prop_is_skipped_saying_why(
+    data: Path, cgcnn_folder: Path
+) -> None:
+    with gzip.open(data / "mp_dielectric_mace_field" / "dielectric-test.xyz.gz", "rt") as f:
+        lines = f.read().splitlines(keepends=True)
+    n = int(lines[0])
+    first, second = lines[: n + 2], lines[n + 2 : n + 2 + int(lines[n + 2]) + 2]
+    (cgcnn_folder / "frames.extxyz").write_text("".join(first + second))
+    (cgcnn_folder / "one.extxyz").write_text("".join(first))
+    append_rows(cgcnn_folder, "frames,1.5", "one,2.5")
+    result = read_records(cgcnn_folder)
+    assert "one" in [r.id for r in result]
+    problem = only_problem(result.log)
+    assert (problem.id, problem.reason) == ("frames", Reason.MANY_STRUCTURES)
+    assert problem.detail == "holds 2 structures (frames); expected one"
+
+
+# 11. a summary with no target ----------------------------------------------------------------
+def test_info_without_target_counts_every_structure_and_missing_values(
+    data: Path, tmp_path: Path
+) -> None:
+    rows = pd.read_csv(data / "mp_cgcnn_36k" / "mp_cgcnn_36k.csv.gz", nrows=5)
+    assert list(rows.columns)[:2] == ["id", "material_id"]
+    rows["efermi"] = rows["efermi"].astype(object)
+    rows.loc[1, "efermi"] = ""  # as rows 1462 and 7783 of the full file
+    path = tmp_path / "mp5.csv"
+    rows.to_csv(path, index=False)
+    result = runner.invoke(app, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    text = output(result)
+    assert re.search(r"structures read\W+5\W", text) and re.search(r"skipped\W+0\W", text)
+    assert re.search(r"efermi\W+4\W+1\W", text), text  # n, missing
+    assert re.search(r"band_gap\W+5\W+0\W", text), text
+    assert not re.search(r"│ id ", result.output), result.output
+    read = read_records(path)
+    assert "id" not in read.target_names and len(read) == 5

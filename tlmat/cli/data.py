@@ -54,24 +54,31 @@ def summarise(result: ReadResult) -> list[Table]:
     tables = [overview]
 
     if result.target_names:
-        targets = Table(title="Targets (units as in the source)", title_justify="left")
-        for column in ("target", "n", "mean", "std", "min", "median", "max"):
-            targets.add_column(column, justify="left" if column == "target" else "right")
-        for name in result.target_names:
-            values = [r.targets[name] for r in records if name in r.targets]
-            array = np.asarray(values, dtype=float) if values else np.zeros(0)
-            if array.ndim > 1:
-                targets.add_row(
-                    name, str(len(values)), f"vector of {array.shape[1]}", "", "", "", ""
-                )
-                continue
-            stats = (array.mean(), array.std(), array.min(), np.median(array), array.max())
-            targets.add_row(name, str(len(array)), *(f"{v:.4g}" for v in stats))
-        tables.append(targets)
+        tables.append(targets_table(result))
     skipped = skipped_table(result.log)
     if skipped is not None:
         tables.append(skipped)
     return tables
+
+
+def targets_table(result: ReadResult) -> Table:
+    """Statistics of each target, with how many structures lack a value of it (with no
+    target named, a column is optional: its empty cells are counted here, not skipped)."""
+    records = result.records
+    table = Table(title="Targets (units as in the source)", title_justify="left")
+    for column in ("target", "n", "missing", "mean", "std", "min", "median", "max"):
+        table.add_column(column, justify="left" if column == "target" else "right")
+    for name in result.target_names:
+        values = [r.targets[name] for r in records if name in r.targets]
+        missing = str(len(records) - len(values))
+        array = np.asarray(values, dtype=float) if values else np.zeros(0)
+        if array.ndim > 1:
+            vector = f"vector of {array.shape[1]}"
+            table.add_row(name, str(len(values)), missing, vector, "", "", "", "")
+            continue
+        stats = (array.mean(), array.std(), array.min(), np.median(array), array.max())
+        table.add_row(name, str(len(array)), missing, *(f"{v:.4g}" for v in stats))
+    return table
 
 
 def info(

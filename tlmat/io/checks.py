@@ -16,7 +16,14 @@ import numpy as np
 from pymatgen.core import DummySpecies, Molecule, Structure
 from scipy.spatial.distance import pdist
 
-from tlmat.io.parse import MIN_CELL_VOLUME, NoCellError, Payload, to_structure
+from tlmat.io.parse import (
+    MIN_CELL_VOLUME,
+    ManyStructuresError,
+    NoCellError,
+    NonFiniteError,
+    Payload,
+    to_structure,
+)
 from tlmat.io.records import Problem, Reason, Record, Target
 
 DisorderPolicy = Literal["skip", "majority"]
@@ -111,10 +118,14 @@ def not_elements(structure: Structure | Molecule) -> list[str]:
 
 
 def checked_targets(item: RawItem, options: CheckOptions) -> dict[str, Target] | Problem:
-    """The item's targets as numbers, or the first reason one is unusable."""
-    names = options.targets if options.targets is not None else tuple(item.targets)
+    """The item's targets as numbers, or the first reason one is unusable. With no
+    target named (``options.targets`` is ``None``) every column is optional: a value
+    that is empty or no finite number is left out of the record, which is kept."""
+    if options.targets is None:
+        parsed = {name: parse_target(name, value) for name, value in item.targets.items()}
+        return {k: v for k, v in parsed.items() if not isinstance(v, Problem)}
     targets: dict[str, Target] = {}
-    for name in names:
+    for name in options.targets:
         if name not in item.targets:
             return _problem(item, Reason.MISSING_TARGET, f"no {name!r} column/key")
         parsed = parse_target(name, item.targets[name])
@@ -124,18 +135,18 @@ def checked_targets(item: RawItem, options: CheckOptions) -> dict[str, Target] |
     return targets
 
 
-def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record | Problem:
-    """Parse and check one raw item."""
-    targets = checked_targets(item, options)
-    if isinstance(targets, Problem):
-        return targets
-
+def _parsed(item: RawItem) -> Structure | Molecule | Problem:
+    """The item's structure, or why it has none."""
     try:
-        structure = to_structure(item.payload)
+        return to_structure(item.payload)
     except FileNotFoundError as error:
         return _problem(item, Reason.MISSING_FILE, str(error.filename or error))
     except NoCellError as error:
         return _problem(item, Reason.NO_CELL, str(error))
+    except ManyStructuresError as error:
+        return _problem(item, Reason.MANY_STRUCTURES, str(error))
+    except NonFiniteError as error:
+        return _problem(item, Reason.NON_FINITE_COORDINATES, f"{error}: NaN or infinite")
     except OSError as error:  # name too long, permissions, a folder where a file should be
         name = Path(error.filename).name if error.filename else ""
         shown = f" ({name[:60]}{'…' if len(name) > 60 else ''})" if name else ""
@@ -144,6 +155,28 @@ def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         return _problem(item, Reason.UNPARSABLE, f"{type(error).__name__}: {message}"[:200])
 
+
+def non_finite(structure: Structure | Molecule) -> str | None:
+    """What is not a finite number in a structure's cell or positions, or ``None``
+    (NaN positions would otherwise pass every check and leave atoms without neighbours)."""
+    if isinstance(structure, Structure) and not np.all(np.isfinite(structure.lattice.matrix)):
+        return "the lattice holds NaN or infinite values"
+    coords = structure.frac_coords if isinstance(structure, Structure) else structure.cart_coords
+    bad = np.flatnonzero(~np.all(np.isfinite(coords), axis=1))
+    if len(bad):
+        return f"{len(bad)} site position(s) are NaN or infinite (first: site {bad[0]})"
+    return None
+
+
+def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record | Problem:
+    """Parse and check one raw item."""
+    targets = checked_targets(item, options)
+    if isinstance(targets, Problem):
+        return targets
+    structure = _parsed(item)
+    if isinstance(structure, Problem):
+        return structure
+
     if len(structure) == 0:
         return _problem(item, Reason.EMPTY_STRUCTURE, "no atoms")
     unknown = not_elements(structure)
@@ -151,6 +184,9 @@ def make_record(item: RawItem, options: CheckOptions = CheckOptions()) -> Record
         return _problem(
             item, Reason.NOT_AN_ELEMENT, f"{', '.join(map(repr, unknown))} is no chemical element"
         )
+    fault = non_finite(structure)
+    if fault is not None:
+        return _problem(item, Reason.NON_FINITE_COORDINATES, fault)
     if isinstance(structure, Structure) and abs(structure.volume) < MIN_CELL_VOLUME:
         return _problem(item, Reason.NO_CELL, f"cell volume {structure.volume:.3g} Å³")
     if not structure.is_ordered:

@@ -134,6 +134,8 @@ def read_plain_cif(text: str) -> CifArrays | None:
         frac = np.array([[_number(v) for v in c] for c in columns], dtype=np.float64).T
     except (TypeError, ValueError):  # a missing value, '?', a quoted number
         return None
+    if not (np.all(np.isfinite(frac)) and all(map(math.isfinite, parameters))):
+        return None  # NaN or inf: the pymatgen path names the fault
     elements = [_element(s) for s in symbols]
     if any(e is None for e in elements):
         return None
@@ -164,3 +166,24 @@ def read_plain_cif(text: str) -> CifArrays | None:
     # the last bit differently
     pos = np.array([np.dot(f, matrix) for f in frac])
     return CifArrays(z, pos, matrix, reduced_formula(tuple(sorted(counts.items()))))
+
+
+def non_finite_cif(text: str) -> str | None:
+    """Which cell parameter or site coordinate of a CIF is NaN or infinite, or ``None``
+    (pymatgen refuses such a file as one "with no structures", which hides the cause)."""
+    import gemmi
+
+    try:
+        document = gemmi.cif.read_string(text)
+    except (RuntimeError, ValueError):
+        return None
+    for block in document:
+        for tag in [f"_cell_length_{a}" for a in "abc"] + [f"_atom_site_fract_{a}" for a in "xyz"]:
+            for value in _values(block, tag) or []:
+                try:
+                    number = float(value)
+                except ValueError:
+                    continue
+                if not math.isfinite(number):
+                    return f"{tag} is {value}"
+    return None

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePath
 
 from tlmat.io.checks import RawItem
+from tlmat.io.parse import Text, cif_blocks
 from tlmat.io.records import Problem, Reason
 from tlmat.io.table import open_text
 
@@ -103,3 +104,24 @@ def iter_structure_files(root: Path) -> Iterator[RawItem]:
             name.endswith(STRUCTURE_SUFFIXES) or name.startswith(("poscar", "contcar"))
         ):
             yield RawItem(path.stem, f"{root.name}/{path.name}", path)
+
+
+def iter_structure_file(path: Path) -> Iterator[RawItem]:
+    """A structure file given alone. A CIF of several structures is a collection: each
+    data block with atom sites is one item (``stem#n``), none lost. (Where one structure
+    is expected, as for an id of ``id_prop.csv``, such a file is skipped saying so.)"""
+    if _strip_compression(path.name.lower()).endswith(".cif"):
+        with open_text(path) as handle:
+            blocks = cif_blocks(handle.read())
+        if len(blocks) > 1:
+            for n, block in enumerate(blocks):
+                name = block.split(None, 1)[0] if block.strip() else ""
+                yield RawItem(
+                    f"{path.stem}#{n}", f"{path.name}:block {n} ({name})", Text(block, "cif")
+                )
+            return
+    yield RawItem(path.stem, path.name, path)
+
+
+def _strip_compression(name: str) -> str:
+    return name.removesuffix(".gz")

@@ -4,6 +4,7 @@ files) into pymatgen ``Structure`` (periodic) or ``Molecule`` (no cell) objects.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,41 @@ class NoCellError(ValueError):
     """A structure marked periodic whose cell is missing or flat (volume 0 Å³)."""
 
 
+class NonFiniteError(ValueError):
+    """A structure whose cell or positions hold NaN or infinite numbers."""
+
+
+class ManyStructuresError(ValueError):
+    """A payload that holds several structures where one is expected (a CIF of two data
+    blocks, an XYZ file of two frames): reading only one would lose the others."""
+
+    def __init__(self, count: int, what: str):
+        super().__init__(f"holds {count} structures ({what}); expected one")
+
+
+_BLOCK_START = re.compile(r"^[ \t]*data_", re.IGNORECASE | re.MULTILINE)
+_SITES = re.compile(r"_atom_site_(fract|cartn)_x", re.IGNORECASE)
+
+
+def cif_blocks(text: str) -> list[str]:
+    """The structures of a CIF text, one text per data block that has atom sites; the
+    whole text when it holds at most one such block (a block of metadata alone, as
+    journals write, is no structure, and pymatgen skips it)."""
+    starts = [m.start() for m in _BLOCK_START.finditer(text)]
+    if len(starts) < 2:
+        return [text]
+    blocks = [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    with_sites = [block for block in blocks if _SITES.search(block)]
+    return with_sites if len(with_sites) > 1 else [text]
+
+
+def single_frame(frames: list[Atoms]) -> Atoms:
+    """The one frame of an XYZ/trajectory payload; :class:`ManyStructuresError` if more."""
+    if len(frames) != 1:
+        raise ManyStructuresError(len(frames), "frames")
+    return frames[0]
+
+
 def detect_text_format(text: str) -> str:
     """``"cif"`` for CIF text, ``"poscar"`` otherwise (the two text formats tables carry)."""
     head = text[:4000]
@@ -51,11 +87,21 @@ def structure_from_text(text: str, fmt: str | None = None) -> Structure:
     if "\n" not in text and "\\n" in text:
         text = text.replace("\\n", "\n")
     fmt = fmt or detect_text_format(text)
+    if fmt == "cif" and len(blocks := cif_blocks(text)) > 1:
+        raise ManyStructuresError(len(blocks), "CIF data blocks")
     with warnings.catch_warnings():
         # pymatgen warns about every rounded occupancy or missing symmetry tag; faults that
         # matter surface as exceptions or as disordered/overlapping sites checked later.
         warnings.simplefilter("ignore")
-        return Structure.from_str(text, fmt=fmt)
+        try:
+            return Structure.from_str(text, fmt=fmt)
+        except Exception as error:
+            from tlmat.io.cif import non_finite_cif
+
+            why = non_finite_cif(text) if fmt == "cif" else None
+            if why is not None:
+                raise NonFiniteError(why) from error
+            raise
 
 
 def structure_from_dict(data: dict[str, Any]) -> Structure | Molecule:
@@ -99,11 +145,11 @@ def structure_from_file(path: Path) -> Structure | Molecule:
     if name.endswith((".xyz", ".extxyz", ".traj", ".json")):
         import ase.io
 
-        return structure_from_atoms(ase.io.read(path))
+        return structure_from_atoms(single_frame(ase.io.read(path, index=":")))
+    if name.endswith((".cif", ".mcif")):
+        return structure_from_text(path.read_text(errors="replace"), "cif")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if name.endswith(".cif") or name.endswith(".mcif"):
-            return Structure.from_str(path.read_text(errors="replace"), fmt="cif")
         if name.endswith(".vasp") or name.startswith(("poscar", "contcar")):
             return Structure.from_str(path.read_text(errors="replace"), fmt="poscar")
         return Structure.from_file(path)
@@ -125,6 +171,7 @@ def to_structure(payload: Payload) -> Structure | Molecule:
         if payload.fmt in ("extxyz", "xyz"):
             import ase.io
 
-            return structure_from_atoms(ase.io.read(io.StringIO(payload.text), format="extxyz"))
+            frames = ase.io.read(io.StringIO(payload.text), format="extxyz", index=":")
+            return structure_from_atoms(single_frame(frames))
         return structure_from_text(payload.text, payload.fmt)
     raise TypeError(f"cannot make a structure from {type(payload).__name__}")

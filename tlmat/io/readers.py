@@ -4,12 +4,15 @@ reason, and returns the records with the log of what was skipped."""
 
 from __future__ import annotations
 
+import gzip
 import logging
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypedDict, TypeVar
 
 from ase import Atoms
 from pymatgen.core import Molecule, Structure
@@ -17,21 +20,49 @@ from pymatgen.core import Molecule, Structure
 from tlmat.datasets import resolve
 from tlmat.io.ase_formats import iter_ase_db, iter_extxyz
 from tlmat.io.checks import CheckOptions, DisorderPolicy, RawItem, make_record
-from tlmat.io.folder import ID_PROP, iter_id_prop_folder, iter_structure_files
+from tlmat.io.folder import (
+    ID_PROP,
+    iter_id_prop_folder,
+    iter_structure_file,
+    iter_structure_files,
+)
 from tlmat.io.records import InputError, Problem, ProblemLog, ReadResult, Reason, Record
 from tlmat.io.table import iter_csv, iter_json
 from tlmat.progress import track
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("tlmat")
 
 #: Bumped when reading changes what a source yields, so that datasets remembered by an
 #: older reader are read again (2: UTF-8 byte-order marks stripped, unknown elements,
-#: paths leaving a folder and repeated ids caught).
-READ_VERSION = 2
+#: paths leaving a folder and repeated ids caught; 3: with no target named, an empty
+#: value no longer skips its row, id columns are no targets, non-finite coordinates and
+#: files of several structures are named as such, a CIF file's blocks are all read).
+READ_VERSION = 3
+
+#: What a compressed source that ends early or is no archive raises while it is read.
+DAMAGED = (EOFError, gzip.BadGzipFile, zlib.error, zipfile.BadZipFile)
 
 #: What to do with an id seen twice in one source: refuse the source, or keep the first.
 DuplicatePolicy = Literal["error", "first"]
 DUPLICATE_POLICIES: tuple[str, ...] = ("error", "first")
+
+T = TypeVar("T")
+
+
+class ReadOptions(TypedDict, total=False):
+    """How a source is read (see :func:`read_records`)."""
+
+    disorder: DisorderPolicy
+    min_distance: float
+    structure_column: str | None
+    id_column: str | None
+    limit: int | None
+    workers: int
+    progress: bool
+    on_duplicate: DuplicatePolicy
 
 
 def _strip(name: str) -> str:
@@ -63,10 +94,19 @@ def iter_raw(
     id_column: str | None = None,
 ) -> Iterator[RawItem | Problem]:
     """Raw (unparsed, unchecked) items of any supported source; an item a reader already
-    knows to be bad (an id_prop.csv path leaving its folder) comes as a ``Problem``."""
+    knows to be bad (an id_prop.csv path leaving its folder) comes as a ``Problem``.
+    A compressed source that ends early or is damaged raises :class:`InputError`."""
     # a registered name (perov_5/train) or a path inside $TLMAT_DATA_DIR works as well
     path = resolve(path)
-    fmt = detect_format(path)
+    try:
+        yield from _raw_items(path, detect_format(path), targets, structure_column, id_column)
+    except DAMAGED as error:
+        raise InputError(
+            f"{path}: truncated or damaged compressed file ({error}); download or copy it again"
+        ) from error
+
+
+def _raw_items(path: Path, fmt: str, targets, structure_column, id_column):
     if fmt == "folder":
         yield from iter_id_prop_folder(path, targets)
     elif fmt == "files":
@@ -80,7 +120,7 @@ def iter_raw(
     elif fmt == "asedb":
         yield from iter_ase_db(path, targets)
     else:
-        yield RawItem(path.stem, path.name, path)
+        yield from iter_structure_file(path)
 
 
 def _check(item: RawItem | Problem, options: CheckOptions) -> Record | Problem:
@@ -109,15 +149,20 @@ def check_items(
         chunked = pool.map(_check_chunk, ((c, options) for c in _chunks(items, 64)))
         results = (r for chunk in chunked for r in chunk)
     try:
-        for result in results:
-            if isinstance(result, Problem):
-                log.skip(result)
-            else:
-                log.n_ok += 1
-                yield result
+        yield from logged(results, log)
     finally:
         if workers > 1:
             pool.shutdown(cancel_futures=True)
+
+
+def logged(results: Iterable[T | Problem], log: ProblemLog) -> Iterator[T]:
+    """The results that are no :class:`Problem`, counted as read; problems go to ``log``."""
+    for result in results:
+        if isinstance(result, Problem):
+            log.skip(result)
+        else:
+            log.n_ok += 1
+            yield result
 
 
 def check_duplicate_policy(on_duplicate: str) -> None:
@@ -192,50 +237,41 @@ def read_records(
     targets: Sequence[str] | None = None,
     *,
     strict: bool = False,
-    disorder: DisorderPolicy = "skip",
-    min_distance: float = CheckOptions.min_distance,
-    structure_column: str | None = None,
-    id_column: str | None = None,
-    limit: int | None = None,
-    workers: int = 1,
-    progress: bool = False,
-    on_duplicate: DuplicatePolicy = "error",
+    **options: Unpack[ReadOptions],
 ) -> ReadResult:
     """Read every structure of a file or folder into checked :class:`Record` objects.
 
     Formats: CGCNN/ALIGNN folders (``id_prop.csv``), folders of CIF/POSCAR files, CSV with
-    a CIF/POSCAR column, Matbench/pymatgen/JARVIS JSON, extended XYZ, ASE databases, single
-    structure files; ``.gz``/``.zip`` are opened transparently.
+    a CIF/POSCAR column, Matbench/pymatgen/JARVIS JSON, extended XYZ, ASE databases,
+    structure files (every data block of a CIF); ``.gz``/``.zip`` are opened
+    transparently.
 
     ``targets`` names the properties to keep (each must be a finite number); ``None``
-    keeps every numeric column. Bad items are skipped with a reason (``result.log``);
+    keeps every numeric column, a row whose value is empty or not a finite number simply
+    lacking that one. Bad items are skipped with a reason (``result.log``);
     ``strict=True`` raises :class:`InputError` on the first one. An id seen twice makes
     the source an error unless ``on_duplicate="first"`` (keep the first row of each id).
+    The other options (:class:`ReadOptions`) are those of :func:`iter_records`; a source
+    with no structure at all is an :class:`InputError`.
 
     Example:
         >>> result = read_records("perov_5/test.csv.gz", targets=["heat_ref"])
         >>> print(result.log.summary())
     """
     log = ProblemLog(strict=strict)
-    records = list(
-        iter_records(
-            path,
-            targets,
-            log=log,
-            disorder=disorder,
-            min_distance=min_distance,
-            structure_column=structure_column,
-            id_column=id_column,
-            limit=limit,
-            workers=workers,
-            progress=progress,
-            on_duplicate=on_duplicate,
-        )
-    )
-    if not records and log.problems:
-        raise InputError(f"{path}: no structure could be read ({log.summary()})")
+    records = list(iter_records(path, targets, log=log, **options))
+    if not records:
+        raise nothing_read(path, log)
     logger.info("%s: %s", path, log.summary())
     return ReadResult(records, log, str(path))
+
+
+def nothing_read(source: str | Path, log: ProblemLog) -> InputError:
+    """The error of a source that gave no usable structure, saying why."""
+    if not log.problems and log.n_ok == 0:
+        return InputError(f"{source}: no structure to read: it holds no rows or structures")
+    what = "could be read" if log.n_ok == 0 else "has a usable graph"
+    return InputError(f"{source}: no structure {what} ({log.summary()})")
 
 
 def records_from_structures(

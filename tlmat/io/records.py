@@ -42,6 +42,8 @@ class Reason(StrEnum):
     PATH_OUTSIDE = "path outside the dataset folder"
     UNREADABLE_FILE = "unreadable file"
     NON_POSITIVE_TARGET = "non-positive target for log10"
+    NON_FINITE_COORDINATES = "non-finite coordinates"
+    MANY_STRUCTURES = "several structures in one entry"
 
 
 class InputError(ValueError):

@@ -84,13 +84,15 @@ def _is_number(value: Any) -> bool:
 def guess_target_columns(
     row: dict[str, Any], exclude: Iterable[str | None] = ()
 ) -> tuple[str, ...]:
-    """Columns of a first row that look like properties: numeric and not id/index-like."""
+    """Columns of a first row that look like properties: numeric and not id/index-like
+    (an id column beside the one chosen, such as a row number ``id``, is no property)."""
     skip = {c for c in exclude if c}
     return tuple(
         name
         for name, value in row.items()
         if name
         and name not in skip
+        and name.lower() not in ID_COLUMNS
         and not any(tag in name.lower() for tag in _NOT_TARGETS)
         and _is_number(value)
     )
