@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -11,7 +13,8 @@ from rich.logging import RichHandler
 from typer.core import TyperOption
 
 from tlmat import __version__
-from tlmat.cli.common import console
+from tlmat.cli import common
+from tlmat.cli.common import console, reported_errors
 from tlmat.cli.data import cache, info
 from tlmat.cli.inference import embed, evaluate, models, predict, report
 from tlmat.cli.screening import screen
@@ -39,7 +42,11 @@ def main(
     ctx: typer.Context,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More messages.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback of every error.")
+    ] = False,
 ) -> None:
+    common.debug = debug  # set on every invocation: one test's --debug is not the next's
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
@@ -52,6 +59,19 @@ def main(
     if ctx.invoked_subcommand is None:
         console.print(ctx.get_help())
         raise typer.Exit()
+
+
+def _guarded(command: Callable[..., None]) -> Callable[..., None]:
+    """``command`` with all of its work inside :func:`reported_errors`, so that no
+    error, even outside a command's own guarded block, reaches the user as a traceback
+    (typer reads the signature through ``functools.wraps``)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs) -> None:
+        with reported_errors():
+            command(*args, **kwargs)
+
+    return run
 
 
 for command in (
@@ -68,6 +88,6 @@ for command in (
     report,
     screen,
 ):
-    app.command()(command)
+    app.command()(_guarded(command))
 
 __all__ = ["app"]

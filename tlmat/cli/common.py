@@ -127,6 +127,9 @@ def note_run_dir(run_dir: Path, default: Path) -> None:
 USER_ERRORS = ("InputError", "CacheWriteError", "RunExistsError", "CheckpointError")
 USER_ERRORS += ("DivergedError",)
 
+#: set by ``tlmat --debug``: show the traceback of every error, not only its message
+debug = False
+
 
 def _named(error: BaseException, names) -> bool:
     return any(
@@ -134,20 +137,47 @@ def _named(error: BaseException, names) -> bool:
     )
 
 
+def _user_message(error: BaseException) -> str | None:
+    """What a user needs to act on ``error``, or ``None`` for an internal error.
+
+    OS errors are the user's to act on (a path that cannot be read or written, a full
+    disk): they are named by path and reason, without Python's ``[Errno n]``."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    if isinstance(error, OSError | ValueError) or _named(error, USER_ERRORS):
+        return describe_error(error)
+    return None
+
+
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
     """Run a command's work: the errors a user can act on (bad input, a refused run
-    folder or checkpoint, a diverged run, a missing file, a bad value) end it with
-    ``error: …`` and exit status 1; a run stopped by SIGTERM or SIGINT with its resume
-    hint and 128 + the signal."""
+    folder or checkpoint, a diverged run, a file that cannot be read or written, a bad
+    value) end it with ``error: …`` and exit status 1; a run stopped by SIGTERM or
+    SIGINT with its resume hint and 128 + the signal. Any other exception is a fault of
+    tlmat: one ``error: internal error: …`` line and exit 1 as well, since a traceback
+    helps no user; ``tlmat --debug`` shows every traceback (and lets internal errors
+    propagate, for a debugger)."""
+    import click
+
     try:
         yield
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
+        raise  # an exit already decided (fail() inside, --help, a usage error)
     except Exception as error:
         if _named(error, ("RunInterrupted",)):
             interrupted(error)
-        if isinstance(error, FileNotFoundError | ValueError) or _named(error, USER_ERRORS):
-            fail(error)
-        raise
+        message = _user_message(error)
+        if debug:
+            if message is None:
+                raise
+            console.print_exception()
+        if message is None:
+            message = (
+                f"internal error: {type(error).__name__}: {error} "
+                "(run with --debug for the traceback)"
+            )
+        fail(message)
 
 
 def interrupted(error) -> NoReturn:

@@ -79,6 +79,20 @@ class CacheWriteError(OSError):
     """The cache could not store new graphs (a full disk, a failing device)."""
 
 
+def _refuse_a_file_in_the_way(directory: Path) -> None:
+    """A cache path that is (or lies under) a file is the user's mistake, not a place
+    that cannot be written: say which file, instead of ``Not a directory``."""
+    place = directory
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if place.exists() and not place.is_dir():
+        raise CacheWriteError(
+            errno.ENOTDIR,
+            f"graph cache {place} is a file, not a folder; give --cache-dir (or "
+            "TLMAT_CACHE_DIR) a folder",
+        )
+
+
 def structure_key(structure: Structure | Molecule) -> str:
     """Content hash of a structure: species, Cartesian positions, cell and periodicity.
 
@@ -345,6 +359,7 @@ class GraphCache:
         self.unwritable: str | None = None
         self.n_built = 0
         usable = True
+        _refuse_a_file_in_the_way(self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             usable = self._check_settings()
