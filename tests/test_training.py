@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from tlmat.data import random_split
 from tlmat.models import TargetSpec, TrainedModel, load_checkpoint
 from tlmat.models.atom_features import load_atom_init
 from tlmat.models.cgcnn import CGCNNConfig, build_cgcnn
-from tlmat.training import RunExistsError, TrainConfig, fit, predict
+from tlmat.training import RunExistsError, RunInterrupted, TrainConfig, fit, predict
 
 
 def small_cgcnn(seed: int = 0) -> TrainedModel:
@@ -85,21 +87,55 @@ def test_same_seed_same_numbers(perovskites, tmp_path: Path) -> None:
     assert a.best_val_mae == b.best_val_mae
 
 
-def test_resume_equals_uninterrupted(perovskites, tmp_path: Path) -> None:
+def _interrupt_at_epoch(monkeypatch, epoch: int, signum: int = signal.SIGINT) -> None:
+    """Send this process ``signum`` as training epoch ``epoch`` starts: a real stop
+    of an unfinished run (as Ctrl-C or a cluster's SIGTERM), caught by fit."""
+    from tlmat.training.module import PropertyModule
+
+    original = PropertyModule.on_train_epoch_start
+
+    def start(self) -> None:
+        if self.current_epoch == epoch:
+            os.kill(os.getpid(), signum)
+        original(self)
+
+    monkeypatch.setattr(PropertyModule, "on_train_epoch_start", start)
+
+
+def test_resume_equals_uninterrupted(perovskites, tmp_path: Path, monkeypatch) -> None:
+    split = random_split(len(perovskites), (60, 20, 40), seed=4)
+    # early stopping on (as by default) and a plateau schedule: both carry state
+    config = quick(epochs=8, scheduler="plateau", plateau_patience=1, early_stopping_patience=3)
+    whole = fit(small_cgcnn(), perovskites, split, config, tmp_path / "whole")
+
+    with monkeypatch.context() as patch:
+        _interrupt_at_epoch(patch, 3)
+        with pytest.raises(RunInterrupted, match="resume"):
+            fit(small_cgcnn(), perovskites, split, config, tmp_path / "cut")
+    assert not (tmp_path / "cut" / "model.pt").exists()
+    # the finished epochs' log survives the interruption and the resume
+    assert sorted(pd.read_csv(tmp_path / "cut" / "metrics.csv")["epoch"].unique()) == [0, 1, 2]
+    resumed = fit(small_cgcnn(seed=99), perovskites, split, config, tmp_path / "cut")
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["resumed"] is True
+    assert resumed.epochs == whole.epochs and resumed.best_val_mae == whole.best_val_mae
+    logged = pd.read_csv(tmp_path / "cut" / "metrics.csv")
+    pd.testing.assert_frame_equal(logged, pd.read_csv(tmp_path / "whole" / "metrics.csv"))
+    for key, value in whole.trained.model.state_dict().items():
+        torch.testing.assert_close(
+            resumed.trained.model.state_dict()[key], value, rtol=0, atol=0, msg=key
+        )
+
+
+def test_a_finished_run_trains_on_when_given_more_epochs(perovskites, tmp_path: Path) -> None:
     split = random_split(len(perovskites), (60, 20, 40), seed=4)
     config = quick(epochs=6, scheduler="plateau", plateau_patience=1)
     whole = fit(small_cgcnn(), perovskites, split, config, tmp_path / "whole")
-
-    # "interrupt" after 3 epochs: keep only the last checkpoint, as a killed run would
-    fit(
-        small_cgcnn(), perovskites, split, config.model_copy(update={"epochs": 3}), tmp_path / "cut"
-    )
+    short = config.model_copy(update={"epochs": 3})
+    fit(small_cgcnn(), perovskites, split, short, tmp_path / "cut")
     for name in ("model.pt", "run.json"):
         (tmp_path / "cut" / name).unlink()
     resumed = fit(small_cgcnn(seed=99), perovskites, split, config, tmp_path / "cut")
-    assert json.loads((tmp_path / "cut" / "run.json").read_text())["resumed"] is True
     assert resumed.epochs == whole.epochs == 6
-    # the per-epoch log survives the interruption
     logged = pd.read_csv(tmp_path / "cut" / "metrics.csv")["epoch"].dropna().unique()
     assert sorted(logged) == list(range(6))
     for key, value in whole.trained.model.state_dict().items():

@@ -30,10 +30,8 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 import tlmat
 from tlmat.data.dataset import GraphDataset
@@ -41,13 +39,18 @@ from tlmat.data.loader import GraphLoader, inference_batch_size
 from tlmat.data.splits import Split
 from tlmat.models.checkpoint import TrainedModel, save_checkpoint
 from tlmat.training.config import TrainConfig
+from tlmat.training.durable import AtomicCheckpointIO, EpochLog, readable_checkpoint
 from tlmat.training.module import NonFiniteError, PropertyModule
 from tlmat.training.rundir import (
     check_resume,
+    check_run_dir,
     prepare_run_dir,
     record,
+    replaced,
     require_same_settings,
     resumable_settings,
+    run_lock,
+    write_json,
 )
 from tlmat.transfer.strategies import Strategy, apply_strategy
 
@@ -135,7 +138,7 @@ class FitResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _trainer(config: TrainConfig, callbacks: list, run_dir: Path, steps: int) -> L.Trainer:
+def _trainer(config: TrainConfig, callbacks: list, log: EpochLog, steps: int) -> L.Trainer:
     return L.Trainer(
         max_epochs=config.epochs,
         accelerator=config.accelerator,
@@ -145,7 +148,8 @@ def _trainer(config: TrainConfig, callbacks: list, run_dir: Path, steps: int) ->
         precision=config.precision,
         deterministic=True,
         callbacks=callbacks,
-        logger=CSVLogger(run_dir, name="", version=""),
+        logger=log,
+        plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
         enable_progress_bar=config.progress_bar,
         log_every_n_steps=max(1, min(50, steps)),
@@ -223,35 +227,29 @@ def fit(
     overwrite: bool = False,
 ) -> FitResult:
     """Train ``trained.model`` on ``dataset[split.train]``, selecting the epoch with the
-    lowest validation MAE; the target normaliser is refitted on the training split."""
+    lowest validation MAE; the target normaliser is refitted on the training split.
+
+    The run folder is locked while it is written; an interrupted run (SIGKILL, SIGINT,
+    SIGTERM, a full disk) resumes from ``checkpoints/last.ckpt`` on the same call and ends
+    with the numbers of an uninterrupted one."""
     run_dir = Path(run_dir)
     # in a DDP run started by a launcher (Lightning's relaunch of the command, srun), the
     # processes of rank > 0 train beside rank 0 but never touch the run folder
     primary = launched_rank() == 0
     if primary:
-        resume = prepare_run_dir(run_dir, overwrite)
-    else:
-        resume = (run_dir / "checkpoints" / "last.ckpt").exists()
+        check_run_dir(run_dir, overwrite)  # a refused folder is left as it was
+    with run_lock(run_dir) if primary else contextlib.nullcontext():
+        return _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwrite)
+
+
+def _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwrite) -> FitResult:
+    primary = launched_rank() == 0
+    resume = _prepare(run_dir, overwrite) if primary else _last(run_dir).exists()
     strategy = strategy or Strategy(name="scratch", from_source=False)
     L.seed_everything(config.seed, workers=True, verbose=False)
     start = time.perf_counter()
-
-    y_train = dataset.targets[config.target][split.train]
-    spec = config.target_spec()
-    atoms = (
-        [dataset.graphs.arrays(i, copy=False).z for i in split.train] if spec.needs_atoms else None
-    )
-    target = spec.fit(y_train, atoms)
+    target = _fitted_target(trained, dataset, split, config)
     model = trained.model
-    if model.head.out_dim != target.out_dim:
-        # before any training: a head of the wrong width would broadcast in the loss
-        needs = "the mean and log-variance" if target.heteroscedastic else "one value"
-        raise ValueError(
-            f"the model's head has {model.head.out_dim} output(s); loss {config.loss} on "
-            f"{config.target!r} needs {target.out_dim} ({needs} per structure). Build the "
-            "model with that width (fresh_model(..., out_dim=config.target_spec().out_dim), "
-            "prepare_transfer(..., out_dim=...)), or fine-tune without --keep-head"
-        )
     model.pooling = target.pooling
     # Lightning keeps each module's mode; a source used for predictions is in eval mode,
     # and batch norm must train (frozen groups go back to eval every epoch)
@@ -259,119 +257,19 @@ def fit(
     param_groups = apply_strategy(model, strategy, config.lr, config.weight_decay)
     if not param_groups:
         raise ValueError(f"strategy {strategy.name!r} leaves nothing to train")
-
     if primary:
         check_resume(run_dir, run_settings(trained, dataset, split, config, strategy))
-        record(run_dir, "checkpoints", "metrics.csv", "hparams.yaml", "split.json")
-
-    train_loader = GraphLoader(
-        dataset,
-        split.train,
-        config.batch_size,
-        shuffle=True,
-        target=config.target,
-        seed=config.seed,
-        replicas=config.processes,
-    )
-    val_loader = GraphLoader(
-        dataset, split.val, inference_batch_size(dataset, split.val), target=config.target
-    )
-    module = PropertyModule(model, target, config, param_groups, len(train_loader))
-    module.train_loader = train_loader
-
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val_mae",
-        mode="min",
-        save_on_train_epoch_end=False,
-    )
-    # Lightning's save_last on a monitored checkpoint skips epochs that are not the best,
-    # so a resume would repeat them: last.ckpt is its own callback, written every epoch
-    # (after validation, once the non-finite checks of that epoch have passed)
-    latest = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="last",
-        save_top_k=1,
-        every_n_epochs=1,
-        save_on_train_epoch_end=False,
-        enable_version_counter=False,
-    )
-    callbacks: list = [checkpoints, latest, _TimeEstimate(config.epochs)]
-    if config.early_stopping_patience:
-        callbacks.append(
-            EarlyStopping(monitor="val_mae", mode="min", patience=config.early_stopping_patience)
-        )
-    with _quiet_lightning():
-        trainer = _trainer(config, callbacks, run_dir, len(train_loader))
-    if primary:
-        split.save(run_dir / "split.json", dataset.ids)
-    ckpt = run_dir / "checkpoints" / "last.ckpt" if resume else None
-    resumed_from = None
-    if ckpt is not None:
-        resumed_from = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"]) + 1
-    metrics_file = run_dir / "metrics.csv"
-    earlier = None
-    if ckpt is not None:
-        logger.warning(
-            "%s: resuming the interrupted run from %s (epoch %d)", run_dir, ckpt, resumed_from
-        )
-        # Lightning's CSV logger starts the file afresh: keep the epochs already logged
-        earlier = pd.read_csv(metrics_file) if metrics_file.exists() else None
-    with warnings.catch_warnings(), _quiet_lightning():
-        # our loaders are plain iterables: Lightning's worker advice does not apply
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*isn't an instance of `torch.utils.data.*")
-        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*")
-        try:
-            with stopped_by_signals():
-                trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
-        except RunInterrupted as stopped:
-            last = run_dir / "checkpoints" / "last.ckpt"
-            kept = (
-                f"the last finished epoch is saved in {last}; run the same command again "
-                "to resume from there"
-                if last.exists()
-                else "no epoch had finished, so there is nothing to resume"
-            )
-            raise RunInterrupted(
-                f"{run_dir}: stopped by {stopped} during epoch {trainer.current_epoch}; {kept}",
-                stopped.signum,
-            ) from None
-        except NonFiniteError as error:
-            last = run_dir / "checkpoints" / "last.ckpt"
-            kept = (
-                f"the last finite checkpoint is {last}"
-                if last.exists()
-                else "no epoch finished, so no checkpoint was kept"
-            )
-            raise DivergedError(
-                f"{run_dir}: training diverged — {error}; {kept}; no model.pt was written. "
-                "Try a lower learning rate (--lr) or another normalisation."
-            ) from None
-    if trainer.global_rank > 0:
-        # a launched process of rank > 0: evaluation, model.pt and reports are rank 0's
-        raise SystemExit(0)
-    if earlier is not None and metrics_file.exists():
-        resumed = pd.read_csv(metrics_file)
-        first = resumed["epoch"].min() if len(resumed) else np.inf
-        merged = pd.concat([earlier[earlier["epoch"] < first], resumed], ignore_index=True)
-        merged.to_csv(metrics_file, index=False)
-
-    best_path = Path(checkpoints.best_model_path or run_dir / "checkpoints" / "last.ckpt")
+        record(run_dir, "checkpoints", "metrics.csv", "split.json")
+        with replaced(run_dir / "split.json") as path:
+            split.save(path, dataset.ids)
+    trainer = _trained(model, target, dataset, split, config, run_dir, param_groups, resume)
+    best_path = run_dir / "checkpoints" / trainer["best"]
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(
         {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     )
     model.cpu()
-    best_score, epochs = checkpoints.best_model_score, trainer.current_epoch
-    if config.ddp_strategy == "ddp_spawn" and best_path.exists():
-        # the spawned processes trained; this one's trainer only learns the best path
-        best_score = _best_score(best_path, checkpoints)
-        epochs = _epochs_done(run_dir / "checkpoints" / "last.ckpt")
-    best = float(best_score) if best_score is not None else float("nan")
-    seconds = time.perf_counter() - start
+    best = float(trainer["best_val_mae"])
     run_provenance = {
         **(provenance or {}),
         **(trained.provenance if strategy.from_source else {}),
@@ -380,17 +278,8 @@ def fit(
         "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     result = TrainedModel(model, target, run_provenance)
-    bad = [
-        n for n, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()
-    ]
-    if bad or (best_score is not None and not np.isfinite(best)):
-        raise DivergedError(
-            f"{run_dir}: the selected model is not finite (validation MAE {best}"
-            + (f", non-finite weights in {bad[0]}" if bad else "")
-            + "); no model.pt was written"
-        )
-    record(run_dir, "model.pt", "run.json")
-    save_checkpoint(result, run_dir / "model.pt")
+    _require_finite(model, best, run_dir)
+    seconds = time.perf_counter() - start
     manifest = {
         "command_config": config.model_dump(),
         "seed": config.seed,
@@ -406,17 +295,206 @@ def fit(
             "n_val": len(split.val),
             "n_test": len(split.test),
         },
-        "epochs": epochs,
+        "epochs": trainer["epochs"],
         "best_val_mae": best,
         "seconds": seconds,
-        "seconds_per_epoch": seconds / max(epochs, 1),
+        "seconds_per_epoch": seconds / max(trainer["epochs"], 1),
         "processes": config.processes,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "resumed": resume,
-        "resumed_from_epoch": resumed_from,
+        "resumed_from_epoch": trainer.get("resumed_from"),
     }
-    (run_dir / "run.json").write_text(json.dumps(manifest, indent=2, default=str))
-    return FitResult(result, run_dir, best, epochs, seconds, manifest)
+    # run.json before model.pt: model.pt is what marks the run finished
+    record(run_dir, "model.pt", "run.json")
+    write_json(run_dir / "run.json", manifest)
+    with replaced(run_dir / "model.pt") as path:
+        save_checkpoint(result, path)
+    return FitResult(result, run_dir, best, trainer["epochs"], seconds, manifest)
+
+
+def _last(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+#: written when Lightning's training of a run has ended (best checkpoint, its validation
+#: MAE, epochs): a run killed after it goes straight to writing its model
+TRAINED = "trained.json"
+
+
+def _prepare(run_dir: Path, overwrite: bool) -> bool:
+    """Take over ``run_dir``; whether an interrupted run there resumes. A ``last.ckpt``
+    that cannot be read (truncated by hand or by an older tlmat) is set aside and the run
+    starts afresh; a fresh start clears the checkpoints of an attempt that saved none."""
+    resume = prepare_run_dir(run_dir, overwrite)
+    folder = run_dir / "checkpoints"
+    if resume and not (folder / TRAINED).exists() and not readable_checkpoint(_last(run_dir)):
+        aside = folder / f"last.ckpt.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+        _last(run_dir).rename(aside)
+        logger.warning("last.ckpt cannot be read; set aside as %s, the run starts afresh", aside)
+        resume = False
+    if not resume and folder.is_dir():
+        for path in folder.iterdir():
+            if ".damaged-" not in path.name:
+                path.unlink()
+    return resume
+
+
+def _fitted_target(trained: TrainedModel, dataset: GraphDataset, split: Split, config: TrainConfig):
+    """The target specification fitted on the training split; refuses a head whose width
+    does not fit the loss (before any training: it would broadcast in the loss)."""
+    spec = config.target_spec()
+    y_train = dataset.targets[config.target][split.train]
+    atoms = (
+        [dataset.graphs.arrays(i, copy=False).z for i in split.train] if spec.needs_atoms else None
+    )
+    target = spec.fit(y_train, atoms)
+    if trained.model.head.out_dim != target.out_dim:
+        needs = "the mean and log-variance" if target.heteroscedastic else "one value"
+        raise ValueError(
+            f"the model's head has {trained.model.head.out_dim} output(s); loss {config.loss} on "
+            f"{config.target!r} needs {target.out_dim} ({needs} per structure). Build the "
+            "model with that width (fresh_model(..., out_dim=config.target_spec().out_dim), "
+            "prepare_transfer(..., out_dim=...)), or fine-tune without --keep-head"
+        )
+    return target
+
+
+def _callbacks(run_dir: Path, config: TrainConfig) -> tuple[ModelCheckpoint, list]:
+    """The best-epoch checkpoint (to read its path and score) and every callback."""
+    best = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor="val_mae",
+        mode="min",
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+    )
+    # Lightning's save_last on a monitored checkpoint skips epochs that are not the best,
+    # so a resume would repeat them: last.ckpt is its own callback, written every epoch
+    # (after validation, once the non-finite checks of that epoch have passed)
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        save_top_k=1,
+        every_n_epochs=1,
+        save_on_train_epoch_end=False,
+        enable_version_counter=False,
+    )
+    callbacks: list = [best, latest, _TimeEstimate(config.epochs)]
+    if config.early_stopping_patience:
+        # checked after validation, where last.ckpt is written: checked at the end of the
+        # training epoch instead, a run resumed from last.ckpt finds no val_mae to check
+        callbacks.append(
+            EarlyStopping(
+                monitor="val_mae",
+                mode="min",
+                patience=config.early_stopping_patience,
+                check_on_train_epoch_end=False,
+            )
+        )
+    return best, callbacks
+
+
+def _trained(model, target, dataset, split, config, run_dir, param_groups, resume) -> dict:
+    """Run (or resume, or find finished) Lightning's training of a run: the best
+    checkpoint's name, its validation MAE, the epochs trained and the epoch resumed from."""
+    marker = run_dir / "checkpoints" / TRAINED
+    limits = {"epochs": config.epochs, "patience": config.early_stopping_patience}
+    if resume and marker.exists():
+        done = json.loads(marker.read_text())
+        if done.get("limits") == limits:  # more epochs or patience: training goes on
+            return done
+    train_loader = GraphLoader(
+        dataset,
+        split.train,
+        config.batch_size,
+        shuffle=True,
+        target=config.target,
+        seed=config.seed,
+        replicas=config.processes,
+    )
+    val_loader = GraphLoader(
+        dataset, split.val, inference_batch_size(dataset, split.val), target=config.target
+    )
+    module = PropertyModule(model, target, config, param_groups, len(train_loader))
+    module.train_loader = train_loader
+    best, callbacks = _callbacks(run_dir, config)
+    ckpt = _last(run_dir) if resume else None
+    resumed_from = _epochs_done(ckpt) if ckpt is not None else None
+    if ckpt is not None:
+        logger.warning(
+            "%s: resuming the interrupted run from %s (epoch %d)", run_dir, ckpt, resumed_from
+        )
+    log = EpochLog(run_dir / "metrics.csv", first_epoch=resumed_from or 0)
+    with _quiet_lightning():
+        trainer = _trainer(config, callbacks, log, len(train_loader))
+    _run_trainer(trainer, module, train_loader, val_loader, ckpt, run_dir)
+    if trainer.global_rank > 0:
+        # a launched process of rank > 0: evaluation, model.pt and reports are rank 0's
+        raise SystemExit(0)
+    best_path = Path(best.best_model_path or _last(run_dir))
+    best_score, epochs = best.best_model_score, trainer.current_epoch
+    if config.ddp_strategy == "ddp_spawn" and best_path.exists():
+        # the spawned processes trained; this one's trainer only learns the best path
+        best_score = _best_score(best_path, best)
+        epochs = _epochs_done(_last(run_dir))
+    done = {
+        "best": best_path.name,
+        "best_val_mae": float(best_score) if best_score is not None else float("nan"),
+        "epochs": int(epochs),
+        "resumed_from": resumed_from,
+        "limits": limits,
+    }
+    write_json(marker, done)
+    return done
+
+
+def _run_trainer(trainer, module, train_loader, val_loader, ckpt, run_dir: Path) -> None:
+    """``trainer.fit``, with a stop by signal or a divergence said in the run's words."""
+    with warnings.catch_warnings(), _quiet_lightning():
+        # our loaders are plain iterables: Lightning's worker advice does not apply
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*isn't an instance of `torch.utils.data.*")
+        warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        try:
+            with stopped_by_signals():
+                trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt, weights_only=True)
+        except RunInterrupted as stopped:
+            kept = (
+                f"the last finished epoch is saved in {_last(run_dir)}; run the same command "
+                "again to resume from there"
+                if _last(run_dir).exists()
+                else "no epoch had finished, so there is nothing to resume"
+            )
+            raise RunInterrupted(
+                f"{run_dir}: stopped by {stopped} during epoch {trainer.current_epoch}; {kept}",
+                stopped.signum,
+            ) from None
+        except NonFiniteError as error:
+            kept = (
+                f"the last finite checkpoint is {_last(run_dir)}"
+                if _last(run_dir).exists()
+                else "no epoch finished, so no checkpoint was kept"
+            )
+            raise DivergedError(
+                f"{run_dir}: training diverged — {error}; {kept}; no model.pt was written. "
+                "Try a lower learning rate (--lr) or another normalisation."
+            ) from None
+
+
+def _require_finite(model, best: float, run_dir: Path) -> None:
+    """Refuse to write a model whose weights or selected validation MAE are not finite."""
+    bad = [
+        n for n, p in model.state_dict().items() if p.is_floating_point() and not p.isfinite().all()
+    ]
+    # NaN: no epoch was scored (nothing to validate); an infinite score diverged
+    if bad or np.isinf(best):
+        raise DivergedError(
+            f"{run_dir}: the selected model is not finite (validation MAE {best}"
+            + (f", non-finite weights in {bad[0]}" if bad else "")
+            + "); no model.pt was written"
+        )
 
 
 def _best_score(checkpoint: Path, callback: ModelCheckpoint):

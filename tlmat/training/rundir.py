@@ -10,16 +10,22 @@ strategy, model, split ids, data fingerprint), written when the run starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 LEDGER = ".tlmat-files.json"
 SETTINGS = "settings.json"
+#: the lock a writing run holds on its folder, and who holds it (pid, host, command)
+LOCK, HOLDER = ".tlmat.lock", ".tlmat.lock.json"
 #: files whose presence means a run (or a method's run) finished
 FINISHED = ("model.pt", "result.json")
 #: training options a resume may change: they decide how long or where, not what, an
@@ -40,8 +46,98 @@ class RunExistsError(FileExistsError):
     """A finished run, or files tlmat did not write, are in the way."""
 
 
+class RunFolderError(RunExistsError):
+    """A run folder that cannot be written, or that another run is writing."""
+
+
 class ResumeMismatchError(ValueError):
     """An interrupted run was started again with different settings."""
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder that is
+    flushed to disk and renamed over it: a kill or a full disk leaves the old file (or
+    none), never a truncated one under the real name."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    payload = data.encode() if isinstance(data, str) else data
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write, renamed over ``path`` when the block
+    ends without error (removed otherwise): for writers that want a file name."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """``payload`` as indented JSON, written atomically (:func:`write_atomic`)."""
+    write_atomic(path, json.dumps(payload, indent=2, default=str))
+
+
+#: run folders this process holds locked, with how many nested holds each
+_held: dict[Path, list] = {}
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process while a run writes it: another process that asks
+    is refused at once (:class:`RunFolderError`, naming the holder). Nested holds by one
+    process are counted; the operating system frees the lock of a killed process."""
+    from filelock import FileLock, Timeout
+
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _held:
+        _held[run_dir][1] += 1
+        try:
+            yield
+        finally:
+            _held[run_dir][1] -= 1
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(run_dir / LOCK, timeout=0)
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(
+            f"{run_dir} is being written by another tlmat run ({_holder(run_dir)}); wait "
+            "for it to finish or choose another --run-dir"
+        ) from None
+    except OSError as error:
+        raise RunFolderError(f"cannot write the run folder {run_dir}: {error.strerror}") from None
+    _held[run_dir] = [lock, 1]
+    try:
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+        write_json(run_dir / HOLDER, {**holder, "command": " ".join(sys.argv)})
+        yield
+    finally:
+        del _held[run_dir]
+        (run_dir / HOLDER).unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(run_dir: Path) -> str:
+    try:
+        who = json.loads((run_dir / HOLDER).read_text())
+        since = time.strftime("%H:%M:%S", time.localtime(who["since"]))
+        return f"process {who['pid']} on {who['host']} since {since}: {who['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
 
 
 def owned(run_dir: Path) -> set[str]:
@@ -53,12 +149,22 @@ def owned(run_dir: Path) -> set[str]:
 
 
 def record(run_dir: str | Path, *names: str) -> None:
-    """Add top-level ``names`` to the ledger of ``run_dir`` (call before writing them)."""
+    """Add top-level ``names`` to the ledger of ``run_dir`` (call before writing them);
+    a name that stands there already and that tlmat did not write is refused
+    (:class:`RunExistsError`): tlmat never replaces a file the user put there."""
     run_dir = Path(run_dir)
-    files = owned(run_dir) | {Path(n).parts[0] for n in names}
-    tmp = run_dir / (LEDGER + ".tmp")
-    tmp.write_text(json.dumps({"files": sorted(files)}, indent=1))
-    os.replace(tmp, run_dir / LEDGER)
+    mine = owned(run_dir)
+    new = {Path(n).parts[0] for n in names} - mine
+    taken = sorted(n for n in new if (run_dir / n).exists() or (run_dir / n).is_symlink())
+    if taken:
+        raise RunExistsError(
+            f"{run_dir / taken[0]} was not written by tlmat and would be replaced; move it "
+            "away or choose another --run-dir (--overwrite never replaces your files)"
+        )
+    try:
+        write_atomic(run_dir / LEDGER, json.dumps({"files": sorted(mine | new)}, indent=1))
+    except OSError as error:
+        raise RunFolderError(f"cannot write the run folder {run_dir}: {error.strerror}") from None
 
 
 def owned_path(run_dir: str | Path, name: str) -> Path:
@@ -69,8 +175,8 @@ def owned_path(run_dir: str | Path, name: str) -> Path:
 
 def foreign(run_dir: Path) -> list[str]:
     """Entries of ``run_dir`` that tlmat did not write."""
-    mine = owned(run_dir) | {LEDGER, LEDGER + ".tmp"}
-    return sorted(p.name for p in run_dir.iterdir() if p.name not in mine)
+    mine = owned(run_dir) | {LEDGER, LOCK, HOLDER}
+    return sorted(p.name for p in run_dir.iterdir() if p.name not in mine and ".tmp-" not in p.name)
 
 
 def remove_owned(run_dir: Path) -> list[str]:
@@ -82,7 +188,7 @@ def remove_owned(run_dir: Path) -> list[str]:
         elif path.exists() or path.is_symlink():
             path.unlink()
     (run_dir / LEDGER).unlink(missing_ok=True)
-    return sorted(p.name for p in run_dir.iterdir())
+    return foreign(run_dir)
 
 
 def check_run_dir(run_dir: str | Path, overwrite: bool = False, finished_ok: bool = False) -> None:
