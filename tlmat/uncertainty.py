@@ -485,6 +485,54 @@ def check_own_manifest(path: str | Path) -> None:
         )
 
 
+def seen_by_members(path: str | Path, ids: list[str]) -> dict[str, list[str]]:
+    """Member folder → those of ``ids`` in its ``split.json`` training or validation list
+    (members that saw none are left out; a member without a split.json saw none that
+    tlmat can tell)."""
+    path = Path(path)
+    manifest = json.loads((path / MANIFEST).read_text())
+    seen: dict[str, list[str]] = {}
+    for folder in member_folders(path, manifest):
+        try:
+            parts = json.loads((folder / "split.json").read_text())
+        except (OSError, ValueError):
+            continue
+        used = {str(i) for part in ("train", "val") for i in parts.get(part, [])}
+        overlap = [i for i in ids if i in used]
+        if overlap:
+            seen[folder.name] = overlap
+    return seen
+
+
+def check_unseen(
+    path: str | Path, ids: list[str], data: str, allow_seen: bool = False
+) -> dict[str, Any] | None:
+    """Refuse labelled data (``ids``; ``data``: how the user named it) that any member
+    trained or validated on: its errors are smaller than on new structures, so scores and
+    a σ scale from it would claim more than the ensemble can do. With ``allow_seen``,
+    the overlap is returned (to be recorded) instead; ``None`` when there is none."""
+    seen = seen_by_members(path, ids)
+    if not seen:
+        return None
+    anyone = {i for member in seen.values() for i in member}
+    union = [i for i in ids if i in anyone]
+    record = {
+        "n": len(union),
+        "of": len(ids),
+        "members": {name: len(member) for name, member in seen.items()},
+        "examples": union[:5],
+    }
+    if allow_seen:
+        return {**record, "allowed": True}
+    per_member = ", ".join(f"{name}: {n}" for name, n in record["members"].items())
+    raise ValueError(
+        f"{data}: {len(union)} of its {len(ids)} structures were in a member's training or "
+        f"validation set ({per_member}; their split.json), e.g. {', '.join(union[:5])}; "
+        "scores and a σ scale from them are not held-out ones. Use data the members did "
+        "not see, or pass --allow-seen to go on (recorded with a recalibration)"
+    )
+
+
 def recalibrate(
     path: str | Path,
     ensemble: Ensemble,
@@ -492,22 +540,27 @@ def recalibrate(
     target: str,
     data: str | None = None,
     predictions: dict[str, np.ndarray] | None = None,
+    allow_seen: bool = False,
 ) -> Ensemble:
     """Fit σ's scale on the labelled ``dataset`` (column ``target``; ``data``: how the
     user named it) and store it in ``path/ensemble.json`` with what it was fitted on;
     returns the recalibrated ensemble. The factor is fitted to σ as the members give it
     (``predictions``: ``ensemble.predict(dataset, calibrated=False)`` when already made),
     so a second recalibration replaces the first instead of compounding it. Refuses (and
-    changes nothing) when tlmat did not write the manifest."""
+    changes nothing) when tlmat did not write the manifest, or when a member trained or
+    validated on some of ``dataset`` (:func:`check_unseen`) unless ``allow_seen``: then
+    the overlap is recorded under ``recalibration.seen``."""
     path = Path(path)
     check_own_manifest(path)
+    name = data if data is not None else dataset.source
+    seen = check_unseen(path, list(dataset.ids), name, allow_seen)
     manifest = json.loads((path / MANIFEST).read_text())
     y = np.asarray(dataset.targets[target], dtype=np.float64)
     raw = predictions if predictions is not None else ensemble.predict(dataset, calibrated=False)
     scale = fit_sigma_scale(y, raw["mean"], raw["sigma"])
     nll = calibration(y, raw["mean"], raw["sigma"])["nll"]
     about = {
-        "data": data if data is not None else dataset.source,
+        "data": name,
         "source": dataset.source,
         "target": target,
         "n": len(y),
@@ -517,6 +570,7 @@ def recalibrate(
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "method": "sigma scaling: s^2 = mean((y - mean)^2 / sigma^2), the Gaussian NLL "
         "minimum (Levi et al. 2022); sigma_a, sigma_e and sigma all times s",
+        **({"seen": seen} if seen else {}),
     }
     _write_manifest(path, {**manifest, "sigma_scale": scale, "recalibration": about})
     return replace(ensemble, sigma_scale=scale, recalibration=about)

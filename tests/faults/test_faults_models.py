@@ -224,3 +224,65 @@ def test_ensemble_member_outside_its_folder_is_refused(tiny_ensemble, tmp_path, 
     (folder / "ensemble.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=re.escape(f"member {name!r} lies outside the ensemble")):
         load_ensemble(folder)
+
+
+# --- evaluation and recalibration on what the members trained or validated on ------------
+
+
+def _evaluate(folder: Path, table: Path, tmp_path: Path, *extra: str):
+    return runner.invoke(app, ["evaluate", str(folder), str(table), "-t", "heat_ref",
+                               "--cache-dir", str(tmp_path / "cache"), "--figures",
+                               str(tmp_path / "figures"), "--overwrite", *extra])  # fmt: skip
+
+
+def _members_saw(folder: Path) -> set[str]:
+    seen = set()
+    for member in ("member-0", "member-1"):
+        split = json.loads((folder / member / "split.json").read_text())
+        seen |= set(split["train"]) | set(split["val"])
+    return seen
+
+
+@pytest.mark.parametrize("recalibrate", [True, False], ids=["recalibrate", "evaluate"])
+def test_evaluation_on_what_the_members_saw_is_refused(
+    data, tiny_ensemble, tmp_path, recalibrate
+) -> None:
+    folder = _copy(tiny_ensemble, tmp_path)
+    before = (folder / "ensemble.json").read_bytes()
+    table = _table(data, tmp_path, "trained-on")  # the members' own 60 perovskites
+    seen = _members_saw(folder)
+    extra = ["--recalibrate"] if recalibrate else []
+    result = _evaluate(folder, table, tmp_path, *extra)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    text = said(result)
+    assert (
+        f"error: {table}: {len(seen)} of its 60 structures were in a member's training "
+        "or validation set (member-0: 45, member-1: 45; their split.json), e.g." in text
+    )
+    assert "pass --allow-seen" in text
+    assert (folder / "ensemble.json").read_bytes() == before, "no σ scale was fitted"
+
+
+def test_allow_seen_recalibrates_and_records_it(data, tiny_ensemble, tmp_path) -> None:
+    folder = _copy(tiny_ensemble, tmp_path)
+    table = _table(data, tmp_path, "trained-on")
+    seen = _members_saw(folder)
+    result = _evaluate(folder, table, tmp_path, "--recalibrate", "--allow-seen")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {len(seen)} of the 60 structures of {table} were in a member's" in said(
+        result
+    )
+    record = json.loads((folder / "ensemble.json").read_text())["recalibration"]["seen"]
+    assert record["n"] == len(seen) and record["of"] == 60 and record["allowed"] is True
+    assert record["members"] == {"member-0": 45, "member-1": 45}
+    assert set(record["examples"]) <= seen
+
+
+def test_held_out_data_is_recalibrated_without_a_seen_record(data, tiny_ensemble, tmp_path):
+    folder = _copy(tiny_ensemble, tmp_path)
+    table = _table(data, tmp_path, "held-out", part="test", limit=20)
+    result = _evaluate(folder, table, tmp_path, "--recalibrate")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in said(result)
+    assert "seen" not in json.loads((folder / "ensemble.json").read_text())["recalibration"]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -38,6 +42,56 @@ Checkpoint = Annotated[
         metavar="CHECKPOINT", help="tlmat checkpoint, registered name or original CGCNN .pth.tar."
     ),
 ]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a command reads structures for a model: the options that ``predict``,
+    ``embed`` and ``evaluate`` share, declared once in :data:`READING_OPTIONS`."""
+
+    device: str = "cpu"
+    cache_dir: Path | None = None
+    overwrite: bool = False
+    strict: bool = False
+    on_duplicate: str = "error"
+    disorder: str = "skip"
+
+
+#: each shared option: its typer annotation and default (the fields of :class:`Reading`)
+READING_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "device": (Device, "cpu"),
+    "cache_dir": (CacheDir, None),
+    "overwrite": (Overwrite, False),
+    "strict": (Strict, False),
+    "on_duplicate": (OnDuplicate, "error"),
+    "disorder": (Disorder, "skip"),
+}
+
+
+def reads_structures(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A command with the shared options ``names`` (all of :data:`READING_OPTIONS` when
+    none are named) appended to its own: typer sees them in the signature, and the
+    command receives them as one :class:`Reading` in its ``reading`` parameter."""
+    chosen = names or tuple(READING_OPTIONS)
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for name, p in signature.parameters.items() if name != "reading"]
+        shared = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                              default=default)
+            for name, (annotation, default) in READING_OPTIONS.items() if name in chosen
+        ]  # fmt: skip
+
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> None:
+            options = {name: kwargs.pop(name) for name in chosen if name in kwargs}
+            command(*args, **kwargs, reading=Reading(**options))
+
+        run.__signature__ = signature.replace(parameters=[*own, *shared])  # type: ignore[attr-defined]
+        return run
+
+    return decorate
 
 
 def _finite(
@@ -115,6 +169,7 @@ def model_structures(
     return dataset
 
 
+@reads_structures()
 def predict(
     checkpoint: Checkpoint,
     structures: Annotated[
@@ -144,12 +199,7 @@ def predict(
             "GPa), write the quantity itself (GPa).",
         ),
     ] = False,
-    device: Device = "cpu",
-    cache_dir: CacheDir = None,
-    overwrite: Overwrite = False,
-    strict: Strict = False,
-    on_duplicate: OnDuplicate = "error",
-    disorder: Disorder = "skip",
+    reading: Reading = Reading(),
 ) -> None:
     """Predict a property for new structures: ``id`` and the prediction per row, the
     header naming the unit (``K_VRH (log10 GPa)``); a classifier writes one probability
@@ -164,41 +214,73 @@ def predict(
 
         tlmat predict --ensemble runs/ens my_cifs/ -o pred.csv   # mean, σ_a, σ_e, σ
     """
-    from tlmat.inference import prediction_table
-
     if ensemble is not None:  # `--ensemble DIR A B`: A is a structure source, not a model
         structures, checkpoint = [checkpoint, *(structures or [])], ensemble
     if not structures:
         fail("no STRUCTURES to predict: give files or folders after the model")
+    writable_output(output, reading.overwrite)
+    trained, members, dataset = _model_and_structures(
+        checkpoint, structures, reading, workers=workers or os.cpu_count() or 1
+    )
+    if members is not None:  # an ensemble folder: the mean and σ_a, σ_e, σ
+        _predict_ensemble(checkpoint, members, dataset, output)
+    else:
+        _write_predictions(checkpoint, trained, dataset, output, inverse_transform)
+
+
+def _model_and_structures(
+    checkpoint: str, sources: list[str], reading: Reading, workers: int | None = None
+):
+    """The model (its first member for an ensemble, which shares graphs and elements),
+    the ensemble or ``None``, and the structures of ``sources`` read for it; a user's
+    error ends the command with its line."""
+    with reported_errors():
+        trained, members = _model_or_ensemble(checkpoint)
+        trained.model.to(reading.device)
+        dataset = _read_for(trained, sources, reading, workers=workers)
+    return trained, members, dataset
+
+
+def _read_for(
+    trained: TrainedModel,
+    sources: list[str],
+    reading: Reading,
+    targets=(),
+    workers: int | None = None,
+) -> GraphDataset:
+    """:func:`model_structures` with a command's reading options."""
+    return model_structures(
+        trained, sources, reading.cache_dir, targets, reading.strict, reading.on_duplicate,
+        reading.disorder, workers,
+    )  # fmt: skip
+
+
+def _predict_ensemble(checkpoint: str, members, dataset: GraphDataset, output: Path) -> None:
+    """An ensemble's mean and σ_a, σ_e, σ per structure, to ``output`` (CSV)."""
+    arrays = members.predict(dataset)
+    _finite(arrays["sigma"], dataset, checkpoint)
+    members.table(dataset.ids, arrays).to_csv(output, index=False)
+    scaled = ""
+    if members.sigma_scale != 1:
+        fitted_on = (members.recalibration or {}).get("data", "validation data")
+        scaled = f" (σ × {members.sigma_scale:.4f}, recalibrated on {fitted_on})"
+    console.print(f"{len(dataset)} predictions with σ{scaled} → {output}", soft_wrap=True)
+
+
+def _write_predictions(
+    checkpoint: str,
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    output: Path,
+    inverse_transform: bool,
+) -> None:
+    """One model's predictions, written a chunk at a time to a temporary file renamed into
+    place at the end: 10⁶ predictions never sit in memory as one table, and a failure
+    leaves nothing behind."""
+    from tlmat.inference import prediction_table
     from tlmat.io.writers import TableWriter
     from tlmat.models.prediction import iter_predictions
 
-    writable_output(output, overwrite)
-    with reported_errors():
-        trained, members = _model_or_ensemble(checkpoint)
-        trained.model.to(device)
-        dataset = model_structures(
-            trained,
-            structures,
-            cache_dir,
-            (),
-            strict,
-            on_duplicate,
-            disorder,
-            workers or os.cpu_count() or 1,
-        )
-    if members is not None:  # an ensemble folder: the mean and σ_a, σ_e, σ
-        arrays = members.predict(dataset)
-        _finite(arrays["sigma"], dataset, checkpoint)
-        members.table(dataset.ids, arrays).to_csv(output, index=False)
-        scaled = ""
-        if members.sigma_scale != 1:
-            fitted_on = (members.recalibration or {}).get("data", "validation data")
-            scaled = f" (σ × {members.sigma_scale:.4f}, recalibrated on {fitted_on})"
-        console.print(f"{len(dataset)} predictions with σ{scaled} → {output}", soft_wrap=True)
-        return
-    # written a chunk at a time, to a temporary file renamed into place at the end: 10⁶
-    # predictions never sit in memory as one table, and a failure leaves nothing behind
     with TableWriter(output, len(dataset), "predictions", _table_suffix(output)) as written:
         for positions, values in iter_predictions(trained, dataset):
             _finite(values, dataset, checkpoint, positions, len(dataset))
@@ -211,6 +293,7 @@ def predict(
     console.print(f"{len(dataset)} predictions → {output} ({dataset.log.n_skipped} skipped)")
 
 
+@reads_structures()
 def embed(
     checkpoint: Checkpoint,
     data: Annotated[
@@ -228,12 +311,7 @@ def embed(
             "angle features). Default: the crystal embedding only.",
         ),
     ] = None,
-    device: Device = "cpu",
-    cache_dir: CacheDir = None,
-    overwrite: Overwrite = False,
-    strict: Strict = False,
-    on_duplicate: OnDuplicate = "error",
-    disorder: Disorder = "skip",
+    reading: Reading = Reading(),
 ) -> None:
     """Pooled crystal embeddings of a dataset, batched, for your own models; with
     ``--layers``, the pooled features after the chosen layers, one column per feature
@@ -253,11 +331,9 @@ def embed(
     if output.suffix not in (".npz", ".parquet", ".csv"):
         # np.savez would quietly write OUTPUT.npz beside the name given
         fail(f"{output}: embeddings are written as .npz, .parquet or .csv")
-    writable_output(output, overwrite)
-    with reported_errors():
-        trained, _ = _model_or_ensemble(checkpoint)  # an ensemble: its first member's features
-        trained.model.to(device)
-        dataset = model_structures(trained, [data], cache_dir, (), strict, on_duplicate, disorder)
+    writable_output(output, reading.overwrite)
+    # an ensemble: its first member's features
+    trained, _, dataset = _model_and_structures(checkpoint, [data], reading)
     # a chunk at a time into a temporary file, renamed into place when all is written
     with TableWriter(output, len(dataset), "embeddings") as written:
         try:
@@ -327,6 +403,7 @@ def _calibration_line(scores: dict, unit: str) -> str:
     )
 
 
+@reads_structures("cache_dir", "overwrite", "strict", "on_duplicate", "disorder")
 def evaluate(
     checkpoint: Checkpoint,
     data: Annotated[
@@ -352,16 +429,22 @@ def evaluate(
             "it in the ensemble; predict and evaluate then use s·σ.",
         ),
     ] = False,
-    cache_dir: CacheDir = None,
-    overwrite: Overwrite = False,
-    strict: Strict = False,
-    on_duplicate: OnDuplicate = "error",
-    disorder: Disorder = "skip",
+    allow_seen: Annotated[
+        bool,
+        typer.Option(
+            "--allow-seen",
+            help="An ensemble: go on although some of DATA was in a member's training or "
+            "validation set (refused otherwise: such scores are not held-out ones); "
+            "a recalibration records it.",
+        ),
+    ] = False,
+    reading: Reading = Reading(),
 ) -> None:
     """Score a model on labelled data (MAE, RMSE, R², max error). An ensemble folder is
     also scored on its σ: coverage of ±1σ and ±2σ, miscalibration area, NLL, Spearman
     correlation of |error| with σ, and two figures (calibration curve, |error| against
-    σ); ``--recalibrate`` fits σ's scale on DATA and stores it in the ensemble.
+    σ); ``--recalibrate`` fits σ's scale on DATA and stores it in the ensemble. DATA
+    that a member trained or validated on is refused unless ``--allow-seen``.
 
     Examples:
 
@@ -369,28 +452,65 @@ def evaluate(
 
         tlmat evaluate runs/ensemble perov_5/val -t heat_ref --recalibrate
     """
+    if output is not None:
+        writable_output(output, reading.overwrite)
+    with reported_errors():
+        trained, members = _model_or_ensemble(checkpoint)
+        paths = _ensemble_outputs(checkpoint, members, data, figures, recalibrate, reading)
+        dataset = _read_for(trained, [data], reading, [target])
+    if members is None:
+        _evaluate_model(checkpoint, trained, dataset, data, target, output)
+        return
+    seen = _seen(checkpoint, dataset, data, allow_seen)
+    _evaluate_ensemble(checkpoint, members, dataset, data, target, output, paths, recalibrate, seen)
+
+
+def _ensemble_outputs(
+    checkpoint: str, members, data: str, figures: Path | None, recalibrate: bool, reading: Reading
+) -> dict[str, Path]:
+    """Where an ensemble's figures go, and whether its manifest may be recalibrated,
+    checked before the data is read; a single model refuses both options."""
+    from tlmat.uncertainty import check_own_manifest
+
+    if members is None:
+        if recalibrate or figures is not None:
+            fail(f"--recalibrate and --figures need an ensemble folder; {checkpoint} is a model")
+        return {}
+    if recalibrate:  # refused before the data is read, not after
+        check_own_manifest(Path(checkpoint))
+    return _figure_paths(Path(checkpoint), figures, _data_label(data), reading.overwrite)
+
+
+def _seen(checkpoint: str, dataset: GraphDataset, data: str, allow_seen: bool) -> dict | None:
+    """What of DATA the members trained or validated on: refused (one ``error:`` line)
+    unless ``allow_seen``, then said in a warning and returned, to be recorded."""
+    from tlmat.uncertainty import check_unseen
+
+    with reported_errors():
+        seen = check_unseen(checkpoint, list(dataset.ids), data, allow_seen)
+    if seen is not None:
+        console.print(
+            f"[bold yellow]warning:[/] {seen['n']} of the {seen['of']} structures of "
+            f"{escape(data)} were in a member's training or validation set (e.g. "
+            f"{', '.join(seen['examples'])}); the scores below are not held-out scores",
+            soft_wrap=True,
+        )
+    return seen
+
+
+def _evaluate_model(
+    checkpoint: str,
+    trained: TrainedModel,
+    dataset: GraphDataset,
+    data: str,
+    target: str,
+    output: Path | None,
+) -> None:
+    """One model on labelled data: its errors and, with ``output``, one row per structure."""
     from tlmat.evaluation import regression_metrics
     from tlmat.models.prediction import predict as predict_values
 
-    if output is not None:
-        writable_output(output, overwrite)
-    with reported_errors():
-        trained, members = _model_or_ensemble(checkpoint)
-        if members is None and (recalibrate or figures is not None):
-            fail(f"--recalibrate and --figures need an ensemble folder; {checkpoint} is a model")
-        if members is not None:
-            from tlmat.uncertainty import check_own_manifest
-
-            if recalibrate:  # refused before the data is read, not after
-                check_own_manifest(Path(checkpoint))
-            paths = _figure_paths(Path(checkpoint), figures, _data_label(data), overwrite)
-        dataset = model_structures(
-            trained, [data], cache_dir, [target], strict, on_duplicate, disorder
-        )
     truth = dataset.targets[target]
-    if members is not None:
-        _evaluate_ensemble(checkpoint, members, dataset, data, target, output, paths, recalibrate)
-        return
     values = predict_values(trained, dataset)
     _finite(values, dataset, checkpoint)
     metrics = regression_metrics(truth, values)
@@ -420,48 +540,32 @@ def _evaluate_ensemble(
     output: Path | None,
     paths: dict[str, Path],
     recalibrate: bool,
+    seen: dict | None = None,
 ) -> None:
     """An ensemble on labelled data: the mean's errors, how far σ can be trusted (before
-    and after ``recalibrate``), the figures and, with ``output``, one row per structure."""
-    import pandas as pd
-
+    and after ``recalibrate``), the figures and, with ``output``, one row per structure;
+    ``seen``: what of the data the members trained on, allowed by the user."""
     from tlmat.evaluation import regression_metrics
     from tlmat.evaluation.calibration import calibration_figures
     from tlmat.uncertainty import calibration
-    from tlmat.uncertainty import recalibrate as fit_scale
 
     truth = dataset.targets[target]
     unit = members.target.unit
     raw = members.predict(dataset, calibrated=False)
     _finite(raw["sigma"], dataset, checkpoint)
-
-    def scaled(scale: float) -> dict[str, np.ndarray]:
-        return {k: v if k == "mean" else scale * v for k, v in raw.items()}
-
-    arrays = before = scaled(members.sigma_scale)
+    arrays = before = _scaled(raw, members.sigma_scale)
     scores = {**regression_metrics(truth, arrays["mean"]),
               **calibration(truth, arrays["mean"], arrays["sigma"])}  # fmt: skip
     head = f"ensemble of {len(members.members)} on {data}"
     if recalibrate:
-        earlier = f" (σ scale {members.sigma_scale:.4f})" if members.sigma_scale != 1 else ""
-        with reported_errors():
-            members = fit_scale(checkpoint, members, dataset, target, data, raw)
-        arrays = scaled(members.sigma_scale)
-        after = {**scores, **calibration(truth, arrays["mean"], arrays["sigma"])}
-        console.print(f"{head}, before recalibration{earlier}: {_calibration_line(scores, unit)}")
-        console.print(
-            f"σ scale {members.sigma_scale:.4f} fitted on {data} (n = {len(truth)}) → "
-            f"{Path(checkpoint) / 'ensemble.json'}; predict and evaluate now use it"
-        )
-        console.print(f"after recalibration: {_calibration_line(after, unit)}")
-        console.print(
-            "note: the 'after' numbers are on the data the scale was fitted on; evaluate "
-            "on other held-out data to check them"
-        )
-        scores = {**after, "before_recalibration": scores}
+        members, scores = _recalibrated(checkpoint, members, dataset, data, target, raw,
+                                        scores, head, seen is not None)  # fmt: skip
+        arrays = _scaled(raw, members.sigma_scale)
     else:
         console.print(f"{head}: {_calibration_line(scores, unit)}")
     scores["sigma_scale"] = members.sigma_scale
+    if seen is not None:
+        scores["seen"] = seen
     written = calibration_figures(
         truth, arrays["mean"], arrays["sigma"], paths["calibration"].parent, unit,
         _data_label(data), before["sigma"] if recalibrate else None,
@@ -470,14 +574,63 @@ def _evaluate_ensemble(
         console.print(f"{kind.replace('_', '-')} figure → {path}", soft_wrap=True)
     console.print_json(json.dumps(scores))
     if output is not None:
-        u = f" ({unit})" if unit else ""
-        frame = pd.DataFrame({"id": dataset.ids, f"true{u}": truth,
-                              f"predicted{u}": arrays["mean"],
-                              f"error{u}": arrays["mean"] - truth})  # fmt: skip
-        for name in ("sigma_a", "sigma_e", "sigma"):
-            frame[f"{name}{u}"] = arrays[name]
-        frame.to_csv(output, index=False)
-        console.print(f"{len(frame)} rows → {output}")
+        _write_ensemble_rows(output, dataset.ids, truth, arrays, unit)
+
+
+def _scaled(raw: dict[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:
+    """The members' mean, and their three σ times ``scale``."""
+    return {k: v if k == "mean" else scale * v for k, v in raw.items()}
+
+
+def _recalibrated(
+    checkpoint: str,
+    members,
+    dataset: GraphDataset,
+    data: str,
+    target: str,
+    raw: dict[str, np.ndarray],
+    scores: dict,
+    head: str,
+    allow_seen: bool,
+):
+    """Fit σ's scale on DATA and store it (:func:`tlmat.uncertainty.recalibrate`), saying
+    the calibration before and after: the recalibrated ensemble and the scores."""
+    from tlmat.uncertainty import calibration
+    from tlmat.uncertainty import recalibrate as fit_scale
+
+    truth = dataset.targets[target]
+    unit = members.target.unit
+    earlier = f" (σ scale {members.sigma_scale:.4f})" if members.sigma_scale != 1 else ""
+    with reported_errors():
+        members = fit_scale(checkpoint, members, dataset, target, data, raw, allow_seen)
+    arrays = _scaled(raw, members.sigma_scale)
+    after = {**scores, **calibration(truth, arrays["mean"], arrays["sigma"])}
+    console.print(f"{head}, before recalibration{earlier}: {_calibration_line(scores, unit)}")
+    console.print(
+        f"σ scale {members.sigma_scale:.4f} fitted on {data} (n = {len(truth)}) → "
+        f"{Path(checkpoint) / 'ensemble.json'}; predict and evaluate now use it"
+    )
+    console.print(f"after recalibration: {_calibration_line(after, unit)}")
+    console.print(
+        "note: the 'after' numbers are on the data the scale was fitted on; evaluate "
+        "on other held-out data to check them"
+    )
+    return members, {**after, "before_recalibration": scores}
+
+
+def _write_ensemble_rows(
+    output: Path, ids: list[str], truth: np.ndarray, arrays: dict[str, np.ndarray], unit: str
+) -> None:
+    """One row per structure: the true value, the mean, its error and the three σ."""
+    import pandas as pd
+
+    u = f" ({unit})" if unit else ""
+    frame = pd.DataFrame({"id": ids, f"true{u}": truth, f"predicted{u}": arrays["mean"],
+                          f"error{u}": arrays["mean"] - truth})  # fmt: skip
+    for name in ("sigma_a", "sigma_e", "sigma"):
+        frame[f"{name}{u}"] = arrays[name]
+    frame.to_csv(output, index=False)
+    console.print(f"{len(frame)} rows → {output}")
 
 
 def models() -> None:
@@ -488,9 +641,22 @@ def models() -> None:
 
         tlmat models
     """
-    from tlmat.datasets import data_dir
+    console.print(_architectures_table())
+    console.print(_sources_table())
+    _print_source_checksums()
+    console.print(
+        "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "
+        "2018), MIT licence. Foundation models from their packages' own files "
+        "(pip install 'tlmat\\[foundation]'), matgl's from $TLMAT_DATA_DIR/matgl_pretrained. "
+        "All loaded with torch.load(weights_only=True); shipped tlmat sources are listed "
+        "with their model cards."
+    )
+
+
+def _architectures_table() -> Table:
+    """Every registered architecture at its default and preset sizes: parameters, graph,
+    readout and reference (an architecture whose optional package is missing says so)."""
     from tlmat.models import registry
-    from tlmat.transfer.sources import PRETRAINED, shipped, shipped_folder
 
     archs = Table(title="Architectures (--model)", title_justify="left")
     for column in ("name", "parameters", "graph", "readout", "reference"):
@@ -517,7 +683,25 @@ def models() -> None:
                 "atom-wise" if model.backbone.atomwise else "crystal",
                 architecture.reference if label == name else "",
             )
-    console.print(archs)
+    return archs
+
+
+def _published_sources() -> list[tuple[str, str, Any]]:
+    """(name, architecture, entry) of each architecture's published sources."""
+    from tlmat.models import registry
+
+    return [
+        (name, architecture, registry.get(architecture).sources[name])
+        for name, architecture in registry.sources().items()
+    ]
+
+
+def _sources_table() -> Table:
+    """Every pretrained source: CGCNN files, published sources and shipped tlmat models,
+    with where each comes from."""
+    from tlmat.datasets import data_dir
+    from tlmat.transfer.sources import PRETRAINED, shipped
+
     table = Table(title="Pretrained models (--source)", title_justify="left")
     table.add_column("name", no_wrap=True)
     table.add_column("architecture")
@@ -532,11 +716,7 @@ def models() -> None:
             entry.description,
             "yes" if local else "downloaded on first use",
         )
-    published = [
-        (name, architecture, registry.get(architecture).sources[name])
-        for name, architecture in registry.sources().items()
-    ]
-    for name, architecture, entry in published:
+    for name, architecture, entry in _published_sources():
         where = "local folder" if entry.location.startswith("$TLMAT_DATA_DIR") else "in its package"
         table.add_row(name, architecture, entry.description, where)
     for name, card in shipped().items():
@@ -547,10 +727,16 @@ def models() -> None:
             f"{card['description']}; test MAE {test['mae']:.3f} {card['unit']}",
             "shipped with tlmat",
         )
-    console.print(table)
+    return table
+
+
+def _print_source_checksums() -> None:
+    """Where each source's file is, with its SHA-256."""
+    from tlmat.transfer.sources import PRETRAINED, shipped, shipped_folder
+
     for name, entry in PRETRAINED.items():
         console.print(f"{name}: {entry.url} (sha256 {entry.sha256})", soft_wrap=True)
-    for name, _, entry in published:
+    for name, _, entry in _published_sources():
         console.print(f"{name}: {entry.location} (sha256 {entry.sha256})", soft_wrap=True)
     for name, card in shipped().items():
         console.print(
@@ -558,13 +744,6 @@ def models() -> None:
             f"(sha256 {card['model_sha256']})",
             soft_wrap=True,
         )
-    console.print(
-        "Original CGCNN Materials Project models (Xie & Grossman, PRL 120, 145301, "
-        "2018), MIT licence. Foundation models from their packages' own files "
-        "(pip install 'tlmat\\[foundation]'), matgl's from $TLMAT_DATA_DIR/matgl_pretrained. "
-        "All loaded with torch.load(weights_only=True); shipped tlmat sources are listed "
-        "with their model cards."
-    )
 
 
 def report(
