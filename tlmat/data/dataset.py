@@ -9,7 +9,7 @@ import logging
 import os
 import shutil
 import zipfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -27,7 +27,13 @@ from tlmat.datasets import resolve
 from tlmat.graphs.cache import UNWRITABLE, CachedGraphs, CacheWriteError, GraphCache, set_aside
 from tlmat.graphs.data import CrystalGraph
 from tlmat.graphs.settings import GraphSettings
-from tlmat.io.readers import READ_VERSION, DuplicatePolicy, check_duplicate_policy, iter_records
+from tlmat.io.readers import (
+    READ_VERSION,
+    DuplicatePolicy,
+    check_duplicate_policy,
+    iter_records,
+    nothing_read,
+)
 from tlmat.io.records import InputError, Problem, ProblemLog, Reason
 
 #: Bumped when the manifest layout changes.
@@ -173,11 +179,13 @@ def _targets_array(values: list[Any], name: str) -> np.ndarray:
         raise ValueError(f"target {name!r} has rows of different lengths") from error
 
 
-def _manifest_key(fingerprint: str, options: dict[str, Any], settings: GraphSettings) -> str:
+def _manifest_key(path: Path, options: dict[str, Any], settings: GraphSettings) -> str:
+    """What names a dataset's manifest: the source's bytes, the reading options and the
+    graph settings."""
     payload = json.dumps(
         {
             "v": MANIFEST_VERSION,
-            "source": fingerprint,
+            "source": source_fingerprint(path),
             "options": options,
             "graphs": settings.key(),
         },
@@ -231,9 +239,7 @@ def load_dataset(
         "elements": sorted(elements) if elements is not None else None,
         **{k: v for k, v in read_options.items() if k != "workers"},
     }
-    manifest_dir = (
-        cache.directory / "datasets" / _manifest_key(source_fingerprint(path), options, settings)
-    )
+    manifest_dir = cache.directory / "datasets" / _manifest_key(path, options, settings)
     cached = _read_manifest(manifest_dir, cache, strict)
     if cached is not None:
         cached.source = str(path)
@@ -242,71 +248,77 @@ def load_dataset(
     # Stream: parse, check and build a chunk at a time, keeping only ids, formulas,
     # targets and cache entries, so that no dataset has to fit in memory as structures.
     log = ProblemLog(strict=strict)
-    if fast:
-        found = iter_ingested(
-            path,
-            settings,
-            list(targets) if targets is not None else None,
-            log=log,
-            elements=elements,
-            disorder=disorder,
-            on_duplicate=on_duplicate,
-            workers=workers,
-            progress=progress,
-            cache=cache,
-            **read_options,
-        )
-        rows = _ingested_rows(found, cache, chunk_size)
-    else:
-        records = iter_records(
-            path,
-            targets,
-            log=log,
-            disorder=disorder,
-            workers=workers or 1,
-            progress=progress,
-            on_duplicate=on_duplicate,
-            **read_options,
-        )
-        rows = _record_rows(records, cache, log, elements, workers or 1, chunk_size)
-    ids: list[str] = []
-    formulas: list[str] = []
-    keys: list[str] = []
-    entries: list[tuple[str, int, int]] = []
-    # a column per target, not a dict per row: a tenth of the memory at 10⁶ structures
-    columns: dict[str, list[Any]] = {}
-    with paused_gc():
-        for id_, formula, key, entry, row_targets in rows:
-            for name, value in row_targets.items():
-                column = columns.get(name)
-                if column is None:  # not setdefault: it would build the padding every row,
-                    # a list as long as the dataset so far (quadratic: 7 minutes at 10⁶)
-                    column = columns[name] = [np.nan] * len(ids)
-                column.append(value)
-            ids.append(id_)
-            formulas.append(formula)
-            keys.append(key)
-            entries.append(entry)
-            for column in columns.values():
-                if len(column) < len(ids):  # this row lacks that target
-                    column.append(np.nan)
-    if not ids:
-        what = "could be read" if log.n_ok == 0 else "has a usable graph"
-        raise InputError(f"{path}: no structure {what} ({log.summary()})")
-    log.n_ok = len(ids)
-    dataset = GraphDataset(
-        CachedGraphs(cache, entries),
-        ids,
-        formulas,
-        {n: _targets_array(column, n) for n, column in columns.items()},
-        log,
-        str(path),
-    )
-    _write_manifest(manifest_dir, dataset, keys)
+    reading = dict(disorder=disorder, on_duplicate=on_duplicate, progress=progress)
+    reading.update(read_options)
+    rows = _rows(path, settings, targets, log, cache, elements, workers, chunk_size, fast, reading)
+    gathered = _Gathered.of(rows)
+    if not gathered.ids:
+        raise nothing_read(path, log)
+    log.n_ok = len(gathered.ids)
+    dataset = gathered.dataset(cache, log, str(path))
+    _write_manifest(manifest_dir, dataset, gathered.keys)
     return dataset
 
 
 Row = tuple[str, str, str, tuple[str, int, int], dict[str, Any]]
+
+
+def _rows(path, settings, targets, log, cache, elements, workers, chunk_size, fast, reading):
+    """The rows of a first read: in one pass per structure (``fast``), or through
+    pymatgen records."""
+    if fast:
+        chosen = list(targets) if targets is not None else None
+        found = iter_ingested(
+            path,
+            settings,
+            chosen,
+            log=log,
+            elements=elements,
+            workers=workers,
+            cache=cache,
+            **reading,
+        )
+        return _ingested_rows(found, cache, chunk_size)
+    records = iter_records(path, targets, log=log, workers=workers or 1, **reading)
+    return _record_rows(records, cache, log, elements, workers or 1, chunk_size)
+
+
+@dataclass
+class _Gathered:
+    """A dataset's rows as columns: ids, formulas, graph keys, cache entries, and a
+    column per target (a dict per row took ten times the memory at 10⁶ structures)."""
+
+    ids: list[str] = field(default_factory=list)
+    formulas: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    entries: list[tuple[str, int, int]] = field(default_factory=list)
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Iterable[Row]) -> _Gathered:
+        gathered = cls()
+        ids, columns = gathered.ids, gathered.columns
+        with paused_gc():
+            for id_, formula, key, entry, row_targets in rows:
+                for name, value in row_targets.items():
+                    column = columns.get(name)
+                    if column is None:  # not setdefault: it would build the padding every
+                        # row, a list as long as the dataset so far (quadratic: 7 min at 10⁶)
+                        column = columns[name] = [np.nan] * len(ids)
+                    column.append(value)
+                ids.append(id_)
+                gathered.formulas.append(formula)
+                gathered.keys.append(key)
+                gathered.entries.append(entry)
+                for column in columns.values():
+                    if len(column) < len(ids):  # this row lacks that target
+                        column.append(np.nan)
+        return gathered
+
+    def dataset(self, cache: GraphCache, log: ProblemLog, source: str) -> GraphDataset:
+        targets = {n: _targets_array(column, n) for n, column in self.columns.items()}
+        graphs = CachedGraphs(cache, self.entries)
+        return GraphDataset(graphs, self.ids, self.formulas, targets, log, source)
 
 
 def _ingested_rows(found, cache: GraphCache, chunk_size: int) -> Iterator[Row]:

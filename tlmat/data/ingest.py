@@ -53,6 +53,7 @@ from tlmat.io.readers import (
     DuplicatePolicy,
     check_duplicate_policy,
     iter_raw,
+    logged,
     unique_ids,
 )
 from tlmat.io.records import Problem, ProblemLog, Target
@@ -290,6 +291,57 @@ def _merge(part: _Chunk, parsed: list[Ingested | Problem], fresh: list[tuple[str
     return part.done
 
 
+class _Pipeline:
+    """Chunks of raw items through the cache's record of texts read before, then this
+    process or a pool of workers, back in file order; the texts parsed are remembered
+    by the cache in large transactions."""
+
+    def __init__(self, options, settings, elements, fast, workers, cache) -> None:
+        self.options, self.settings, self.elements, self.fast = options, settings, elements, fast
+        self.workers = workers
+        self.cache = cache if fast else None  # fast=False is the reference: parse everything
+        self.pool: ProcessPoolExecutor | None = None
+        self.fresh: list[tuple[str, str, str]] = []  # texts parsed, not yet remembered
+
+    def _job(self, part: _Chunk):
+        items = [part.items[n] for n in part.todo]
+        return (items, self.options, self.settings, self.elements, self.fast)
+
+    def _remember(self, at_least: int) -> None:
+        if self.cache is not None and len(self.fresh) >= at_least:
+            self.cache.remember_texts(self.fresh)
+            self.fresh.clear()
+
+    def _finish(self, part: _Chunk, future) -> list[Ingested | Problem]:
+        return _merge(part, _unpacked(future.result()) if future is not None else [], self.fresh)
+
+    def results(self, items: Iterable[RawItem | Problem]) -> Iterator[list[Ingested | Problem]]:
+        """Each chunk's results, in file order."""
+        pending: deque = deque()
+        for n, chunk in enumerate(_chunks(items)):
+            part = _known(chunk, self.options, self.elements, self.cache)
+            # the pool starts only once a second chunk needs parsing in full
+            if self.pool is None and n > 0 and self.workers > 1 and len(part.todo) == CHUNK:
+                self.pool = ProcessPoolExecutor(self.workers, initializer=gc.freeze)
+            if self.pool is None:
+                parsed = ingest_chunk(self._job(part)) if part.todo else []
+                yield _merge(part, parsed, self.fresh)
+            else:
+                # in file order: a chunk found whole in the cache waits for those before it
+                future = self.pool.submit(_ingest_packed, self._job(part)) if part.todo else None
+                pending.append((part, future))
+                while len(pending) >= 4 * self.workers:  # bounded: never the dataset in memory
+                    yield self._finish(*pending.popleft())
+            self._remember(REMEMBER_EVERY)
+        while pending:
+            yield self._finish(*pending.popleft())
+        self._remember(1)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
 def iter_ingested(
     path: str | Path,
     settings: GraphSettings,
@@ -319,60 +371,15 @@ def iter_ingested(
     if limit is not None:
         items = islice(items, limit)
     workers = default_workers() if workers is None else workers
-    cache = cache if fast else None  # fast=False is the reference: it parses everything
-    pool: ProcessPoolExecutor | None = None
-
-    def job(part: _Chunk):
-        return ([part.items[n] for n in part.todo], options, settings, elements, fast)
-
-    fresh: list[tuple[str, str, str]] = []  # texts parsed, remembered in one transaction
-
-    def remember(at_least: int) -> None:
-        if cache is not None and len(fresh) >= at_least:
-            cache.remember_texts(fresh)
-            fresh.clear()
-
-    def chunk_results() -> Iterator[list[Ingested | Problem]]:
-        nonlocal pool
-        pending: deque = deque()
-        for n, chunk in enumerate(_chunks(items)):
-            part = _known(chunk, options, elements, cache)
-            if pool is None and n > 0 and workers > 1 and len(part.todo) == CHUNK:
-                pool = ProcessPoolExecutor(workers, initializer=gc.freeze)
-            if pool is None:
-                yield _merge(part, ingest_chunk(job(part)) if part.todo else [], fresh)
-            else:
-                # in file order: a chunk found whole in the cache waits for those before it
-                future = pool.submit(_ingest_packed, job(part)) if part.todo else None
-                pending.append((part, future))
-                while len(pending) >= 4 * workers:  # bounded: a dataset never waits in memory
-                    yield finish(*pending.popleft())
-            remember(REMEMBER_EVERY)
-        while pending:
-            yield finish(*pending.popleft())
-        remember(1)
-
-    def finish(part: _Chunk, future) -> list[Ingested | Problem]:
-        return _merge(part, _unpacked(future.result()) if future is not None else [], fresh)
-
-    results = chain.from_iterable(chunk_results())
-
-    def parsed() -> Iterator[Ingested]:
-        for result in results:
-            if isinstance(result, Problem):
-                log.skip(result)
-            else:
-                log.n_ok += 1
-                yield result
-
+    pipeline = _Pipeline(options, settings, elements, fast, workers, cache)
     try:
         with paused_gc():
-            tracked = track(parsed(), f"reading {Path(path).name}", limit, enabled=progress)
-            for found in unique_ids(tracked, on_duplicate, log, str(path)):
-                if found.problem is not None:
-                    log.skip(found.problem)
+            found = logged(chain.from_iterable(pipeline.results(items)), log)
+            tracked = track(found, f"reading {Path(path).name}", limit, enabled=progress)
+            for ingested in unique_ids(tracked, on_duplicate, log, str(path)):
+                if ingested.problem is not None:
+                    log.skip(ingested.problem)
                 else:
-                    yield found
+                    yield ingested
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        pipeline.close()
