@@ -18,8 +18,8 @@ from tlmat.experiments.benchmark import (
     clean_source_check,
     jobs,
 )
-from tlmat.transfer import sources
-from tlmat.transfer.sources import load_source, shipped_folder, training_materials
+from tlmat.models import hub
+from tlmat.models.hub import load_source, shipped_folder, training_materials
 
 NAME = "tlmat/mp-eform-cgcnn"
 
@@ -31,13 +31,13 @@ def test_changed_shipped_weights_are_refused(tmp_path, monkeypatch) -> None:
     data = bytearray(model.read_bytes())
     data[-100] ^= 0xFF  # one byte of the stored tensors
     model.write_bytes(bytes(data))
-    monkeypatch.setattr(sources, "SHIPPED_DIR", tmp_path / "pretrained")
-    sources.shipped.cache_clear()
+    monkeypatch.setattr(hub, "SHIPPED_DIR", tmp_path / "pretrained")
+    hub.shipped.cache_clear()
     try:
         with pytest.raises(ValueError, match=r"model\.pt: SHA-256 .* differs from its model card"):
             load_source(NAME)
     finally:
-        sources.shipped.cache_clear()
+        hub.shipped.cache_clear()
 
 
 def test_grid_whose_test_materials_the_source_saw_is_refused() -> None:

@@ -16,112 +16,24 @@ Safe defaults (what the original CGCNN ``--resume``, ALIGNN and matgl get wrong)
 from __future__ import annotations
 
 import copy
-import csv
-import gzip
-import hashlib
-import json
-from functools import cache
-from pathlib import Path
 
 import torch
 
-from tlmat.datasets import REGISTRY, fetch
 from tlmat.models import registry
-from tlmat.models.checkpoint import TrainedModel, load_checkpoint
+from tlmat.models.checkpoint import TrainedModel
+
+# a model by name is the hub's (tlmat.models.hub); named here for older imports
+from tlmat.models.hub import (  # noqa: F401
+    PRETRAINED,
+    SHIPPED_DIR,
+    load_source,
+    seen_materials,
+    shipped,
+    shipped_folder,
+    training_materials,
+)
 from tlmat.models.targets import TargetSpec
 from tlmat.transfer.strategies import Strategy, preset
-
-#: Pretrained sources known by name (``tlmat models`` lists them).
-PRETRAINED = {name: entry for name, entry in REGISTRY.items() if entry.architecture}
-
-#: Sources tlmat pretrained once, leakage-free, and ships: one folder each with
-#: ``model.pt``, its model card (``card.json``, ``card.md``) and the ids and reduced
-#: formulas it was trained on (``training.csv.gz``); built by ``benchmarks/sources.py``.
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
-
-
-@cache
-def shipped() -> dict[str, dict]:
-    """The shipped tlmat sources, ``tlmat/<folder>`` → model card."""
-    cards = sorted(SHIPPED_DIR.glob("*/card.json"))
-    return {f"tlmat/{card.parent.name}": json.loads(card.read_text()) for card in cards}
-
-
-def shipped_folder(name: str) -> Path:
-    """The folder of a shipped tlmat source (``tlmat/mp-eform-cgcnn``)."""
-    if name not in shipped():
-        raise ValueError(f"unknown tlmat source {name!r}; shipped: {', '.join(shipped())}")
-    return SHIPPED_DIR / name.removeprefix("tlmat/")
-
-
-def training_materials(name: str) -> dict[str, list[tuple[str, str]]]:
-    """A shipped source's (id, reduced formula) pairs per part (train, val, test): all
-    three were seen while it was built (the validation set picked its epoch)."""
-    parts: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
-    with gzip.open(shipped_folder(name) / "training.csv.gz", "rt") as handle:
-        for row in csv.DictReader(handle):
-            parts[row["part"]].append((row["material_id"], row["reduced_formula"]))
-    return parts
-
-
-def seen_materials(name: str, ids: list[str], formulas: list[str]) -> tuple[int, int]:
-    """How many of ``ids`` a shipped source trained or validated on, and how many of the
-    reduced ``formulas`` it saw (any polymorph): (0, 0) for a clean source."""
-    from pymatgen.core import Composition
-
-    parts = training_materials(name)
-    seen = parts["train"] + parts["val"]
-    seen_ids = {i for i, _ in seen}
-    seen_formulas = {f for _, f in seen}
-    n_ids = sum(i in seen_ids for i in ids)
-    n_formulas = sum(Composition(f).reduced_formula in seen_formulas for f in set(formulas))
-    return n_ids, n_formulas
-
-
-def _load_shipped(name: str) -> TrainedModel:
-    folder, card = shipped_folder(name), shipped()[name]
-    model_file = folder / "model.pt"
-    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
-    if digest != card["model_sha256"]:
-        raise ValueError(
-            f"{model_file}: SHA-256 {digest} differs from its model card's "
-            f"{card['model_sha256']}; the file was changed or damaged, reinstall tlmat"
-        )
-    trained = load_checkpoint(model_file)
-    trained.provenance.update(name=name, model_card=str(folder / "card.md"), sha256=digest)
-    return trained
-
-
-def load_source(source: str | Path) -> TrainedModel:
-    """A source model from a registered name (``cgcnn/formation-energy-per-atom``, a
-    foundation model an architecture loads from its package, ``chgnet/0.3.0``, or a
-    shipped tlmat source, ``tlmat/mp-eform-cgcnn``), a tlmat checkpoint, or an original
-    CGCNN ``.pth.tar``."""
-    if isinstance(source, str) and source in registry.sources():
-        return registry.load_published(source)
-    if isinstance(source, str) and source in shipped():
-        return _load_shipped(source)
-    if isinstance(source, str) and source in PRETRAINED:
-        entry = PRETRAINED[source]
-        trained = load_checkpoint(fetch(source))
-        trained.provenance["name"] = source
-        # the original files do not say what they predict: the registry does
-        trained.target = trained.target.model_copy(
-            update={
-                "name": entry.target or trained.target.name,
-                "unit": entry.unit,
-                "log10_of": entry.log10_of,
-                "classes": entry.classes,
-            }
-        )
-        return trained
-    path = Path(source)
-    if not path.exists():
-        known = [*PRETRAINED, *registry.sources(), *shipped()]
-        raise FileNotFoundError(
-            f"{source}: neither a file nor a registered model ({', '.join(known)})"
-        )
-    return load_checkpoint(path)
 
 
 def fresh_like(source: TrainedModel, seed: int = 0, out_dim: int = 1) -> TrainedModel:
