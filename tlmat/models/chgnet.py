@@ -49,6 +49,8 @@ from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.foundation import config_from_arguments as checked_config
+from tlmat.models.foundation import packaged_weights
 from tlmat.models.registry import Architecture, Published
 from tlmat.models.targets import TargetSpec
 
@@ -341,15 +343,7 @@ def tlmat_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
 
 def weights_path(version: str) -> Path:
     """The weights' file of a CHGNet version inside the installed ``chgnet`` package."""
-    if version not in WEIGHTS:
-        raise ValueError(f"unknown CHGNet version {version!r}; known: {', '.join(WEIGHTS)}")
-    try:
-        import chgnet
-    except ImportError as error:
-        raise ImportError(
-            f"chgnet/{version} needs the chgnet package: pip install 'tlmat[foundation]'"
-        ) from error
-    return Path(chgnet.__file__).parent / WEIGHTS[version][0]
+    return packaged_weights("chgnet", WEIGHTS, version, "CHGNet version", f"chgnet/{version}")
 
 
 def read_weights(version: str) -> dict[str, Any]:
@@ -364,7 +358,7 @@ def read_weights(version: str) -> dict[str, Any]:
 def load_published(version: str = "0.3.0") -> TrainedModel:
     """CHGNet's published weights as a tlmat model whose target is the total energy
     (eV/cell): atom contributions summed, plus CHGNet's per-element reference energies."""
-    from tlmat.models.checkpoint import CheckpointError, load_state
+    from tlmat.models.checkpoint import load_state
 
     if version not in PUBLISHED:
         raise ValueError(f"CHGNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
@@ -372,10 +366,8 @@ def load_published(version: str = "0.3.0") -> TrainedModel:
     relative, checksum = WEIGHTS[version]
     path = f"chgnet/{relative}"
     arguments = stored["model_args"]
-    config = CHGNetConfig(**{k: v for k, v in arguments.items() if k in CHGNetConfig.model_fields})
-    for name, expected in (("mlp_first", True), ("update_bond", True), ("update_angle", True)):
-        if arguments.get(name, expected) != expected:
-            raise CheckpointError(f"{path}: CHGNet with {name}={arguments[name]} is not supported")
+    supported = {"mlp_first": True, "update_bond": True, "update_angle": True}
+    config = checked_config(CHGNetConfig, arguments, supported, path, "CHGNet")
     state = stored["state_dict"]
     names = tlmat_names(state)
     model = build_chgnet(config)

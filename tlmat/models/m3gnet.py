@@ -83,9 +83,10 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import Backbone, CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.foundation import config_from_arguments as checked_config
+from tlmat.models.foundation import matgl_model, matgl_sources
 from tlmat.models.matgl import (
-    ACTIVATIONS,
     ELEMENT_SYMBOLS,
     ELEMENTS,
     MatGLSource,
@@ -96,7 +97,7 @@ from tlmat.models.matgl import (
     read_published,
     trained_from_published,
 )
-from tlmat.models.registry import Architecture, Published
+from tlmat.models.registry import Architecture
 
 #: the published models, by version
 PUBLISHED: dict[str, MatGLSource] = {
@@ -325,10 +326,7 @@ def _reset(module: nn.Module) -> None:
 
 def build_m3gnet(config: M3GNetConfig) -> CrystalModel:
     """An M3GNet with random weights and matgl's final MLP as a crystal-level head."""
-    backbone = M3GNetBackbone(config)
-    dims = backbone.head_dims
-    head = Head(dims[0], dims[1:], 1, ACTIVATIONS[config.activation_type])
-    return CrystalModel(backbone, head, config)
+    return matgl_model(M3GNetBackbone(config), config)
 
 
 def _build(config: M3GNetConfig, state: Mapping[str, torch.Tensor] | None) -> CrystalModel:
@@ -358,8 +356,6 @@ def tlmat_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
 
 def config_from_arguments(arguments: Mapping[str, Any], where: str) -> M3GNetConfig:
     """The tlmat config of matgl's M3GNet constructor arguments (model.json)."""
-    from tlmat.models.checkpoint import CheckpointError
-
     supported = {
         "is_intensive": True,
         "include_state": False,
@@ -371,16 +367,7 @@ def config_from_arguments(arguments: Mapping[str, Any], where: str) -> M3GNetCon
         "ntargets": 1,
         "dropout": None,
     }
-    for name, expected in supported.items():
-        if arguments.get(name, expected) != expected:
-            raise CheckpointError(
-                f"{where}: M3GNet with {name}={arguments[name]!r} is not supported"
-            )
-    fields = {k: v for k, v in arguments.items() if k in M3GNetConfig.model_fields}
-    try:
-        return M3GNetConfig(**fields)
-    except ValueError as error:
-        raise CheckpointError(f"{where}: {error}") from None
+    return checked_config(M3GNetConfig, arguments, supported, where, "M3GNet")
 
 
 def load_published(
@@ -434,15 +421,7 @@ ARCHITECTURE = Architecture(
             "nlayers_set2set": 1,
         },
     },
-    sources={
-        f"m3gnet/{version}": Published(
-            version,
-            source.description,
-            f"$TLMAT_DATA_DIR/matgl_pretrained/{source.folder}/state.pt",
-            source.sha256["state.pt"],
-        )
-        for version, source in PUBLISHED.items()
-    },
+    sources=matgl_sources("m3gnet", PUBLISHED),
     load_source=load_published,
     foundation=True,
 )

@@ -57,9 +57,10 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import Backbone, CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.foundation import config_from_arguments as checked_config
+from tlmat.models.foundation import matgl_model, matgl_sources
 from tlmat.models.matgl import (
-    ACTIVATIONS,
     ELEMENT_SYMBOLS,
     ELEMENTS,
     MatGLSource,
@@ -70,7 +71,7 @@ from tlmat.models.matgl import (
     read_published,
     trained_from_published,
 )
-from tlmat.models.registry import Architecture, Published
+from tlmat.models.registry import Architecture
 
 #: the fidelities of the multi-fidelity band-gap model, in the order of its state embedding
 FIDELITIES = ("PBE", "GLLB-SC", "HSE", "SCAN")
@@ -283,10 +284,7 @@ class MEGNetBackbone(Backbone):
 
 def build_megnet(config: MEGNetConfig) -> CrystalModel:
     """A MEGNet with random weights and matgl's output MLP as a crystal-level head."""
-    backbone = MEGNetBackbone(config)
-    dims = backbone.head_dims
-    head = Head(dims[0], dims[1:], 1, ACTIVATIONS[config.activation_type])
-    return CrystalModel(backbone, head, config)
+    return matgl_model(MEGNetBackbone(config), config)
 
 
 def _build(config: MEGNetConfig, state: Mapping[str, torch.Tensor] | None) -> CrystalModel:
@@ -321,16 +319,7 @@ def config_from_arguments(arguments: Mapping[str, Any], where: str) -> MEGNetCon
     }
     if arguments.get("dropout"):  # None or 0: no dropout
         raise CheckpointError(f"{where}: MEGNet with dropout is not supported")
-    for name, expected in supported.items():
-        if arguments.get(name, expected) != expected:
-            raise CheckpointError(
-                f"{where}: MEGNet with {name}={arguments[name]!r} is not supported"
-            )
-    fields = {k: v for k, v in arguments.items() if k in MEGNetConfig.model_fields}
-    try:
-        return MEGNetConfig(**fields)
-    except ValueError as error:
-        raise CheckpointError(f"{where}: {error}") from None
+    return checked_config(MEGNetConfig, arguments, supported, where, "MEGNet")
 
 
 def load_published(
@@ -388,15 +377,7 @@ ARCHITECTURE = Architecture(
             "cutoff": 4.0,
         },
     },
-    sources={
-        f"megnet/{version}": Published(
-            version,
-            source.description,
-            f"$TLMAT_DATA_DIR/matgl_pretrained/{source.folder}/state.pt",
-            source.sha256["state.pt"],
-        )
-        for version, source in PUBLISHED.items()
-    },
+    sources=matgl_sources("megnet", PUBLISHED),
     load_source=load_published,
     foundation=True,
 )

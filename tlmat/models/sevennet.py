@@ -82,6 +82,7 @@ from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.foundation import packaged_weights
 from tlmat.models.registry import Architecture, Published
 from tlmat.models.targets import TargetSpec
 
@@ -481,15 +482,9 @@ def tlmat_name(key: str, embedding: set[str]) -> str | None:
 
 def weights_path(weights: str) -> Path:
     """A SevenNet checkpoint inside the installed ``sevenn`` package."""
-    if weights not in WEIGHTS:
-        raise ValueError(f"unknown SevenNet checkpoint {weights!r}; known: {', '.join(WEIGHTS)}")
-    try:
-        import sevenn
-    except ImportError as error:
-        raise ImportError(
-            f"sevennet/{weights} needs the sevenn package: pip install 'tlmat[foundation]'"
-        ) from error
-    return Path(sevenn.__file__).parent / WEIGHTS[weights][0]
+    return packaged_weights(
+        "sevenn", WEIGHTS, weights, "SevenNet checkpoint", f"sevennet/{weights}"
+    )
 
 
 def read_weights(weights: str) -> dict[str, Any]:
@@ -580,7 +575,6 @@ def load_published(version: str = "0", modal: str | None = None) -> TrainedModel
     (eV/cell): atom contributions summed, scaled by sevenn's energy scale, plus its
     per-element shifts (of fidelity ``modal``, for SevenNet-MF-0; default: the source's)."""
     import sevenn._keys as KEY
-    from sevenn.scripts.backward_compatibility import patch_state_dict_if_old
 
     from tlmat.models.checkpoint import CheckpointError, load_state
 
@@ -594,19 +588,7 @@ def load_published(version: str = "0", modal: str | None = None) -> TrainedModel
     # sevenn's own network checks the file and converts old layouts, as sevenn does
     reference = _sevenn_model(config)
     sevenn_version = stored["config"].get("version", "0.0.0")
-    state = patch_state_dict_if_old(
-        dict(stored["model_state_dict"]), {"version": sevenn_version}, reference
-    )
-    expected = {k for k in reference.state_dict() if not k.startswith("rescale_atomic_energy.")}
-    lacking = sorted(expected - set(state))
-    unexpected = sorted(set(state) - expected - {k for k in state if k.startswith("rescale_")})
-    if lacking or unexpected:
-        raise CheckpointError(
-            f"{path}: {'lacks tensor ' + repr(lacking[0]) if lacking else ''}"
-            f"{'; ' if lacking and unexpected else ''}"
-            f"{'unexpected tensor ' + repr(unexpected[0]) if unexpected else ''}"
-        )
-    reference.load_state_dict({k: state[k] for k in expected}, strict=False)
+    state, expected = _sevenn_state(stored, reference, sevenn_version, path)
 
     model = build_sevennet(config)
     embedding = set(model.backbone.embedding.keys())
@@ -623,6 +605,50 @@ def load_published(version: str = "0", modal: str | None = None) -> TrainedModel
     mapped["head.out.weight"] = (out[1:] - out[:1]).T.contiguous()
     mapped["head.out.bias"] = out[0].clone()
     load_state(model, mapped, path)
+    provenance = {
+        "source": f"sevennet/{version}",
+        "description": description,
+        "weights": path,
+        "sha256": checksum,
+        "modal": config.modal,
+        "checkpoint_version": sevenn_version,
+        "package_version": _sevenn_version(),
+    }
+    return TrainedModel(model, _energy_target(state, config, path), provenance)
+
+
+def _sevenn_state(
+    stored: Mapping[str, Any], reference: nn.Module, sevenn_version: str, path: str
+) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """A checkpoint's state dict in the current layout (sevenn's own conversion), checked
+    against and loaded into sevenn's own network ``reference``, and the names of its
+    tensors that are network weights (not the energy's rescaling)."""
+    from sevenn.scripts.backward_compatibility import patch_state_dict_if_old
+
+    from tlmat.models.checkpoint import CheckpointError
+
+    state = patch_state_dict_if_old(
+        dict(stored["model_state_dict"]), {"version": sevenn_version}, reference
+    )
+    expected = {k for k in reference.state_dict() if not k.startswith("rescale_atomic_energy.")}
+    lacking = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected - {k for k in state if k.startswith("rescale_")})
+    if lacking or unexpected:
+        raise CheckpointError(
+            f"{path}: {'lacks tensor ' + repr(lacking[0]) if lacking else ''}"
+            f"{'; ' if lacking and unexpected else ''}"
+            f"{'unexpected tensor ' + repr(unexpected[0]) if unexpected else ''}"
+        )
+    reference.load_state_dict({k: state[k] for k in expected}, strict=False)
+    return state, expected
+
+
+def _energy_target(
+    state: Mapping[str, torch.Tensor], config: SevenNetConfig, path: str
+) -> TargetSpec:
+    """The total energy (eV/cell) as sevenn rescales it: one energy scale, and per-element
+    shifts as atom references (of the fidelity ``config.modal``)."""
+    from tlmat.models.checkpoint import CheckpointError
 
     shift = state["rescale_atomic_energy.shift"].double()
     scale = state["rescale_atomic_energy.scale"].double()
@@ -635,7 +661,7 @@ def load_published(version: str = "0", modal: str | None = None) -> TrainedModel
         raise CheckpointError(f"{path}: per-element energy scales are not supported")
     if shift.numel() == 1:
         shift = shift.expand(len(config.elements))
-    target = TargetSpec(
+    return TargetSpec(
         name="energy",
         unit="eV/cell",
         extensive=True,
@@ -644,16 +670,6 @@ def load_published(version: str = "0", modal: str | None = None) -> TrainedModel
         std=float(scale.flatten()[0]),
         atom_refs={z: float(shift[i]) for i, z in enumerate(config.elements)},
     )
-    provenance = {
-        "source": f"sevennet/{version}",
-        "description": description,
-        "weights": path,
-        "sha256": checksum,
-        "modal": config.modal,
-        "checkpoint_version": sevenn_version,
-        "package_version": _sevenn_version(),
-    }
-    return TrainedModel(model, target, provenance)
 
 
 def _sevenn_version() -> str:
