@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -731,6 +731,46 @@ def _plot_hull(screening: Screening, ax) -> None:
     ax.legend(fontsize=7)
 
 
+def _plot_level(screening: Screening, level: LevelResult, ax) -> None:
+    """E_hull ± k·σ of each candidate at one level (sorted), the oracle's where computed."""
+    final = screening.computed_e_hull
+    order = np.argsort(level.e_hull)
+    x = np.arange(len(order))
+    for kept, colour, label in ((True, "tab:green", "kept"), (False, "tab:red", "dropped")):
+        sel = order[level.kept[order] == kept]
+        if len(sel):
+            ax.errorbar(x[np.isin(order, sel)], level.e_hull[sel],
+                        yerr=screening.k * level.sigma[sel], fmt="o", ms=3, color=colour,
+                        elinewidth=0.8, label=f"{label} ({len(sel)})")  # fmt: skip
+    done = [(n, final[level.ids[j]]) for n, j in enumerate(order) if level.ids[j] in final]
+    if done:
+        ax.plot(*zip(*done, strict=True), "kx", ms=4, label="oracle's final E_hull")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("candidate (sorted by predicted E_hull)")
+    ax.set_ylabel(f"E_hull ± {screening.k:g}σ (eV/atom)")
+    ax.set_title(f"{level.name}: {int(level.kept.sum())} of {len(level.ids)} kept")
+    ax.legend(fontsize=8)
+
+
+def _plot_reference(screening: Screening, ax) -> None:
+    """The first level's predicted E_hull ± σ against the all-oracle E_hull."""
+    e_ref = screening.reference_e_hull
+    first = screening.levels[0] if screening.levels else None
+    if first is not None:
+        at = {i: n for n, i in enumerate(first.ids)}
+        rows = [at[i] for i in screening.ids]
+        label = f"{first.name} prediction ± σ"
+        ax.errorbar(e_ref, first.e_hull[rows], yerr=first.sigma[rows], fmt="o", ms=3,
+                    elinewidth=0.6, color="tab:blue", label=label)  # fmt: skip
+    lim = max(float(np.max(e_ref)) if len(e_ref) else 0.1, 0.1)
+    ax.plot([0, lim], [0, lim], color="grey", lw=0.8)
+    precision, recall = screening.recovery()
+    ax.set_xlabel("all-oracle E_hull (eV/atom)")
+    ax.set_ylabel("predicted E_hull (eV/atom)")
+    ax.set_title(f"stable set: precision {precision:.2f}, recall {recall:.2f}")
+    ax.legend(fontsize=8)
+
+
 def plot_screening(screening: Screening, path: str | Path) -> Path:
     """The hull with σ bars, then one panel per level and the comparison with the
     all-oracle hull when that is known.
@@ -748,57 +788,11 @@ def plot_screening(screening: Screening, path: str | Path) -> Path:
 
     panels = 1 + len(screening.levels) + (screening.reference_energies is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
-    final = screening.computed_e_hull
     _plot_hull(screening, axes[0][0])
-    axes = axes[:, 1:]
-    for ax, level in zip(axes[0], screening.levels, strict=False):
-        order = np.argsort(level.e_hull)
-        x = np.arange(len(order))
-        for kept, colour, label in ((True, "tab:green", "kept"), (False, "tab:red", "dropped")):
-            sel = order[level.kept[order] == kept]
-            if len(sel):
-                ax.errorbar(
-                    x[np.isin(order, sel)],
-                    level.e_hull[sel],
-                    yerr=screening.k * level.sigma[sel],
-                    fmt="o",
-                    ms=3,
-                    color=colour,
-                    elinewidth=0.8,
-                    label=f"{label} ({len(sel)})",
-                )
-        done = [(n, final[level.ids[j]]) for n, j in enumerate(order) if level.ids[j] in final]
-        if done:
-            ax.plot(*zip(*done, strict=True), "kx", ms=4, label="oracle's final E_hull")
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_xlabel("candidate (sorted by predicted E_hull)")
-        ax.set_ylabel(f"E_hull ± {screening.k:g}σ (eV/atom)")
-        ax.set_title(f"{level.name}: {int(level.kept.sum())} of {len(level.ids)} kept")
-        ax.legend(fontsize=8)
+    for ax, level in zip(axes[0][1:], screening.levels, strict=False):
+        _plot_level(screening, level, ax)
     if screening.reference_energies is not None:
-        ax = axes[0][-1]
-        e_ref = screening.reference_e_hull
-        first = screening.levels[0] if screening.levels else None
-        if first is not None:
-            at = {i: n for n, i in enumerate(first.ids)}
-            rows = [at[i] for i in screening.ids]
-            ax.errorbar(
-                e_ref,
-                first.e_hull[rows],
-                yerr=first.sigma[rows],
-                fmt="o",
-                ms=3,
-                elinewidth=0.6,
-                color="tab:blue",
-                label=f"{first.name} prediction ± σ",
-            )
-        lim = max(float(np.max(e_ref)) if len(e_ref) else 0.1, 0.1)
-        ax.plot([0, lim], [0, lim], color="grey", lw=0.8)
-        precision, recall = screening.recovery()
-        ax.set_xlabel("all-oracle E_hull (eV/atom)")
-        ax.set_ylabel("predicted E_hull (eV/atom)")
-        ax.set_title(f"stable set: precision {precision:.2f}, recall {recall:.2f}")
-        ax.legend(fontsize=8)
+        _plot_reference(screening, axes[0][-1])
     fig.suptitle(
         f"{len(screening.ids)} candidates, {len(screening.computed_ids)} sent to "
         f"{screening.oracle_name}; cost {screening.cost_core_hours:.0f} of "
@@ -979,19 +973,10 @@ def _level_dataset(level: LevelConfig, ensemble: Ensemble, reading: Reading) -> 
     from tlmat.datasets import resolve
 
     model = ensemble.members[0].model
+    # Reading's fields are load_dataset's keyword arguments of the same names
+    options = asdict(reading)
     datasets = [
-        load_dataset(
-            resolve(source),
-            model.graph_settings,
-            [],
-            elements=model.elements,
-            cache_dir=reading.cache_dir,
-            strict=reading.strict,
-            disorder=reading.disorder,
-            on_duplicate=reading.on_duplicate,
-            workers=reading.workers,
-            progress=reading.progress,
-        )
+        load_dataset(resolve(source), model.graph_settings, [], elements=model.elements, **options)
         for source in level.structures
     ]
     dataset = datasets[0]
