@@ -46,7 +46,7 @@ REPO = ROOT.parent
 #: modules hold what several commands share (options, error reporting, printing). Every
 #: other module of tlmat.cli is a command module, so a new one is covered without a word.
 CLI_ASSEMBLY = {"tlmat.cli", "tlmat.cli.__main__"}
-CLI_HELPERS = {"tlmat.cli.common"}
+CLI_HELPERS = {"tlmat.cli.common", "tlmat.cli.options"}
 
 #: package → packages it must never import, on top of the layer order (which already
 #: forbids them): said here because these are the edges that matter most — a model that

@@ -141,7 +141,7 @@ def test_config_errors_name_the_field_the_value_and_what_is_allowed(tmp_path: Pa
     result = runner.invoke(app, ["train", "x.csv", "-t", "y", "--config", str(config),
                                  "--run-dir", str(tmp_path / "run")])  # fmt: skip
     text = said(result)
-    assert result.exit_code == 1 and f"invalid TrainConfig settings in {config}" in text
+    assert result.exit_code == 1 and f"invalid RunSpec settings in {config}" in text
     assert "optimizer: 'adm' is not one of 'adam', 'adamw' or 'sgd'" in text
     assert "optimiser: unknown setting; did you mean 'optimizer'?" in text
     assert "(got 'fast')" in text and "errors.pydantic.dev" not in text

@@ -346,7 +346,7 @@ def test_finetune_scratch_with_another_architecture(small_perov: Path, tmp_path:
     result = runner.invoke(app, [*common, "--strategy", "full", "--model", "schnet-small",
                                  "--run-dir", str(tmp_path / "ft2")])  # fmt: skip
     assert result.exit_code == 1
-    assert "--model applies to --strategy scratch" in " ".join(result.output.split())
+    assert "model applies to strategy scratch" in " ".join(result.output.split())
 
 
 def test_train_takes_the_users_split_and_scales_its_defaults(

@@ -516,7 +516,7 @@ def test_cli_train_and_finetune_ensembles_with_gaussian_nll(data: Path, tmp_path
 def test_cli_ensemble_through_submitit_and_slurm_parameters(data: Path, tmp_path) -> None:
     """Members go through the cluster executor's path (submitit; 'debug' runs its jobs
     here): the ensemble is complete and its members' logs are in .submitit."""
-    from tlmat.cli.training import slurm_parameters
+    from tlmat.cli.options import slurm_parameters
     from tlmat.io import read_records, write_csv
 
     assert slurm_parameters(["partition=cpu", "timeout_min=120", "mem_gb=3.5"]) == {
@@ -537,4 +537,4 @@ def test_cli_ensemble_through_submitit_and_slurm_parameters(data: Path, tmp_path
     assert (tmp_path / "ens" / ".submitit").is_dir()
     bad = CliRunner().invoke(app, [*args[:-4], "--ensemble-executor", "ray", "--run-dir",
                                    str(tmp_path / "ens2"), *args[-2:]])  # fmt: skip
-    assert bad.exit_code == 1 and "one of local, slurm, debug" in bad.output
+    assert bad.exit_code == 1 and "'ray' is not one of 'local', 'slurm' or 'debug'" in bad.output

@@ -55,14 +55,20 @@ def fail(message: str | BaseException) -> NoReturn:
 
 
 def _fields_of(model_name: str) -> list[str]:
-    """The fields of the pydantic model called ``model_name`` (for spelling hints)."""
+    """The fields of the pydantic model called ``model_name`` and of the models nested
+    in it (a RunSpec's training settings), for spelling hints."""
     from pydantic import BaseModel
 
     stack = [BaseModel]
     while stack:
         cls = stack.pop()
         if cls.__name__ == model_name and cls is not BaseModel:
-            return list(cls.model_fields)
+            nested = [
+                f.annotation
+                for f in cls.model_fields.values()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+            ]
+            return [*cls.model_fields, *(n for m in nested for n in m.model_fields)]
         stack += cls.__subclasses__()
     return []
 
@@ -87,6 +93,8 @@ def describe_error(error: BaseException) -> str:
         elif item["type"] == "literal_error":
             allowed = item.get("ctx", {}).get("expected", "")
             lines.append(f"{field}: {item['input']!r} is not one of {allowed}")
+        elif not item["loc"] and item["type"] == "value_error":  # a check across fields
+            lines.append(str(item.get("ctx", {}).get("error", item["msg"])))
         else:
             lines.append(f"{field}: {item['msg'].lower()} (got {item['input']!r})")
     head = f"invalid {error.title} settings" + (f" {where}" if where else "")

@@ -99,22 +99,29 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> TrainConfig:
-        """Settings from a YAML mapping, ``overrides`` (not ``None``) winning; a file that
-        is no YAML mapping of plain values (a python tag, a list, broken syntax) is a
-        ``ValueError`` naming the file."""
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except yaml.YAMLError as error:  # safe_load refuses tags such as !!python/object
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            mark = getattr(error, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise ValueError(f"{path}: not valid YAML settings: {problem}{where}") from error
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: not a mapping of settings (a {type(data).__name__})")
+        """Settings from a YAML mapping (:func:`yaml_settings`), ``overrides`` (not
+        ``None``) winning."""
+        data = yaml_settings(path)
         try:
             return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
         except ValueError as error:  # pydantic's ValidationError: say which file
             error.add_note(f"in {path}")
             raise
+
+
+def yaml_settings(path: str | Path) -> dict:
+    """The mapping a YAML settings file holds (empty for an empty file); a file that is
+    no YAML mapping of plain values (a python tag, a list, broken syntax) is a
+    ``ValueError`` naming the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:  # safe_load refuses tags such as !!python/object
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML settings: {problem}{where}") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a mapping of settings (a {type(data).__name__})")
+    return data

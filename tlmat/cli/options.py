@@ -1,0 +1,271 @@
+"""The options the training commands share, declared once: each command names the
+groups it takes (:func:`with_options`) and receives them as one mapping, which
+:class:`~tlmat.experiments.run.RunSpec` reads (option names are its field names)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tlmat.cli.common import CacheDir, Disorder, OnDuplicate, Overwrite, Strict
+
+Target = Annotated[str, typer.Option("--target", "-t", help="Property to learn (column/key).")]
+RunDir = Annotated[Path, typer.Option(help="Folder for checkpoints, metrics and the manifest.")]
+Config = Annotated[
+    Path | None, typer.Option(help="YAML file with training settings (flags override it).")
+]
+Epochs = Annotated[
+    int | None,
+    typer.Option(
+        help="Maximum epochs; early stopping may end sooner (--early-stopping-patience) "
+        "[60,000 / N training structures, within 30–300]."
+    ),
+]
+LR = Annotated[float | None, typer.Option("--lr", help="Learning rate [1e-3].")]
+BatchSize = Annotated[int | None, typer.Option(help="Batch size [64].")]
+Optimizer = Annotated[str | None, typer.Option(help="adam, adamw or sgd [adam].")]
+Scheduler = Annotated[
+    str | None, typer.Option(help="plateau, cyclic, onecycle (warm-up + cosine) or none [plateau].")
+]
+Loss = Annotated[
+    str | None,
+    typer.Option(
+        help="l1, mse or gaussian_nll (the Gaussian negative log-likelihood: a head of "
+        "width 2 predicts each structure's mean and variance; with --ensemble, σ_a per "
+        "structure) [l1]."
+    ),
+]
+WeightDecay = Annotated[float | None, typer.Option(help="L2 penalty [0].")]
+Normalization = Annotated[str | None, typer.Option(help="standard, tanh or none [standard].")]
+Log10 = Annotated[bool, typer.Option("--log10", help="Learn log10 of the target.")]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        help="Stop after this many epochs without a better validation MAE [epochs / 5, "
+        "at least 10]; 0 trains every epoch."
+    ),
+]
+Seed = Annotated[int, typer.Option(help="Seed for the split, initialisation and order.")]
+TrainSize = Annotated[
+    int | None, typer.Option(help="Use only this many training structures (data-scarce runs).")
+]
+ValSize = Annotated[
+    float | None,
+    typer.Option(
+        help="Validation size: fraction or count [a quarter of the training set, "
+        "20–1,000; all of --val]."
+    ),
+]
+TestSize = Annotated[
+    float | None,
+    typer.Option(help="Test size: fraction or count [0.1 of DATA; all of --test]."),
+]
+TestData = Annotated[
+    str | None,
+    typer.Option("--test", help="Your own test set (file, folder or name); all its rows."),
+]
+ValData = Annotated[
+    str | None,
+    typer.Option("--val", help="Your own validation set (file, folder or name); all its rows."),
+]
+SplitFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--split",
+        help="Your own split: a split.json with train/val/test id lists, as tlmat writes "
+        "them (every id must be in the data).",
+    ),
+]
+Accelerator = Annotated[
+    str | None, typer.Option(help="auto, cpu, gpu or mps (Lightning's accelerator) [auto].")
+]
+Devices = Annotated[
+    int | None,
+    typer.Option(
+        help="Processes per node, one per GPU (or CPU processes with --accelerator cpu); "
+        "more than one trains data-parallel (DDP) with --batch-size per process [1]."
+    ),
+]
+NumNodes = Annotated[
+    int | None, typer.Option(help="Machines of a DDP run, e.g. SLURM nodes under srun [1].")
+]
+DistributedStrategy = Annotated[
+    str | None,
+    typer.Option(
+        "--ddp-strategy",
+        help="How a DDP run's processes start: ddp (Lightning relaunches this command "
+        "per device, or srun started them), ddp_spawn (one machine) or auto [auto].",
+    ),
+]
+Precision = Annotated[
+    str | None,
+    typer.Option(help="32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true]."),
+]
+EnsembleWorkers = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="With --ensemble: members trained side by side in local processes, the cores "
+        "shared between them [one per core, at most N; 1 on a GPU].",
+    ),
+]
+EnsembleExecutor = Annotated[
+    str,
+    typer.Option(
+        help="With --ensemble: where members train: 'local' (processes here), 'slurm' (one "
+        "submitit job per member, as tlmat benchmark's executor) or 'debug' (submitit "
+        "in this process, to try a setup).",
+    ),
+]
+Slurm = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--slurm",
+        help="A submitit SLURM parameter KEY=VALUE (repeatable), e.g. --slurm "
+        "partition=cpu --slurm timeout_min=120 --slurm cpus_per_task=4.",
+    ),
+]
+
+
+Unit = Annotated[str, typer.Option(help="Unit of the target, for tables and checkpoints.")]
+Extensive = Annotated[
+    bool,
+    typer.Option(
+        "--extensive", help="The target scales with the cell (eV/cell): sum atoms, not average."
+    ),
+]
+Model = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        help="Architecture or preset (tlmat models): cgcnn, cgcnn-mp, schnet, "
+        "schnet-arch1, schnet-arch2, alignn, cgat …",
+    ),
+]
+ModelConfigFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-config",
+        help="YAML with the architecture's settings (e.g. 'n_interactions: 4'); may name "
+        "'architecture' or 'preset' itself.",
+    ),
+]
+
+
+def slurm_parameters(items: list[str] | None) -> dict:
+    """``["partition=cpu", "timeout_min=120"]`` → ``{"partition": "cpu", "timeout_min":
+    120}`` (integers and decimals become numbers, as YAML would read them)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--slurm {item!r}: expected KEY=VALUE, e.g. partition=cpu")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _options(**annotated: Any) -> dict[str, tuple[Any, Any]]:
+    """name → (annotation, default) of options declared as ``name=(Annotated, default)``."""
+    return annotated
+
+
+#: your own sets and the split
+DATA = _options(
+    test=(TestData, None),
+    val=(ValData, None),
+    split=(SplitFile, None),
+    train_size=(TrainSize, None),
+    val_size=(ValSize, None),
+    test_size=(TestSize, None),
+)
+#: training settings (fields of TrainConfig)
+TRAINING = _options(
+    epochs=(Epochs, None),
+    lr=(LR, None),
+    batch_size=(BatchSize, None),
+    optimizer=(Optimizer, None),
+    scheduler=(Scheduler, None),
+    loss=(Loss, None),
+    weight_decay=(WeightDecay, None),
+    normalization=(Normalization, None),
+    log10=(Log10, False),
+    extensive=(Extensive, False),
+    early_stopping_patience=(Patience, None),
+    accelerator=(Accelerator, None),
+    devices=(Devices, None),
+    num_nodes=(NumNodes, None),
+    ddp_strategy=(DistributedStrategy, None),
+    precision=(Precision, None),
+    seed=(Seed, 0),
+    unit=(Unit, ""),
+)
+#: how an ensemble's members are trained
+ENSEMBLE = _options(
+    ensemble_workers=(EnsembleWorkers, None),
+    ensemble_executor=(EnsembleExecutor, "local"),
+    slurm=(Slurm, None),
+)
+#: reading the structures, and the run folder
+READING = _options(
+    cache_dir=(CacheDir, None),
+    overwrite=(Overwrite, False),
+    strict=(Strict, False),
+    on_duplicate=(OnDuplicate, "error"),
+    disorder=(Disorder, "skip"),
+)
+#: switches that are off unless given: off, they leave a --config file's value alone
+SWITCHES = ("log10", "extensive", "overwrite", "strict")
+
+
+def with_options(*groups: dict[str, tuple[Any, Any]]) -> Callable:
+    """A command with the options of ``groups`` appended to its own: typer sees them in
+    the signature; the command receives them, ready for ``RunSpec.from_options``, as one
+    mapping in its ``options`` parameter."""
+    shared = {name: spec for group in groups for name, spec in group.items()}
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for name, p in signature.parameters.items() if name != "options"]
+        extra = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=value)
+            for name, (kind, value) in shared.items()
+        ]
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            options = {name: kwargs.pop(name) for name in shared if name in kwargs}
+            command(*args, **kwargs, options=spec_options(options))
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *extra])  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def spec_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Flags as RunSpec fields: a switch left off is not given, ``--slurm`` items are a
+    mapping."""
+    out = {k: v for k, v in options.items() if not (k in SWITCHES and v is False)}
+    if "slurm" in out:
+        out["slurm"] = slurm_parameters(out["slurm"]) or None
+    return out
+
+
+def model_choice(model: str | None, model_config_file: Path | None) -> str | dict | None:
+    """``--model`` and ``--model-config`` as a RunSpec's ``model``: a name, or a mapping
+    of settings (which may name its own architecture or preset)."""
+    if model_config_file is None:
+        return model
+    from tlmat.training.config import yaml_settings
+
+    fields = yaml_settings(model_config_file)
+    if "architecture" in fields or "preset" in fields or model is None:
+        return fields
+    return {"preset": model, **fields}
