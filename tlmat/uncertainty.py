@@ -33,6 +33,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -308,7 +310,7 @@ def _run_members(
     workers = min(workers, len(jobs))
     threads = max(1, local_cores() // workers)
     logger.info("%d members, %d at a time, %d torch threads each", len(jobs), workers, threads)
-    pool = ProcessPoolExecutor(workers)
+    pool = ProcessPoolExecutor(workers, initializer=die_with_parent)
     try:
         with stopped_by_signals():
             futures = {
@@ -334,6 +336,19 @@ def _run_members(
         raise
     pool.shutdown(wait=True)
     return results
+
+
+def die_with_parent() -> None:
+    """Ask for SIGTERM when the process that started this one dies, even by SIGKILL
+    (Linux's PR_SET_PDEATHSIG; elsewhere nothing): an orphaned member stops at its signal
+    handler, keeping its last checkpoint, instead of training on and holding its folder's
+    lock against the command run again."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _kept_recalibration(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

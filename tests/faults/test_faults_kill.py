@@ -1,0 +1,150 @@
+"""Never lost: every kind of run (train, finetune, compare, an ensemble, a benchmark grid),
+stopped by SIGKILL, SIGINT or SIGTERM at random moments several times in a row, finishes
+on the same command with the numbers of an uninterrupted run, and the log of the finished
+epochs is kept. Small data and few epochs, with early stopping on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import yaml
+
+SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)
+QUICK = ["--batch-size", "16", "--early-stopping-patience", "2"]
+
+
+@pytest.fixture(scope="module")
+def table(data: Path, tmp_path_factory) -> Path:
+    from tlmat.io import read_records, write_csv
+
+    path = tmp_path_factory.mktemp("kill") / "perov60.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), path)
+    return path
+
+
+def _commands(table: Path, tmp: Path) -> dict[str, list[str]]:
+    grid = tmp / "grid.yaml"
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "data": str(table),
+                "target": "heat_ref",
+                "sizes": [20],
+                "seeds": [0],
+                "val_size": 10,
+                "test_size": 20,
+                "methods": ["scratch", "full"],
+                "training": {"epochs": 5, "batch_size": 16, "early_stopping_patience": 2},
+                "executor": {"kind": "local", "workers": 1},
+            }
+        )
+    )
+    data = [str(table), "-t", "heat_ref"]
+    return {
+        "train": ["train", *data, "--model", "cgcnn-small", "--epochs", "8", *QUICK],
+        "finetune": ["finetune", *data, "--strategy", "freeze-embedding", "--epochs", "6", *QUICK],
+        "compare": ["compare", *data, "--strategies", "scratch,full", "--seeds", "2",
+                    "--epochs", "4", *QUICK],
+        "ensemble": ["train", *data, "--model", "cgcnn-small", "--ensemble", "2",
+                     "--ensemble-workers", "2", "--epochs", "6", *QUICK],
+        "benchmark": ["benchmark", str(grid)],
+    }  # fmt: skip
+
+
+def _output_flag(kind: str) -> str:
+    return "--results" if kind == "benchmark" else "--run-dir"
+
+
+def _numbers(kind: str, folder: Path) -> dict:
+    """What a run reports: test scores (and the per-epoch log of a single run)."""
+    if kind == "compare":
+        summary = json.loads((folder / "comparison.json").read_text())
+        return {k: [m["mae"] for m in v["per_seed"]] for k, v in summary.items()}
+    if kind == "benchmark":
+        return {
+            str(p.relative_to(folder)): json.loads(p.read_text())["test"]
+            for p in sorted(folder.rglob("result.json"))
+        }
+    numbers = {"test": json.loads((folder / "test_metrics.json").read_text())}
+    if kind != "ensemble":
+        log = pd.read_csv(folder / "metrics.csv")
+        numbers["log"] = log.drop(columns="step").to_dict("list")
+    return numbers
+
+
+def _flat(value, prefix: str = "") -> dict[str, float]:
+    """Nested scores as ``path → number``, to compare with a tolerance: a member trained
+    alone after a resume uses more torch threads than side by side, which moves sums in
+    their last digits (1e-8 relative), never a score a user reads."""
+    if isinstance(value, dict):
+        return {
+            k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}{key}/").items()
+        }
+    if isinstance(value, list):
+        return {
+            k: v for i, item in enumerate(value) for k, v in _flat(item, f"{prefix}{i}/").items()
+        }
+    return {prefix: float(value)}
+
+
+def _start(command: list[str], cache: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlmat", *command, "--cache-dir", str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _orphans(children: list[psutil.Process]) -> list[int]:
+    """Children of a stopped run still alive after 30 s (a member left training)."""
+    _, alive = psutil.wait_procs(children, timeout=30)
+    return [p.pid for p in alive]
+
+
+@pytest.mark.parametrize("kind", ["train", "finetune", "compare", "ensemble", "benchmark"])
+def test_a_run_killed_at_random_moments_finishes_with_the_same_numbers(
+    table: Path, tmp_path: Path, kind: str
+) -> None:
+    command = _commands(table, tmp_path)[kind]
+    cache, flag = tmp_path / "cache", _output_flag(kind)
+    started = time.monotonic()
+    reference = _start([*command, flag, str(tmp_path / "whole")], cache)
+    output, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, output
+    seconds = time.monotonic() - started
+
+    rng = random.Random(int.from_bytes(os.urandom(4), "little"))
+    stops = []
+    for signum in SIGNALS:
+        process = _start([*command, flag, str(tmp_path / "cut")], cache)
+        delay = rng.uniform(0.3, 0.9) * seconds
+        stops.append(f"{signal.Signals(signum).name} after {delay:.1f} s")
+        time.sleep(delay)
+        children = []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children = psutil.Process(process.pid).children(recursive=True)
+        process.send_signal(signum)
+        said, _ = process.communicate(timeout=120)
+        assert "Traceback" not in said, (stops, said)
+        assert process.returncode in (0, 128 + signum, -signum), (stops, said)
+        assert _orphans(children) == [], stops
+    finish = _start([*command, flag, str(tmp_path / "cut")], cache)
+    said, _ = finish.communicate(timeout=600)
+    assert finish.returncode == 0, (stops, said)
+    whole = _flat(_numbers(kind, tmp_path / "whole"))
+    assert _flat(_numbers(kind, tmp_path / "cut")) == pytest.approx(whole, rel=1e-6, nan_ok=True), (
+        stops
+    )
