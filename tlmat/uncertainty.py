@@ -28,16 +28,12 @@ the members did not train on (:func:`recalibrate`) is stored in the manifest
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -52,7 +48,8 @@ from tlmat.models.base import TrainedModel
 from tlmat.models.checkpoint import load_checkpoint
 from tlmat.models.prediction import predict, predict_with_variance
 from tlmat.training.config import TrainConfig
-from tlmat.training.fit import RunInterrupted, finished_run, fit, stopped_by_signals
+from tlmat.training.fit import RunInterrupted, finished_run, fit
+from tlmat.training.pool import worker_pool
 from tlmat.training.rundir import (
     RunExistsError,
     owned,
@@ -310,45 +307,19 @@ def _run_members(
     workers = min(workers, len(jobs))
     threads = max(1, local_cores() // workers)
     logger.info("%d members, %d at a time, %d torch threads each", len(jobs), workers, threads)
-    pool = ProcessPoolExecutor(workers, initializer=die_with_parent)
     try:
-        with stopped_by_signals():
+        with worker_pool(workers) as pool:
             futures = {
                 k: pool.submit(train_member, **job, threads=threads) for k, job in jobs.items()
             }
-            results = {k: future.result() for k, future in futures.items()}
+            return {k: future.result() for k, future in futures.items()}
     except RunInterrupted as stopped:
-        # the members stop at their own signal handlers, keeping last.ckpt: a terminal's
-        # Ctrl-C reaches them too, a kill of this process alone is passed on to the
-        # pool's own workers (and to no other child of this process)
-        for pid in list(getattr(pool, "_processes", None) or {}):  # pid → process
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, stopped.signum)
-        pool.shutdown(wait=True, cancel_futures=True)
         raise RunInterrupted(
             f"{run_dir}: stopped by {stopped} while {workers} members trained side by side; "
             "finished members are kept and interrupted ones resume from their last "
             "checkpoint: run the same command again",
             stopped.signum,
         ) from None
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)  # a failed member: no new ones start
-        raise
-    pool.shutdown(wait=True)
-    return results
-
-
-def die_with_parent() -> None:
-    """Ask for SIGTERM when the process that started this one dies, even by SIGKILL
-    (Linux's PR_SET_PDEATHSIG; elsewhere nothing): an orphaned member stops at its signal
-    handler, keeping its last checkpoint, instead of training on and holding its folder's
-    lock against the command run again."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _kept_recalibration(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ import json
 import logging
 import resource
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -665,7 +665,9 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
     )
-    (folder / "result.json").write_text(json.dumps(manifest, indent=2, default=str))
+    from tlmat.training.rundir import write_json
+
+    write_json(folder / "result.json", manifest)
     return {"job": job.__dict__, "mae": result.test["mae"]}
 
 
@@ -693,6 +695,24 @@ def _train_config(config: BenchmarkConfig, job: Job) -> TrainConfig:
     return TrainConfig(
         target=config.target, unit=config.unit, seed=job.seed, progress_bar=False, **config.training
     )
+
+
+def set_aside_damaged(config: BenchmarkConfig, root: Path) -> list[Path]:
+    """Rename each job's ``result.json`` that cannot be read (a disk that filled up, a
+    file cut short by hand) to ``result.json.damaged-<time>``, so that the job runs again
+    instead of blocking the grid; returns the files set aside."""
+    aside = []
+    for job in jobs(config):
+        path = job.folder(root) / "result.json"
+        try:
+            if path.exists():
+                json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            target = path.with_name(f"result.json.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            path.rename(target)
+            logger.warning("%s is unreadable; set aside as %s, the job runs again", path, target)
+            aside.append(target)
+    return aside
 
 
 def changed_jobs(config: BenchmarkConfig, root: Path) -> dict[str, list[str]]:
@@ -761,6 +781,7 @@ def run_benchmark(
     from tlmat.evaluation.report import write_report
 
     root = Path(root)
+    set_aside_damaged(config, root)
     changed = changed_jobs(config, root) if root.is_dir() else {}
     if changed:
         shown = [f"{job}: {'; '.join(d[:3])}" for job, d in list(changed.items())[:5]]
@@ -790,7 +811,9 @@ def run_benchmark(
         for job in todo:
             run_job(config, job, root, cache)
     elif kind == "local":
-        with ProcessPoolExecutor(config.executor.workers) as pool:
+        from tlmat.training.pool import worker_pool
+
+        with worker_pool(config.executor.workers) as pool:
             futures = [pool.submit(run_job, config, job, root, cache) for job in todo]
             for future in as_completed(futures):
                 future.result()

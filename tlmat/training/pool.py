@@ -1,0 +1,50 @@
+"""Worker processes that end with the run that started them: ensemble members trained
+side by side, a grid's jobs. A SIGINT or SIGTERM that stops the run is passed on to them
+(each stops at its own signal handler, keeping its last checkpoint), and each asks for
+SIGTERM when its parent dies, even by SIGKILL, so that no orphan trains on under a run
+folder's lock while the same command runs again."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+
+from tlmat.training.fit import RunInterrupted, stopped_by_signals
+
+
+def die_with_parent() -> None:
+    """Ask for SIGTERM when the parent process dies (Linux's PR_SET_PDEATHSIG; elsewhere
+    nothing): a pool's initializer."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers end with the run (see the module's docstring); a
+    stop by signal is raised as :class:`RunInterrupted` once they have stopped, and a
+    failure cancels the jobs not yet started."""
+    pool = ProcessPoolExecutor(workers, initializer=die_with_parent)
+    try:
+        with stopped_by_signals():
+            yield pool
+    except RunInterrupted as stopped:
+        # a terminal's Ctrl-C reaches the workers too; a kill of this process alone is
+        # passed on to the pool's own workers (and to no other child of this process)
+        for pid in list(getattr(pool, "_processes", None) or {}):  # pid → process
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stopped.signum)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
