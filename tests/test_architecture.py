@@ -194,12 +194,6 @@ NOT_ARCHITECTURES = [
         "ALIGNN's choice of atom-feature table: 'cgcnn' is the 92-d table of the CGCNN "
         "paper, which ALIGNN reads too, not the CGCNN architecture",
     ),
-    (
-        "tlmat/datasets.py",
-        "startswith('cgcnn/')",
-        "known offender: the published CGCNN files live in the dataset registry under "
-        "'cgcnn/' (issue 24 item 2 gives models one name space); left to that change",
-    ),
 ]
 
 #: str methods that compare their receiver with a constant

@@ -106,3 +106,18 @@ def test_published_checksums_match_the_local_copies(data: Path) -> None:
     for name in ("perov_5/val", "perov_5/test"):
         raw = gzip.decompress((data / REGISTRY[name].local).read_bytes())
         assert hashlib.sha256(raw).hexdigest() == REGISTRY[name].sha256
+
+
+def test_unknown_name_lists_registered_datasets_not_models(monkeypatch) -> None:
+    """The registry says which entries are model weights (``architecture``), whatever
+    their name: a dataset under ``cgcnn/`` is listed, weights under any prefix are not."""
+    model = RemoteFile("http://127.0.0.1:9/w.pt", None, "w.pt", architecture="schnet")
+    table = RemoteFile("http://127.0.0.1:9/t.csv", None, "t.csv")
+    monkeypatch.setitem(REGISTRY, "schnet/some-weights", model)
+    monkeypatch.setitem(REGISTRY, "cgcnn/some-table", table)
+    with pytest.raises(FileNotFoundError) as error:
+        resolve("no_such_dataset/nowhere.csv")
+    message = str(error.value)
+    assert "perov_5/train" in message and "cgcnn/some-table" in message
+    assert "schnet/some-weights" not in message
+    assert "cgcnn/formation-energy-per-atom" not in message

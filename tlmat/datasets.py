@@ -251,7 +251,8 @@ def resolve(spec: str | Path) -> Path:
     root = data_dir()
     if root is not None and not path.is_absolute() and (root / path).exists():
         return root / path
+    # the registry also holds pretrained weights; those are models, named by the hub
+    datasets = [name for name, entry in REGISTRY.items() if entry.architecture is None]
     raise FileNotFoundError(
-        f"{spec}: no such file or folder, and not a registered name "
-        f"({', '.join(n for n in REGISTRY if not n.startswith('cgcnn/'))})"
+        f"{spec}: no such file or folder, and not a registered name ({', '.join(datasets)})"
     )
