@@ -207,3 +207,63 @@ def test_inference_commands_honour_tlmat_cache_dir(data: Path, tmp_path: Path) -
         result = runner.invoke(app, command, env={"TLMAT_CACHE_DIR": str(cache)})
         assert result.exit_code == 0, result.output
         assert any(cache.rglob("*.npy")), f"{command[0]} did not use $TLMAT_CACHE_DIR"
+
+
+def _read_by_run(data: Path, cache: Path, **model) -> bool:
+    """Whether a run of ``model`` (or ``source``) — the very read train and finetune do
+    (:func:`tlmat.experiments.run.prepared_data`) — finds its graphs cached."""
+    from tlmat.experiments import run
+
+    run._DATA.clear()  # a dataset read earlier in this process is no cache hit
+    spec = run.RunSpec(data=str(data), cache_dir=cache, training={"target": "target"}, **model)
+    dataset, _ = run.prepared_data(spec, run.RunModels.of(spec).source_or_model, lambda _: None)
+    return dataset.from_cache
+
+
+def test_cache_prebuilds_what_train_reads(data: Path, tmp_path: Path) -> None:
+    """After `tlmat cache --model NAME`, `tlmat train --model NAME` reads no structure:
+    the cache holds its graph settings and its elements (a SchNet, a CGCNN preset)."""
+    folder, cache = data / "cgcnn_sample_regression", tmp_path / "cache"
+    args = ["cache", str(folder), "-t", "target", "--cache-dir", str(cache), "--workers", "1"]
+    result = runner.invoke(app, [*args, "--model", "schnet-small", "--model", "cgcnn-small"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("10 graphs built") == 2
+    assert _read_by_run(folder, cache, model="schnet-small")
+    assert _read_by_run(folder, cache, model="cgcnn-small")
+    assert not _read_by_run(folder, cache, model="alignn-small")  # never cached
+
+
+def test_cache_by_default_serves_train_by_default(data: Path, tmp_path: Path) -> None:
+    folder, cache = data / "cgcnn_sample_regression", tmp_path / "cache"
+    args = ["cache", str(folder), "-t", "target", "--cache-dir", str(cache), "--workers", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert _read_by_run(folder, cache)  # no --model: the architecture train uses
+
+
+def test_cache_prebuilds_what_finetune_reads(data: Path, tmp_path: Path) -> None:
+    """A registered source (a shipped one, a published CGCNN file) and a checkpoint: the
+    graphs of the model finetune starts from; sources that read alike share one cache."""
+    folder, cache = data / "cgcnn_sample_regression", tmp_path / "cache"
+    args = ["cache", str(folder), "-t", "target", "--cache-dir", str(cache), "--workers", "1"]
+    sources = ["tlmat/mp-eform-cgcnn", "cgcnn/formation-energy-per-atom"]
+    result = runner.invoke(app, [*args, "--model", sources[0], "--model", sources[1]])
+    assert result.exit_code == 0, result.output
+    assert "10 graphs built" in result.output and f"for {', '.join(sources)}:" in result.output
+    assert _read_by_run(folder, cache, source=sources[0], strategy="full")
+    checkpoint = data / "cgcnn_pretrained" / "pre-trained" / "band-gap.pth.tar"
+    again = runner.invoke(app, [*args, "--model", str(checkpoint)])
+    assert "10 graphs loaded from cache" in again.output, again.output
+
+
+def test_cache_refuses_an_unknown_model_listing_the_known(data: Path, tmp_path: Path) -> None:
+    folder = data / "cgcnn_sample_regression"
+    result = runner.invoke(
+        app, ["cache", str(folder), "--cache-dir", str(tmp_path), "--model", "schnet-huge"]
+    )
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())  # one line, as the terminal wraps it
+    assert text.startswith("error: unknown model 'schnet-huge'") and text.count("error:") == 1
+    for known in ("megnet", "schnet-small", "chgnet/0.3.0", "tlmat/mp-eform-cgcnn"):
+        assert known in text
+    assert "cgcnn/formation-energy-per-atom" in text and "Traceback" not in text
+    assert not list(tmp_path.iterdir())  # nothing built before the refusal

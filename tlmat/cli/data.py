@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -26,6 +26,7 @@ from tlmat.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from tlmat.graphs import GraphSettings
     from tlmat.io import ReadResult
 
 
@@ -141,14 +142,108 @@ def info(
         console.print(f"{n} cleaned structures written to {export}")
 
 
+ModelNames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "--preset",
+        help="Build the graphs this model reads (repeatable): an architecture or preset "
+        "(cgcnn-mp, schnet-small, alignn …), a registered source (chgnet/0.3.0, "
+        "tlmat/mp-eform-cgcnn, cgcnn/formation-energy-per-atom), a checkpoint, a run or "
+        "an ensemble folder. Default: the model tlmat train uses. --preset is an alias.",
+    ),
+]
+
+
+def unknown_model(name: str) -> str:
+    """The one-line refusal of a model name nothing knows, listing every name that works."""
+    from tlmat.models import hub, registry
+
+    return (
+        f"unknown model {name!r}: not an architecture ({', '.join(registry.MODULES)}), "
+        f"a preset ({', '.join(registry.presets())}), a registered source "
+        f"({', '.join(hub.names())}), a checkpoint or a run folder"
+    )
+
+
+def model_graphs(name: str) -> tuple[GraphSettings, tuple[int, ...] | None]:
+    """The graph settings and element list that ``tlmat train --model NAME`` or
+    ``tlmat finetune --source NAME`` (and predict, for a checkpoint or ensemble) read a
+    dataset with: those of the model itself, so the cache they look up is this one."""
+    from tlmat.models import hub, registry
+
+    if name in registry.MODULES or name in registry.presets():
+        # a fresh model, as train builds it: its elements come from its feature table
+        model = registry.build(registry.model_config(name))
+    elif name in hub.names() or Path(name).exists():
+        if hub.resolve(name).kind == "ensemble":
+            from tlmat.uncertainty import load_ensemble
+
+            model = load_ensemble(name).members[0].model  # every member reads the same
+        else:
+            model = hub.load_source(name).model
+    else:
+        raise ValueError(unknown_model(name))
+    elements = tuple(model.elements) if model.elements is not None else None
+    return model.graph_settings, elements
+
+
+def graph_overrides(
+    cutoff: float | None, max_neighbors: int | None, line_graph: bool | None
+) -> dict[str, Any]:
+    """The graph settings given on the command line, to replace the model's own."""
+    overrides: dict[str, Any] = {}
+    if cutoff is not None:
+        overrides["cutoff"] = cutoff
+    if max_neighbors is not None:
+        overrides["max_neighbors"] = max_neighbors or None  # 0: every neighbour
+    if line_graph is not None:
+        overrides["line_graph"] = line_graph
+    return overrides
+
+
+def needed_graphs(
+    names: list[str], overrides: dict[str, Any]
+) -> dict[tuple[GraphSettings, tuple[int, ...] | None], list[str]]:
+    """(graph settings, elements) → the model names that read graphs so: models that
+    share them share one cache, built once."""
+    from tlmat.graphs import GraphSettings
+
+    wanted: dict[tuple[GraphSettings, tuple[int, ...] | None], list[str]] = {}
+    for name in dict.fromkeys(names):
+        settings, elements = model_graphs(name)
+        if overrides:  # re-validated: a bad value is an error naming the field
+            settings = GraphSettings(**{**settings.model_dump(), **overrides})
+        wanted.setdefault((settings, elements), []).append(name)
+    return wanted
+
+
+def report_cache(dataset, seconds: float, names: list[str]) -> None:
+    """How many graphs were built or loaded, how fast, what was skipped, and where."""
+    how = "loaded from cache" if dataset.from_cache else "built"
+    console.print(
+        f"{len(dataset)} graphs {how} in {seconds:.2f} s "
+        f"([bold]{len(dataset) / seconds:,.0f} structures/s[/]); "
+        f"{dataset.log.n_skipped} skipped"
+    )
+    skipped = skipped_table(dataset.log)
+    if skipped is not None:
+        console.print(skipped)
+    console.print(
+        f"for {', '.join(names)}: settings {dataset.graphs.cache.settings.model_dump()}  →  "
+        f"{dataset.graphs.cache.directory}"
+    )
+
+
 def cache(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="File or folder of structures.")],
-    preset: Annotated[
-        str, typer.Option(help="Graph convention: cgcnn (8 Å, 12 nearest), schnet, alignn.")
-    ] = "cgcnn",
-    cutoff: Annotated[float | None, typer.Option(help="Neighbour cutoff in Å.")] = None,
+    model: ModelNames = None,
+    cutoff: Annotated[
+        float | None, typer.Option(help="Neighbour cutoff in Å, instead of the model's.")
+    ] = None,
     max_neighbors: Annotated[
-        int | None, typer.Option(help="Nearest neighbours kept per atom; 0 keeps all.")
+        int | None,
+        typer.Option(help="Nearest neighbours kept per atom (0: all), instead of the model's."),
     ] = None,
     line_graph: Annotated[
         bool | None, typer.Option("--line-graph/--no-line-graph", help="Bond-angle line graph.")
@@ -164,47 +259,34 @@ def cache(
     on_duplicate: OnDuplicate = "error",
 ) -> None:
     """Build and store the graphs of a dataset ahead of training (preprocess once on a
-    cluster, train many times); a second run only loads them.
+    cluster, train many times); a second run only loads them. Give the --target that
+    train or finetune will be given: the cache they look up is the one for that target.
 
     Example:
 
-        tlmat cache ../shared/data/perov_5/train.csv.gz --preset cgcnn --workers 2
+        tlmat cache ../shared/data/perov_5/train.csv.gz -t heat_ref --model schnet-small
+
+        tlmat cache my_data.csv -t E_f --model cgcnn-mp --model chgnet/0.3.0 --workers 2
     """
     from tlmat.data import load_dataset
-    from tlmat.graphs import GraphSettings
+    from tlmat.experiments.run import SCRATCH_MODEL
 
     with reported_errors():
-        settings = GraphSettings.preset(preset)
-        overrides = {}
-        if cutoff is not None:
-            overrides["cutoff"] = cutoff
-        if max_neighbors is not None:
-            overrides["max_neighbors"] = max_neighbors or None
-        if line_graph is not None:
-            overrides["line_graph"] = line_graph
-        settings = settings.model_copy(update=overrides)
-        settings = GraphSettings(**settings.model_dump())  # re-validate the overrides
-        start = time.perf_counter()
-        dataset = load_dataset(
-            data,
-            settings,
-            target,
-            cache_dir=cache_dir,
-            strict=strict,
-            disorder=disorder,
-            on_duplicate=on_duplicate,
-            workers=workers,
-            progress=True,
-        )
-        seconds = time.perf_counter() - start
-    where = dataset.graphs.cache.directory
-    how = "loaded from cache" if dataset.from_cache else "built"
-    console.print(
-        f"{len(dataset)} graphs {how} in {seconds:.2f} s "
-        f"([bold]{len(dataset) / seconds:,.0f} structures/s[/]); "
-        f"{dataset.log.n_skipped} skipped"
-    )
-    skipped = skipped_table(dataset.log)
-    if skipped is not None:
-        console.print(skipped)
-    console.print(f"settings {settings.model_dump()}  →  {where}")
+        overrides = graph_overrides(cutoff, max_neighbors, line_graph)
+        wanted = needed_graphs(model or [SCRATCH_MODEL], overrides)
+    for (settings, elements), names in wanted.items():
+        with reported_errors():
+            start = time.perf_counter()
+            dataset = load_dataset(
+                data,
+                settings,
+                target,
+                cache_dir=cache_dir,
+                elements=elements,
+                strict=strict,
+                disorder=disorder,
+                on_duplicate=on_duplicate,
+                workers=workers,
+                progress=True,
+            )
+        report_cache(dataset, time.perf_counter() - start, names)
