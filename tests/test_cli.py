@@ -267,3 +267,25 @@ def test_cache_refuses_an_unknown_model_listing_the_known(data: Path, tmp_path: 
         assert known in text
     assert "cgcnn/formation-energy-per-atom" in text and "Traceback" not in text
     assert not list(tmp_path.iterdir())  # nothing built before the refusal
+
+
+def test_cache_takes_a_run_folder_and_an_ensemble_folder(data: Path, tmp_path: Path) -> None:
+    """Folders hold the shipped CGCNN source's real model.pt: a run folder is read as its
+    model, an ensemble folder as its members, whose graphs are one and the same."""
+    import json
+    import shutil
+
+    from tlmat.models.hub import shipped_folder
+
+    model = shipped_folder("tlmat/mp-eform-cgcnn") / "model.pt"
+    run_folder, ensemble = tmp_path / "run", tmp_path / "ensemble"
+    for folder in (run_folder, ensemble / "member-0"):
+        folder.mkdir(parents=True)
+        shutil.copy(model, folder / "model.pt")
+    (ensemble / "ensemble.json").write_text(json.dumps({"members": ["member-0"], "val_mse": [1]}))
+    folder = data / "cgcnn_sample_regression"
+    args = ["cache", str(folder), "--cache-dir", str(tmp_path / "cache"), "--workers", "1"]
+    first = runner.invoke(app, [*args, "--model", str(run_folder)])
+    assert first.exit_code == 0 and "10 graphs built" in first.output, first.output
+    second = runner.invoke(app, [*args, "--model", str(ensemble)])
+    assert "10 graphs loaded from cache" in second.output, second.output
