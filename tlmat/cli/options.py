@@ -157,7 +157,18 @@ ModelConfigFile = Annotated[
 ]
 
 
-def slurm_parameters(items: list[str] | None) -> dict:
+Settings = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Any other setting of the run, KEY=VALUE (repeatable; values read as YAML), "
+        "e.g. --set plateau_patience=10 --set warmup_fraction=0.2: every field of "
+        "TrainConfig and RunSpec, a new one included, without a flag of its own.",
+    ),
+]
+
+
+def slurm_parameters(items: list[str] | None, flag: str = "--slurm") -> dict:
     """``["partition=cpu", "timeout_min=120"]`` → ``{"partition": "cpu", "timeout_min":
     120}`` (integers and decimals become numbers, as YAML would read them)."""
     import yaml
@@ -166,7 +177,7 @@ def slurm_parameters(items: list[str] | None) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--slurm {item!r}: expected KEY=VALUE, e.g. partition=cpu")
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE, e.g. partition=cpu")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
@@ -205,6 +216,7 @@ TRAINING = _options(
     precision=(Precision, None),
     seed=(Seed, 0),
     unit=(Unit, ""),
+    settings=(Settings, None),
 )
 #: how an ensemble's members are trained
 ENSEMBLE = _options(
@@ -255,7 +267,8 @@ def spec_options(options: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in options.items() if not (k in SWITCHES and v is False)}
     if "slurm" in out:
         out["slurm"] = slurm_parameters(out["slurm"]) or None
-    return out
+    given = slurm_parameters(out.pop("settings", None), "--set")
+    return {**given, **{k: v for k, v in out.items() if v is not None or k not in given}}
 
 
 def model_choice(model: str | None, model_config_file: Path | None) -> str | dict | None:

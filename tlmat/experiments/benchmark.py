@@ -67,7 +67,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tlmat.experiments.baselines import BASELINES
 from tlmat.experiments.pretraining import DEFAULT_MODEL, PretrainConfig
-from tlmat.transfer.strategies import FEATURE_STRATEGIES
 
 if TYPE_CHECKING:
     from tlmat.training import TrainConfig
@@ -357,45 +356,16 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_
     of the grid can use are kept, so every job sees the same ids in the same order
     (``every_model=False``: those the grid's model can use, without building the other
     models' graphs)."""
-    from tlmat.data import Split, concat, load_dataset, random_split, subsample
-    from tlmat.experiments.pretraining import table_path
+    from tlmat.data import concat
 
     everything = grid_settings(config) if every_model else [model_settings(config.model)]
     settings = settings or everything[0]
-
-    def load(spec: str):
-        path = table_path(spec, config.labels, config.join_on, cache_dir)
-        loaded = {
-            s.key(): load_dataset(
-                path, s, [config.target], cache_dir=cache_dir, on_duplicate=config.on_duplicate
-            )
-            for s in [settings, *everything]
-        }
-        chosen = loaded[settings.key()]
-        usable = set.intersection(*(set(d.ids) for d in loaded.values()))
-        if len(usable) < len(chosen):
-            if config.protocol == "matbench":
-                raise ValueError(
-                    f"{spec}: {len(chosen) - len(usable)} structures are unusable by some "
-                    "model of the grid; the matbench protocol needs every row"
-                )
-            logger.warning(
-                "%s: %d structures kept out, unusable by some model of the grid",
-                spec,
-                len(chosen) - len(usable),
-            )
-            chosen = chosen.subset([i for i, x in enumerate(chosen.ids) if x in usable])
-        if config.log10:  # rows ≤ 0 have no log10: skipped by id, never NaN targets
-            chosen = chosen.require_positive(config.target)
-        return chosen
-
-    pool = load(config.data)
-    n_pool = len(pool)
-    dataset, parts = pool, {"pool": np.arange(n_pool)}
+    dataset = _usable(config, config.data, settings, everything, cache_dir)
+    parts = {"pool": np.arange(len(dataset))}
     for part in ("val", "test"):
         spec = getattr(config, part)
         if spec is not None:
-            extra = load(spec)
+            extra = _usable(config, spec, settings, everything, cache_dir)
             parts[part] = np.arange(len(dataset), len(dataset) + len(extra))
             dataset = concat(dataset, extra)
     if config.target_min is not None or config.target_max is not None:
@@ -406,16 +376,57 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_
             y <= (config.target_max if config.target_max is not None else np.inf)
         )
         parts = {name: index[inside[index]] for name, index in parts.items()}
+    split = _fixed_split(config, parts)
+    if config.log10:
+        dataset.targets[config.target] = np.log10(dataset.targets[config.target])
+    return dataset, split
+
+
+def _usable(config: BenchmarkConfig, spec: str, settings, everything, cache_dir):
+    """The structures of ``spec`` read with ``settings``, less those another model of
+    the grid cannot use (``everything``: every graph setting of the grid)."""
+    from tlmat.data import load_dataset
+    from tlmat.experiments.pretraining import table_path
+
+    path = table_path(spec, config.labels, config.join_on, cache_dir)
+    loaded = {
+        s.key(): load_dataset(
+            path, s, [config.target], cache_dir=cache_dir, on_duplicate=config.on_duplicate
+        )
+        for s in [settings, *everything]
+    }
+    chosen = loaded[settings.key()]
+    usable = set.intersection(*(set(d.ids) for d in loaded.values()))
+    if len(usable) < len(chosen):
+        if config.protocol == "matbench":
+            raise ValueError(
+                f"{spec}: {len(chosen) - len(usable)} structures are unusable by some "
+                "model of the grid; the matbench protocol needs every row"
+            )
+        logger.warning(
+            "%s: %d structures kept out, unusable by some model of the grid",
+            spec,
+            len(chosen) - len(usable),
+        )
+        chosen = chosen.subset([i for i, x in enumerate(chosen.ids) if x in usable])
+    if config.log10:  # rows ≤ 0 have no log10: skipped by id, never NaN targets
+        chosen = chosen.require_positive(config.target)
+    return chosen
+
+
+def _fixed_split(config: BenchmarkConfig, parts: dict[str, np.ndarray]):
+    """The grid's fixed split of the positions in ``parts``: the test set (given, or
+    drawn with a fixed seed), the validation set, and the pool jobs draw training sets
+    from (under the matbench protocol, the whole pool: folds are drawn per job)."""
+    from tlmat.data import Split, random_split, subsample
 
     def count(size: float, n: int) -> int:
         return int(size if size >= 1 else round(size * n))
 
     rest = parts["pool"]
-    if config.protocol == "matbench":  # folds are drawn per job
+    if config.protocol == "matbench":
         empty = np.empty(0, dtype=np.int64)
-        if config.log10:
-            dataset.targets[config.target] = np.log10(dataset.targets[config.target])
-        return dataset, Split(rest, empty, empty)
+        return Split(rest, empty, empty)
     if "test" in parts:
         test = parts["test"]
         if config.test_size is not None and count(config.test_size, len(test)) < len(test):
@@ -431,9 +442,7 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_
     else:
         val = subsample(rest, count(config.val_size, len(rest)), seed=0)
         rest = np.setdiff1d(rest, val)
-    if config.log10:
-        dataset.targets[config.target] = np.log10(dataset.targets[config.target])
-    return dataset, Split(rest, np.sort(val), test)
+    return Split(rest, np.sort(val), test)
 
 
 def _matbench_fold(config: BenchmarkConfig, dataset, fold: int):
@@ -603,59 +612,41 @@ def prepare_outputs(config: BenchmarkConfig, root: Path, cache_dir: Path | None,
 
 
 def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | None) -> dict:
-    """Train and evaluate one (size, seed, source, method); writes its folder."""
+    """Train and evaluate one (size, seed, source, method): a RunSpec on the job's split
+    (``split.json`` beside the methods' folders), run on the grid's data; writes its
+    folder (``run.yaml``: the spec; ``result.json``: scores and the job's provenance)."""
     import torch
 
     from tlmat.data import Split, source_fingerprint
     from tlmat.datasets import resolve
-    from tlmat.experiments.runs import run_strategy, zero_shot
-    from tlmat.transfer.sources import fresh_model, load_source
+    from tlmat.experiments.run import loaded_source, run
 
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
     start = time.perf_counter()
-    method = method_config(config, job)
     dataset, fixed = _data(config, cache_dir, job_settings(config, job, root))
     if config.protocol == "matbench":
         fixed = _matbench_fold(config, dataset, job.seed)
     # a size beyond the pool means "all of it" (Matbench's full-data point)
     size = min(job.size, len(fixed.train))
     split = Split(training_subset(config, fixed.train, size, job.seed), fixed.val, fixed.test)
-    if job.source == COMMON:  # the architecture scratch trains
-        origin = method.model or config.model
-        source = fresh_model(origin, job.seed)
-    else:
-        origin = source_path(config, job.source, root)
-        source = load_source(origin)
-    folder = job.folder(root)
-    zero = folder.parent / "zero-shot.json"
+    spec = job_spec(config, job, root, _job_split(job, root, split, dataset), cache_dir)
     features = None
     if job.source != COMMON:
+        source = loaded_source(spec.source)
         features, predictions = source_outputs(config, job.source, root, source, dataset)
-        if not zero.exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            found = zero_shot(source, dataset, split, config.target, predictions)
-            zero.write_text(json.dumps(found, indent=2))
-    train_config = _train_config(config, job)
-    result = run_strategy(
-        method.strategy,
-        source,
-        dataset,
-        split,
-        train_config,
-        folder,
-        freeze_k=config.freeze_k,
-        overwrite=True,
-        features=features if method.strategy in FEATURE_STRATEGIES else None,
-    )
+        _job_zero_shot(config, job, root, source, dataset, split, predictions)
+    result = run(spec, dataset=dataset, features=features)
+    folder = job.folder(root)
     manifest = json.loads((folder / "result.json").read_text())
+    method = method_config(config, job)
     if method.name != method.strategy:  # reports label rows by this
         manifest["strategy"] = method.name
     manifest.update(
         {
             "job": job.__dict__,
             "signature": job_signature(config, job),
-            "source": str(origin),
-            "model": source.model.describe(),
+            "source": spec.source or str(spec.model),
+            "model": _described(spec),
             "data_fingerprint": source_fingerprint(resolve(config.data)),
             "split_ids": {
                 "train": [dataset.ids[i] for i in split.train],
@@ -669,6 +660,59 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
 
     write_json(folder / "result.json", manifest)
     return {"job": job.__dict__, "mae": result.test["mae"]}
+
+
+def job_spec(config: BenchmarkConfig, job: Job, root: Path, split_file: Path, cache_dir):
+    """The RunSpec of one job: its method from its source (or the grid's scratch model)
+    on the job's split, with the grid's training settings as they are (every one set:
+    a grid's epochs do not scale with the size)."""
+    from tlmat.experiments.run import RunSpec
+
+    method = method_config(config, job)
+    training = _train_config(config, job)
+    scratch = job.source == COMMON
+    return RunSpec(
+        data=str(config.data),
+        split=split_file,
+        source=None if scratch else str(source_path(config, job.source, root)),
+        model=(method.model or config.model) if scratch else None,
+        strategy=method.strategy,
+        freeze_k=config.freeze_k,
+        training=type(training).model_validate(training.model_dump()),
+        run_dir=job.folder(root),
+        overwrite=True,  # a job whose result.json is missing is done again
+        zero_shot=False,
+        cache_dir=cache_dir,
+        provenance={"benchmark": config.name, "job": job.__dict__},
+    )
+
+
+def _job_split(job: Job, root: Path, split, dataset) -> Path:
+    """The job's split as ids, shared by the methods of one source, size and seed."""
+    from tlmat.training.rundir import replaced
+
+    path = job.folder(root).parent / "split.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replaced(path) as tmp:
+        split.save(tmp, dataset.ids)
+    return path
+
+
+def _job_zero_shot(config, job: Job, root: Path, source, dataset, split, predictions) -> None:
+    """The source's own predictions on the job's test set, once per size and seed."""
+    from tlmat.experiments.runs import zero_shot
+    from tlmat.training.rundir import write_json
+
+    path = job.folder(root).parent / "zero-shot.json"
+    if not path.exists():
+        write_json(path, zero_shot(source, dataset, split, config.target, predictions))
+
+
+def _described(spec) -> dict:
+    """The model a job starts from: its source, or the grid's scratch architecture."""
+    from tlmat.experiments.run import RunModels
+
+    return RunModels.of(spec).source_or_model.describe()
 
 
 #: settings that say which jobs a grid has, or how it is run and reported, not what a

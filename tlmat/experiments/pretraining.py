@@ -25,11 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from tlmat.data import Split, composition_disjoint, load_dataset, random_split, subsample
 from tlmat.data.dataset import default_cache_dir
 from tlmat.datasets import resolve
-from tlmat.evaluation.metrics import regression_metrics
+from tlmat.experiments.run import RunSpec, run
 from tlmat.io.table import join_labels
 from tlmat.models.registry import model_config
-from tlmat.training import TrainConfig, fit, predict
-from tlmat.transfer.sources import fresh_model
+from tlmat.training import TrainConfig
+from tlmat.training.rundir import record, replaced, write_json
 
 logger = logging.getLogger("tlmat")
 
@@ -188,22 +188,10 @@ def pretrain_source(
     )
     inner = random_split(len(indices), (len(indices) - n_val - n_test, n_val, n_test), spec.seed)
     split = Split(indices[inner.train], indices[inner.val], indices[inner.test])
-    config = TrainConfig(
-        target=spec.target,
-        unit=spec.unit,
-        seed=spec.seed,
-        progress_bar=False,
-        **{"batch_size": 128, "plateau_patience": 3, "early_stopping_patience": 6} | spec.training,
-    )
-    model = fresh_model(spec.model, spec.seed, out_dim=config.target_spec().out_dim)
     logger.info("pretraining %s on %d structures", folder.name, len(split.train))
-    result = fit(
-        model,
-        dataset,
-        split,
-        config,
-        folder,
-        provenance={"pretrained_for_benchmark": folder.name, "spec_hash": digest},
+    result = run(
+        _run_spec(spec, folder, _saved_split(folder, split, dataset), cache_dir, digest),
+        dataset=dataset,
     )
     summary = {
         "spec": spec.model_dump(),
@@ -216,9 +204,42 @@ def pretrain_source(
         "n_pretrain": len(split.train),
         "n_val": len(split.val),
         "n_test": len(split.test),
-        "test": regression_metrics(y[split.test], predict(result.trained, dataset, split.test)),
+        "test": result.test,
         "epochs": result.epochs,
         "seconds": result.seconds,
     }
-    summary_file.write_text(json.dumps(summary, indent=2))
+    record(folder, summary_file.name)
+    write_json(summary_file, summary)
     return model_file
+
+
+def _run_spec(spec: PretrainConfig, folder: Path, split: Path, cache_dir, digest: str) -> RunSpec:
+    """The RunSpec of a source's pretraining: its model from scratch on its split, with
+    every training setting given (a source's epochs do not scale with its size)."""
+    config = TrainConfig(
+        target=spec.target,
+        unit=spec.unit,
+        seed=spec.seed,
+        progress_bar=False,
+        **{"batch_size": 128, "plateau_patience": 3, "early_stopping_patience": 6} | spec.training,
+    )
+    return RunSpec(
+        data=str(table_path(spec.data, spec.labels, spec.join_on, cache_dir)),
+        split=split,
+        model=spec.model,
+        training=TrainConfig.model_validate(config.model_dump()),
+        run_dir=folder,
+        zero_shot=False,
+        cache_dir=cache_dir,
+        provenance={"pretrained_for_benchmark": folder.name, "spec_hash": digest},
+    )
+
+
+def _saved_split(folder: Path, split: Split, dataset) -> Path:
+    """The pretraining split as ids, in the source's folder, which its RunSpec names."""
+    path = folder / "pretrain-split.json"
+    folder.mkdir(parents=True, exist_ok=True)
+    record(folder, path.name)
+    with replaced(path) as tmp:
+        split.save(tmp, dataset.ids)
+    return path

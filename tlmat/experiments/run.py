@@ -53,6 +53,15 @@ STRATEGIES = (
     "features+rf",
 )
 
+
+def methods() -> tuple[str, ...]:
+    """Every method a run can carry out: the transfer strategies (and scratch), the
+    training mean ``base`` and the descriptor baselines, which need no source."""
+    from tlmat.experiments.baselines import BASELINES
+
+    return (*STRATEGIES, "base", *BASELINES)
+
+
 #: what a run says while it works (text, or a dataset's ProblemLog of skipped rows)
 Say = Callable[[Any], None]
 
@@ -100,6 +109,9 @@ class RunSpec(BaseModel):
     overwrite: bool = False
     #: score the source's own predictions (raw and linearly recalibrated) beside the run
     zero_shot: bool = True
+    #: what the run is for (a grid's job, a source pretrained for a benchmark), kept in
+    #: its model's provenance
+    provenance: dict[str, Any] = Field(default_factory=dict)
     cache_dir: Path | None = None
     strict: bool = False
     on_duplicate: Literal["error", "first"] = "error"
@@ -114,13 +126,14 @@ class RunSpec(BaseModel):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        if value not in STRATEGIES:
-            raise ValueError(f"{value!r} is not one of {', '.join(STRATEGIES)}")
+        known = methods()
+        if value not in known:
+            raise ValueError(f"{value!r} is not one of {', '.join(known)}")
         return value
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSpec:
-        if self.strategy != "scratch" and self.source is None:
+        if self.strategy in STRATEGIES[1:] and self.source is None:
             raise ValueError(f"strategy {self.strategy!r} transfers a source: name one")
         if self.model is not None and self.source is not None and self.strategy != "scratch":
             raise ValueError(
@@ -204,22 +217,34 @@ class RunResult:
         return {**self.zero_shot, self.label: self.test}
 
 
-def run(spec: RunSpec, say: Say | None = None) -> RunResult:
+def run(
+    spec: RunSpec,
+    say: Say | None = None,
+    dataset: GraphDataset | None = None,
+    features: np.ndarray | None = None,
+) -> RunResult:
     """Carry out ``spec``: read the data as the model needs it, split it, train (or
     resume, or reuse the finished run with the same settings), score the test set once.
-    The run folder is locked throughout; ``spec`` is recorded in it as ``run.yaml``."""
+    The run folder is locked throughout; ``spec`` is recorded in it as ``run.yaml``.
+
+    A caller that runs many specs on data it has read already (a grid) passes it as
+    ``dataset`` (every id of the spec's ``split`` file must be in it) and, for feature
+    strategies, the source's ``features`` of every structure of it."""
     say = say or _logged
     check_run_dir(spec.run_dir, spec.overwrite, finished_ok=True)  # before the slow work
     with run_lock(spec.run_dir):
         models = RunModels.of(spec)
-        dataset, parts = prepared_data(spec, models.source_or_model, say)
+        if dataset is None:
+            dataset, parts = prepared_data(spec, models.source_or_model, say)
+        else:
+            parts = {"pool": np.arange(len(dataset))}
         split = split_for(spec, dataset, parts, spec.training.seed, say)
         config = scaled_defaults(spec.training, len(split.train))
         say(announcement(config, split))
         if spec.ensemble > 1:
             result = _ensemble(spec, models, dataset, parts, split, config, say)
         else:
-            result = _single(spec, models, dataset, parts, split, config, say)
+            result = _single(spec, models, dataset, split, config, say, features)
         record(spec.run_dir, RECORD)
         write_atomic(spec.run_dir / RECORD, spec.to_yaml())
         return result
@@ -422,7 +447,7 @@ def common_split(
     return Split(*parts_a), Split(*parts_b), dropped
 
 
-def _single(spec, models: RunModels, dataset, parts, split, config, say: Say) -> RunResult:
+def _single(spec, models: RunModels, dataset, split, config, say: Say, features) -> RunResult:
     """One model: the source's zero-shot scores, then the strategy's run."""
     from tlmat.experiments.runs import run_strategy, zero_shot
     from tlmat.transfer.sources import fresh_model
@@ -453,6 +478,8 @@ def _single(spec, models: RunModels, dataset, parts, split, config, say: Say) ->
         freeze_k=spec.freeze_k,
         overwrite=spec.overwrite,
         reuse=True,  # the same spec again gives the finished run's scores
+        features=features if spec.strategy.startswith("features+") else None,
+        provenance=spec.provenance or None,
     )
     record(spec.run_dir, "test_metrics.json")
     write_json(spec.run_dir / "test_metrics.json", result.test)

@@ -27,6 +27,8 @@ from tlmat.training.rundir import (
     record,
     require_same_settings,
     resumable_settings,
+    write_atomic,
+    write_json,
 )
 from tlmat.transfer.features import extract_features, feature_regressor
 from tlmat.transfer.sources import prepare_transfer
@@ -81,53 +83,20 @@ def run_strategy(
     overwrite: bool = False,
     reuse: bool = False,
     features: np.ndarray | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> StrategyResult:
     """Train one strategy (``scratch`` uses the source's architecture with random weights)
     and evaluate it on the test split. With ``reuse``, a finished run in ``run_dir`` made
     with the same settings is read back instead of trained again (other settings are
     refused, unless ``overwrite``). ``features``: the source's pooled layer features of
     every structure of ``dataset`` (row i ↔ ``dataset[i]``), computed once for many
-    feature-strategy runs instead of once per run."""
-    start = time.perf_counter()
+    feature-strategy runs instead of once per run. ``provenance``: what the run is for,
+    kept in its model."""
     run_dir = Path(run_dir)
-    y = dataset.targets[config.target]
     if name == "base" or name in BASELINES or name in FEATURE_STRATEGIES:
-        if config.loss == "gaussian_nll":
-            raise ValueError(
-                f"loss gaussian_nll trains a network's heteroscedastic head; {name!r} fits "
-                "no network head, so it cannot predict a variance: use a transfer "
-                "strategy or scratch"
-            )
-        settings = {
-            "method": name,
-            "config": resumable_settings(config.model_dump()),
-            "source": None
-            if name == "base" or name in BASELINES
-            else {
-                "model": source.model.config.model_dump(),
-                "provenance": stable_provenance(source.provenance),
-            },
-            "data": {"fingerprint": data_fingerprint(dataset, split, config.target)},
-        }
-        if reuse and not overwrite and (run_dir / "result.json").exists():
-            return _reused(run_dir, name, settings)
-        prepare_run_dir(run_dir, overwrite)
-        record(run_dir, SETTINGS)
-        (run_dir / SETTINGS).write_text(json.dumps(settings, indent=2, default=str))
-        prediction, val_mae, extra = _predict_without_training(
-            name, source, dataset, split, config, features
+        return _fitted_without_network(
+            name, source, dataset, split, config, run_dir, overwrite, reuse, features
         )
-        result = StrategyResult(
-            name,
-            regression_metrics(y[split.test], prediction),
-            val_mae,
-            time.perf_counter() - start,
-            predictions=prediction,
-            extra=extra,
-        )
-        _write_result(run_dir, result, config, dataset, split)
-        return result
-
     model, strategy = prepare_transfer(
         name,
         source,
@@ -141,18 +110,61 @@ def run_strategy(
         return _reused(
             run_dir, strategy.name, run_settings(model, dataset, split, config, strategy)
         )
-    fitted = fit(model, dataset, split, config, run_dir, strategy, overwrite=overwrite)
+    fitted = fit(model, dataset, split, config, run_dir, strategy, provenance, overwrite)
     prediction = predict(fitted.trained, dataset, split.test)
     result = StrategyResult(
         strategy.name,
-        regression_metrics(y[split.test], prediction),
+        regression_metrics(dataset.targets[config.target][split.test], prediction),
         fitted.best_val_mae,
         fitted.seconds,
         fitted.epochs,
         prediction,
         {"seconds_per_epoch": fitted.seconds / max(fitted.epochs, 1)},
     )
-    _write_result(Path(run_dir), result, config, dataset, split)
+    _write_result(run_dir, result, config, dataset, split)
+    return result
+
+
+def _fitted_without_network(
+    name, source, dataset, split, config, run_dir: Path, overwrite, reuse, features
+) -> StrategyResult:
+    """The methods that fine-tune no network (the training mean, descriptor baselines,
+    source features + MLP/RF), with their settings recorded for reuse."""
+    start = time.perf_counter()
+    if config.loss == "gaussian_nll":
+        raise ValueError(
+            f"loss gaussian_nll trains a network's heteroscedastic head; {name!r} fits "
+            "no network head, so it cannot predict a variance: use a transfer "
+            "strategy or scratch"
+        )
+    settings = {
+        "method": name,
+        "config": resumable_settings(config.model_dump()),
+        "source": None
+        if name == "base" or name in BASELINES
+        else {
+            "model": source.model.config.model_dump(),
+            "provenance": stable_provenance(source.provenance),
+        },
+        "data": {"fingerprint": data_fingerprint(dataset, split, config.target)},
+    }
+    if reuse and not overwrite and (run_dir / "result.json").exists():
+        return _reused(run_dir, name, settings)
+    prepare_run_dir(run_dir, overwrite)
+    record(run_dir, SETTINGS)
+    write_json(run_dir / SETTINGS, settings)
+    prediction, val_mae, extra = _predict_without_training(
+        name, source, dataset, split, config, features
+    )
+    result = StrategyResult(
+        name,
+        regression_metrics(dataset.targets[config.target][split.test], prediction),
+        val_mae,
+        time.perf_counter() - start,
+        predictions=prediction,
+        extra=extra,
+    )
+    _write_result(run_dir, result, config, dataset, split)
     return result
 
 
@@ -225,13 +237,14 @@ def _write_result(
     import pandas as pd
 
     record(run_dir, "predictions.csv", "result.json")
-    pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "id": [dataset.ids[i] for i in split.test],
             "true": dataset.targets[config.target][split.test],
             "predicted": result.predictions,
         }
-    ).to_csv(run_dir / "predictions.csv", index=False)
+    )
+    write_atomic(run_dir / "predictions.csv", frame.to_csv(index=False))
     payload = {
         "strategy": result.strategy,
         "test": result.test,
@@ -241,4 +254,4 @@ def _write_result(
         "config": config.model_dump(),
         **result.extra,
     }
-    (run_dir / "result.json").write_text(json.dumps(payload, indent=2))
+    write_json(run_dir / "result.json", payload)
