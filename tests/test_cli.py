@@ -211,11 +211,9 @@ def test_inference_commands_honour_tlmat_cache_dir(data: Path, tmp_path: Path) -
 
 def _read_by_run(data: Path, cache: Path, **model) -> bool:
     """Whether a run of ``model`` (or ``source``) — the very read train and finetune do
-    (:func:`tlmat.experiments.run.prepared_data`) — finds its graphs cached."""
-    import importlib
+    (:func:`tlmat.experiments.runspec.prepared_data`) — finds its graphs cached."""
+    from tlmat.experiments import runspec as run
 
-    # the module, not the package's re-exported run() function of the same name
-    run = importlib.import_module("tlmat.experiments.run")
     run._DATA.clear()  # a dataset read earlier in this process is no cache hit
     spec = run.RunSpec(data=str(data), cache_dir=cache, training={"target": "target"}, **model)
     dataset, _ = run.prepared_data(spec, run.RunModels.of(spec).source_or_model, lambda _: None)

@@ -269,7 +269,7 @@ def cache(
         tlmat cache my_data.csv -t E_f --model cgcnn-mp --model chgnet/0.3.0 --workers 2
     """
     from tlmat.data import load_dataset
-    from tlmat.experiments.run import SCRATCH_MODEL
+    from tlmat.experiments.runspec import SCRATCH_MODEL
 
     with reported_errors():
         overrides = graph_overrides(cutoff, max_neighbors, line_graph)

@@ -1,6 +1,6 @@
 """The options the training commands share, declared once: each command names the
 groups it takes (:func:`with_options`) and receives them as one mapping, which
-:class:`~tlmat.experiments.run.RunSpec` reads (option names are its field names)."""
+:class:`~tlmat.experiments.runspec.RunSpec` reads (option names are its field names)."""
 
 from __future__ import annotations
 

@@ -34,10 +34,10 @@ from tlmat.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from tlmat.experiments.run import RunResult
+    from tlmat.experiments.runspec import RunResult
 
 #: the architecture every command trains from scratch unless told otherwise
-#: (= tlmat.experiments.run.SCRATCH_MODEL, named here so that --help needs no import)
+#: (= tlmat.experiments.runspec.SCRATCH_MODEL, named here so that --help needs no import)
 SCRATCH_MODEL = "cgcnn-mp"
 STRATEGY_NAMES = (
     "scratch, full, freeze-embedding, head-only, freeze-first-k, discriminative, "
@@ -69,7 +69,7 @@ def say(message) -> None:
 
 def run_spec(config: Path | None, **options):
     """The RunSpec of a command's flags and ``--config`` file (flags win)."""
-    from tlmat.experiments.run import RunSpec
+    from tlmat.experiments.runspec import RunSpec
 
     return RunSpec.from_options(config, **options)
 
@@ -110,7 +110,7 @@ def train(
         tlmat train perov_5/val -t heat_ref --unit eV/cell --model schnet-arch2
             --run-dir runs/perov-schnet --epochs 50
     """
-    from tlmat.experiments.run import run
+    from tlmat.experiments.runspec import run
 
     note_run_dir(run_dir, Path("runs/train"))
     with reported_errors():
@@ -192,7 +192,7 @@ def finetune(
         tlmat finetune perov_5/train -t heat_ref --test perov_5/test --train-size 300
             --strategy scratch --model schnet-arch2 --run-dir runs/finetune-schnet
     """
-    from tlmat.experiments.run import run
+    from tlmat.experiments.runspec import run
 
     note_run_dir(run_dir, Path("runs/finetune"))
     with reported_errors():
@@ -222,7 +222,7 @@ def finetune(
 
 def chosen_strategies(strategies: str) -> tuple[str, ...]:
     """``--strategies`` as names, every one checked before anything trains."""
-    from tlmat.experiments.run import STRATEGIES
+    from tlmat.experiments.runspec import STRATEGIES
 
     chosen = (
         STRATEGIES

@@ -5,6 +5,6 @@ target's test materials, and resumable grids of sizes × seeds × sources × met
 (:mod:`benchmark`), whose jobs are RunSpecs."""
 
 from tlmat.experiments.comparison import compare
-from tlmat.experiments.run import RunResult, RunSpec, run
+from tlmat.experiments.runspec import RunResult, RunSpec, run
 
 __all__ = ["RunResult", "RunSpec", "compare", "run"]

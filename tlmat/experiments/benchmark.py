@@ -619,7 +619,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
 
     from tlmat.data import Split, source_fingerprint
     from tlmat.datasets import resolve
-    from tlmat.experiments.run import loaded_source, run
+    from tlmat.experiments.runspec import loaded_source, run
 
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
     start = time.perf_counter()
@@ -666,7 +666,7 @@ def job_spec(config: BenchmarkConfig, job: Job, root: Path, split_file: Path, ca
     """The RunSpec of one job: its method from its source (or the grid's scratch model)
     on the job's split, with the grid's training settings as they are (every one set:
     a grid's epochs do not scale with the size)."""
-    from tlmat.experiments.run import RunSpec
+    from tlmat.experiments.runspec import RunSpec
 
     method = method_config(config, job)
     training = _train_config(config, job)
@@ -710,7 +710,7 @@ def _job_zero_shot(config, job: Job, root: Path, source, dataset, split, predict
 
 def _described(spec) -> dict:
     """The model a job starts from: its source, or the grid's scratch architecture."""
-    from tlmat.experiments.run import RunModels
+    from tlmat.experiments.runspec import RunModels
 
     return RunModels.of(spec).source_or_model.describe()
 

@@ -1,6 +1,6 @@
 """Scratch against transfer strategies from one source, repeated over seeds, on one
-held-out test set: a list of :class:`~tlmat.experiments.run.RunSpec`, one per seed and
-method, each carried out by :func:`~tlmat.experiments.run.run`.
+held-out test set: a list of :class:`~tlmat.experiments.runspec.RunSpec`, one per seed and
+method, each carried out by :func:`~tlmat.experiments.runspec.run`.
 
 The folder is a results grid that ``tlmat report`` reads::
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tlmat.data.splits import Split
-from tlmat.experiments.run import (
+from tlmat.experiments.runspec import (
     RunModels,
     RunSpec,
     Say,

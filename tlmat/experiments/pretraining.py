@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tlmat.data import Split, composition_disjoint, load_dataset, random_split, subsample
 from tlmat.data.dataset import default_cache_dir
 from tlmat.datasets import resolve
-from tlmat.experiments.run import RunSpec, run
+from tlmat.experiments.runspec import RunSpec, run
 from tlmat.io.table import join_labels
 from tlmat.models.registry import model_config
 from tlmat.training import TrainConfig
