@@ -57,6 +57,57 @@ FreezeK = Annotated[int, typer.Option(help="Interactions frozen by freeze-first-
 KeepHead = Annotated[
     bool, typer.Option("--keep-head", help="Keep the source head even for a new target.")
 ]
+Members = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Train a deep ensemble of this many members, each with its own split, "
+        "initialisation and seed; predict then gives σ (Ekström et al.) [1].",
+    ),
+]
+ExcludeIds = Annotated[
+    Path | None,
+    typer.Option(
+        help="Ids never to train on: a split.json (its test ids), a JSON list, "
+        "or one id per line (e.g. a target's test materials)."
+    ),
+]
+ScratchTwin = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="With --strategy scratch: the architecture or preset trained from random "
+        "weights [the source's], on the materials both models can use.",
+    ),
+]
+FinetuneMembers = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Fine-tune a deep ensemble of this many members, each with its own split, "
+        "new head and seed; predict then gives σ (Ekström et al.) [1].",
+    ),
+]
+Strategies = Annotated[
+    str,
+    typer.Option(help=f"Comma-separated strategies, or 'all' [{DEFAULT_STRATEGIES}]."),
+]
+Seeds = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Repeats with seeds SEED, SEED+1, …: new training draws, validation "
+        "sets and initialisations, one test set.",
+    ),
+]
+ScratchRow = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Architecture or preset trained from scratch for the 'scratch' row "
+        "[the source's]; structures it cannot use are left out of every row.",
+    ),
+]
 
 
 def say(message) -> None:
@@ -82,21 +133,8 @@ def train(
     config: Config = None,
     model: Model = SCRATCH_MODEL,
     model_config_file: ModelConfigFile = None,
-    ensemble: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Train a deep ensemble of this many members, each with its own split, "
-            "initialisation and seed; predict then gives σ (Ekström et al.) [1].",
-        ),
-    ] = 1,
-    exclude_ids: Annotated[
-        Path | None,
-        typer.Option(
-            help="Ids never to train on: a split.json (its test ids), a JSON list, "
-            "or one id per line (e.g. a target's test materials)."
-        ),
-    ] = None,
+    ensemble: Members = 1,
+    exclude_ids: ExcludeIds = None,
     options: dict | None = None,
 ) -> None:
     """Train a model of any registered architecture from scratch (an interrupted run
@@ -161,23 +199,9 @@ def finetune(
     keep_head: KeepHead = False,
     run_dir: RunDir = Path("runs/finetune"),
     config: Config = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="With --strategy scratch: the architecture or preset trained from random "
-            "weights [the source's], on the materials both models can use.",
-        ),
-    ] = None,
+    model: ScratchTwin = None,
     model_config_file: ModelConfigFile = None,
-    ensemble: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Fine-tune a deep ensemble of this many members, each with its own split, "
-            "new head and seed; predict then gives σ (Ekström et al.) [1].",
-        ),
-    ] = 1,
+    ensemble: FinetuneMembers = 1,
     options: dict | None = None,
 ) -> None:
     """Fine-tune a pretrained model on a (small) target set; prints the source's zero-shot
@@ -280,28 +304,11 @@ def compare(
     data: Data,
     target: Target,
     source: Source = "cgcnn/formation-energy-per-atom",
-    strategies: Annotated[
-        str,
-        typer.Option(help=f"Comma-separated strategies, or 'all' [{DEFAULT_STRATEGIES}]."),
-    ] = DEFAULT_STRATEGIES,
-    seeds: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Repeats with seeds SEED, SEED+1, …: new training draws, validation "
-            "sets and initialisations, one test set.",
-        ),
-    ] = 3,
+    strategies: Strategies = DEFAULT_STRATEGIES,
+    seeds: Seeds = 3,
     run_dir: RunDir = Path("runs/compare"),
     config: Config = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            help="Architecture or preset trained from scratch for the 'scratch' row "
-            "[the source's]; structures it cannot use are left out of every row.",
-        ),
-    ] = None,
+    model: ScratchRow = None,
     model_config_file: ModelConfigFile = None,
     options: dict | None = None,
 ) -> None:
