@@ -26,8 +26,8 @@ from tlmat.experiments.runspec import (
     RunModels,
     RunSpec,
     Say,
-    _logged,
     common_split,
+    logged,
     prepared_data,
     run,
     split_for,
@@ -83,7 +83,7 @@ def compare(
     """Run every strategy of ``strategies`` for seeds ``base.training.seed`` … + ``seeds``
     − 1 (new training draws, validation sets and initialisations; one test set) from
     ``base.source``; ``base.model``, if given, is the architecture of the scratch row."""
-    say, root = say or _logged, base.run_dir
+    say, root = say or logged, base.run_dir
     comparison_specs(base, strategies, base.training.seed, root)  # checked before any run
     with run_lock(root):
         claim(root, "comparison.json")

@@ -230,7 +230,7 @@ def run(
     A caller that runs many specs on data it has read already (a grid) passes it as
     ``dataset`` (every id of the spec's ``split`` file must be in it) and, for feature
     strategies, the source's ``features`` of every structure of it."""
-    say = say or _logged
+    say = say or logged
     check_run_dir(spec.run_dir, spec.overwrite, finished_ok=True)  # before the slow work
     with run_lock(spec.run_dir):
         models = RunModels.of(spec)
@@ -250,15 +250,16 @@ def run(
         return result
 
 
-def _logged(message: Any) -> None:
+def logged(message: Any) -> None:
+    """What a run says, when no one listens: its text to the log (INFO)."""
     if isinstance(message, str):
         logger.info(message)
 
 
 @dataclass
 class RunModels:
-    """The models a spec names: the source (if any), the model trained from scratch
-    (``scratch``: its config), and whether that one needs graphs of its own."""
+    """The models a spec names: the source (if any) and the architecture trained from
+    scratch (its config; with a source too, the scratch twin of a transfer)."""
 
     source: TrainedModel | None
     scratch: ModelConfig | None
@@ -281,18 +282,21 @@ class RunModels:
         return self.source.model if self.source is not None else build(self.scratch)
 
 
-_SOURCES: dict[str, TrainedModel] = {}
+_SOURCES: dict[tuple[str, int], TrainedModel] = {}
 
 
 def loaded_source(name: str) -> TrainedModel:
     """The source ``name`` (:func:`tlmat.models.hub.load_source`), loaded once per
-    process: a comparison's runs share it (transfer copies it, never changes it)."""
+    process while its file is unchanged: a comparison's runs share it (transfer copies
+    it, never changes it)."""
     from tlmat.models.hub import load_source
 
-    if name not in _SOURCES:
+    path = Path(name)
+    key = (name, path.stat().st_mtime_ns if path.exists() else 0)
+    if key not in _SOURCES:
         _SOURCES.clear()  # one source at a time: a foundation model is large
-        _SOURCES[name] = load_source(name)
-    return _SOURCES[name]
+        _SOURCES[key] = load_source(name)
+    return _SOURCES[key]
 
 
 #: the data read last (two: a transfer's and its scratch twin's graphs), by what
