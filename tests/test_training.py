@@ -280,3 +280,23 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_resumes(data, tmp_path
     assert (resumed["resumed"], resumed["resumed_from_epoch"]) == (True, 1)
     assert resumed["best_val_mae"] == pytest.approx(two["best_val_mae"], rel=1e-6)
     assert len(pd.read_csv(tmp_path / "resumed" / "metrics.csv").dropna(subset=["val_mae"])) == 3
+
+
+def test_gradient_clipping_bounds_every_step(perovskites, tmp_path: Path) -> None:
+    """A training option added in two files (TrainConfig, the trainer): with plain SGD,
+    each step moves the weights by at most lr × the clipped gradient norm."""
+    split = random_split(len(perovskites), (48, 20, 20), seed=0)
+    config = quick(epochs=1, optimizer="sgd", momentum=0.0, lr=0.1, gradient_clip_val=1e-3)
+    start = small_cgcnn()
+    before = torch.cat([p.detach().flatten().clone() for p in start.model.parameters()])
+    fitted = fit(start, perovskites, split, config, tmp_path / "clipped").trained.model
+    after = torch.cat([p.detach().flatten() for p in fitted.parameters()])
+    steps = 48 // 16
+    moved = float((after - before).norm())
+    assert 0 < moved <= steps * 0.1 * 1e-3 * 1.001
+    # an older run's record without the setting did what its default does
+    from tlmat.training.rundir import differences
+
+    old = {"config": {"epochs": 1}}
+    assert differences(old, {"config": {"epochs": 1, "gradient_clip_val": None}}) == []
+    assert differences(old, {"config": {"epochs": 1, "gradient_clip_val": 0.5}}) != []

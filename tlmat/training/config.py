@@ -49,6 +49,8 @@ class TrainConfig(BaseModel):
     cyclic_low: float = 0.1
     #: fraction of the ``epochs`` the one-cycle schedule spends warming up to ``lr``
     warmup_fraction: float = Field(0.1, gt=0, lt=1)
+    #: the gradient norm (2-norm over all parameters) is clipped to this, when set
+    gradient_clip_val: float | None = Field(None, gt=0)
     epochs: int = Field(300, ge=1)
     early_stopping_patience: int | None = 50
     batch_size: int = Field(64, ge=1)

@@ -147,6 +147,7 @@ def _trainer(config: TrainConfig, callbacks: list, log: EpochLog, steps: int) ->
         strategy=config.ddp_strategy,
         precision=config.precision,
         deterministic=True,
+        gradient_clip_val=config.gradient_clip_val,
         callbacks=callbacks,
         logger=log,
         plugins=[AtomicCheckpointIO()],

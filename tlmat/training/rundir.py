@@ -263,21 +263,28 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
-#: settings added after runs were recorded, with the value that does what those runs did:
-#: a record without the setting is the same as one with this value (leaf key → value)
-ADDED_SETTINGS: dict[str, Any] = {"num_nodes": 1, "ddp_strategy": "auto", "max_size": None}
+def added_settings() -> dict[str, Any]:
+    """Settings added after runs were recorded, with the value that does what those runs
+    did (leaf key → value): every training setting's default (a setting added to
+    TrainConfig keeps, by its default, what runs did before it), and a grid method's
+    ``max_size``. A record without the setting is the same as one with this value."""
+    from tlmat.training.config import TrainConfig
+
+    defaults = {name: f.default for name, f in TrainConfig.model_fields.items()}
+    return {**defaults, "max_size": None}
 
 
 def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """``key: old → new`` for every setting that changed (nested keys dotted); a setting
-    of :data:`ADDED_SETTINGS` missing from ``before`` counts as its neutral value."""
+    of :func:`added_settings` missing from ``before`` counts as its neutral value."""
     a, b = (
         _flatten(json.loads(json.dumps(before, default=str))),
         _flatten(json.loads(json.dumps(now, default=str))),
     )
+    added = json.loads(json.dumps(added_settings(), default=str))
     for key, value in b.items():
         leaf = key.rsplit(".", 1)[-1]
-        if key not in a and leaf in ADDED_SETTINGS and value == ADDED_SETTINGS[leaf]:
+        if key not in a and leaf in added and value == added[leaf]:
             a[key] = value
     lines = []
     for key in sorted(set(a) | set(b)):
