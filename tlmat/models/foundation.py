@@ -1,7 +1,9 @@
 """What the foundation-model modules share (:mod:`tlmat.models.chgnet`,
 :mod:`tlmat.models.sevennet`, :mod:`tlmat.models.m3gnet`, :mod:`tlmat.models.megnet`):
-finding the weights a package ships, turning a published model's constructor arguments
-into a tlmat config, and the registry's entries for matgl's published models.
+importing the package whose layers they use, the graphs they were trained on, finding
+the weights a package ships, turning a published model's constructor arguments into a
+tlmat config, renaming a published state dict, and the registry's entries for matgl's
+published models.
 
 Each was written once per architecture before; the messages are unchanged.
 """
@@ -9,10 +11,13 @@ Each was written once per architecture before; the messages are unchanged.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tlmat.graphs.settings import GraphSettings
 from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
 from tlmat.models.registry import Published
 
@@ -20,6 +25,45 @@ if TYPE_CHECKING:
     from tlmat.models.matgl import MatGLSource
 
 Config = TypeVar("Config", bound=ModelConfig)
+Entry = TypeVar("Entry")
+
+
+def foundation_module(module: str, who: str) -> ModuleType:
+    """The installed ``module`` of a foundation model's package, or an ImportError telling
+    how to install it; ``who`` names what needs it (``the CHGNet backbone``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        package = module.partition(".")[0]
+        raise ImportError(
+            f"{who} needs the {package} package: pip install 'tlmat[foundation]'"
+        ) from error
+
+
+def package_version(package: str) -> str:
+    """The installed version of ``package`` (recorded in a published model's provenance)."""
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def all_neighbours(cutoff: float, line_graph_cutoff: float | None = None) -> GraphSettings:
+    """The graphs the foundation models were trained on: every neighbour within ``cutoff``
+    (Å, no neighbour limit) and, with ``line_graph_cutoff``, the line graph of the bonds
+    shorter than that."""
+    if line_graph_cutoff is None:
+        return GraphSettings(cutoff=cutoff, max_neighbors=None)
+    return GraphSettings(
+        cutoff=cutoff, max_neighbors=None, line_graph=True, line_graph_cutoff=line_graph_cutoff
+    )
+
+
+def published_source(what: str, version: str, published: Mapping[str, Entry]) -> Entry:
+    """The entry of source ``version`` in an architecture's ``published`` table, or a
+    ValueError listing the sources; ``what`` names the architecture (``CHGNet``)."""
+    if version not in published:
+        raise ValueError(f"{what} {version} is not a source; sources: {', '.join(published)}")
+    return published[version]
 
 
 def packaged_weights(
@@ -30,12 +74,7 @@ def packaged_weights(
     unknown one (``CHGNet version``), ``source`` the model that needs the package."""
     if key not in weights:
         raise ValueError(f"unknown {what} {key!r}; known: {', '.join(weights)}")
-    try:
-        module = importlib.import_module(package)
-    except ImportError as error:
-        raise ImportError(
-            f"{source} needs the {package} package: pip install 'tlmat[foundation]'"
-        ) from error
+    module = foundation_module(package, source)
     return Path(module.__file__).parent / weights[key][0]
 
 
@@ -63,6 +102,40 @@ def config_from_arguments(
         return config(**fields)
     except ValueError as error:
         raise CheckpointError(f"{where}: {error}") from None
+
+
+def head_names(state: Mapping[str, Any], prefix: str) -> dict[str, str]:
+    """A published ``MLP`` at ``prefix`` (``…layers.0``, ``…layers.2``, …: linear maps
+    between activations, as matgl's and chgnet's are) → tlmat's :class:`Head`
+    (``head.hidden.0``, ``head.hidden.2``, …, ``head.out``)."""
+    start = f"{prefix}.layers."
+    layers = sorted({int(k[len(start) :].split(".")[0]) for k in state if k.startswith(start)})
+    names = {}
+    for key in state:
+        if not key.startswith(start):
+            continue
+        index, _, rest = key[len(start) :].partition(".")
+        position = layers.index(int(index))
+        layer = "head.out" if position == len(layers) - 1 else f"head.hidden.{2 * position}"
+        names[key] = f"{layer}.{rest}"
+    return names
+
+
+def published_names(
+    state: Mapping[str, Any], head: str, renames: Sequence[tuple[str, str]]
+) -> dict[str, str]:
+    """A published state dict's names → tlmat's: the output MLP at ``head``
+    (:func:`head_names`), and every other name by the first of ``renames`` (a pattern
+    matched at the start of the name, and its replacement, :func:`re.sub`'s) that
+    matches; a name none matches is left out."""
+    names = head_names(state, head)
+    for key in state:
+        for pattern, replacement in renames:
+            renamed, found = re.subn(f"^{pattern}", replacement, key, count=1)
+            if found:
+                names[key] = renamed
+                break
+    return names
 
 
 def matgl_model(backbone: Backbone, config: ModelConfig) -> CrystalModel:

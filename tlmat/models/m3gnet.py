@@ -83,17 +83,14 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.foundation import all_neighbours, matgl_model, matgl_sources, published_names
 from tlmat.models.foundation import config_from_arguments as checked_config
-from tlmat.models.foundation import matgl_model, matgl_sources
+from tlmat.models.foundation import published_source as source_of
 from tlmat.models.matgl import (
-    ELEMENT_SYMBOLS,
-    ELEMENTS,
+    Aggregation,
+    MatGLBackbone,
     MatGLSource,
-    element_table,
-    head_names,
-    import_matgl,
-    node_types,
     read_published,
     trained_from_published,
 )
@@ -117,7 +114,6 @@ PUBLISHED: dict[str, MatGLSource] = {
     ),
 }
 
-Aggregation = Literal["destination", "source"]
 ThreeBodyBond = Literal["receiving", "partner"]
 
 
@@ -148,21 +144,7 @@ class M3GNetConfig(ModelConfig):
     three_body_bond: ThreeBodyBond = "receiving"
 
     def graph_settings(self) -> GraphSettings:
-        return GraphSettings(
-            cutoff=self.cutoff,
-            max_neighbors=None,
-            line_graph=True,
-            line_graph_cutoff=self.threebody_cutoff,
-        )
-
-
-def _matgl_m3gnet(config: M3GNetConfig) -> Any:
-    """matgl's own M3GNet of this size (random weights), whose layers tlmat uses."""
-    import_matgl("the M3GNet backbone")
-    from matgl.models import M3GNet
-
-    fields = config.model_dump(exclude={"node_aggregation", "three_body_bond"})
-    return M3GNet(element_types=ELEMENT_SYMBOLS, rbf_type="SphericalBessel", **fields)
+        return all_neighbours(self.cutoff, self.threebody_cutoff)
 
 
 class M3GNetEmbedding(nn.Module):
@@ -217,14 +199,13 @@ def _three_body_on_receiving_bond(
     return edges + three_body.update_network_bond(update)
 
 
-class M3GNetBackbone(Backbone):
+class M3GNetBackbone(MatGLBackbone):
     """matgl's M3GNet layers on tlmat graphs: the crystal readout's output."""
-
-    atomwise = False
 
     def __init__(self, config: M3GNetConfig):
         super().__init__()
-        net = _matgl_m3gnet(config)
+        tlmat_only = {"node_aggregation", "three_body_bond"}
+        net = self._matgl_network("M3GNet", config, tlmat_only, rbf_type="SphericalBessel")
         self.config = config
         # fixed bases: buffers only, in no parameter group
         self.bond_expansion = net.bond_expansion
@@ -239,15 +220,7 @@ class M3GNetBackbone(Backbone):
             ]
         )
         self.readout = net.readout
-        self.head_dims = [
-            m.in_features for m in net.final_layer.layers if hasattr(m, "in_features")
-        ]
-        self.embedding_dim = self.head_dims[0]
-        self.register_buffer("type_of", element_table(), persistent=False)
-
-    @property
-    def elements(self) -> list[int]:
-        return ELEMENTS
+        self._take_output_mlp(net.final_layer)
 
     def _atoms(self, batch: Batch) -> Iterator[tuple[str, torch.Tensor]]:
         """(group name, atom features) after the embedding and after each block; the
@@ -273,7 +246,7 @@ class M3GNetBackbone(Backbone):
         )
         three_cutoff = polynomial_cutoff(lengths, self.config.threebody_cutoff)
         triples = torch.bincount(line[0], minlength=n_bonds)
-        types = node_types(self.type_of, batch.z, "m3gnet")
+        types = self._types(batch.z)
         atoms, edges, _ = self.embedding.embedding(types, rbf, None)
         yield "embedding", atoms
         for k, interaction in enumerate(self.interactions):
@@ -309,20 +282,6 @@ class M3GNetBackbone(Backbone):
     def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
         return pooled_layers(self._atoms(batch), batch)
 
-    def reset_parameters(self) -> None:
-        for module in self.groups().values():
-            _reset(module)
-
-
-def _reset(module: nn.Module) -> None:
-    """Fresh weights for every sub-module that has ``reset_parameters`` (the outermost)."""
-    from tlmat.models.layers import reset_all
-
-    if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
-    else:
-        reset_all(module)
-
 
 def build_m3gnet(config: M3GNetConfig) -> CrystalModel:
     """An M3GNet with random weights and matgl's final MLP as a crystal-level head."""
@@ -333,25 +292,21 @@ def _build(config: M3GNetConfig, state: Mapping[str, torch.Tensor] | None) -> Cr
     return build_m3gnet(config)
 
 
+#: matgl's M3GNet state-dict names (DGL-era or matgl ≥ 4) → tlmat's, but the head's:
+#: (start of a name, its replacement)
+RENAMES = (
+    (r"(bond_expansion|basis_expansion)\.", r"backbone.\1."),
+    (r"embedding\.", "backbone.embedding.embedding."),
+    (r"three_body_interactions\.([^.]*)\.", r"backbone.interactions.\1.three_body."),
+    (r"graph_layers\.([^.]*)\.", r"backbone.interactions.\1.block."),
+    # DGL-era matgl wrapped DGL's Set2Set as readout.set2set; matgl ≥ 4 is PyG's
+    (r"readout\.(set2set\.)?", "backbone.readout."),
+)
+
+
 def tlmat_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """matgl's M3GNet state-dict names (DGL-era or matgl ≥ 4) → tlmat's."""
-    names = head_names(state, "final_layer")
-    for key in state:
-        first, _, rest = key.partition(".")
-        if first in ("bond_expansion", "basis_expansion"):
-            names[key] = f"backbone.{key}"
-        elif first == "embedding":
-            names[key] = f"backbone.embedding.{key}"
-        elif first == "three_body_interactions":
-            k, _, rest = rest.partition(".")
-            names[key] = f"backbone.interactions.{k}.three_body.{rest}"
-        elif first == "graph_layers":
-            k, _, rest = rest.partition(".")
-            names[key] = f"backbone.interactions.{k}.block.{rest}"
-        elif first == "readout":
-            # DGL-era matgl wrapped DGL's Set2Set as readout.set2set; matgl ≥ 4 is PyG's
-            names[key] = f"backbone.readout.{rest.removeprefix('set2set.')}"
-    return names
+    return published_names(state, "final_layer", RENAMES)
 
 
 def config_from_arguments(arguments: Mapping[str, Any], where: str) -> M3GNetConfig:
@@ -378,23 +333,13 @@ def load_published(
     """matgl's published M3GNet as a tlmat model predicting its published target; the
     defaults run it as its weights were trained (``node_aggregation="source"`` with
     ``three_body_bond="partner"`` is matgl 4's own forward)."""
-    if version not in PUBLISHED:
-        raise ValueError(f"M3GNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
-    source = PUBLISHED[version]
+    source = source_of("M3GNet", version, PUBLISHED)
     files = read_published(source)
     config = config_from_arguments(files.init_args, str(files.folder / "model.json"))
-    config = config.model_copy(
-        update={"node_aggregation": node_aggregation, "three_body_bond": three_body_bond}
-    )
-    return trained_from_published(
-        "m3gnet",
-        version,
-        source,
-        files,
-        build_m3gnet(config),
-        tlmat_names(files.state),
-        {"node_aggregation": node_aggregation, "three_body_bond": three_body_bond},
-    )
+    settings = {"node_aggregation": node_aggregation, "three_body_bond": three_body_bond}
+    model = build_m3gnet(config.model_copy(update=settings))
+    names = tlmat_names(files.state)
+    return trained_from_published("m3gnet", version, source, files, model, names, settings)
 
 
 ARCHITECTURE = Architecture(

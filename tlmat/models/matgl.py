@@ -1,6 +1,7 @@
 """What tlmat's two matgl backbones share (:mod:`tlmat.models.m3gnet`,
-:mod:`tlmat.models.megnet`): importing matgl, the element vocabulary, and reading
-matgl's published property models from a local folder, safely.
+:mod:`tlmat.models.megnet`): importing matgl and building its networks, the element
+vocabulary, the backbone's common part (:class:`MatGLBackbone`), and reading matgl's
+published property models from a local folder, safely.
 
 The layers are the ``matgl`` package's own (``pip install 'tlmat[foundation]'``,
 matgl ≥ 4.1, whose models are PyTorch Geometric modules; DGL is not needed).
@@ -39,10 +40,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel
 from pymatgen.core import Element
+from torch import nn
+
+from tlmat.models.base import Backbone
+from tlmat.models.foundation import package_version
 
 #: the elements of matgl's models (``matgl.config.DEFAULT_ELEMENTS``): H … Pu without
 #: Po, At, Rn, Fr and Ra, in this order (the row of each in the element embedding)
@@ -57,6 +63,11 @@ FOLDER = "matgl_pretrained"
 
 #: matgl's activations and tlmat's names for them (the head's)
 ACTIVATIONS = {"swish": "silu", "softplus2": "ssp"}
+
+#: where a matgl backbone sums (or averages) the messages into the atoms: the edge's
+#: destination atom, as matgl's DGL code did when the published weights were trained, or
+#: its source atom, as matgl ≥ 4 does (see :mod:`tlmat.models.m3gnet`)
+Aggregation = Literal["destination", "source"]
 
 
 @dataclass(frozen=True)
@@ -89,12 +100,6 @@ def import_matgl(what: str = "the matgl backbones") -> ModuleType:
     return matgl
 
 
-def matgl_version() -> str:
-    from importlib.metadata import version
-
-    return version("matgl")
-
-
 def element_table(elements: list[int] = ELEMENTS) -> torch.Tensor:
     """Atomic number → row of the element embedding, −1 for an element the model lacks."""
     table = torch.full((119,), -1, dtype=torch.long)
@@ -116,21 +121,50 @@ def node_types(table: torch.Tensor, z: torch.Tensor, architecture: str) -> torch
     return types
 
 
-def head_names(state: Mapping[str, Any], prefix: str) -> dict[str, str]:
-    """matgl's ``MLP`` at ``prefix`` (``…layers.0``, ``…layers.2``, …: linear maps between
-    activations) → tlmat's :class:`Head` (``head.hidden.0``, ``head.hidden.2``, …,
-    ``head.out``)."""
-    start = f"{prefix}.layers."
-    layers = sorted({int(k[len(start) :].split(".")[0]) for k in state if k.startswith(start)})
-    names = {}
-    for key in state:
-        if not key.startswith(start):
-            continue
-        index, _, rest = key[len(start) :].partition(".")
-        position = layers.index(int(index))
-        layer = "head.out" if position == len(layers) - 1 else f"head.hidden.{2 * position}"
-        names[key] = f"{layer}.{rest}"
-    return names
+class MatGLBackbone(Backbone):
+    """What the matgl backbones share: a crystal-level readout, matgl's elements, the
+    output MLP's widths (``head_dims``, for :func:`~tlmat.models.foundation.matgl_model`)
+    and fresh weights from each layer's own initialisation."""
+
+    atomwise = False
+
+    @staticmethod
+    def _matgl_network(
+        architecture: str, config: BaseModel, exclude: set[str], **fixed: Any
+    ) -> Any:
+        """matgl's own ``architecture`` (a class of ``matgl.models``) with random weights,
+        whose layers the backbone takes: its arguments are the fields of ``config`` but
+        those in ``exclude`` (tlmat's own settings), and ``fixed`` (the variant tlmat
+        runs)."""
+        matgl = import_matgl(f"the {architecture} backbone")
+        network = getattr(matgl.models, architecture)
+        return network(element_types=ELEMENT_SYMBOLS, **fixed, **config.model_dump(exclude=exclude))
+
+    def _take_output_mlp(self, mlp: nn.Module) -> None:
+        """The widths of matgl's output ``mlp`` (the inputs of its linear maps: the first
+        is the crystal embedding's) and the element table; called last in ``__init__``."""
+        self.head_dims = [m.in_features for m in mlp.layers if hasattr(m, "in_features")]
+        self.embedding_dim = self.head_dims[0]
+        self.register_buffer("type_of", element_table(), persistent=False)
+
+    @property
+    def elements(self) -> list[int]:
+        return ELEMENTS
+
+    def _types(self, z: torch.Tensor) -> torch.Tensor:
+        """The element-embedding rows of the atoms ``z`` (:func:`node_types`)."""
+        return node_types(self.type_of, z, self.config.architecture)
+
+    def reset_parameters(self) -> None:
+        from tlmat.models.layers import reset_all
+
+        for module in self.groups().values():
+            # a group that initialises itself (M3GNet's Set2Set readout) does so; the
+            # others reset their outermost sub-modules that can
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            else:
+                reset_all(module)
 
 
 def folder_path(source: MatGLSource) -> Path:
@@ -265,6 +299,6 @@ def trained_from_published(
         "sha256": source.sha256["state.pt"],
         "files_sha256": dict(source.sha256),
         **settings,
-        "package_version": matgl_version(),
+        "package_version": package_version("matgl"),
     }
     return TrainedModel(model, target, provenance)

@@ -57,17 +57,14 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.foundation import all_neighbours, matgl_model, matgl_sources, published_names
 from tlmat.models.foundation import config_from_arguments as checked_config
-from tlmat.models.foundation import matgl_model, matgl_sources
+from tlmat.models.foundation import published_source as source_of
 from tlmat.models.matgl import (
-    ELEMENT_SYMBOLS,
-    ELEMENTS,
+    Aggregation,
+    MatGLBackbone,
     MatGLSource,
-    element_table,
-    head_names,
-    import_matgl,
-    node_types,
     read_published,
     trained_from_published,
 )
@@ -108,8 +105,6 @@ PUBLISHED: dict[str, MatGLSource] = {
     ),
 }
 
-Aggregation = Literal["destination", "source"]
-
 
 class MEGNetConfig(ModelConfig):
     """MEGNet hyperparameters; names are matgl's, defaults those of the published
@@ -148,16 +143,7 @@ class MEGNetConfig(ModelConfig):
         return self
 
     def graph_settings(self) -> GraphSettings:
-        return GraphSettings(cutoff=self.cutoff, max_neighbors=None)
-
-
-def _matgl_megnet(config: MEGNetConfig) -> Any:
-    """matgl's own MEGNet of this size (random weights), whose layers tlmat uses."""
-    import_matgl("the MEGNet backbone")
-    from matgl.models import MEGNet
-
-    fields = config.model_dump(exclude={"node_aggregation", "fidelity"})
-    return MEGNet(element_types=ELEMENT_SYMBOLS, include_state=True, dropout=None, **fields)
+        return all_neighbours(self.cutoff)
 
 
 class MEGNetEmbedding(nn.Module):
@@ -190,28 +176,19 @@ def _fixed(expansion: nn.Module) -> nn.Module:
     return expansion
 
 
-class MEGNetBackbone(Backbone):
+class MEGNetBackbone(MatGLBackbone):
     """matgl's MEGNet layers on tlmat graphs: the readouts' output with the state."""
-
-    atomwise = False
 
     def __init__(self, config: MEGNetConfig):
         super().__init__()
-        net = _matgl_megnet(config)
+        tlmat_only = {"node_aggregation", "fidelity"}
+        net = self._matgl_network("MEGNet", config, tlmat_only, include_state=True, dropout=None)
         self.config = config
         self.bond_expansion = _fixed(net.bond_expansion)
         self.embedding = MEGNetEmbedding(net)
         self.interactions = net.blocks
         self.readout = MEGNetReadout(net)
-        self.head_dims = [
-            m.in_features for m in net.output_proj.layers if hasattr(m, "in_features")
-        ]
-        self.embedding_dim = self.head_dims[0]
-        self.register_buffer("type_of", element_table(), persistent=False)
-
-    @property
-    def elements(self) -> list[int]:
-        return ELEMENTS
+        self._take_output_mlp(net.output_proj)
 
     def _state(self, n_crystals: int, like: torch.Tensor) -> torch.Tensor:
         if self.config.ntypes_state:
@@ -231,7 +208,7 @@ class MEGNetBackbone(Backbone):
         node_batch = batch.batch
         edge_batch = node_batch.index_select(0, centre)
         e = self.embedding
-        types = node_types(self.type_of, batch.z, "megnet")
+        types = self._types(batch.z)
         expanded = self.bond_expansion(batch.edge_dist)
         atoms, bonds, state = e.embedding(types, expanded, self._state(n_crystals, expanded))
         bonds, atoms, state = e.edge_encoder(bonds), e.node_encoder(atoms), e.state_encoder(state)
@@ -275,12 +252,6 @@ class MEGNetBackbone(Backbone):
     def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
         return pooled_layers(((name, atoms) for name, atoms, _, _ in self._features(batch)), batch)
 
-    def reset_parameters(self) -> None:
-        from tlmat.models.layers import reset_all
-
-        for module in self.groups().values():
-            reset_all(module)
-
 
 def build_megnet(config: MEGNetConfig) -> CrystalModel:
     """A MEGNet with random weights and matgl's output MLP as a crystal-level head."""
@@ -291,34 +262,33 @@ def _build(config: MEGNetConfig, state: Mapping[str, torch.Tensor] | None) -> Cr
     return build_megnet(config)
 
 
+#: matgl's MEGNet state-dict names → tlmat's, but the head's: (start of a name, its
+#: replacement)
+RENAMES = (
+    (r"bond_expansion\.", "backbone.bond_expansion."),
+    (r"(embedding|edge_encoder|node_encoder|state_encoder)\.", r"backbone.embedding.\1."),
+    (r"blocks\.", "backbone.interactions."),
+    (r"(node_s2s|edge_s2s)\.", r"backbone.readout.\1."),
+)
+
+
 def tlmat_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """matgl's MEGNet state-dict names → tlmat's."""
-    names = head_names(state, "output_proj")
-    for key in state:
-        first, _, rest = key.partition(".")
-        if first == "bond_expansion":
-            names[key] = f"backbone.{key}"
-        elif first in ("embedding", "edge_encoder", "node_encoder", "state_encoder"):
-            names[key] = f"backbone.embedding.{key}"
-        elif first == "blocks":
-            names[key] = f"backbone.interactions.{rest}"
-        elif first in ("node_s2s", "edge_s2s"):
-            names[key] = f"backbone.readout.{key}"
-    return names
+    return published_names(state, "output_proj", RENAMES)
 
 
 def config_from_arguments(arguments: Mapping[str, Any], where: str) -> MEGNetConfig:
     """The tlmat config of matgl's MEGNet constructor arguments (model.json)."""
     from tlmat.models.checkpoint import CheckpointError
 
+    if arguments.get("dropout"):  # None or 0: no dropout
+        raise CheckpointError(f"{where}: MEGNet with dropout is not supported")
     supported = {
         "include_state": True,
         "is_classification": False,
         "graph_transformations": None,
         "bond_expansion": None,
     }
-    if arguments.get("dropout"):  # None or 0: no dropout
-        raise CheckpointError(f"{where}: MEGNet with dropout is not supported")
     return checked_config(MEGNetConfig, arguments, supported, where, "MEGNet")
 
 
@@ -329,10 +299,7 @@ def load_published(
 ) -> TrainedModel:
     """matgl's published MEGNet as a tlmat model predicting its published target;
     ``fidelity`` (band-gap model): 0 PBE, 1 GLLB-SC, 2 HSE, 3 SCAN."""
-
-    if version not in PUBLISHED:
-        raise ValueError(f"MEGNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
-    source = PUBLISHED[version]
+    source = source_of("MEGNet", version, PUBLISHED)
     files = read_published(source)
     config = config_from_arguments(files.init_args, str(files.folder / "model.json"))
     try:
@@ -344,15 +311,8 @@ def load_published(
     settings: dict[str, Any] = {"node_aggregation": node_aggregation}
     if config.ntypes_state:
         settings["fidelity"] = FIDELITIES[fidelity] if fidelity < len(FIDELITIES) else fidelity
-    return trained_from_published(
-        "megnet",
-        version,
-        source,
-        files,
-        build_megnet(config),
-        tlmat_names(files.state),
-        settings,
-    )
+    model, names = build_megnet(config), tlmat_names(files.state)
+    return trained_from_published("megnet", version, source, files, model, names, settings)
 
 
 ARCHITECTURE = Architecture(
