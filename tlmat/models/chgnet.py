@@ -49,8 +49,16 @@ from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.foundation import (
+    NetworkPart,
+    all_neighbours,
+    foundation_module,
+    package_version,
+    packaged_weights,
+    published_names,
+    published_source,
+)
 from tlmat.models.foundation import config_from_arguments as checked_config
-from tlmat.models.foundation import packaged_weights
 from tlmat.models.registry import Architecture, Published
 from tlmat.models.targets import TargetSpec
 
@@ -105,24 +113,14 @@ class CHGNetConfig(ModelConfig):
     learnable_rbf: bool = True
 
     def graph_settings(self) -> GraphSettings:
-        return GraphSettings(
-            cutoff=self.atom_graph_cutoff,
-            max_neighbors=None,
-            line_graph=True,
-            line_graph_cutoff=self.bond_graph_cutoff,
-        )
+        return all_neighbours(self.atom_graph_cutoff, self.bond_graph_cutoff)
 
 
 def _chgnet(config: CHGNetConfig) -> Any:
     """chgnet's own model of this size (random weights), whose layers tlmat uses."""
-    try:
-        from chgnet.model import CHGNet
-    except ImportError as error:
-        raise ImportError(
-            "the CHGNet backbone needs the chgnet package: pip install 'tlmat[foundation]'"
-        ) from error
+    model = foundation_module("chgnet.model", "the CHGNet backbone")
     with contextlib.redirect_stdout(io.StringIO()):  # chgnet prints its parameter count
-        return CHGNet(
+        return model.CHGNet(
             composition_model=None,
             mlp_first=True,
             is_intensive=True,
@@ -132,18 +130,18 @@ def _chgnet(config: CHGNetConfig) -> Any:
         )
 
 
-class CHGNetEmbedding(nn.Module):
+class CHGNetEmbedding(NetworkPart):
     """Element embedding, bond and angle bases and their embeddings (``embedding``)."""
 
-    def __init__(self, net: Any):
-        super().__init__()
-        self.atom_embedding = net.atom_embedding
-        self.bond_basis_expansion = net.bond_basis_expansion
-        self.bond_embedding = net.bond_embedding
-        self.bond_weights_ag = net.bond_weights_ag
-        self.bond_weights_bg = net.bond_weights_bg
-        self.angle_basis_expansion = net.angle_basis_expansion
-        self.angle_embedding = net.angle_embedding
+    parts = (
+        "atom_embedding",
+        "bond_basis_expansion",
+        "bond_embedding",
+        "bond_weights_ag",
+        "bond_weights_bg",
+        "angle_basis_expansion",
+        "angle_embedding",
+    )
 
 
 class CHGNetBlock(nn.Module):
@@ -304,41 +302,22 @@ def _build(config: CHGNetConfig, state: Mapping[str, torch.Tensor] | None) -> Cr
     return build_chgnet(config)
 
 
+#: chgnet's state-dict names → tlmat's, but the head's (the energy MLP ``mlp``): (start
+#: of a name, its replacement); ``site_wise`` and ``composition_model`` are not part of
+#: the network tlmat builds
+RENAMES = (
+    (rf"({'|'.join(CHGNetEmbedding.parts)})\.", r"backbone.embedding.\1."),
+    (r"atom_conv_layers\.([^.]*)\.", r"backbone.interactions.\1.atom_conv."),
+    (r"bond_conv_layers\.([^.]*)\.", r"backbone.interactions.\1.bond_conv."),
+    (r"angle_layers\.([^.]*)\.", r"backbone.interactions.\1.angle_update."),
+    (r"readout_norm\.", "backbone.readout."),
+)
+
+
 def tlmat_names(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     """chgnet's state-dict names → tlmat's (``site_wise`` and ``composition_model`` are
     not part of the network tlmat builds)."""
-    embedding = (
-        "atom_embedding",
-        "bond_basis_expansion",
-        "bond_embedding",
-        "bond_weights_ag",
-        "bond_weights_bg",
-        "angle_basis_expansion",
-        "angle_embedding",
-    )
-    mlp = sorted({int(k.split(".")[2]) for k in state if k.startswith("mlp.layers.")})
-    head = {f"mlp.layers.{i}": f"head.hidden.{2 * n}" for n, i in enumerate(mlp[:-1])}
-    head[f"mlp.layers.{mlp[-1]}"] = "head.out"
-    names = {}
-    for key in state:
-        first, _, rest = key.partition(".")
-        if first in embedding:
-            names[key] = f"backbone.embedding.{key}"
-        elif first == "atom_conv_layers":
-            k, _, rest = rest.partition(".")
-            names[key] = f"backbone.interactions.{k}.atom_conv.{rest}"
-        elif first == "bond_conv_layers":
-            k, _, rest = rest.partition(".")
-            names[key] = f"backbone.interactions.{k}.bond_conv.{rest}"
-        elif first == "angle_layers":
-            k, _, rest = rest.partition(".")
-            names[key] = f"backbone.interactions.{k}.angle_update.{rest}"
-        elif first == "readout_norm":
-            names[key] = f"backbone.readout.{rest}"
-        elif first == "mlp":
-            prefix = ".".join(key.split(".")[:3])
-            names[key] = f"{head[prefix]}.{key.split('.', 3)[3]}"
-    return names
+    return published_names(state, "mlp", RENAMES)
 
 
 def weights_path(version: str) -> Path:
@@ -360,8 +339,7 @@ def load_published(version: str = "0.3.0") -> TrainedModel:
     (eV/cell): atom contributions summed, plus CHGNet's per-element reference energies."""
     from tlmat.models.checkpoint import load_state
 
-    if version not in PUBLISHED:
-        raise ValueError(f"CHGNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
+    description = published_source("CHGNet", version, PUBLISHED)
     stored = read_weights(version)["model"]
     relative, checksum = WEIGHTS[version]
     path = f"chgnet/{relative}"
@@ -382,18 +360,12 @@ def load_published(version: str = "0.3.0") -> TrainedModel:
     )
     provenance = {
         "source": f"chgnet/{version}",
-        "description": PUBLISHED[version],
+        "description": description,
         "weights": path,
         "sha256": checksum,
-        "package_version": _chgnet_version(),
+        "package_version": package_version("chgnet"),
     }
     return TrainedModel(model, target, provenance)
-
-
-def _chgnet_version() -> str:
-    from importlib.metadata import version
-
-    return version("chgnet")
 
 
 ARCHITECTURE = Architecture(

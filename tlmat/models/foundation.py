@@ -17,8 +17,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from torch import nn
+
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
+from tlmat.models.base import ModelConfig
 from tlmat.models.registry import Published
 
 if TYPE_CHECKING:
@@ -26,6 +28,19 @@ if TYPE_CHECKING:
 
 Config = TypeVar("Config", bound=ModelConfig)
 Entry = TypeVar("Entry")
+
+
+class NetworkPart(nn.Module):
+    """Some modules of a foundation model's own network, taken as one of tlmat's
+    parameter groups: the attributes of the network named in ``parts``, under the same
+    names (so the published weights map by name) and in that order."""
+
+    parts: tuple[str, ...] = ()
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        for name in self.parts:
+            self.add_module(name, getattr(net, name))
 
 
 def foundation_module(module: str, who: str) -> ModuleType:
@@ -136,16 +151,6 @@ def published_names(
                 names[key] = renamed
                 break
     return names
-
-
-def matgl_model(backbone: Backbone, config: ModelConfig) -> CrystalModel:
-    """A matgl ``backbone`` with matgl's output MLP as a crystal-level head: its widths are
-    ``backbone.head_dims`` and its activation ``config.activation_type``."""
-    from tlmat.models.matgl import ACTIVATIONS
-
-    dims = backbone.head_dims
-    head = Head(dims[0], dims[1:], 1, ACTIVATIONS[config.activation_type])
-    return CrystalModel(backbone, head, config)
 
 
 def matgl_sources(name: str, published: Mapping[str, MatGLSource]) -> dict[str, Published]:

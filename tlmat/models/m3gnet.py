@@ -84,7 +84,7 @@ from torch_geometric.utils import scatter
 
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel, pooled_layers
-from tlmat.models.foundation import all_neighbours, matgl_model, matgl_sources, published_names
+from tlmat.models.foundation import NetworkPart, all_neighbours, matgl_sources, published_names
 from tlmat.models.foundation import config_from_arguments as checked_config
 from tlmat.models.foundation import published_source as source_of
 from tlmat.models.matgl import (
@@ -147,12 +147,10 @@ class M3GNetConfig(ModelConfig):
         return all_neighbours(self.cutoff, self.threebody_cutoff)
 
 
-class M3GNetEmbedding(nn.Module):
+class M3GNetEmbedding(NetworkPart):
     """Element embedding and edge embedding (``embedding``)."""
 
-    def __init__(self, net: Any):
-        super().__init__()
-        self.embedding = net.embedding
+    parts = ("embedding",)
 
 
 class M3GNetInteraction(nn.Module):
@@ -285,7 +283,7 @@ class M3GNetBackbone(MatGLBackbone):
 
 def build_m3gnet(config: M3GNetConfig) -> CrystalModel:
     """An M3GNet with random weights and matgl's final MLP as a crystal-level head."""
-    return matgl_model(M3GNetBackbone(config), config)
+    return M3GNetBackbone(config).with_head()
 
 
 def _build(config: M3GNetConfig, state: Mapping[str, torch.Tensor] | None) -> CrystalModel:

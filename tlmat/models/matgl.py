@@ -47,7 +47,7 @@ from pydantic import BaseModel
 from pymatgen.core import Element
 from torch import nn
 
-from tlmat.models.base import Backbone
+from tlmat.models.base import Backbone, CrystalModel, Head
 from tlmat.models.foundation import package_version
 
 #: the elements of matgl's models (``matgl.config.DEFAULT_ELEMENTS``): H … Pu without
@@ -123,8 +123,8 @@ def node_types(table: torch.Tensor, z: torch.Tensor, architecture: str) -> torch
 
 class MatGLBackbone(Backbone):
     """What the matgl backbones share: a crystal-level readout, matgl's elements, the
-    output MLP's widths (``head_dims``, for :func:`~tlmat.models.foundation.matgl_model`)
-    and fresh weights from each layer's own initialisation."""
+    output MLP as the head (:meth:`with_head`) and fresh weights from each layer's own
+    initialisation."""
 
     atomwise = False
 
@@ -146,6 +146,13 @@ class MatGLBackbone(Backbone):
         self.head_dims = [m.in_features for m in mlp.layers if hasattr(m, "in_features")]
         self.embedding_dim = self.head_dims[0]
         self.register_buffer("type_of", element_table(), persistent=False)
+
+    def with_head(self) -> CrystalModel:
+        """A crystal model of this backbone with matgl's output MLP as its crystal-level
+        head: its widths are ``head_dims`` and its activation ``config.activation_type``."""
+        dims = self.head_dims
+        head = Head(dims[0], dims[1:], 1, ACTIVATIONS[self.config.activation_type])
+        return CrystalModel(self, head, self.config)
 
     @property
     def elements(self) -> list[int]:

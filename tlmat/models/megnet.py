@@ -58,7 +58,7 @@ from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel, pooled_layers
-from tlmat.models.foundation import all_neighbours, matgl_model, matgl_sources, published_names
+from tlmat.models.foundation import NetworkPart, all_neighbours, matgl_sources, published_names
 from tlmat.models.foundation import config_from_arguments as checked_config
 from tlmat.models.foundation import published_source as source_of
 from tlmat.models.matgl import (
@@ -146,24 +146,16 @@ class MEGNetConfig(ModelConfig):
         return all_neighbours(self.cutoff)
 
 
-class MEGNetEmbedding(nn.Module):
+class MEGNetEmbedding(NetworkPart):
     """Element (and fidelity) embedding and the input MLPs (``embedding``)."""
 
-    def __init__(self, net: Any):
-        super().__init__()
-        self.embedding = net.embedding
-        self.edge_encoder = net.edge_encoder
-        self.node_encoder = net.node_encoder
-        self.state_encoder = net.state_encoder
+    parts = ("embedding", "edge_encoder", "node_encoder", "state_encoder")
 
 
-class MEGNetReadout(nn.Module):
+class MEGNetReadout(NetworkPart):
     """Set2Set of the atoms and of the bonds (``readout``)."""
 
-    def __init__(self, net: Any):
-        super().__init__()
-        self.node_s2s = net.node_s2s
-        self.edge_s2s = net.edge_s2s
+    parts = ("node_s2s", "edge_s2s")
 
 
 def _fixed(expansion: nn.Module) -> nn.Module:
@@ -255,7 +247,7 @@ class MEGNetBackbone(MatGLBackbone):
 
 def build_megnet(config: MEGNetConfig) -> CrystalModel:
     """A MEGNet with random weights and matgl's output MLP as a crystal-level head."""
-    return matgl_model(MEGNetBackbone(config), config)
+    return MEGNetBackbone(config).with_head()
 
 
 def _build(config: MEGNetConfig, state: Mapping[str, torch.Tensor] | None) -> CrystalModel:
