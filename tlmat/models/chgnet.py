@@ -54,12 +54,13 @@ from tlmat.models.foundation import (
     all_neighbours,
     foundation_module,
     package_version,
+    packaged_sources,
     packaged_weights,
     published_names,
     published_source,
 )
 from tlmat.models.foundation import config_from_arguments as checked_config
-from tlmat.models.registry import Architecture, Published
+from tlmat.models.registry import Architecture
 from tlmat.models.targets import TargetSpec
 
 #: atomic numbers CHGNet's element embedding covers (H … Pu)
@@ -392,12 +393,12 @@ ARCHITECTURE = Architecture(
             "atom_graph_cutoff": 5.0,
         },
     },
-    sources={
-        f"chgnet/{version}": Published(
-            version, what, f"chgnet/{WEIGHTS[version][0]}", WEIGHTS[version][1]
-        )
-        for version, what in PUBLISHED.items()
-    },
+    sources=packaged_sources(
+        "chgnet",
+        "chgnet",
+        WEIGHTS,
+        {version: (version, what) for version, what in PUBLISHED.items()},
+    ),
     load_source=load_published,
     foundation=True,
 )

@@ -93,6 +93,23 @@ def packaged_weights(
     return Path(module.__file__).parent / weights[key][0]
 
 
+def packaged_sources(
+    name: str,
+    package: str,
+    weights: Mapping[str, tuple[str, str]],
+    published: Mapping[str, tuple[str, str]],
+) -> dict[str, Published]:
+    """The registry's sources of architecture ``name`` whose weights ``package`` ships:
+    ``name/version`` → the file and its SHA-256 (``weights``: key → (file inside the
+    package, SHA-256)); ``published``: version → (its key in ``weights``, description)."""
+    return {
+        f"{name}/{version}": Published(
+            version, what, f"{package}/{weights[key][0]}", weights[key][1]
+        )
+        for version, (key, what) in published.items()
+    }
+
+
 def config_from_arguments(
     config: type[Config],
     arguments: Mapping[str, Any],

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 import torch
 from pydantic import Field
@@ -64,6 +65,16 @@ def _xavier(linear: nn.Linear) -> None:
         nn.init.zeros_(linear.bias)
 
 
+class Edges(NamedTuple):
+    """What every interaction block reads of a batch's graph, computed once: the edge
+    index (neighbour, centre), the radial basis of the distances (E, n_rbf) and their
+    cosine envelope (E,)."""
+
+    index: torch.Tensor
+    rbf: torch.Tensor
+    envelope: torch.Tensor
+
+
 class FilterNetwork(nn.Module):
     """W(d) = (Linear → ssp → Linear)(rbf(d)) · f_cut(d): one filter vector per edge."""
 
@@ -96,15 +107,9 @@ class CFConv(nn.Module):
         self.f2out = nn.Linear(n_filters, n_atom_basis)
         self.act = ShiftedSoftplus()
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        edge_index: torch.Tensor,
-        rbf: torch.Tensor,
-        envelope: torch.Tensor,
-    ) -> torch.Tensor:
-        neighbor, center = edge_index
-        filters = self.filter_network(rbf, envelope)
+    def forward(self, x: torch.Tensor, edges: Edges) -> torch.Tensor:
+        neighbor, center = edges.index
+        filters = self.filter_network(edges.rbf, edges.envelope)
         messages = self.in2f(x)[neighbor] * filters
         # dim_size: an atom with no neighbour inside the cutoff (a lone atom of a
         # molecule) gets a zero sum rather than shortening the output
@@ -125,14 +130,8 @@ class InteractionBlock(nn.Module):
         self.cfconv = CFConv(n_atom_basis, n_filters, n_rbf)
         self.dense = nn.Linear(n_atom_basis, n_atom_basis)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        edge_index: torch.Tensor,
-        rbf: torch.Tensor,
-        envelope: torch.Tensor,
-    ) -> torch.Tensor:
-        return x + self.dense(self.cfconv(x, edge_index, rbf, envelope))
+    def forward(self, x: torch.Tensor, edges: Edges) -> torch.Tensor:
+        return x + self.dense(self.cfconv(x, edges))
 
     def reset_parameters(self) -> None:
         self.cfconv.reset_parameters()
@@ -167,12 +166,11 @@ class SchNetBackbone(Backbone):
         # the basis and the envelope depend only on the distances: computed once and
         # shared by every block (each block has its own filter network on top)
         distances = batch.edge_dist
-        rbf = self.rbf(distances)
-        envelope = self.cutoff(distances)
+        edges = Edges(batch.edge_index, self.rbf(distances), self.cutoff(distances))
         x = self.embedding(batch.z)
         yield "embedding", x
         for k, block in enumerate(self.interactions):
-            x = block(x, batch.edge_index, rbf, envelope)
+            x = block(x, edges)
             yield f"interactions.{k}", x
 
     def forward(self, batch: Batch) -> torch.Tensor:

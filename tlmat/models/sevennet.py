@@ -82,8 +82,15 @@ from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
-from tlmat.models.foundation import packaged_weights
-from tlmat.models.registry import Architecture, Published
+from tlmat.models.foundation import (
+    all_neighbours,
+    foundation_module,
+    package_version,
+    packaged_sources,
+    packaged_weights,
+    published_source,
+)
+from tlmat.models.registry import Architecture
 from tlmat.models.targets import TargetSpec
 
 #: the 89 elements of SevenNet-0 and SevenNet-MF-0 (H … Bi, Ac … Pu), in the order of
@@ -214,7 +221,7 @@ class SevenNetConfig(ModelConfig):
         return self
 
     def graph_settings(self) -> GraphSettings:
-        return GraphSettings(cutoff=self.cutoff, max_neighbors=None)
+        return all_neighbours(self.cutoff)
 
 
 def _sevenn_config(config: SevenNetConfig) -> dict[str, Any]:
@@ -288,15 +295,10 @@ def _sevenn_config(config: SevenNetConfig) -> dict[str, Any]:
 
 def _sevenn_model(config: SevenNetConfig) -> Any:
     """sevenn's own network of this size (random weights), whose modules tlmat uses."""
-    try:
-        from sevenn.model_build import build_E3_equivariant_model
-    except ImportError as error:
-        raise ImportError(
-            "the SevenNet backbone needs the sevenn package: pip install 'tlmat[foundation]'"
-        ) from error
+    model_build = foundation_module("sevenn.model_build", "the SevenNet backbone")
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return build_E3_equivariant_model(_sevenn_config(config))
+        return model_build.build_E3_equivariant_model(_sevenn_config(config))
 
 
 def _scalar_slices(irreps: Any) -> list[tuple[int, int]]:
@@ -578,9 +580,7 @@ def load_published(version: str = "0", modal: str | None = None) -> TrainedModel
 
     from tlmat.models.checkpoint import CheckpointError, load_state
 
-    if version not in PUBLISHED:
-        raise ValueError(f"SevenNet {version} is not a source; sources: {', '.join(PUBLISHED)}")
-    weights, default_modal, description = PUBLISHED[version]
+    weights, default_modal, description = published_source("SevenNet", version, PUBLISHED)
     stored = read_weights(weights)
     relative, checksum = WEIGHTS[weights]
     path = f"sevenn/{relative}"
@@ -612,7 +612,7 @@ def load_published(version: str = "0", modal: str | None = None) -> TrainedModel
         "sha256": checksum,
         "modal": config.modal,
         "checkpoint_version": sevenn_version,
-        "package_version": _sevenn_version(),
+        "package_version": package_version("sevenn"),
     }
     return TrainedModel(model, _energy_target(state, config, path), provenance)
 
@@ -672,12 +672,6 @@ def _energy_target(
     )
 
 
-def _sevenn_version() -> str:
-    from importlib.metadata import version
-
-    return version("sevenn")
-
-
 ARCHITECTURE = Architecture(
     name="sevennet",
     config=SevenNetConfig,
@@ -701,12 +695,12 @@ ARCHITECTURE = Architecture(
             "conv_denominator": 5.0,
         },
     },
-    sources={
-        f"sevennet/{version}": Published(
-            version, what, f"sevenn/{WEIGHTS[weights][0]}", WEIGHTS[weights][1]
-        )
-        for version, (weights, _, what) in PUBLISHED.items()
-    },
+    sources=packaged_sources(
+        "sevennet",
+        "sevenn",
+        WEIGHTS,
+        {v: (weights, what) for v, (weights, _, what) in PUBLISHED.items()},
+    ),
     load_source=load_published,
     foundation=True,
 )
