@@ -274,7 +274,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process_and_resumes(data, tmp_path
     assert two["best_val_mae"] == pytest.approx(one["best_val_mae"], rel=0.05)
 
     train("resumed", 1, 2)
-    for name in ("model.pt", "run.json", "test_metrics.json"):  # as if killed after epoch 1
+    # as if killed after epoch 1: none of the files a run writes at its end
+    for name in ("model.pt", "run.json", "result.json", "predictions.csv", "test_metrics.json"):
         (tmp_path / "resumed" / name).unlink()
     resumed = train("resumed", 3, 2)
     assert (resumed["resumed"], resumed["resumed_from_epoch"]) == (True, 1)

@@ -32,7 +32,8 @@ from tlmat.experiments.runspec import (
     run,
     split_for,
 )
-from tlmat.training.rundir import claim, record, replaced, run_lock, write_json
+from tlmat.training.fit import folder_lock
+from tlmat.training.rundir import claim, record, replaced, write_json
 
 #: the default methods: the reference (scratch), the two strategies that win most often
 #: in the papers, and frozen source features with a random forest (fast, robust)
@@ -85,7 +86,7 @@ def compare(
     ``base.source``; ``base.model``, if given, is the architecture of the scratch row."""
     say, root = say or logged, base.run_dir
     comparison_specs(base, strategies, base.training.seed, root)  # checked before any run
-    with run_lock(root):
+    with folder_lock(root):
         claim(root, "comparison.json")
         models = RunModels.of(base)
         rows: dict[str, list[dict[str, float]]] = {}

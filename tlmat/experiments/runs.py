@@ -106,7 +106,8 @@ def run_strategy(
         config.seed,
         out_dim=config.target_spec().out_dim,
     )
-    if reuse and not overwrite and (run_dir / "result.json").exists():
+    # finished: scored, and its model kept (a result without its model is not reused)
+    if reuse and not overwrite and all((run_dir / n).exists() for n in ("result.json", "model.pt")):
         return _reused(
             run_dir, strategy.name, run_settings(model, dataset, split, config, strategy)
         )

@@ -33,7 +33,8 @@ from tlmat.data.splits import Split
 from tlmat.models.base import ModelConfig
 from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig, yaml_settings
-from tlmat.training.rundir import check_run_dir, record, run_lock, write_atomic, write_json
+from tlmat.training.fit import folder_lock
+from tlmat.training.rundir import check_run_dir, record, write_atomic, write_json
 
 logger = logging.getLogger("tlmat")
 
@@ -232,7 +233,7 @@ def run(
     strategies, the source's ``features`` of every structure of it."""
     say = say or logged
     check_run_dir(spec.run_dir, spec.overwrite, finished_ok=True)  # before the slow work
-    with run_lock(spec.run_dir):
+    with folder_lock(spec.run_dir):
         models = RunModels.of(spec)
         if dataset is None:
             dataset, parts = prepared_data(spec, models.source_or_model, say)

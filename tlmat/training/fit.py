@@ -236,11 +236,17 @@ def fit(
     run_dir = Path(run_dir)
     # in a DDP run started by a launcher (Lightning's relaunch of the command, srun), the
     # processes of rank > 0 train beside rank 0 but never touch the run folder
-    primary = launched_rank() == 0
-    if primary:
+    if launched_rank() == 0:
         check_run_dir(run_dir, overwrite)  # a refused folder is left as it was
-    with run_lock(run_dir) if primary else contextlib.nullcontext():
+    with folder_lock(run_dir):
         return _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwrite)
+
+
+def folder_lock(run_dir: str | Path):
+    """:func:`~tlmat.training.rundir.run_lock` on ``run_dir`` in the process that writes
+    it; nothing in a DDP run's processes of rank > 0 (relaunched copies of the command,
+    or srun's), which train beside rank 0 but never write the folder."""
+    return run_lock(run_dir) if launched_rank() == 0 else contextlib.nullcontext()
 
 
 def _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwrite) -> FitResult:

@@ -27,14 +27,42 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
+#: the signals that stop a run
+STOPS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _worker_start() -> None:
+    """A worker's start, its stop signals still blocked (as they were when it forked):
+    it dies with its parent, and Ctrl-C reaches it only while it trains, through fit's
+    own handler (Python's default would print a KeyboardInterrupt traceback from wherever
+    an idle or starting worker happens to be)."""
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
+
+
+def _started(pool: ProcessPoolExecutor) -> None:
+    """Start the pool's workers with the stop signals blocked, so that none arrives in a
+    worker before it has set its handlers."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    try:
+        pool.submit(int).result()  # forks the workers (all at once, under fork)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 @contextlib.contextmanager
 def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A process pool whose workers end with the run (see the module's docstring); a
     stop by signal is raised as :class:`RunInterrupted` once they have stopped, and a
     failure cancels the jobs not yet started."""
-    pool = ProcessPoolExecutor(workers, initializer=die_with_parent)
+    pool = ProcessPoolExecutor(workers, initializer=_worker_start)
     try:
         with stopped_by_signals():
+            _started(pool)
             yield pool
     except RunInterrupted as stopped:
         # a terminal's Ctrl-C reaches the workers too; a kill of this process alone is
