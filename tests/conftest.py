@@ -43,3 +43,14 @@ def perovskites(data: Path, tmp_path_factory):
         cache_dir=tmp_path_factory.mktemp("cache"),
         limit=120,
     )
+
+
+@pytest.fixture(scope="session")
+def perov60(data: Path, tmp_path_factory) -> Path:
+    """The first 60 Castelli perovskites of perov_5/val as a CSV with a CIF column and
+    heat_ref (eV per cell): small enough for commands run end to end, several times."""
+    from tlmat.io import read_records, write_csv
+
+    path = tmp_path_factory.mktemp("perov60") / "perov60.csv"
+    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), path)
+    return path

@@ -15,15 +15,6 @@ from tlmat.cli import app
 from tlmat.experiments import RunSpec, compare, run
 
 
-@pytest.fixture(scope="module")
-def table(data: Path, tmp_path_factory) -> Path:
-    from tlmat.io import read_records, write_csv
-
-    path = tmp_path_factory.mktemp("runspec") / "perov60.csv"
-    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), path)
-    return path
-
-
 def test_flat_and_nested_yaml_flags_and_the_record_are_one_spec(tmp_path: Path) -> None:
     flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.yaml"
     flat.write_text("data: perov_5/val\ntarget: heat_ref\nlr: 0.01\nepochs: 5\n")
@@ -53,9 +44,9 @@ def test_settings_that_cannot_run_together_are_refused(settings: dict, reason: s
         RunSpec(data="perov_5/val", target="heat_ref", **settings)
 
 
-def test_set_gives_any_setting_without_a_flag_of_its_own(table: Path, tmp_path: Path) -> None:
+def test_set_gives_any_setting_without_a_flag_of_its_own(perov60: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["train", str(table), "-t", "heat_ref", "--model", "cgcnn-small", "--epochs", "1",
+    args = ["train", str(perov60), "-t", "heat_ref", "--model", "cgcnn-small", "--epochs", "1",
             "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
     done = runner.invoke(app, [*args, "--set", "plateau_patience=3", "--run-dir",
                                str(tmp_path / "run")])  # fmt: skip
@@ -74,10 +65,10 @@ def test_set_gives_any_setting_without_a_flag_of_its_own(table: Path, tmp_path: 
 
 
 def test_a_comparison_is_runspecs_that_repeat_from_their_records(
-    table: Path, tmp_path: Path
+    perov60: Path, tmp_path: Path
 ) -> None:
     base = RunSpec(
-        data=str(table),
+        data=str(perov60),
         target="heat_ref",
         source="cgcnn/formation-energy-per-atom",
         epochs=2,

@@ -24,22 +24,13 @@ SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)
 QUICK = ["--batch-size", "16", "--early-stopping-patience", "2"]
 
 
-@pytest.fixture(scope="module")
-def table(data: Path, tmp_path_factory) -> Path:
-    from tlmat.io import read_records, write_csv
-
-    path = tmp_path_factory.mktemp("kill") / "perov60.csv"
-    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), path)
-    return path
-
-
-def _commands(table: Path, tmp: Path) -> dict[str, list[str]]:
+def _commands(perov60: Path, tmp: Path) -> dict[str, list[str]]:
     grid = tmp / "grid.yaml"
     grid.write_text(
         yaml.safe_dump(
             {
                 "name": "tiny",
-                "data": str(table),
+                "data": str(perov60),
                 "target": "heat_ref",
                 "sizes": [20],
                 "seeds": [0],
@@ -51,7 +42,7 @@ def _commands(table: Path, tmp: Path) -> dict[str, list[str]]:
             }
         )
     )
-    data = [str(table), "-t", "heat_ref"]
+    data = [str(perov60), "-t", "heat_ref"]
     return {
         "train": ["train", *data, "--model", "cgcnn-small", "--epochs", "8", *QUICK],
         "finetune": ["finetune", *data, "--strategy", "freeze-embedding", "--epochs", "6", *QUICK],
@@ -116,9 +107,9 @@ def _orphans(children: list[psutil.Process]) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["train", "finetune", "compare", "ensemble", "benchmark"])
 def test_a_run_killed_at_random_moments_finishes_with_the_same_numbers(
-    table: Path, tmp_path: Path, kind: str
+    perov60: Path, tmp_path: Path, kind: str
 ) -> None:
-    command = _commands(table, tmp_path)[kind]
+    command = _commands(perov60, tmp_path)[kind]
     cache, flag = tmp_path / "cache", _output_flag(kind)
     started = time.monotonic()
     reference = _start([*command, flag, str(tmp_path / "whole")], cache)

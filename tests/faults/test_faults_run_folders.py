@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -26,26 +25,17 @@ QUICK = ["--model", "cgcnn-small", "--batch-size", "16", "--epochs", "5",
          "--early-stopping-patience", "2"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def table(data: Path, tmp_path_factory) -> Path:
-    from tlmat.io import read_records, write_csv
-
-    path = tmp_path_factory.mktemp("folders") / "perov60.csv"
-    write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), path)
-    return path
-
-
 def said(result) -> str:
     return re.sub(r"\s+", " ", result.output)
 
 
-def train(table: Path, run_dir: Path, *extra: str):
+def train(perov60: Path, run_dir: Path, *extra: str):
     cache = ["--cache-dir", str(run_dir.parent / "cache")]
-    args = ["train", str(table), "-t", "heat_ref", *QUICK, *cache, "--run-dir", str(run_dir)]
+    args = ["train", str(perov60), "-t", "heat_ref", *QUICK, *cache, "--run-dir", str(run_dir)]
     return runner.invoke(app, [*args, *extra])
 
 
-def test_a_second_run_into_a_folder_being_written_is_refused_at_once(table, tmp_path) -> None:
+def test_a_second_run_into_a_folder_being_written_is_refused_at_once(perov60, tmp_path) -> None:
     folder = tmp_path / "run"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom tlmat.training.rundir import run_lock\n"
@@ -55,7 +45,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused_at_once(table, tmp_
     try:
         assert holder.stdout.readline().strip() == "held"
         started = time.monotonic()
-        result = train(table, folder)
+        result = train(perov60, folder)
         text = said(result)
         assert result.exit_code == 1 and "is being written by another tlmat run" in text
         assert f"process {holder.pid}" in text
@@ -64,23 +54,23 @@ def test_a_second_run_into_a_folder_being_written_is_refused_at_once(table, tmp_
     finally:
         holder.kill()
         holder.wait()
-    assert train(table, folder).exit_code == 0  # the lock dies with its holder
+    assert train(perov60, folder).exit_code == 0  # the lock dies with its holder
 
 
-def test_overwrite_never_replaces_a_file_the_user_put_in_the_run_folder(table, tmp_path) -> None:
+def test_overwrite_never_replaces_a_file_the_user_put_in_the_run_folder(perov60, tmp_path) -> None:
     folder = tmp_path / "run"
     folder.mkdir()
     mine = folder / "metrics.csv"
     mine.write_text("my own measurements\n")
-    result = train(table, folder, "--overwrite")
+    result = train(perov60, folder, "--overwrite")
     assert result.exit_code == 1 and "metrics.csv was not written by tlmat" in said(result)
     assert mine.read_text() == "my own measurements\n"
 
 
 def test_a_full_disk_leaves_whole_files_and_the_same_command_finishes(
-    table, tmp_path, monkeypatch
+    perov60, tmp_path, monkeypatch
 ) -> None:
-    whole = train(table, tmp_path / "whole")
+    whole = train(perov60, tmp_path / "whole")
     assert whole.exit_code == 0, whole.output
     real_fsync, calls = os.fsync, []
 
@@ -92,30 +82,30 @@ def test_a_full_disk_leaves_whole_files_and_the_same_command_finishes(
 
     monkeypatch.setattr(os, "fsync", full)
     folder = tmp_path / "cut"
-    result = train(table, folder)
+    result = train(perov60, folder)
     assert result.exit_code == 1 and "No space left on device" in said(result)
     assert [p.name for p in folder.rglob("*.tmp-*")] == []
     assert not (folder / "model.pt").exists()
     for checkpoint in (folder / "checkpoints").glob("*.ckpt"):
         assert readable_checkpoint(checkpoint), checkpoint
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed
-    again = train(table, folder)
+    again = train(perov60, folder)
     assert again.exit_code == 0, again.output
     metrics = json.loads((folder / "test_metrics.json").read_text())
     assert metrics == json.loads((tmp_path / "whole" / "test_metrics.json").read_text())
 
 
-def test_a_truncated_last_checkpoint_is_set_aside_and_the_run_done_again(table, tmp_path) -> None:
-    whole = train(table, tmp_path / "whole")
+def test_a_truncated_last_checkpoint_is_set_aside_and_the_run_done_again(perov60, tmp_path) -> None:
+    whole = train(perov60, tmp_path / "whole")
     assert whole.exit_code == 0, whole.output
     folder = tmp_path / "cut"
-    assert train(table, folder).exit_code == 0
+    assert train(perov60, folder).exit_code == 0
     for name in ("model.pt", "run.json", "test_metrics.json", "result.json"):
         (folder / name).unlink()
     (folder / "checkpoints" / "trained.json").unlink()
     last = folder / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # cut short by hand
-    result = train(table, folder)
+    result = train(perov60, folder)
     assert result.exit_code == 0, result.output
     assert list((folder / "checkpoints").glob("last.ckpt.damaged-*"))
     metrics = json.loads((folder / "test_metrics.json").read_text())
@@ -123,7 +113,7 @@ def test_a_truncated_last_checkpoint_is_set_aside_and_the_run_done_again(table, 
 
 
 def test_a_run_folder_that_cannot_be_written_is_one_error_line(
-    table, tmp_path, monkeypatch
+    perov60, tmp_path, monkeypatch
 ) -> None:
     import filelock
 
@@ -131,19 +121,19 @@ def test_a_run_folder_that_cannot_be_written_is_one_error_line(
         raise PermissionError(errno.EACCES, "Permission denied")  # chmod, so it is faked)
 
     monkeypatch.setattr(filelock.BaseFileLock, "acquire", read_only)
-    result = train(table, tmp_path / "run")
+    result = train(perov60, tmp_path / "run")
     text = said(result)
     assert result.exit_code == 1 and text.startswith("error: cannot write the run folder")
     assert "Permission denied" in text
 
 
-def test_a_damaged_grid_result_is_set_aside_and_its_job_run_again(table, tmp_path) -> None:
+def test_a_damaged_grid_result_is_set_aside_and_its_job_run_again(perov60, tmp_path) -> None:
     config = tmp_path / "grid.yaml"
     config.write_text(
         yaml.safe_dump(
             {
                 "name": "tiny",
-                "data": str(table),
+                "data": str(perov60),
                 "target": "heat_ref",
                 "sizes": [20],
                 "seeds": [0],
