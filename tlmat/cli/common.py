@@ -6,7 +6,7 @@ import contextlib
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,35 +15,26 @@ from rich.table import Table
 
 console = Console()
 
-Targets = Annotated[
-    list[str] | None,
-    typer.Option("--target", "-t", help="Property column/key to keep (repeatable)."),
-]
-Strict = Annotated[
-    bool, typer.Option("--strict", help="Abort at the first bad structure instead of skipping it.")
-]
-OnDuplicate = Annotated[
+
+def option(kind: Any, help: str, *names: str, **settings: Any) -> Any:
+    """A typer option as a type annotation, ``Annotated[kind, typer.Option(*names,
+    help=help, **settings)]``: one declaration, its type and help first."""
+    return Annotated[kind, typer.Option(*names, help=help, **settings)]
+
+
+Targets = option(list[str] | None, "Property column/key to keep (repeatable).", "--target", "-t")
+Strict = option(bool, "Abort at the first bad structure instead of skipping it.", "--strict")
+OnDuplicate = option(
     str,
-    typer.Option(
-        "--on-duplicate",
-        help="An id seen twice in one dataset: 'error' refuses the dataset, 'first' keeps "
-        "the first row of each id and skips the others.",
-    ),
-]
-Disorder = Annotated[
-    str,
-    typer.Option(
-        help="Partially occupied sites: 'skip' the structure or keep each site's 'majority' "
-        "species."
-    ),
-]
-CacheDir = Annotated[
-    Path | None,
-    typer.Option(help="Graph cache folder (default $TLMAT_CACHE_DIR or ~/.cache/tlmat)."),
-]
-Overwrite = Annotated[
-    bool, typer.Option("--overwrite", help="Replace an existing output instead of stopping.")
-]
+    "An id seen twice in one dataset: 'error' refuses the dataset, 'first' keeps "
+    "the first row of each id and skips the others.",
+    "--on-duplicate",
+)
+Disorder = option(
+    str, "Partially occupied sites: 'skip' the structure or keep each site's 'majority' species."
+)
+CacheDir = option(Path | None, "Graph cache folder (default $TLMAT_CACHE_DIR or ~/.cache/tlmat).")
+Overwrite = option(bool, "Replace an existing output instead of stopping.", "--overwrite")
 
 
 def fail(message: str | BaseException) -> NoReturn:

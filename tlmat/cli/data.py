@@ -20,6 +20,7 @@ from tlmat.cli.common import (
     Targets,
     console,
     fail,
+    option,
     reported_errors,
     skipped_table,
     writable_output,
@@ -142,17 +143,15 @@ def info(
         console.print(f"{n} cleaned structures written to {export}")
 
 
-ModelNames = Annotated[
+ModelNames = option(
     list[str] | None,
-    typer.Option(
-        "--model",
-        "--preset",
-        help="Build the graphs this model reads (repeatable): an architecture or preset "
-        "(cgcnn-mp, schnet-small, alignn …), a registered source (chgnet/0.3.0, "
-        "tlmat/mp-eform-cgcnn, cgcnn/formation-energy-per-atom), a checkpoint, a run or "
-        "an ensemble folder. Default: the model tlmat train uses. --preset is an alias.",
-    ),
-]
+    "Build the graphs this model reads (repeatable): an architecture or preset "
+    "(cgcnn-mp, schnet-small, alignn …), a registered source (chgnet/0.3.0, "
+    "tlmat/mp-eform-cgcnn, cgcnn/formation-energy-per-atom), a checkpoint, a run or "
+    "an ensemble folder. Default: the model tlmat train uses. --preset is an alias.",
+    "--model",
+    "--preset",
+)
 
 
 def unknown_model(name: str) -> str:

@@ -26,6 +26,7 @@ from tlmat.cli.common import (
     console,
     fail,
     metrics_table,
+    option,
     reported_errors,
     skipped_table,
     writable_output,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from tlmat.data import GraphDataset
     from tlmat.models import TrainedModel
 
-Device = Annotated[str, typer.Option(help="Where the model runs: cpu, cuda, cuda:1, mps [cpu].")]
+Device = option(str, "Where the model runs: cpu, cuda, cuda:1, mps [cpu].")
 Checkpoint = Annotated[
     str,
     typer.Argument(

@@ -8,164 +8,116 @@ import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+from tlmat.cli.common import CacheDir, Disorder, OnDuplicate, Overwrite, Strict, option
 
-from tlmat.cli.common import CacheDir, Disorder, OnDuplicate, Overwrite, Strict
-
-Target = Annotated[str, typer.Option("--target", "-t", help="Property to learn (column/key).")]
-RunDir = Annotated[Path, typer.Option(help="Folder for checkpoints, metrics and the manifest.")]
-Config = Annotated[
-    Path | None, typer.Option(help="YAML file with training settings (flags override it).")
-]
-Epochs = Annotated[
-    int | None,
-    typer.Option(
-        help="Maximum epochs; early stopping may end sooner (--early-stopping-patience) "
-        "[60,000 / N training structures, within 30–300]."
-    ),
-]
-LR = Annotated[float | None, typer.Option("--lr", help="Learning rate [1e-3].")]
-BatchSize = Annotated[int | None, typer.Option(help="Batch size [64].")]
-Optimizer = Annotated[str | None, typer.Option(help="adam, adamw or sgd [adam].")]
-Scheduler = Annotated[
-    str | None, typer.Option(help="plateau, cyclic, onecycle (warm-up + cosine) or none [plateau].")
-]
-Loss = Annotated[
-    str | None,
-    typer.Option(
-        help="l1, mse or gaussian_nll (the Gaussian negative log-likelihood: a head of "
-        "width 2 predicts each structure's mean and variance; with --ensemble, σ_a per "
-        "structure) [l1]."
-    ),
-]
-WeightDecay = Annotated[float | None, typer.Option(help="L2 penalty [0].")]
-Normalization = Annotated[str | None, typer.Option(help="standard, tanh or none [standard].")]
-Log10 = Annotated[bool, typer.Option("--log10", help="Learn log10 of the target.")]
-Patience = Annotated[
-    int | None,
-    typer.Option(
-        help="Stop after this many epochs without a better validation MAE [epochs / 5, "
-        "at least 10]; 0 trains every epoch."
-    ),
-]
-Seed = Annotated[int, typer.Option(help="Seed for the split, initialisation and order.")]
-TrainSize = Annotated[
-    int | None, typer.Option(help="Use only this many training structures (data-scarce runs).")
-]
-ValSize = Annotated[
-    float | None,
-    typer.Option(
-        help="Validation size: fraction or count [a quarter of the training set, "
-        "20–1,000; all of --val]."
-    ),
-]
-TestSize = Annotated[
-    float | None,
-    typer.Option(help="Test size: fraction or count [0.1 of DATA; all of --test]."),
-]
-TestData = Annotated[
-    str | None,
-    typer.Option("--test", help="Your own test set (file, folder or name); all its rows."),
-]
-ValData = Annotated[
-    str | None,
-    typer.Option("--val", help="Your own validation set (file, folder or name); all its rows."),
-]
-SplitFile = Annotated[
+Target = option(str, "Property to learn (column/key).", "--target", "-t")
+RunDir = option(Path, "Folder for checkpoints, metrics and the manifest.")
+Config = option(
     Path | None,
-    typer.Option(
-        "--split",
-        help="Your own split: a split.json with train/val/test id lists, as tlmat writes "
-        "them (every id must be in the data).",
-    ),
-]
-Accelerator = Annotated[
-    str | None, typer.Option(help="auto, cpu, gpu or mps (Lightning's accelerator) [auto].")
-]
-Devices = Annotated[
+    "YAML file with the run's settings, flags overriding it: training settings at the top or "
+    "under training:, and any other RunSpec field (a run's run.yaml is one).",
+)
+Epochs = option(
     int | None,
-    typer.Option(
-        help="Processes per node, one per GPU (or CPU processes with --accelerator cpu); "
-        "more than one trains data-parallel (DDP) with --batch-size per process [1]."
-    ),
-]
-NumNodes = Annotated[
-    int | None, typer.Option(help="Machines of a DDP run, e.g. SLURM nodes under srun [1].")
-]
-DistributedStrategy = Annotated[
+    "Maximum epochs; early stopping may end sooner (--early-stopping-patience) "
+    "[60,000 / N training structures, within 30–300].",
+)
+LR = option(float | None, "Learning rate [1e-3].", "--lr")
+BatchSize = option(int | None, "Batch size [64].")
+Optimizer = option(str | None, "adam, adamw or sgd [adam].")
+Scheduler = option(str | None, "plateau, cyclic, onecycle (warm-up + cosine) or none [plateau].")
+Loss = option(
     str | None,
-    typer.Option(
-        "--ddp-strategy",
-        help="How a DDP run's processes start: ddp (Lightning relaunches this command "
-        "per device, or srun started them), ddp_spawn (one machine) or auto [auto].",
-    ),
-]
-Precision = Annotated[
-    str | None,
-    typer.Option(help="32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true]."),
-]
-EnsembleWorkers = Annotated[
+    "l1, mse or gaussian_nll (the Gaussian negative log-likelihood: a head of "
+    "width 2 predicts each structure's mean and variance; with --ensemble, σ_a per "
+    "structure) [l1].",
+)
+WeightDecay = option(float | None, "L2 penalty [0].")
+Normalization = option(str | None, "standard, tanh or none [standard].")
+Log10 = option(bool, "Learn log10 of the target.", "--log10")
+Patience = option(
     int | None,
-    typer.Option(
-        min=1,
-        help="With --ensemble: members trained side by side in local processes, the cores "
-        "shared between them [one per core, at most N; 1 on a GPU].",
-    ),
-]
-EnsembleExecutor = Annotated[
-    str,
-    typer.Option(
-        help="With --ensemble: where members train: 'local' (processes here), 'slurm' (one "
-        "submitit job per member, as tlmat benchmark's executor) or 'debug' (submitit "
-        "in this process, to try a setup).",
-    ),
-]
-Slurm = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--slurm",
-        help="A submitit SLURM parameter KEY=VALUE (repeatable), e.g. --slurm "
-        "partition=cpu --slurm timeout_min=120 --slurm cpus_per_task=4.",
-    ),
-]
-
-
-Unit = Annotated[str, typer.Option(help="Unit of the target, for tables and checkpoints.")]
-Extensive = Annotated[
-    bool,
-    typer.Option(
-        "--extensive", help="The target scales with the cell (eV/cell): sum atoms, not average."
-    ),
-]
-Model = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        help="Architecture or preset (tlmat models): cgcnn, cgcnn-mp, schnet, "
-        "schnet-arch1, schnet-arch2, alignn, cgat …",
-    ),
-]
-ModelConfigFile = Annotated[
+    "Stop after this many epochs without a better validation MAE [epochs / 5, "
+    "at least 10]; 0 trains every epoch.",
+)
+Seed = option(int, "Seed for the split, initialisation and order.")
+TrainSize = option(int | None, "Use only this many training structures (data-scarce runs).")
+ValSize = option(
+    float | None,
+    "Validation size: fraction or count [a quarter of the training set, 20–1,000; all of --val].",
+)
+TestSize = option(float | None, "Test size: fraction or count [0.1 of DATA; all of --test].")
+TestData = option(str | None, "Your own test set (file, folder or name); all its rows.", "--test")
+ValData = option(
+    str | None, "Your own validation set (file, folder or name); all its rows.", "--val"
+)
+SplitFile = option(
     Path | None,
-    typer.Option(
-        "--model-config",
-        help="YAML with the architecture's settings (e.g. 'n_interactions: 4'); may name "
-        "'architecture' or 'preset' itself.",
-    ),
-]
-
-
-Settings = Annotated[
+    "Your own split: a split.json with train/val/test id lists, as tlmat writes "
+    "them (every id must be in the data).",
+    "--split",
+)
+Accelerator = option(str | None, "auto, cpu, gpu or mps (Lightning's accelerator) [auto].")
+Devices = option(
+    int | None,
+    "Processes per node, one per GPU (or CPU processes with --accelerator cpu); "
+    "more than one trains data-parallel (DDP) with --batch-size per process [1].",
+)
+NumNodes = option(int | None, "Machines of a DDP run, e.g. SLURM nodes under srun [1].")
+DistributedStrategy = option(
+    str | None,
+    "How a DDP run's processes start: ddp (Lightning relaunches this command "
+    "per device, or srun started them), ddp_spawn (one machine) or auto [auto].",
+    "--ddp-strategy",
+)
+Precision = option(str | None, "32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true].")
+EnsembleWorkers = option(
+    int | None,
+    "With --ensemble: members trained side by side in local processes, the cores "
+    "shared between them [one per core, at most N; 1 on a GPU].",
+    min=1,
+)
+EnsembleExecutor = option(
+    str,
+    "With --ensemble: where members train: 'local' (processes here), 'slurm' (one "
+    "submitit job per member, as tlmat benchmark's executor) or 'debug' (submitit "
+    "in this process, to try a setup).",
+)
+Slurm = option(
     list[str] | None,
-    typer.Option(
-        "--set",
-        help="Any other setting of the run, KEY=VALUE (repeatable; values read as YAML), "
-        "e.g. --set plateau_patience=10 --set warmup_fraction=0.2: every field of "
-        "TrainConfig and RunSpec, a new one included, without a flag of its own.",
-    ),
-]
+    "A submitit SLURM parameter KEY=VALUE (repeatable), e.g. --slurm "
+    "partition=cpu --slurm timeout_min=120 --slurm cpus_per_task=4.",
+    "--slurm",
+)
+
+
+Unit = option(str, "Unit of the target, for tables and checkpoints.")
+Extensive = option(
+    bool, "The target scales with the cell (eV/cell): sum atoms, not average.", "--extensive"
+)
+Model = option(
+    str,
+    "Architecture or preset (tlmat models): cgcnn, cgcnn-mp, schnet, "
+    "schnet-arch1, schnet-arch2, alignn, cgat …",
+    "--model",
+)
+ModelConfigFile = option(
+    Path | None,
+    "YAML with the architecture's settings (e.g. 'n_interactions: 4'); may name "
+    "'architecture' or 'preset' itself.",
+    "--model-config",
+)
+
+
+Settings = option(
+    list[str] | None,
+    "Any other setting of the run, KEY=VALUE (repeatable; values read as YAML), "
+    "e.g. --set plateau_patience=10 --set warmup_fraction=0.2: every field of "
+    "TrainConfig and RunSpec, a new one included, without a flag of its own.",
+    "--set",
+)
 
 
 def slurm_parameters(items: list[str] | None, flag: str = "--slurm") -> dict:

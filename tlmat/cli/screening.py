@@ -18,6 +18,7 @@ from tlmat.cli.common import (
     Overwrite,
     Strict,
     console,
+    option,
     reported_errors,
     skipped_table,
     writable_output,
@@ -47,98 +48,69 @@ Candidates = Annotated[
     ),
 ]
 
-Ensemble = Annotated[
+Ensemble = option(
     str | None,
-    typer.Option(
-        help="Ensemble folder (train/finetune --ensemble N) predicting the formation "
-        "energy per atom (eV/atom)."
-    ),
-]
+    "Ensemble folder (train/finetune --ensemble N) predicting the formation "
+    "energy per atom (eV/atom).",
+)
 
-OracleName = Annotated[
+OracleName = option(
     str | None,
-    typer.Option(
-        help="CSV/JSON table of DFT formation energies per atom (eV/atom), or "
-        "'chgnet' / 'chgnet/0.3.0' to relax the survivors with CHGNet (demonstrations)."
-    ),
-]
+    "CSV/JSON table of DFT formation energies per atom (eV/atom), or "
+    "'chgnet' / 'chgnet/0.3.0' to relax the survivors with CHGNet (demonstrations).",
+)
 
-References = Annotated[
+References = option(
     list[str] | None,
-    typer.Option(
-        "--references",
-        help="Elemental structures (files) whose relaxed energies give CHGNet's "
-        "formation energies.",
-    ),
-]
+    "Elemental structures (files) whose relaxed energies give CHGNet's formation energies.",
+    "--references",
+)
 
-Prototypes = Annotated[
+Prototypes = option(
     list[str] | None,
-    typer.Option(
-        "--prototypes",
-        help="Make the candidates by decorating these structures (instead of CANDIDATES):"
-        " with --system, every assignment of its elements; with --substitute, one map.",
-    ),
-]
+    "Make the candidates by decorating these structures (instead of CANDIDATES):"
+    " with --system, every assignment of its elements; with --substitute, one map.",
+    "--prototypes",
+)
 
-System = Annotated[str | None, typer.Option(help="Chemical system to decorate into, e.g. Hf-Zn-N.")]
+System = option(str | None, "Chemical system to decorate into, e.g. Hf-Zn-N.")
 
-Substitute = Annotated[
-    str | None, typer.Option(help="Element map for --prototypes, e.g. Ti=Hf,Zr=Hf.")
-]
+Substitute = option(str | None, "Element map for --prototypes, e.g. Ti=Hf,Zr=Hf.")
 
-OracleId = Annotated[str, typer.Option(help="Id column of the oracle table.")]
+OracleId = option(str, "Id column of the oracle table.")
 
-OracleEnergy = Annotated[
-    str, typer.Option(help="Formation-energy column (eV/atom) of the oracle table.")
-]
+OracleEnergy = option(str, "Formation-energy column (eV/atom) of the oracle table.")
 
-OracleCost = Annotated[
-    float,
-    typer.Option(
-        min=0, help="Core-hours of one oracle calculation [9: Ekström et al.'s final step]."
-    ),
-]
+OracleCost = option(
+    float, "Core-hours of one oracle calculation [9: Ekström et al.'s final step].", min=0
+)
 
-Known = Annotated[
+Known = option(Path | None, "CSV/JSON table of known phases: formula and E_f (eV/atom).")
+
+KnownFormula = option(str, "Formula column of --known.")
+
+KnownEnergy = option(str, "Formation-energy column (eV/atom) of --known.")
+
+LevelName = option(str, "Name of the candidates' relaxation level.")
+
+LevelCost = option(float, "Core-hours to bring one candidate to --level before predicting.", min=0)
+
+KSigma = option(float, "Drop candidates with E_hull > k·σ.", "-k", min=0)
+
+ConfigFile = option(
     Path | None,
-    typer.Option(help="CSV/JSON table of known phases: formula and E_f (eV/atom)."),
-]
+    "YAML with several levels in order: `levels:` (name, ensemble, "
+    "structures, cost_core_hours), `oracle:`, `known:`, `k:` (README: Screening); "
+    "replaces the arguments and options of one level.",
+)
 
-KnownFormula = Annotated[str, typer.Option(help="Formula column of --known.")]
-
-KnownEnergy = Annotated[str, typer.Option(help="Formation-energy column (eV/atom) of --known.")]
-
-LevelName = Annotated[str, typer.Option(help="Name of the candidates' relaxation level.")]
-
-LevelCost = Annotated[
-    float,
-    typer.Option(min=0, help="Core-hours to bring one candidate to --level before predicting."),
-]
-
-KSigma = Annotated[float, typer.Option("-k", min=0, help="Drop candidates with E_hull > k·σ.")]
-
-ConfigFile = Annotated[
-    Path | None,
-    typer.Option(
-        help="YAML with several levels in order: `levels:` (name, ensemble, "
-        "structures, cost_core_hours), `oracle:`, `known:`, `k:` (README: Screening); "
-        "replaces the arguments and options of one level."
-    ),
-]
-
-ReferenceAll = Annotated[
+ReferenceAll = option(
     bool | None,
-    typer.Option(
-        help="Also run the oracle on every candidate and compare with the all-oracle "
-        "hull [default: when the oracle is a table holding every candidate]."
-    ),
-]
+    "Also run the oracle on every candidate and compare with the all-oracle "
+    "hull [default: when the oracle is a table holding every candidate].",
+)
 
-Output = Annotated[
-    Path,
-    typer.Option("--output", "-o", help="Folder for screening.csv, summary.json, screening.png."),
-]
+Output = option(Path, "Folder for screening.csv, summary.json, screening.png.", "--output", "-o")
 
 
 def screen(

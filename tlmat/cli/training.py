@@ -16,6 +16,7 @@ from tlmat.cli.common import (
     fail,
     metrics_table,
     note_run_dir,
+    option,
     reported_errors,
     skipped_table,
 )
@@ -49,65 +50,45 @@ DEFAULT_STRATEGIES = "scratch,full,freeze-embedding,features+rf"
 Data = Annotated[
     str, typer.Argument(metavar="DATA", help="Training data: file, folder or registered name.")
 ]
-Source = Annotated[
-    str,
-    typer.Option(help="Source: registered name (tlmat models), tlmat or CGCNN file, run folder."),
-]
-FreezeK = Annotated[int, typer.Option(help="Interactions frozen by freeze-first-k.")]
-KeepHead = Annotated[
-    bool, typer.Option("--keep-head", help="Keep the source head even for a new target.")
-]
-Members = Annotated[
+Source = option(str, "Source: registered name (tlmat models), tlmat or CGCNN file, run folder.")
+FreezeK = option(int, "Interactions frozen by freeze-first-k.")
+KeepHead = option(bool, "Keep the source head even for a new target.", "--keep-head")
+Members = option(
     int,
-    typer.Option(
-        min=1,
-        help="Train a deep ensemble of this many members, each with its own split, "
-        "initialisation and seed; predict then gives σ (Ekström et al.) [1].",
-    ),
-]
-ExcludeIds = Annotated[
+    "Train a deep ensemble of this many members, each with its own split, "
+    "initialisation and seed; predict then gives σ (Ekström et al.) [1].",
+    min=1,
+)
+ExcludeIds = option(
     Path | None,
-    typer.Option(
-        help="Ids never to train on: a split.json (its test ids), a JSON list, "
-        "or one id per line (e.g. a target's test materials)."
-    ),
-]
-ScratchTwin = Annotated[
+    "Ids never to train on: a split.json (its test ids), a JSON list, "
+    "or one id per line (e.g. a target's test materials).",
+)
+ScratchTwin = option(
     str | None,
-    typer.Option(
-        "--model",
-        help="With --strategy scratch: the architecture or preset trained from random "
-        "weights [the source's], on the materials both models can use.",
-    ),
-]
-FinetuneMembers = Annotated[
+    "With --strategy scratch: the architecture or preset trained from random "
+    "weights [the source's], on the materials both models can use.",
+    "--model",
+)
+FinetuneMembers = option(
     int,
-    typer.Option(
-        min=1,
-        help="Fine-tune a deep ensemble of this many members, each with its own split, "
-        "new head and seed; predict then gives σ (Ekström et al.) [1].",
-    ),
-]
-Strategies = Annotated[
-    str,
-    typer.Option(help=f"Comma-separated strategies, or 'all' [{DEFAULT_STRATEGIES}]."),
-]
-Seeds = Annotated[
+    "Fine-tune a deep ensemble of this many members, each with its own split, "
+    "new head and seed; predict then gives σ (Ekström et al.) [1].",
+    min=1,
+)
+Strategies = option(str, f"Comma-separated strategies, or 'all' [{DEFAULT_STRATEGIES}].")
+Seeds = option(
     int,
-    typer.Option(
-        min=1,
-        help="Repeats with seeds SEED, SEED+1, …: new training draws, validation "
-        "sets and initialisations, one test set.",
-    ),
-]
-ScratchRow = Annotated[
+    "Repeats with seeds SEED, SEED+1, …: new training draws, validation "
+    "sets and initialisations, one test set.",
+    min=1,
+)
+ScratchRow = option(
     str | None,
-    typer.Option(
-        "--model",
-        help="Architecture or preset trained from scratch for the 'scratch' row "
-        "[the source's]; structures it cannot use are left out of every row.",
-    ),
-]
+    "Architecture or preset trained from scratch for the 'scratch' row "
+    "[the source's]; structures it cannot use are left out of every row.",
+    "--model",
+)
 
 
 def say(message) -> None:
