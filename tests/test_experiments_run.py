@@ -26,6 +26,8 @@ def test_flat_and_nested_yaml_flags_and_the_record_are_one_spec(tmp_path: Path) 
     assert RunSpec.from_yaml(tmp_path / "record.yaml") == a
     # settings left out stay unset, so that the defaults scaled with the data scale again
     assert "early_stopping_patience" not in yaml.safe_load(a.to_yaml())["training"]
+    # overwrite is no setting of the run: its record read back reuses, never replaces
+    assert "overwrite" not in yaml.safe_load(a.model_copy(update={"overwrite": True}).to_yaml())
 
 
 @pytest.mark.parametrize(

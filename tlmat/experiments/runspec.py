@@ -158,8 +158,12 @@ class RunSpec(BaseModel):
 
     def to_yaml(self) -> str:
         """The settings that were given (defaults left out, so that defaults that scale
-        with the data scale again), as YAML that :meth:`from_yaml` reads back."""
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+        with the data scale again), as YAML that :meth:`from_yaml` reads back; without
+        ``overwrite``."""
+        # overwrite is an instruction about the folder, not a setting: a record read
+        # back reuses the finished run rather than replacing it
+        given = self.model_dump(mode="json", exclude_unset=True, exclude={"overwrite"})
+        return yaml.safe_dump(given, sort_keys=False)
 
     @classmethod
     def from_options(cls, config: Path | None = None, **options: Any) -> RunSpec:
