@@ -438,3 +438,16 @@ def test_source_summary_recorded_under_an_earlier_setting_name(tmp_path: Path) -
     assert pretrained_summary(spec, ids[:1], formulas, tmp_path) is None  # other held-out
     other = PretrainConfig(data="mp_cgcnn_36k/mp_cgcnn_36k.csv.gz", target="band_gap", seed=1)
     assert pretrained_summary(other, ids, formulas, tmp_path) is None
+
+
+def test_a_config_that_is_no_yaml_mapping_names_the_file(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tlmat.cli import app
+
+    config = tmp_path / "grid.yaml"
+    config.write_text('!!python/object/apply:os.system ["echo hi"]\n')
+    result = CliRunner().invoke(app, ["benchmark", str(config)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 1 and f"error: {config}: not valid YAML settings" in said
+    assert "internal error" not in said

@@ -205,8 +205,12 @@ class BenchmarkConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> BenchmarkConfig:
+        """The grid a YAML file describes; a file that is no YAML mapping of plain values
+        (a python tag, a list, broken syntax) is a ``ValueError`` naming the file."""
+        from tlmat.training.config import yaml_settings
+
         try:
-            return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+            return cls(**yaml_settings(path))
         except ValueError as error:  # pydantic's ValidationError: say which file
             error.add_note(f"in {path}")
             raise

@@ -33,10 +33,13 @@ STOPS = {signal.SIGINT, signal.SIGTERM}
 
 def _worker_start() -> None:
     """A worker's start, its stop signals still blocked (as they were when it forked):
-    it dies with its parent, and Ctrl-C reaches it only while it trains, through fit's
-    own handler (Python's default would print a KeyboardInterrupt traceback from wherever
-    an idle or starting worker happens to be)."""
+    it dies with its parent, and a stop reaches it as a RunInterrupted only while it
+    trains, through fit's own handler (anywhere else it would print a traceback from
+    wherever an idle or starting worker happens to be)."""
     die_with_parent()
+    # a forked worker inherits the parent's handlers (fit's, which raise RunInterrupted
+    # anywhere): outside fit, SIGTERM ends it quietly and Ctrl-C is left to its parent
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)
