@@ -157,3 +157,20 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     # and without --debug, no traceback
     plain = subprocess.run(command[:3] + command[4:], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr + plain.stdout
+
+
+def test_ctrl_c_while_the_data_is_read_stops_with_the_signals_status(
+    monkeypatch, tmp_path: Path
+) -> None:
+    """Ctrl-C before a run's own handler is set (Python raises KeyboardInterrupt) ends a
+    command as a stop: the resume hint and 128 + SIGINT, not click's 'Aborted!' and 1."""
+    import tlmat.experiments.runspec as runspec
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runspec, "prepared_data", interrupted)
+    result = CliRunner().invoke(app, ["train", "x.csv", "-t", "y", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 130 and "stopped: by SIGINT before training began" in " ".join(
+        result.output.split()
+    )

@@ -163,6 +163,12 @@ def reported_errors() -> Iterator[None]:
         yield
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
         raise  # an exit already decided (fail() inside, --help, a usage error)
+    except KeyboardInterrupt:  # Ctrl-C before a run's own handler was set (reading data)
+        console.print(
+            "[bold yellow]stopped:[/] by SIGINT before training began; nothing was lost "
+            "(graphs read so far are cached): run the same command again"
+        )
+        raise typer.Exit(128 + 2) from None
     except Exception as error:
         if _named(error, ("RunInterrupted",)):
             interrupted(error)
