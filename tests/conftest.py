@@ -54,3 +54,29 @@ def perov60(data: Path, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("perov60") / "perov60.csv"
     write_csv(read_records(data / "perov_5" / "val.csv.gz", ["heat_ref"], limit=60), path)
     return path
+
+
+@pytest.fixture()
+def tiny_grid(perov60: Path, tmp_path: Path):
+    """A benchmark YAML on :func:`perov60` (one size of 20, one seed, 10 validation and 20
+    test structures, one local worker); ``tiny_grid(methods=[...], training={...})``
+    writes it with those settings and returns its path."""
+    import yaml
+
+    def write(**changes) -> Path:
+        grid = {
+            "name": "tiny",
+            "data": str(perov60),
+            "target": "heat_ref",
+            "sizes": [20],
+            "seeds": [0],
+            "val_size": 10,
+            "test_size": 20,
+            "executor": {"kind": "local", "workers": 1},
+            **changes,
+        }
+        path = tmp_path / "grid.yaml"
+        path.write_text(yaml.safe_dump(grid))
+        return path
+
+    return write

@@ -18,30 +18,12 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-import yaml
 
 SIGNALS = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)
 QUICK = ["--batch-size", "16", "--early-stopping-patience", "2"]
 
 
-def _commands(perov60: Path, tmp: Path) -> dict[str, list[str]]:
-    grid = tmp / "grid.yaml"
-    grid.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "data": str(perov60),
-                "target": "heat_ref",
-                "sizes": [20],
-                "seeds": [0],
-                "val_size": 10,
-                "test_size": 20,
-                "methods": ["scratch", "full"],
-                "training": {"epochs": 5, "batch_size": 16, "early_stopping_patience": 2},
-                "executor": {"kind": "local", "workers": 1},
-            }
-        )
-    )
+def _commands(perov60: Path, grid: Path) -> dict[str, list[str]]:
     data = [str(perov60), "-t", "heat_ref"]
     return {
         "train": ["train", *data, "--model", "cgcnn-small", "--epochs", "8", *QUICK],
@@ -107,9 +89,13 @@ def _orphans(children: list[psutil.Process]) -> list[int]:
 
 @pytest.mark.parametrize("kind", ["train", "finetune", "compare", "ensemble", "benchmark"])
 def test_a_run_killed_at_random_moments_finishes_with_the_same_numbers(
-    perov60: Path, tmp_path: Path, kind: str
+    perov60: Path, tiny_grid, tmp_path: Path, kind: str
 ) -> None:
-    command = _commands(perov60, tmp_path)[kind]
+    grid = tiny_grid(
+        methods=["scratch", "full"],
+        training={"epochs": 5, "batch_size": 16, "early_stopping_patience": 2},
+    )
+    command = _commands(perov60, grid)[kind]
     cache, flag = tmp_path / "cache", _output_flag(kind)
     started = time.monotonic()
     reference = _start([*command, flag, str(tmp_path / "whole")], cache)

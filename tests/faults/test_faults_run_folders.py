@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from typer.testing import CliRunner
 
 from tlmat.cli import app
@@ -127,24 +126,8 @@ def test_a_run_folder_that_cannot_be_written_is_one_error_line(
     assert "Permission denied" in text
 
 
-def test_a_damaged_grid_result_is_set_aside_and_its_job_run_again(perov60, tmp_path) -> None:
-    config = tmp_path / "grid.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "tiny",
-                "data": str(perov60),
-                "target": "heat_ref",
-                "sizes": [20],
-                "seeds": [0],
-                "val_size": 10,
-                "test_size": 20,
-                "methods": ["scratch"],
-                "training": {"epochs": 1, "batch_size": 16},
-                "executor": {"kind": "local", "workers": 1},
-            }
-        )
-    )
+def test_a_damaged_grid_result_is_set_aside_and_its_job_run_again(tiny_grid, tmp_path) -> None:
+    config = tiny_grid(methods=["scratch"], training={"epochs": 1, "batch_size": 16})
     args = ["benchmark", str(config), "--results", str(tmp_path / "grid"), "--cache-dir",
             str(tmp_path / "cache")]  # fmt: skip
     assert runner.invoke(app, args).exit_code == 0
