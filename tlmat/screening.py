@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -35,10 +35,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tlmat.data.dataset import GraphDataset, Reading
+
 if TYPE_CHECKING:
     from pymatgen.core import Structure
 
-    from tlmat.data.dataset import GraphDataset
     from tlmat.uncertainty import Ensemble
 
 #: DFT cost of bringing one candidate to each relaxation level, in core-hours: Ekström et
@@ -895,18 +896,6 @@ class ScreenConfig(BaseModel):
     k: float = Field(2.0, ge=0)
 
 
-@dataclass(frozen=True)
-class Reading:
-    """How structure files are read: as :func:`tlmat.data.load_dataset` takes them."""
-
-    cache_dir: str | Path | None = None
-    strict: bool = False
-    on_duplicate: str = "error"
-    disorder: str = "skip"
-    workers: int | None = None
-    progress: bool = False
-
-
 @dataclass
 class ScreeningRun:
     """A finished :func:`run_screening`: the screening, its summary, the files written,
@@ -969,20 +958,8 @@ def _numbered(ids: list[str]) -> list[str]:
 def _level_dataset(level: LevelConfig, ensemble: Ensemble, reading: Reading) -> GraphDataset:
     """One dataset of a level's structure files, with the ensemble's graph settings and
     element checks."""
-    from tlmat.data import concat, load_dataset
-    from tlmat.datasets import resolve
-
     model = ensemble.members[0].model
-    # Reading's fields are load_dataset's keyword arguments of the same names
-    options = asdict(reading)
-    datasets = [
-        load_dataset(resolve(source), model.graph_settings, [], elements=model.elements, **options)
-        for source in level.structures
-    ]
-    dataset = datasets[0]
-    for other in datasets[1:]:
-        dataset = concat(dataset, other)
-    return dataset
+    return reading.load(level.structures, model.graph_settings, [], model.elements)
 
 
 def _same_candidates(level: str, ids: list[str], formulas: list[str], dataset) -> None:

@@ -156,28 +156,20 @@ def validation_mse(
     return float(np.mean(error**2))
 
 
-def train_member(
-    trained: TrainedModel,
-    dataset: GraphDataset,
-    split: Split,
-    config: TrainConfig,
-    run_dir: str | Path,
-    strategy: Strategy | None = None,
-    overwrite: bool = False,
-    threads: int | None = None,
-) -> tuple[TrainedModel, float]:
-    """Fit one member in ``run_dir`` (:func:`tlmat.training.fit`): the trained model and
-    its validation MSE (target unit²). ``threads`` sets this process's torch threads, so
-    that members side by side share the cores instead of oversubscribing them. A
-    module-level function, so that worker processes and submitit can run it."""
+def train_member(threads: int | None = None, **fit_arguments: Any) -> tuple[TrainedModel, float]:
+    """Fit one member (``fit_arguments``: those of :func:`tlmat.training.fit`): the trained
+    model and its validation MSE (target unit²). ``threads`` sets this process's torch
+    threads, so that members side by side share the cores instead of oversubscribing
+    them. A module-level function, so that worker processes and submitit can run it."""
     import torch
 
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        fitted = fit(trained, dataset, split, config, run_dir, strategy, overwrite=overwrite)
-        return fitted.trained, validation_mse(fitted.trained, dataset, split, config.target)
+        trained = fit(**fit_arguments).trained
+        dataset, split = fit_arguments["dataset"], fit_arguments["split"]
+        return trained, validation_mse(trained, dataset, split, fit_arguments["config"].target)
     finally:  # run in the caller's process (submitit's debug executor), it leaves no trace
         torch.set_num_threads(before)
 

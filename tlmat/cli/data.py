@@ -12,11 +12,6 @@ import typer
 from rich.table import Table
 
 from tlmat.cli.common import (
-    CacheDir,
-    Disorder,
-    OnDuplicate,
-    Overwrite,
-    Strict,
     Targets,
     console,
     fail,
@@ -25,6 +20,7 @@ from tlmat.cli.common import (
     skipped_table,
     writable_output,
 )
+from tlmat.cli.options import DEFAULT_READING, ReadOptions, reads_structures
 
 if TYPE_CHECKING:
     from tlmat.graphs import GraphSettings
@@ -83,21 +79,36 @@ def targets_table(result: ReadResult) -> Table:
     return table
 
 
+Limit = option(int | None, "Read only the first N items.")
+SkippedCsv = option(Path | None, "Write every skipped item with its reason here.")
+Export = option(
+    Path | None, "Write the cleaned dataset: .extxyz/.xyz, or .csv (with a CIF column)."
+)
+Cutoff = option(float | None, "Neighbour cutoff in Å, instead of the model's.")
+MaxNeighbors = option(
+    int | None, "Nearest neighbours kept per atom (0: all), instead of the model's."
+)
+LineGraph = option(bool | None, "Bond-angle line graph.", "--line-graph/--no-line-graph")
+Workers = option(int | None, "Processes for parsing and building (default: every core).")
+
+
+def checks(reading: ReadOptions) -> dict[str, Any]:
+    """The options by which structures are checked as they are read."""
+    return {
+        "strict": reading.strict,
+        "disorder": reading.disorder,
+        "on_duplicate": reading.on_duplicate,
+    }
+
+
+@reads_structures("strict", "disorder", "on_duplicate", "overwrite")
 def info(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="File or folder of structures.")],
     target: Targets = None,
-    strict: Strict = False,
-    disorder: Disorder = "skip",
-    on_duplicate: OnDuplicate = "error",
-    limit: Annotated[int | None, typer.Option(help="Read only the first N items.")] = None,
-    skipped_csv: Annotated[
-        Path | None, typer.Option(help="Write every skipped item with its reason here.")
-    ] = None,
-    export: Annotated[
-        Path | None,
-        typer.Option(help="Write the cleaned dataset: .extxyz/.xyz, or .csv (with a CIF column)."),
-    ] = None,
-    overwrite: Overwrite = False,
+    limit: Limit = None,
+    skipped_csv: SkippedCsv = None,
+    export: Export = None,
+    reading: ReadOptions = DEFAULT_READING,
 ) -> None:
     """Summarise a dataset: count, elements, sites per cell, target statistics, skipped
     rows by reason.
@@ -117,17 +128,13 @@ def info(
 
     for output in (skipped_csv, export):
         if output is not None:
-            writable_output(output, overwrite)
+            writable_output(output, reading.overwrite)
+    options = dict(
+        strict=reading.strict, disorder=reading.disorder, on_duplicate=reading.on_duplicate
+    )
     with reported_errors():
         result = read_records(
-            path,
-            target,
-            strict=strict,
-            disorder=disorder,
-            limit=limit,
-            progress=True,
-            on_duplicate=on_duplicate,
-            workers=default_workers(),
+            path, target, limit=limit, progress=True, workers=default_workers(), **options
         )
     for table in summarise(result):
         console.print(table)
@@ -137,7 +144,7 @@ def info(
     if export is not None:
         writer = write_csv if export.suffix == ".csv" else write_extxyz
         try:
-            n = writer(result.records, export, overwrite=overwrite)
+            n = writer(result.records, export, overwrite=reading.overwrite)
         except FileExistsError as error:
             fail(error)
         console.print(f"{n} cleaned structures written to {export}")
@@ -234,28 +241,16 @@ def report_cache(dataset, seconds: float, names: list[str]) -> None:
     )
 
 
+@reads_structures("cache_dir", "strict", "disorder", "on_duplicate")
 def cache(
     data: Annotated[Path, typer.Argument(metavar="DATA", help="File or folder of structures.")],
     model: ModelNames = None,
-    cutoff: Annotated[
-        float | None, typer.Option(help="Neighbour cutoff in Å, instead of the model's.")
-    ] = None,
-    max_neighbors: Annotated[
-        int | None,
-        typer.Option(help="Nearest neighbours kept per atom (0: all), instead of the model's."),
-    ] = None,
-    line_graph: Annotated[
-        bool | None, typer.Option("--line-graph/--no-line-graph", help="Bond-angle line graph.")
-    ] = None,
+    cutoff: Cutoff = None,
+    max_neighbors: MaxNeighbors = None,
+    line_graph: LineGraph = None,
     target: Targets = None,
-    cache_dir: CacheDir = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="Processes for parsing and building (default: every core)."),
-    ] = None,
-    strict: Strict = False,
-    disorder: Disorder = "skip",
-    on_duplicate: OnDuplicate = "error",
+    workers: Workers = None,
+    reading: ReadOptions = DEFAULT_READING,
 ) -> None:
     """Build and store the graphs of a dataset ahead of training (preprocess once on a
     cluster, train many times); a second run only loads them. Give the --target that
@@ -267,7 +262,6 @@ def cache(
 
         tlmat cache my_data.csv -t E_f --model cgcnn-mp --model chgnet/0.3.0 --workers 2
     """
-    from tlmat.data import load_dataset
     from tlmat.experiments.runspec import SCRATCH_MODEL
 
     with reported_errors():
@@ -276,16 +270,5 @@ def cache(
     for (settings, elements), names in wanted.items():
         with reported_errors():
             start = time.perf_counter()
-            dataset = load_dataset(
-                data,
-                settings,
-                target,
-                cache_dir=cache_dir,
-                elements=elements,
-                strict=strict,
-                disorder=disorder,
-                on_duplicate=on_duplicate,
-                workers=workers,
-                progress=True,
-            )
+            dataset = reading.reading(workers).load(data, settings, target, elements)
         report_cache(dataset, time.perf_counter() - start, names)

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import csv
-import functools
-import inspect
 import json
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -18,81 +14,26 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlmat.cli.common import (
-    CacheDir,
-    Disorder,
-    OnDuplicate,
     Overwrite,
-    Strict,
     console,
     fail,
     metrics_table,
-    option,
     reported_errors,
     skipped_table,
     writable_output,
 )
+from tlmat.cli.options import DEFAULT_READING, ReadOptions, reads_structures
 
 if TYPE_CHECKING:
     from tlmat.data import GraphDataset
     from tlmat.models import TrainedModel
 
-Device = option(str, "Where the model runs: cpu, cuda, cuda:1, mps [cpu].")
 Checkpoint = Annotated[
     str,
     typer.Argument(
         metavar="CHECKPOINT", help="tlmat checkpoint, registered name or original CGCNN .pth.tar."
     ),
 ]
-
-
-@dataclass(frozen=True)
-class Reading:
-    """How a command reads structures for a model: the options that ``predict``,
-    ``embed`` and ``evaluate`` share, declared once in :data:`READING_OPTIONS`."""
-
-    device: str = "cpu"
-    cache_dir: Path | None = None
-    overwrite: bool = False
-    strict: bool = False
-    on_duplicate: str = "error"
-    disorder: str = "skip"
-
-
-#: each shared option: its typer annotation and default (the fields of :class:`Reading`)
-READING_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "device": (Device, "cpu"),
-    "cache_dir": (CacheDir, None),
-    "overwrite": (Overwrite, False),
-    "strict": (Strict, False),
-    "on_duplicate": (OnDuplicate, "error"),
-    "disorder": (Disorder, "skip"),
-}
-
-
-def reads_structures(*names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """A command with the shared options ``names`` (all of :data:`READING_OPTIONS` when
-    none are named) appended to its own: typer sees them in the signature, and the
-    command receives them as one :class:`Reading` in its ``reading`` parameter."""
-    chosen = names or tuple(READING_OPTIONS)
-
-    def decorate(command: Callable[..., None]) -> Callable[..., None]:
-        signature = inspect.signature(command, eval_str=True)
-        own = [p for name, p in signature.parameters.items() if name != "reading"]
-        shared = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                              default=default)
-            for name, (annotation, default) in READING_OPTIONS.items() if name in chosen
-        ]  # fmt: skip
-
-        @functools.wraps(command)
-        def run(*args: Any, **kwargs: Any) -> None:
-            options = {name: kwargs.pop(name) for name in chosen if name in kwargs}
-            command(*args, **kwargs, reading=Reading(**options))
-
-        run.__signature__ = signature.replace(parameters=[*own, *shared])  # type: ignore[attr-defined]
-        return run
-
-    return decorate
 
 
 def _finite(
@@ -131,45 +72,6 @@ def _model_or_ensemble(checkpoint: str):
     return load_source(checkpoint), None
 
 
-def model_structures(
-    trained: TrainedModel,
-    sources: list[str],
-    cache_dir,
-    targets=(),
-    strict: bool = False,
-    on_duplicate: str = "error",
-    disorder: str = "skip",
-    workers: int | None = None,
-) -> GraphDataset:
-    """One dataset of every structure source, built with the model's graph settings and
-    element checks; skipped structures are printed as a table."""
-    from tlmat.data import concat, load_dataset
-    from tlmat.datasets import resolve
-
-    datasets = [
-        load_dataset(
-            resolve(s),
-            trained.model.graph_settings,
-            list(targets),
-            cache_dir=cache_dir,
-            elements=trained.model.elements,
-            progress=True,
-            strict=strict,
-            on_duplicate=on_duplicate,
-            disorder=disorder,
-            workers=workers,
-        )
-        for s in sources
-    ]
-    dataset = datasets[0]
-    for other in datasets[1:]:
-        dataset = concat(dataset, other)
-    table = skipped_table(dataset.log)
-    if table is not None:
-        console.print(table)
-    return dataset
-
-
 @reads_structures()
 def predict(
     checkpoint: Checkpoint,
@@ -200,7 +102,7 @@ def predict(
             "GPa), write the quantity itself (GPa).",
         ),
     ] = False,
-    reading: Reading = Reading(),
+    reading: ReadOptions = DEFAULT_READING,
 ) -> None:
     """Predict a property for new structures: ``id`` and the prediction per row, the
     header naming the unit (``K_VRH (log10 GPa)``); a classifier writes one probability
@@ -230,7 +132,7 @@ def predict(
 
 
 def _model_and_structures(
-    checkpoint: str, sources: list[str], reading: Reading, workers: int | None = None
+    checkpoint: str, sources: list[str], reading: ReadOptions, workers: int | None = None
 ):
     """The model (its first member for an ensemble, which shares graphs and elements),
     the ensemble or ``None``, and the structures of ``sources`` read for it; a user's
@@ -245,15 +147,20 @@ def _model_and_structures(
 def _read_for(
     trained: TrainedModel,
     sources: list[str],
-    reading: Reading,
+    options: ReadOptions,
     targets=(),
     workers: int | None = None,
 ) -> GraphDataset:
-    """:func:`model_structures` with a command's reading options."""
-    return model_structures(
-        trained, sources, reading.cache_dir, targets, reading.strict, reading.on_duplicate,
-        reading.disorder, workers,
-    )  # fmt: skip
+    """Every structure source as one dataset, built with the model's graph settings and
+    element checks; the structures skipped are printed as a table."""
+    model = trained.model
+    dataset = options.reading(workers).load(
+        sources, model.graph_settings, list(targets), model.elements
+    )
+    table = skipped_table(dataset.log)
+    if table is not None:
+        console.print(table)
+    return dataset
 
 
 def _predict_ensemble(checkpoint: str, members, dataset: GraphDataset, output: Path) -> None:
@@ -312,7 +219,7 @@ def embed(
             "angle features). Default: the crystal embedding only.",
         ),
     ] = None,
-    reading: Reading = Reading(),
+    reading: ReadOptions = DEFAULT_READING,
 ) -> None:
     """Pooled crystal embeddings of a dataset, batched, for your own models; with
     ``--layers``, the pooled features after the chosen layers, one column per feature
@@ -439,7 +346,7 @@ def evaluate(
             "a recalibration records it.",
         ),
     ] = False,
-    reading: Reading = Reading(),
+    reading: ReadOptions = DEFAULT_READING,
 ) -> None:
     """Score a model on labelled data (MAE, RMSE, R², max error). An ensemble folder is
     also scored on its σ: coverage of ±1σ and ±2σ, miscalibration area, NLL, Spearman
@@ -467,7 +374,12 @@ def evaluate(
 
 
 def _ensemble_outputs(
-    checkpoint: str, members, data: str, figures: Path | None, recalibrate: bool, reading: Reading
+    checkpoint: str,
+    members,
+    data: str,
+    figures: Path | None,
+    recalibrate: bool,
+    reading: ReadOptions,
 ) -> dict[str, Path]:
     """Where an ensemble's figures go, and whether its manifest may be recalibrated,
     checked before the data is read; a single model refuses both options."""

@@ -7,11 +7,16 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlmat.cli.common import CacheDir, Disorder, OnDuplicate, Overwrite, Strict, option
 
+if TYPE_CHECKING:
+    from tlmat.data import Reading
+
+Device = option(str, "Where the model runs: cpu, cuda, cuda:1, mps [cpu].")
 Target = option(str, "Property to learn (column/key).", "--target", "-t")
 RunDir = option(Path, "Folder for checkpoints, metrics and the manifest.")
 Config = option(
@@ -184,19 +189,25 @@ READING = _options(
     on_duplicate=(OnDuplicate, "error"),
     disorder=(Disorder, "skip"),
 )
+DEVICE = _options(device=(Device, "cpu"))
 #: switches that are off unless given: off, they leave a --config file's value alone
 SWITCHES = ("log10", "extensive", "overwrite", "strict")
 
 
-def with_options(*groups: dict[str, tuple[Any, Any]]) -> Callable:
+def with_options(
+    *groups: dict[str, tuple[Any, Any]],
+    into: str = "options",
+    gathered: Callable[[dict[str, Any]], Any] | None = None,
+) -> Callable:
     """A command with the options of ``groups`` appended to its own: typer sees them in
-    the signature; the command receives them, ready for ``RunSpec.from_options``, as one
-    mapping in its ``options`` parameter."""
+    the signature; the command receives them as one object in its ``into`` parameter:
+    ``gathered(options)``, by default a mapping ready for ``RunSpec.from_options``."""
     shared = {name: spec for group in groups for name, spec in group.items()}
+    gathered = gathered or spec_options
 
     def decorate(command: Callable[..., None]) -> Callable[..., None]:
         signature = inspect.signature(command, eval_str=True)
-        own = [p for name, p in signature.parameters.items() if name != "options"]
+        own = [p for name, p in signature.parameters.items() if name != into]
         extra = [
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=kind, default=value)
             for name, (kind, value) in shared.items()
@@ -205,12 +216,47 @@ def with_options(*groups: dict[str, tuple[Any, Any]]) -> Callable:
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> None:
             options = {name: kwargs.pop(name) for name in shared if name in kwargs}
-            command(*args, **kwargs, options=spec_options(options))
+            command(*args, **kwargs, **{into: gathered(options)})
 
         wrapper.__signature__ = signature.replace(parameters=[*own, *extra])  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a command that applies a model reads structures: :data:`READING` and the
+    device, as ``predict``, ``embed``, ``evaluate`` and ``screen`` take them."""
+
+    device: str = "cpu"
+    cache_dir: Path | None = None
+    overwrite: bool = False
+    strict: bool = False
+    on_duplicate: str = "error"
+    disorder: str = "skip"
+
+    def checks(self) -> dict[str, Any]:
+        """The options by which structures are checked as they are read."""
+        return {name: getattr(self, name) for name in ("strict", "disorder", "on_duplicate")}
+
+    def reading(self, workers: int | None = None) -> Reading:
+        """These options as the library's :class:`~tlmat.data.Reading` (with progress)."""
+        from tlmat.data import Reading
+
+        return Reading(self.cache_dir, self.strict, self.on_duplicate, self.disorder, workers, True)
+
+
+#: a command's reading options before its flags are read (the signature's default)
+DEFAULT_READING = ReadOptions()
+
+
+def reads_structures(*names: str) -> Callable:
+    """A command with the reading options ``names`` (all of :data:`READING` and
+    ``--device`` when none are named), received as one :class:`ReadOptions` in its
+    ``reading`` parameter."""
+    chosen = {k: v for k, v in {**DEVICE, **READING}.items() if not names or k in names}
+    return with_options(chosen, into="reading", gathered=lambda given: ReadOptions(**given))
 
 
 def spec_options(options: dict[str, Any]) -> dict[str, Any]:

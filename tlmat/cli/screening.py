@@ -12,17 +12,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from tlmat.cli.common import (
-    CacheDir,
-    Disorder,
-    OnDuplicate,
-    Overwrite,
-    Strict,
     console,
     option,
     reported_errors,
     skipped_table,
     writable_output,
 )
+from tlmat.cli.options import DEFAULT_READING, ReadOptions, reads_structures
 
 if TYPE_CHECKING:  # the library is imported when a command runs: `--help` stays fast
     from tlmat.screening import ScreenConfig
@@ -113,6 +109,7 @@ ReferenceAll = option(
 Output = option(Path, "Folder for screening.csv, summary.json, screening.png.", "--output", "-o")
 
 
+@reads_structures("cache_dir", "overwrite", "strict", "on_duplicate", "disorder")
 def screen(
     candidates: Candidates = None,
     ensemble: Ensemble = None,
@@ -133,11 +130,7 @@ def screen(
     config: ConfigFile = None,
     reference: ReferenceAll = None,
     output: Output = Path("screening"),
-    cache_dir: CacheDir = None,
-    overwrite: Overwrite = False,
-    strict: Strict = False,
-    on_duplicate: OnDuplicate = "error",
-    disorder: Disorder = "skip",
+    reading: ReadOptions = DEFAULT_READING,
 ) -> None:
     """Screen candidates for thermodynamic stability at a fraction of the DFT cost: an
     ensemble predicts each candidate's formation energy ± σ, pymatgen builds the convex
@@ -156,19 +149,18 @@ def screen(
         tlmat screen --prototypes ti_zn_n.extxyz --substitute Ti=Hf --ensemble ens/
         --oracle chgnet --references Hf.cif Zn.cif N2.cif -o screening/
     """
-    from tlmat.screening import Reading, run_screening
+    from tlmat.screening import run_screening
 
     with reported_errors():
         spec = _config(
             config, candidates, prototypes, ensemble, oracle, references, level, level_cost,
             oracle_id, oracle_energy, oracle_cost, known, known_formula, known_energy, k,
         )  # fmt: skip
-    writable_output(output, overwrite, folder=True)
+    writable_output(output, reading.overwrite, folder=True)
     with reported_errors():
         if prototypes:
             spec.levels[0].structures = [str(_decorated(prototypes, system, substitute, output))]
-        reading = Reading(cache_dir, strict, on_duplicate, disorder, os.cpu_count() or 1, True)
-        run = run_screening(spec, output, reference, reading)
+        run = run_screening(spec, output, reference, reading.reading(os.cpu_count() or 1))
     for log in run.logs:
         table = skipped_table(log)
         if table is not None:

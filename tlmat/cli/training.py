@@ -99,11 +99,16 @@ def say(message) -> None:
         console.print(table)
 
 
-def run_spec(config: Path | None, **options):
-    """The RunSpec of a command's flags and ``--config`` file (flags win)."""
+def command_spec(config: Path | None, default_dir: str, model_config_file, **fields):
+    """The RunSpec of a command's ``--config`` file and flags (flags win); ``model`` and
+    ``model_config_file`` (``--model``, ``--model-config``) give its model. Says where
+    results go when the default folder would land inside a git checkout."""
     from tlmat.experiments.runspec import RunSpec
 
-    return RunSpec.from_options(config, **options)
+    note_run_dir(fields["run_dir"], Path(default_dir))
+    with reported_errors():
+        fields["model"] = model_choice(fields.get("model"), model_config_file)
+        return RunSpec.from_options(config, **fields)
 
 
 @with_options(DATA, TRAINING, ENSEMBLE, READING)
@@ -131,18 +136,11 @@ def train(
     """
     from tlmat.experiments.runspec import run
 
-    note_run_dir(run_dir, Path("runs/train"))
+    given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
+    spec = command_spec(
+        config, "runs/train", model_config_file, exclude_ids=exclude_ids, **given, **options
+    )
     with reported_errors():
-        spec = run_spec(
-            config,
-            data=data,
-            target=target,
-            run_dir=run_dir,
-            model=model_choice(model, model_config_file),
-            ensemble=ensemble,
-            exclude_ids=exclude_ids,
-            **options,
-        )
         result = run(spec, say)
     if result.ensemble is not None:
         return print_ensemble(result)
@@ -199,21 +197,10 @@ def finetune(
     """
     from tlmat.experiments.runspec import run
 
-    note_run_dir(run_dir, Path("runs/finetune"))
+    given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
+    transfer = dict(source=source, strategy=strategy, freeze_k=freeze_k, keep_head=keep_head)
+    spec = command_spec(config, "runs/finetune", model_config_file, **given, **transfer, **options)
     with reported_errors():
-        spec = run_spec(
-            config,
-            data=data,
-            target=target,
-            source=source,
-            strategy=strategy,
-            freeze_k=freeze_k,
-            keep_head=keep_head,
-            run_dir=run_dir,
-            model=model_choice(model, model_config_file),
-            ensemble=ensemble,
-            **options,
-        )
         result = run(spec, say)
     if result.ensemble is not None:
         return print_ensemble(result)
@@ -311,20 +298,12 @@ def compare(
     from tlmat.experiments.comparison import compare as run_comparison
 
     chosen = chosen_strategies(strategies)
-    note_run_dir(run_dir, Path("runs/compare"))
-    with reported_errors():
-        base = run_spec(
-            config,
-            data=data,
-            target=target,
-            source=source,
-            run_dir=run_dir,
-            model=model_choice(model, model_config_file),
-            progress_bar=False,
-            **options,
-        )
-        with _progress(seeds * len(chosen)) as progress:
-            result = run_comparison(base, chosen, seeds, say, progress)
+    given = dict(data=data, target=target, source=source, run_dir=run_dir, model=model)
+    base = command_spec(
+        config, "runs/compare", model_config_file, progress_bar=False, **given, **options
+    )
+    with reported_errors(), _progress(seeds * len(chosen)) as progress:
+        result = run_comparison(base, chosen, seeds, say, progress)
     split, unit = result.split, base.training.unit
     title = (
         f"{target}: {len(split.train)} training, {len(split.val)} validation, "

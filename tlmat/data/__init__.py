@@ -2,6 +2,7 @@
 
 from tlmat.data.dataset import (
     GraphDataset,
+    Reading,
     concat,
     default_cache_dir,
     load_dataset,
@@ -26,6 +27,7 @@ __all__ = [
     "MATBENCH_SEED",
     "GraphDataset",
     "GraphLoader",
+    "Reading",
     "Split",
     "composition_disjoint",
     "concat",

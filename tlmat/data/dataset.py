@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -258,6 +258,43 @@ def load_dataset(
     dataset = gathered.dataset(cache, log, str(path))
     _write_manifest(manifest_dir, dataset, gathered.keys)
     return dataset
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How a command or run reads its structure sources: the reading options of
+    :func:`load_dataset`, held once and passed on as one object."""
+
+    cache_dir: str | Path | None = None
+    #: stop at the first bad structure (``None``: as :func:`strict_reading` says)
+    strict: bool | None = None
+    on_duplicate: DuplicatePolicy = "error"
+    disorder: str = "skip"
+    #: processes of a first read (``None``: every core)
+    workers: int | None = None
+    progress: bool = False
+
+    def load(
+        self,
+        sources: str | Path | Sequence[str | Path],
+        settings: GraphSettings | None = None,
+        targets: Sequence[str] | None = None,
+        elements: Collection[int] | None = None,
+    ) -> GraphDataset:
+        """One dataset of ``sources`` (a path or registered name, or several joined in
+        order), built with ``settings`` and checked against ``elements`` (atomic numbers
+        a model knows)."""
+        paths = [sources] if isinstance(sources, str | Path) else list(sources)
+        if not paths:
+            raise ValueError("no structure source to read")
+        datasets = [
+            load_dataset(path, settings, targets, elements=elements, **asdict(self))
+            for path in paths
+        ]
+        joined = datasets[0]
+        for other in datasets[1:]:
+            joined = concat(joined, other)
+        return joined
 
 
 Row = tuple[str, str, str, tuple[str, int, int], dict[str, Any]]

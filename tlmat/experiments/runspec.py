@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tlmat.data.dataset import GraphDataset
+from tlmat.data.dataset import GraphDataset, Reading
 from tlmat.data.splits import Split
 from tlmat.models.base import ModelConfig
 from tlmat.models.checkpoint import TrainedModel
@@ -149,6 +149,12 @@ class RunSpec(BaseModel):
                 f"{self.strategy} fits no network head: use a transfer strategy or scratch"
             )
         return self
+
+    @property
+    def reading(self) -> Reading:
+        """How the run reads its data; a first read parses on every core."""
+        workers = os.cpu_count() or 1
+        return Reading(self.cache_dir, self.strict, self.on_duplicate, self.disorder, workers, True)
 
     def with_seed(self, seed: int, **changes: Any) -> RunSpec:
         """This spec for another seed (new split, initialisation and order)."""
@@ -336,24 +342,14 @@ def prepared_data(spec: RunSpec, model, say: Say) -> tuple[GraphDataset, dict[st
 
 
 def _read_data(spec: RunSpec, model) -> tuple[GraphDataset, dict[str, np.ndarray]]:
-    from tlmat.data import concat, load_dataset
-    from tlmat.datasets import resolve
+    from tlmat.data import concat
 
     dataset, parts = None, {}
     for part, where in (("pool", spec.data), ("val", spec.val), ("test", spec.test)):
         if where is None:
             continue
-        loaded = load_dataset(
-            resolve(where),
-            model.graph_settings,
-            [spec.training.target],
-            cache_dir=spec.cache_dir,
-            elements=model.elements,
-            progress=True,
-            strict=spec.strict,
-            on_duplicate=spec.on_duplicate,
-            disorder=spec.disorder,
-            workers=os.cpu_count() or 1,  # a first read parses on every core
+        loaded = spec.reading.load(
+            where, model.graph_settings, [spec.training.target], model.elements
         )
         if spec.training.log10:
             loaded = loaded.require_positive(spec.training.target, spec.strict)

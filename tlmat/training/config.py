@@ -89,14 +89,11 @@ class TrainConfig(BaseModel):
 
     def target_spec(self) -> TargetSpec:
         """The (unfitted) specification of the target this run learns."""
+        same = {"unit", "log10", "normalization", "extensive", "atom_refs"}
         return TargetSpec(
             name=self.target,
-            unit=self.unit,
-            log10=self.log10,
-            normalization=self.normalization,
-            extensive=self.extensive,
-            atom_refs=self.atom_refs,
             heteroscedastic=self.loss == "gaussian_nll",
+            **self.model_dump(include=same),
         )
 
     @classmethod
