@@ -73,7 +73,7 @@ def test_predictions_and_embeddings_in_chunks_equal_one_pass(perovskites) -> Non
     """What ``tlmat predict`` / ``tlmat embed`` write a chunk at a time is the one-pass
     result, in order, whatever the chunk and batch sizes."""
     from tlmat.models.prediction import iter_predictions, predict
-    from tlmat.transfer.features import iter_layer_features, layer_feature_table
+    from tlmat.transfer.features import feature_table, iter_layer_features
 
     gap = tlmat.load_model("cgcnn/band-gap").trained
     whole = predict(gap, perovskites)
@@ -81,7 +81,7 @@ def test_predictions_and_embeddings_in_chunks_equal_one_pass(perovskites) -> Non
     assert [len(p) for p, _ in parts] == [56, 56, 8]  # whole batches of 7 per chunk
     np.testing.assert_array_equal(np.concatenate([p for p, _ in parts]), np.arange(120))
     np.testing.assert_allclose(np.concatenate([v for _, v in parts]), whole, atol=1e-6)
-    features, names = layer_feature_table(gap, perovskites, layers="all")
+    features, names = feature_table(iter_layer_features(gap, perovskites, layers="all"))
     chunks = list(iter_layer_features(gap, perovskites, layers="all", batch_size=16, rows=40))
     assert all(c[2] == names for c in chunks) and len(chunks) == 3
     np.testing.assert_allclose(np.concatenate([c[1] for c in chunks]), features, atol=1e-5)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal
 
 import numpy as np
@@ -46,8 +46,10 @@ def iter_layer_features(
     batch_size: int | None = None,
     rows: int = 10_000,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-    """:func:`layer_feature_table` a chunk at a time: (positions in ``dataset``,
-    features, column names) for about ``rows`` structures each, in order."""
+    """Pooled features of the named layers (see :func:`select_layers`), concatenated,
+    with a column name ``<layer>:<k>`` for every feature, a chunk at a time: (positions
+    in ``dataset``, features, column names) for about ``rows`` structures each, in
+    order; :func:`feature_table` joins the chunks."""
     model = trained.model.eval()
     chunks: list[torch.Tensor] = []
     positions: list[torch.Tensor] = []
@@ -77,16 +79,11 @@ def iter_layer_features(
         yield torch.cat(positions).numpy(), torch.cat(chunks).numpy(), names
 
 
-def layer_feature_table(
-    trained: TrainedModel,
-    dataset: GraphDataset,
-    indices=None,
-    layers: str | list[str] | None = None,
-    batch_size: int | None = None,
+def feature_table(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray, list[str]]],
 ) -> tuple[np.ndarray, list[str]]:
-    """Pooled features of the named layers (see :func:`select_layers`), concatenated,
-    with a column name ``<layer>:<k>`` for every feature; batched."""
-    parts = list(iter_layer_features(trained, dataset, indices, layers, batch_size))
+    """The chunks of :func:`iter_layer_features` as one table, with its column names."""
+    parts = list(chunks)
     if not parts:
         return np.zeros((0, 0), dtype=np.float32), []
     return np.concatenate([features for _, features, _ in parts]), parts[0][2]
@@ -103,7 +100,7 @@ def extract_features(
     """Pooled features of ``dataset[indices]``: the crystal embedding, or the pooled
     features after every named layer concatenated (``layers``; all unless chosen)."""
     chosen = layers if kind == "layers" else ["embedding_out"]
-    return layer_feature_table(trained, dataset, indices, chosen, batch_size)[0]
+    return feature_table(iter_layer_features(trained, dataset, indices, chosen, batch_size))[0]
 
 
 class MLPRegressor:
