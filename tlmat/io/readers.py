@@ -27,7 +27,7 @@ from tlmat.io.folder import (
     iter_structure_files,
 )
 from tlmat.io.records import InputError, Problem, ProblemLog, ReadResult, Reason, Record
-from tlmat.io.table import iter_csv, iter_json
+from tlmat.io.table import iter_table
 from tlmat.progress import track
 
 if TYPE_CHECKING:
@@ -111,10 +111,8 @@ def _raw_items(path: Path, fmt: str, targets, structure_column, id_column):
         yield from iter_id_prop_folder(path, targets)
     elif fmt == "files":
         yield from iter_structure_files(path)
-    elif fmt == "csv":
-        yield from iter_csv(path, structure_column, id_column, targets)
-    elif fmt == "json":
-        yield from iter_json(path, structure_column, id_column, targets)
+    elif fmt in ("csv", "json"):
+        yield from iter_table(path, structure_column, id_column, targets, fmt)
     elif fmt == "extxyz":
         yield from iter_extxyz(path, targets)
     elif fmt == "asedb":

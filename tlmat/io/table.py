@@ -163,20 +163,6 @@ def _no_column(path: Path, name: str, row: dict[str, Any], roles: list[str | Non
     )
 
 
-def iter_csv(
-    path: Path,
-    structure_column: str | None = None,
-    id_column: str | None = None,
-    targets: Sequence[str] | None = None,
-) -> Iterator[RawItem]:
-    """CSV (optionally ``.gz``) with one structure per row as CIF or POSCAR text."""
-    with open_text(path) as handle:
-        rows = csv.DictReader(handle)
-        yield from rows_to_items(
-            rows, path, structure_column, id_column, targets, fixed_columns=True
-        )
-
-
 def load_json(path: Path) -> Any:
     """JSON from ``.json``, ``.json.gz`` or a ``.zip`` holding one JSON file."""
     if path.suffix == ".zip":
@@ -233,15 +219,25 @@ def json_rows(data: Any, path: Path) -> tuple[list[dict[str, Any]], str]:
     raise ValueError(f"{path}: unsupported JSON layout (keys: {list(data)[:8]})")
 
 
-def iter_json(
+def iter_table(
     path: Path,
     structure_column: str | None = None,
     id_column: str | None = None,
     targets: Sequence[str] | None = None,
+    fmt: str = "csv",
 ) -> Iterator[RawItem]:
-    """Matbench/matminer/pymatgen/JARVIS JSON (plain, ``.gz`` or ``.zip``)."""
-    rows, where = json_rows(load_json(path), path)
-    yield from rows_to_items(rows, path, structure_column, id_column, targets, where)
+    """A table with one structure per row: CSV (optionally ``.gz``) with the structure as
+    CIF or POSCAR text (``fmt="csv"``), or Matbench/matminer/pymatgen/JARVIS JSON (plain,
+    ``.gz`` or ``.zip``; ``fmt="json"``)."""
+    if fmt == "json":
+        rows, where = json_rows(load_json(path), path)
+        yield from rows_to_items(rows, path, structure_column, id_column, targets, where)
+        return
+    with open_text(path) as handle:
+        rows = csv.DictReader(handle)
+        yield from rows_to_items(
+            rows, path, structure_column, id_column, targets, fixed_columns=True
+        )
 
 
 def join_labels(structures: Path, labels: Path, on: str, out_dir: Path) -> Path:
