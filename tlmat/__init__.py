@@ -10,3 +10,13 @@ def load_model(name_or_path):
     from tlmat.inference import load_model as load
 
     return load(name_or_path)
+
+
+def __getattr__(name: str):
+    """``tlmat.TransferRegressor`` (:mod:`tlmat.estimator`), imported on first use: it
+    brings scikit-learn and torch, which ``import tlmat`` leaves out."""
+    if name == "TransferRegressor":
+        from tlmat.estimator import TransferRegressor
+
+        return TransferRegressor
+    raise AttributeError(f"module 'tlmat' has no attribute {name!r}")
