@@ -36,6 +36,7 @@ LAYERS = [
     "evaluation",
     "screening",
     "experiments",
+    "estimator",
     "cli",
 ]
 ROOT = Path(tlmat.__file__).parent
