@@ -1,4 +1,7 @@
-"""A scikit-learn estimator of tlmat's transfer learning: :class:`TransferRegressor`.
+"""scikit-learn estimators on crystal structures: :class:`TransferRegressor` (one
+source and strategy, transferred) and :class:`FitRegressor` (the model selection of
+``tlmat fit``: the best candidate by cross-validation within a budget, refit as a
+calibrated deep ensemble).
 
 ``fit(X, y)`` takes crystal structures (pymatgen ``Structure`` s or ASE ``Atoms``) and
 their target values, splits them into training and validation structures by ``seed``,
@@ -28,12 +31,15 @@ scikit-learn's own estimator checks (:mod:`sklearn.utils.estimator_checks`), as
   say so (``input_tags.two_d_array = False``), which makes ``check_estimator`` skip them.
   What they check is tested on real structures instead: cloning, cross-validation, grid
   search, pickling, reproducibility and the refusal of bad input.
+
+:class:`FitRegressor` has the same tags and passes the same checks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +52,7 @@ from sklearn.utils.validation import check_is_fitted
 if TYPE_CHECKING:
     from tlmat.data.dataset import GraphDataset
     from tlmat.experiments.runspec import RunSpec
+    from tlmat.experiments.selection import FitSpec
     from tlmat.io.records import Record
 
 #: what the ``data`` of the run records (its structures come from ``fit``, not a file)
@@ -54,7 +61,36 @@ FROM_FIT = "TransferRegressor.fit(X, y)"
 ID, COPY = "X[{}]", "X[{}] (validation copy)"
 
 
-class TransferRegressor(RegressorMixin, BaseEstimator):
+class _StructureRegressor(RegressorMixin, BaseEstimator):
+    """What both estimators share: X is a list of crystal structures, so scikit-learn's
+    checks on made-up arrays do not apply; a fit kept in ``run_dir`` is named by its
+    parameters and data."""
+
+    def __sklearn_tags__(self):
+        # X is a list of structures: scikit-learn's checks on made-up arrays do not apply
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.requires_fit = True  # predict needs fit (the default, said for the reader)
+        tags.target_tags.required = True
+        return tags
+
+    def _more_tags(self) -> dict[str, Any]:
+        """The same tags for scikit-learn < 1.6."""
+        return {"X_types": ["structures"], "requires_fit": True, "requires_y": True}
+
+    def _digest(self, records: list[Record]) -> str:
+        """What names a fit's folder: the parameters (but the folder) and the data."""
+        from tlmat.graphs.cache import structure_key
+
+        params = {k: v for k, v in self.get_params().items() if k != "run_dir"}
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+        for record in records:
+            digest.update(structure_key(record.structure).encode())
+            digest.update(np.float64(record.targets[self.target]).tobytes())
+        return digest.hexdigest()[:16]
+
+
+class TransferRegressor(_StructureRegressor):
     """A crystal-property regressor transferred from a pretrained source (or trained from
     scratch), with scikit-learn's API.
 
@@ -129,18 +165,6 @@ class TransferRegressor(RegressorMixin, BaseEstimator):
         self.run_dir = run_dir
         self.unit = unit
         self.target = target
-
-    def __sklearn_tags__(self):
-        # X is a list of structures: scikit-learn's checks on made-up arrays do not apply
-        tags = super().__sklearn_tags__()
-        tags.input_tags.two_d_array = False
-        tags.requires_fit = True  # predict needs fit (the default, said for the reader)
-        tags.target_tags.required = True
-        return tags
-
-    def _more_tags(self) -> dict[str, Any]:
-        """The same tags for scikit-learn < 1.6."""
-        return {"X_types": ["structures"], "requires_fit": True, "requires_y": True}
 
     def fit(self, X: Sequence[Any], y: Any) -> TransferRegressor:
         """Train on structures ``X`` (pymatgen ``Structure`` s or ASE ``Atoms``) and their
@@ -283,16 +307,149 @@ class TransferRegressor(RegressorMixin, BaseEstimator):
             "n": len(val),
         }
 
-    def _digest(self, records: list[Record]) -> str:
-        """What names a fit's folder: the parameters (but the folder) and the data."""
-        from tlmat.graphs.cache import structure_key
 
-        params = {k: v for k, v in self.get_params().items() if k != "run_dir"}
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-        for record in records:
-            digest.update(structure_key(record.structure).encode())
-            digest.update(np.float64(record.targets[self.target]).tobytes())
-        return digest.hexdigest()[:16]
+class FitRegressor(_StructureRegressor):
+    """The model selection of ``tlmat fit`` (:func:`~tlmat.experiments.selection.select_model`)
+    as a scikit-learn regressor on crystal structures: the candidates compared by k-fold
+    cross-validation inside the structures given to ``fit``, within ``budget`` minutes,
+    and the best refit on all of them as a deep ensemble whose σ is calibrated on
+    out-of-fold predictions. ``fit`` reads no other labelled data.
+
+    Parameters:
+        budget: minutes of wall time for the whole selection, refit included; candidates
+            whose estimated cost does not fit are left out (``report_.rows`` says why).
+        folds: folds of the cross-validation (≥ 2).
+        repeats: repetitions of the k folds, each drawn with another seed.
+        ensemble: members of the deep ensemble the winner is refit as (≥ 2: σ needs them).
+        candidates: the methods compared, as ``"STRATEGY [SOURCE]"`` strings
+            (``"features+mlp [tlmat/mp-eform-cgcnn]"``, ``"full [chgnet/0.3.0]"``);
+            scratch is always added. ``None``: ``tlmat fit``'s defaults
+            (:func:`~tlmat.experiments.selection.default_candidates`: foundation models'
+            features + MLP, fine-tuning, scratch).
+        sources: more sources (checkpoints, run folders or names) added to the default
+            candidates, each fine-tuned and as features + MLP.
+        epochs: most training epochs of every run (``None``: scaled to the data, as
+            ``tlmat train``).
+        seed: draws the folds, the validation parts and the initialisations.
+        run_dir: where the selection is kept: each fit in ``run_dir/fit-<digest>`` (its
+            structures as ``data.csv``, the selection in ``selection/``), named by the
+            data and parameters, so that the same fit again reuses what finished (and an
+            interrupted one resumes). ``None``: a temporary folder, removed at the end of
+            ``fit``.
+        unit: the target's unit (``"eV/cell"``), written into the report and the model.
+        target: the target's name, as the report and model record it.
+
+    Attributes (after ``fit``):
+        chosen_: the chosen candidate's label (lowest mean CV MAE).
+        cv_results_: each candidate that ran → its MAE on every fold (target unit);
+            those left out for the budget are only in ``report_.rows``.
+        gain_: the chosen one's gain over scratch on the same folds
+            (:class:`~tlmat.evaluation.statistics.Gain`), ``None`` when scratch won.
+        model_: the refit :class:`~tlmat.uncertainty.Ensemble`, in memory; its σ is
+            calibrated unless the budget left no room (``report_.calibration`` says).
+        report_: the :class:`~tlmat.experiments.selection.FitResult` (calibration,
+            n_train, seconds…); its paths are gone when ``run_dir`` is ``None``.
+        run_dir_: the fit's folder, or ``None`` when it was temporary.
+    """
+
+    def __init__(
+        self,
+        budget: float = 10.0,
+        folds: int = 5,
+        repeats: int = 1,
+        ensemble: int = 5,
+        candidates: list[str] | None = None,
+        sources: list[str] | None = None,
+        epochs: int | None = None,
+        seed: int = 0,
+        run_dir: str | Path | None = None,
+        unit: str = "",
+        target: str = "target",
+    ):
+        # scikit-learn's convention: store the parameters as given, check them in fit
+        self.budget = budget
+        self.folds = folds
+        self.repeats = repeats
+        self.ensemble = ensemble
+        self.candidates = candidates
+        self.sources = sources
+        self.epochs = epochs
+        self.seed = seed
+        self.run_dir = run_dir
+        self.unit = unit
+        self.target = target
+
+    def fit(self, X: Sequence[Any], y: Any) -> FitRegressor:
+        """Choose and fit on structures ``X`` (pymatgen ``Structure`` s or ASE ``Atoms``)
+        and their targets ``y`` (in ``unit``); returns ``self``.
+
+        Raises ``ValueError`` naming the problem: an item of X that is no structure, a
+        structure the models cannot use, lengths of X and y that differ, a non-finite
+        target, or a parameter out of range (pydantic's ``ValidationError``)."""
+        records = _records(X, y, self.target)
+        self._spec(Path("."), Path("."))  # the parameters checked before any slow work
+        if self.run_dir is None:
+            with tempfile.TemporaryDirectory(prefix="tlmat-fit-estimator-") as folder:
+                self._select(Path(folder), records)
+            self.run_dir_ = None
+        else:
+            folder = Path(self.run_dir) / f"fit-{self._digest(records)}"
+            self._select(folder, records)
+            self.run_dir_ = folder
+        return self
+
+    def predict(self, X: Sequence[Any], return_std: bool = False):
+        """The ensemble's mean prediction for each structure of ``X`` (in ``unit``), an
+        array of shape (n,); with ``return_std``, also its calibrated σ (same unit)."""
+        check_is_fitted(self, "model_")
+        dataset = graph_dataset(_records(X), self.model_.members[0].model)
+        arrays = self.model_.predict(dataset)
+        mean, sigma = (np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "sigma"))
+        return (mean, sigma) if return_std else mean
+
+    def _spec(self, data: Path, folder: Path) -> FitSpec:
+        """The selection of these parameters on ``data``, kept in ``folder``."""
+        from tlmat.experiments.selection import FitSpec
+        from tlmat.io.table import ID_COLUMNS, STRUCTURE_COLUMNS
+
+        if str(self.target).lower() in (*ID_COLUMNS, *STRUCTURE_COLUMNS):
+            # the structures travel to the selection as a CSV table: those names are
+            # its id and structure columns
+            raise ValueError(f"target {self.target!r} names a table's id or structure column")
+        given = {"epochs": self.epochs} if self.epochs is not None else {}
+        return FitSpec(
+            data=str(data),
+            training={**given, "target": self.target, "unit": self.unit or "", "seed": self.seed},
+            budget=self.budget,
+            folds=self.folds,
+            repeats=self.repeats,
+            ensemble=self.ensemble,
+            candidates=None if self.candidates is None else list(self.candidates),
+            sources=list(self.sources or []),
+            run_dir=folder,
+        )
+
+    def _select(self, folder: Path, records: list[Record]) -> None:
+        """Write the structures to ``folder/data.csv`` (once: a resumed fit reads the
+        same file), run the selection in ``folder/selection`` and keep its results."""
+        from tlmat.experiments.selection import select_model
+        from tlmat.io import write_csv
+        from tlmat.uncertainty import load_ensemble
+
+        data = folder / "data.csv"
+        if not data.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            # written under another name first (one per process: parallel clones may
+            # share the folder), so that an interrupted write is never read
+            partial = folder / f"data.csv.partial-{os.getpid()}"
+            write_csv(records, partial, overwrite=True)
+            partial.replace(data)
+        result = select_model(self._spec(data, folder / "selection"))
+        self.model_ = load_ensemble(result.model_dir)
+        self.chosen_ = result.chosen
+        self.cv_results_ = {row.label: list(row.maes) for row in result.rows if row.maes}
+        self.gain_ = result.gain
+        self.report_ = result
 
 
 def train_val_split(n: int, val_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
