@@ -209,3 +209,32 @@ def test_descriptor_baselines_on_real_perovskites(name, source, perovskites, tmp
     assert result.test["mae"] < 1.1 * base_mae
     if name in ("magpie+rf", "soap+krr"):
         assert result.test["mae"] < base_mae
+
+
+def test_features_mlp_as_one_model_predicts_as_the_mlp(source, perovskites, tmp_path) -> None:
+    """The features+mlp regressor joined to its source's backbone (the features'
+    standardisation folded into the head's first layer) predicts from structures what
+    the MLP predicts from the features, and survives a checkpoint."""
+    from tlmat.models.checkpoint import load_checkpoint, save_checkpoint
+    from tlmat.training import predict
+    from tlmat.transfer.features import (
+        MLPRegressor,
+        feature_model,
+        feature_table,
+        iter_layer_features,
+    )
+
+    X, names = feature_table(iter_layer_features(source, perovskites, None, None))
+    layers = list(dict.fromkeys(n.rsplit(":", 1)[0] for n in names))
+    y = perovskites.targets["heat_ref"]
+    mlp = MLPRegressor(hidden=(64, 32), epochs=5, patience=5).fit(X[:60], y[:60], X[60:], y[60:])
+    target = TrainConfig(target="heat_ref", unit="eV/cell").target_spec()
+    joined = feature_model(source, mlp, layers, target)
+    expected = mlp.predict(X)
+    assert predict(joined, perovskites).reshape(-1) == pytest.approx(expected, abs=1e-4)
+    save_checkpoint(joined, tmp_path / "model.pt")
+    again = load_checkpoint(tmp_path / "model.pt")
+    assert again.model.head.pooled_layers == layers
+    assert predict(again, perovskites).reshape(-1) == pytest.approx(expected, abs=1e-4)
+    # the source itself is unchanged (its own head still reads the crystal embedding)
+    assert source.model.head.pooled_layers is None

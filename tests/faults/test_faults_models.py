@@ -126,7 +126,7 @@ def test_checkpoint_of_a_newer_format_is_refused(data, tmp_path) -> None:
     from tlmat.models import CheckpointError, load_checkpoint
 
     path = _edited_checkpoint(tmp_path, lambda payload: payload.update(checkpoint_version=99))
-    expected = "written by a newer tlmat (format 99; this one reads ≤ 2): upgrade tlmat"
+    expected = "written by a newer tlmat (format 99; this one reads ≤ 3): upgrade tlmat"
     with pytest.raises(CheckpointError, match=re.escape(expected)):
         load_checkpoint(path)
     result = _predict(data, path, tmp_path)

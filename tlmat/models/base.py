@@ -11,6 +11,10 @@ A :class:`CrystalModel` is a backbone and a head:
   pools atoms into a crystal embedding and the head maps it to the targets (CGCNN,
   ALIGNN, CGAT); ``atomwise = True`` means the head maps every atom's features to an
   atom contribution, which the model then aggregates (SchNet, schnetpack-style).
+- a head may instead read **pooled layer features** (``Head.pooled_layers``: names of
+  :meth:`CrystalModel.layer_features`, concatenated): the frozen backbone + MLP of the
+  ``features+mlp`` strategy as one model, which predicts, ensembles and screens as any
+  other; such a head is crystal-level whatever the readout.
 - the **pooling** follows the target (:attr:`TargetSpec.pooling`): atom contributions are
   averaged for intensive targets (eV/atom, eV, GPa) and summed for extensive ones
   (eV/cell); a crystal-level head's output is multiplied by the atom count for extensive
@@ -106,7 +110,9 @@ def pooled_layers(
 class Head(nn.Module):
     """MLP to the targets: hidden layers with an activation (``residual``: each hidden
     layer adds its input, projected when the width changes), then a linear output. With
-    softplus and no residual this is CGCNN's ``fcs`` then ``fc_out``."""
+    softplus and no residual this is CGCNN's ``fcs`` then ``fc_out``. ``pooled_layers``: the
+    pooled layer features the head reads, concatenated in this order (``None``: what
+    the backbone returns)."""
 
     def __init__(
         self,
@@ -115,6 +121,7 @@ class Head(nn.Module):
         out_dim: int,
         activation_name: str = "softplus",
         residual: bool = False,
+        pooled_layers: list[str] | None = None,
     ):
         super().__init__()
         layers: list[nn.Module] = []
@@ -129,6 +136,18 @@ class Head(nn.Module):
         self.out = nn.Linear(width, out_dim)
         self.in_dim, self.hidden_sizes, self.out_dim = in_dim, list(hidden), out_dim
         self.activation_name, self.residual = activation_name, residual
+        self.pooled_layers = list(pooled_layers) if pooled_layers is not None else None
+
+    def layout(self) -> dict[str, Any]:
+        """What rebuilds this head (a checkpoint stores it beside the weights)."""
+        return {
+            "in_dim": self.in_dim,
+            "hidden": self.hidden_sizes,
+            "out_dim": self.out_dim,
+            "activation_name": self.activation_name,
+            "residual": self.residual,
+            "pooled_layers": self.pooled_layers,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.skips is None:
@@ -139,7 +158,7 @@ class Head(nn.Module):
 
     def rebuilt(self, out_dim: int) -> Head:
         """A freshly initialised head of the same layout with ``out_dim`` outputs."""
-        return Head(self.in_dim, self.hidden_sizes, out_dim, self.activation_name, self.residual)
+        return Head(**{**self.layout(), "out_dim": out_dim})
 
     def reset_parameters(self) -> None:
         reset_all(self)
@@ -170,10 +189,14 @@ class CrystalModel(nn.Module):
         return self.backbone.elements
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        features = self.backbone(batch)
-        out = self.head(features)
+        reads = self.head.pooled_layers
+        if reads is not None:
+            pooled = self.layer_features(batch)
+            out = self.head(torch.cat([pooled[name] for name in reads], dim=-1))
+        else:
+            out = self.head(self.backbone(batch))
         n_crystals = batch.ptr.numel() - 1
-        if self.backbone.atomwise:
+        if self.backbone.atomwise and reads is None:
             return scatter(out, batch.batch, dim=0, dim_size=n_crystals, reduce=self.pooling)
         if self.pooling == "sum":
             counts = batch.ptr.diff().to(out.dtype)

@@ -18,11 +18,12 @@ import torch
 
 from tlmat import __version__
 from tlmat.models import registry
-from tlmat.models.base import CrystalModel, TrainedModel
+from tlmat.models.base import CrystalModel, Head, TrainedModel
 from tlmat.models.targets import TargetSpec
 
-#: Bumped when the checkpoint layout changes.
-CHECKPOINT_VERSION = 2
+#: Bumped when the checkpoint layout changes (3: a head on pooled layer features stores
+#: its layout).
+CHECKPOINT_VERSION = 3
 
 
 class CheckpointError(ValueError):
@@ -113,7 +114,7 @@ def save_checkpoint(
         "architecture": model.architecture,
         "config": model.config.model_dump(),
         "graph_settings": model.graph_settings.model_dump(),
-        "head": {"out_dim": model.head.out_dim},
+        "head": model.head.layout(),
         "target": trained.target.model_dump(),
         "provenance": trained.provenance,
         "state_dict": model.state_dict(),
@@ -186,6 +187,9 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
             )
         state = data["state_dict"]
         model = build_model(data["architecture"], data["config"], state)
+        head = data.get("head") or {}
+        if head.get("pooled_layers") is not None:  # a head on pooled layer features
+            model.head = Head(**head)
         check_graph_settings(model, data.get("graph_settings"), path)
         load_state(model, state, path)
         return TrainedModel(model, TargetSpec(**data["target"]), dict(data["provenance"]))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Literal
@@ -14,7 +15,9 @@ from torch import nn
 
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.loader import GraphLoader, inference_batch_size
+from tlmat.models.base import Head
 from tlmat.models.checkpoint import TrainedModel
+from tlmat.models.targets import TargetSpec
 
 FeatureKind = Literal["embedding", "layers"]
 #: Gupta et al.'s MLP: [1024×4, 512×3, 256×3, 128×3, 64×2, 32] hidden layers, then 1 output.
@@ -152,6 +155,24 @@ class MLPRegressor:
         return self
 
     @torch.no_grad()
+    def head(self, layers: list[str]) -> Head:
+        """This fitted MLP as a model head on the pooled ``layers`` features, the
+        features' standardisation folded into its first layer: it gives the standardised
+        target, (y − mean) / std with this MLP's ``y_mu`` and ``y_sigma``."""
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        hidden = [layer.out_features for layer in linears[:-1]]
+        head = Head(linears[0].in_features, hidden, 1, "relu", pooled_layers=layers)
+        for mine, fitted in zip([*head.hidden[::2], head.out], linears, strict=True):
+            mine.load_state_dict(fitted.state_dict())
+        first = head.hidden[0] if hidden else head.out
+        scale = torch.as_tensor(1.0 / self.sigma, dtype=torch.float64)
+        weight = first.weight.double() * scale  # W (x − μ)/σ + b = (W/σ) x + (b − (W/σ) μ)
+        bias = first.bias.double() - weight @ torch.as_tensor(self.mu, dtype=torch.float64)
+        first.weight.copy_(weight)
+        first.bias.copy_(bias)
+        return head.eval()
+
+    @torch.no_grad()
     def predict(self, X) -> np.ndarray:
         self.net.eval()
         Xt = torch.as_tensor((X - self.mu) / self.sigma, dtype=torch.float32)
@@ -171,6 +192,28 @@ class ForestRegressor:
 
     def predict(self, X) -> np.ndarray:
         return self.forest.predict(X)
+
+
+def feature_model(
+    source: TrainedModel, regressor: MLPRegressor, layers: list[str], target: TargetSpec
+) -> TrainedModel:
+    """``source``'s backbone with ``regressor`` (fitted on its pooled ``layers`` features,
+    for ``target``: log10 of it when ``target.log10``) as its head: one model that
+    predicts from structures, saves, ensembles and screens as any other."""
+    model = copy.deepcopy(source.model)
+    model.head = regressor.head(layers)
+    fitted = target.model_copy(
+        update={
+            "normalization": "standard",
+            "mean": regressor.y_mu,
+            "std": regressor.y_sigma,
+            "extensive": False,  # the MLP learnt the value per structure, as given
+            "atom_refs": None,
+            "heteroscedastic": False,
+        }
+    )
+    provenance = {**source.provenance, "strategy": "features+mlp", "layers": layers}
+    return TrainedModel(model, fitted, provenance)
 
 
 def feature_regressor(
