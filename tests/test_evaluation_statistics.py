@@ -315,3 +315,25 @@ def test_mean_std_by_size_rejects_bad_records() -> None:
         mean_std_by_size([(100, 1.0, 2.0)])
     with pytest.raises(ValueError, match="non-finite"):
         mean_std_by_size([(100, math.nan)])
+
+
+def test_corrected_gain_interval_by_hand() -> None:
+    """The textbook example above, as an effect size: b − a = d (mean 0.03), half-width
+    t_{0.975, 4} · sqrt(0.45 · 2.5e-4); the interval excludes 0 exactly when the corrected
+    test's p < 0.05."""
+    from tlmat.evaluation.statistics import corrected_gain
+
+    d = np.array([0.02, 0.03, 0.01, 0.04, 0.05])
+    scratch = np.array([0.30, 0.25, 0.28, 0.31, 0.27])
+    gain = corrected_gain(scratch - d, scratch, n_train=80, n_test=20)
+    half = stats.t.ppf(0.975, 4) * math.sqrt(0.45 * 2.5e-4)
+    assert gain.difference == pytest.approx(0.03)
+    assert (gain.difference_low, gain.difference_high) == pytest.approx((0.03 - half, 0.03 + half))
+    relative = d / scratch
+    assert gain.relative == pytest.approx(relative.mean())
+    assert gain.relative_high - gain.relative == pytest.approx(
+        stats.t.ppf(0.975, 4) * math.sqrt(0.45 * relative.var(ddof=1))
+    )
+    assert (gain.difference_low > 0) == (gain.test.p_value < 0.05)
+    with pytest.raises(ValueError):
+        corrected_gain([0.1], [0.2], 80, 20)

@@ -550,8 +550,47 @@ def recalibrate(
         "minimum (Levi et al. 2022); sigma_a, sigma_e and sigma all times s",
         **({"seen": seen} if seen else {}),
     }
-    _write_manifest(path, {**manifest, "sigma_scale": scale, "recalibration": about})
-    return replace(ensemble, sigma_scale=scale, recalibration=about)
+    return store_sigma_scale(path, ensemble, scale, {**manifest, "recalibration": about})
+
+
+def store_sigma_scale(
+    path: str | Path, ensemble: Ensemble, scale: float, manifest: dict[str, Any] | None = None
+) -> Ensemble:
+    """``scale`` as σ's factor in ``path/ensemble.json`` (``manifest``: the manifest to
+    write, with what the scale was fitted on under ``recalibration``; default: the one
+    there); the ensemble with it."""
+    path = Path(path)
+    manifest = dict(manifest or json.loads((path / MANIFEST).read_text()))
+    _write_manifest(path, {**manifest, "sigma_scale": scale})
+    return replace(ensemble, sigma_scale=scale, recalibration=manifest.get("recalibration"))
+
+
+def save_ensemble(
+    members: list[TrainedModel], val_mse: list[float], seeds: list[int], run_dir: str | Path
+) -> Ensemble:
+    """Members trained elsewhere (e.g. MLP heads on a frozen backbone's features) as an
+    ensemble folder that :func:`load_ensemble` reads: ``member-k/model.pt`` each, and
+    the manifest (σ scale 1)."""
+    from tlmat.models.checkpoint import save_checkpoint
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folders = [f"member-{k}" for k in range(len(members))]
+    record(run_dir, *folders)
+    for folder, member in zip(folders, members, strict=True):
+        save_checkpoint(member, owned_path(run_dir, folder) / "model.pt")
+    ensemble = Ensemble(members, [float(v) for v in val_mse])
+    manifest = {
+        "members": folders,
+        "seeds": list(seeds),
+        "val_mse": ensemble.val_mse,
+        "target": members[0].target.model_dump(),
+        "aleatoric": ensemble.aleatoric,
+        "definition": DEFINITIONS[ensemble.aleatoric],
+        "tlmat_version": tlmat.__version__,
+    }
+    _write_manifest(run_dir, manifest)
+    return ensemble
 
 
 def coverage_curve(
