@@ -198,7 +198,7 @@ def test_compare_prints_every_method(small_perov: Path, tmp_path: Path) -> None:
     for method in ("zero-shot", "zero-shot+linear", "scratch", "full", "head-only", "features+rf"):
         assert method in out
     said = " ".join(out.split())
-    assert "★" in said and "p vs scratch" in said
+    assert "★" in said and "p: its t-test against scratch" in said
     assert f"report: tlmat report {tmp_path / 'cmp'}" in said
     table = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(table) == {
@@ -210,6 +210,10 @@ def test_compare_prints_every_method(small_perov: Path, tmp_path: Path) -> None:
         "features+rf",
     }
     assert table["full"]["n_seeds"] == 2 and "p_vs_scratch" in table["full"]
+    # ★ marks the lowest validation MAE (zero-shot rows have none), whatever the test says
+    scored = {k: e["val_mae_mean"] for k, e in table.items() if np.isfinite(e["val_mae_mean"])}
+    assert set(scored) == {"scratch", "full", "head-only", "features+rf"}
+    assert f"★ {min(scored, key=scored.get)}" in said
     maes = [m["mae"] for m in table["full"]["per_seed"]]
     assert table["full"]["mae_std"] == pytest.approx(np.std(maes, ddof=1))
     # the same command again reuses every finished run and prints the same table
@@ -412,3 +416,48 @@ def test_train_and_finetune_again_reuse_the_finished_run(small_perov: Path, tmp_
     again = run(finetune)
     rows = [line for line in first.splitlines() if "full" in line]
     assert rows and rows == [line for line in again.splitlines() if "full" in line]
+
+
+def test_the_compare_star_follows_validation_not_test():
+    """A method best on the test set but not on validation gets no ★: the test set
+    reports, it does not choose (a planted table where the two disagree)."""
+    from rich.console import Console
+
+    from tlmat.cli.training import comparison_table
+
+    def entry(test: float, val: float) -> dict:
+        return {"mae_mean": test, "mae_std": 0.0, "rmse_mean": test, "r2_mean": 0.5,
+                "n_seeds": 2, "val_mae_mean": val}  # fmt: skip
+
+    summary = {
+        "scratch": entry(0.30, 0.20),
+        "full": entry(0.10, 0.25),
+        "zero-shot": entry(0.05, np.nan),
+    }
+    console = Console(record=True, width=200)
+    console.print(comparison_table(summary, "t", "eV", None))
+    text = console.export_text()
+    assert "★ scratch" in text and "★ full" not in text and "★ zero-shot" not in text
+    assert "lowest validation MAE" in text
+
+
+def test_compare_with_repeated_kfold_uses_the_corrected_test(small_perov: Path, tmp_path: Path):
+    """--folds K: every structure is a test structure once per repeat (the folds'
+    test sets partition the data), and the p-value and gain come from the corrected
+    resampled t-test; a --test beside it is refused."""
+    root = tmp_path / "kfold"
+    args = ["compare", str(small_perov), "-t", "heat_ref", "--strategies", "scratch,features+rf"]
+    args += ["--folds", "3", "--seeds", "1", "--run-dir", str(root)]
+    out = run([*args, "--cache-dir", str(tmp_path / "cache"), *QUICK])
+    assert "gain = 1 − MAE / MAE of scratch" in " ".join(out.split())
+    table = json.loads((root / "comparison.json").read_text())
+    entry = table["features+rf"]
+    assert entry["n_seeds"] == 3 and entry["test"] == "corrected resampled t-test"
+    low, high = entry["gain_vs_scratch"][1:]
+    assert low <= entry["gain_vs_scratch"][0] <= high
+    tests = [
+        json.loads((root / f"k3-r0-f{k}" / "split.json").read_text())["test"] for k in range(3)
+    ]
+    assert sum(map(len, tests)) == len(set().union(*tests)) == 60
+    refused = runner.invoke(app, [*args[:-1], str(tmp_path / "other"), "--test", str(small_perov)])
+    assert refused.exit_code == 1 and "give no test" in refused.output

@@ -86,4 +86,5 @@ def test_a_comparison_is_runspecs_that_repeat_from_their_records(
     spec = RunSpec.from_yaml(record)
     assert spec.split == record.parent.parent / "split.json" and spec.training.seed == 1
     again = run(spec)  # the record alone repeats the run: here, the finished one
-    assert again.reused and again.test == result.rows["full"][1]
+    scores = {k: v for k, v in result.rows["full"][1].items() if k != "val_mae"}
+    assert again.reused and again.test == scores
