@@ -20,3 +20,18 @@ def __getattr__(name: str):
 
         return TransferRegressor
     raise AttributeError(f"module 'tlmat' has no attribute {name!r}")
+
+
+def fit(data, target: str, *, test=None, budget: float = 10.0, **options):
+    """The best honest model for ``data`` (file, folder or registered name) and
+    ``target``: candidates compared by cross-validation inside the training data within
+    ``budget`` minutes, the winner refit as a calibrated deep ensemble, ``test`` scored
+    once at the end (:func:`tlmat.experiments.selection.select_model`; ``options``: any
+    field of :class:`~tlmat.experiments.selection.FitSpec` or of the training settings,
+    e.g. ``unit="eV/cell"``, ``folds=3``, ``run_dir="runs/fit"``). Returns the
+    :class:`~tlmat.experiments.selection.FitResult`; its ``model_dir`` is a model folder
+    that :func:`load_model` and ``tlmat predict`` take."""
+    from tlmat.experiments.selection import FitSpec, select_model
+
+    test = None if test is None else str(test)
+    return select_model(FitSpec(data=str(data), target=target, test=test, budget=budget, **options))

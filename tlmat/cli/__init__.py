@@ -18,7 +18,7 @@ from tlmat.cli.common import console, reported_errors
 from tlmat.cli.data import cache, info
 from tlmat.cli.inference import embed, evaluate, models, predict, report
 from tlmat.cli.screening import screen
-from tlmat.cli.training import benchmark, compare, finetune, train
+from tlmat.cli.training import benchmark, compare, finetune, fit, train
 
 
 def _flag_without_type(self, ctx):
@@ -80,6 +80,7 @@ for command in (
     train,
     finetune,
     compare,
+    fit,
     benchmark,
     predict,
     embed,

@@ -83,6 +83,12 @@ Seeds = option(
     "sets and initialisations, one test set.",
     min=1,
 )
+CompareFolds = option(
+    int | None,
+    "Repeated k-fold cross-validation inside DATA instead of one test set: --seeds "
+    "repeats × K folds, p-values and gains from the corrected resampled t-test.",
+    min=2,
+)
 ScratchRow = option(
     str | None,
     "Architecture or preset trained from scratch for the 'scratch' row "
@@ -94,7 +100,7 @@ ScratchRow = option(
 def say(message) -> None:
     """What a run says while it works: text, or a table of the structures it skipped."""
     if isinstance(message, str):
-        console.print(message)
+        console.print(message, markup=False)  # labels such as "full [chgnet/0.3.0]"
     elif (table := skipped_table(message)) is not None:
         console.print(table)
 
@@ -233,38 +239,57 @@ def chosen_strategies(strategies: str) -> tuple[str, ...]:
 def comparison_table(
     summary: dict[str, dict], title: str, unit: str, raw_zero_shot_unit: str | None
 ):
-    """The compare table: mean ± std over seeds, the p-value against scratch, the best
-    method (lowest mean MAE) marked."""
+    """The compare table: test MAE as mean ± std over seeds, the validation MAE, the gain
+    over scratch with its 95 % interval and the p-value; ★ marks the method with the
+    lowest validation MAE (chosen before the test set is looked at; its test MAE is
+    reported, not used to choose). RMSE and R² are in comparison.json."""
     from rich.table import Table
 
-    comparable = [k for k in summary if not (k == "zero-shot" and raw_zero_shot_unit)]
-    best = min(comparable, key=lambda k: summary[k]["mae_mean"]) if comparable else None
+    from tlmat.experiments.comparison import best_by_validation
+
+    best = best_by_validation(summary)
     seeds = max(e["n_seeds"] for e in summary.values())
-    table = Table(title=title, title_justify="left")
-    table.add_column("method")
-    suffix = f" {unit}" if unit else ""
-    spread = f" (mean ± std, {seeds} seeds)" if seeds > 1 else ""
-    for column in (f"MAE{suffix}{spread}", f"RMSE{suffix}", "R²", "p vs scratch"):
+    spread = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
+    table = Table(
+        title=f"{title}\nMAE{f' in {unit}' if unit else ''}{spread}",
+        title_justify="left",
+        caption=_CAPTION,
+        caption_justify="left",
+    )
+    table.add_column("method", no_wrap=True)
+    for column in ("test MAE", "val MAE", "gain [95 % CI]", "p"):
         table.add_column(column, justify="right")
     for label, e in summary.items():
-        name = label
-        if label == "zero-shot" and raw_zero_shot_unit:
-            name = f"zero-shot (raw output, {raw_zero_shot_unit})"
-        if label == best:
-            name = f"★ {name}"
-        mae = f"{e['mae_mean']:.4f}"
-        if e["n_seeds"] > 1:
-            mae += f" ± {e['mae_std']:.4f}"
-        # the raw zero-shot output is in the source's unit: no test against scratch
-        p = None if name.startswith("zero-shot (raw") else e.get("p_vs_scratch")
-        table.add_row(
-            name,
-            mae,
-            f"{e['rmse_mean']:.4f}",
-            f"{e['r2_mean']:.3f}",
-            "" if p is None else f"{p:.3g}",
-        )
+        table.add_row(*_comparison_cells(label, e, best, raw_zero_shot_unit))
     return table
+
+
+_CAPTION = (
+    "★ lowest validation MAE: chosen without the test set, whose MAE is only reported. "
+    "gain = 1 − MAE / MAE of scratch, p: its t-test against scratch"
+)
+
+
+def _comparison_cells(label: str, e: dict, best: str | None, raw_unit: str | None) -> list[str]:
+    name = label
+    if label == "zero-shot" and raw_unit:
+        name = f"zero-shot (raw, {raw_unit})"
+    if label == best:
+        name = f"★ {name}"
+    mae = f"{e['mae_mean']:.4f}"
+    if e["n_seeds"] > 1:
+        mae += f" ± {e['mae_std']:.4f}"
+    # the raw zero-shot output is in the source's unit: no test against scratch
+    p = None if name.startswith("zero-shot (raw") else e.get("p_vs_scratch")
+    val = e.get("val_mae_mean", float("nan"))
+    gain = e.get("gain_vs_scratch") if p is not None else None
+    return [
+        name,
+        mae,
+        "" if val != val else f"{val:.4f}",
+        "" if gain is None else "{:+.0f} % [{:+.0f}, {:+.0f}]".format(*(100 * g for g in gain)),
+        "" if p is None else f"{p:.3g}",
+    ]
 
 
 @with_options(DATA, TRAINING, READING)
@@ -274,6 +299,7 @@ def compare(
     source: Source = "cgcnn/formation-energy-per-atom",
     strategies: Strategies = DEFAULT_STRATEGIES,
     seeds: Seeds = 3,
+    folds: CompareFolds = None,
     run_dir: RunDir = Path("runs/compare"),
     config: Config = None,
     model: ScratchRow = None,
@@ -302,8 +328,8 @@ def compare(
     base = command_spec(
         config, "runs/compare", model_config_file, progress_bar=False, **given, **options
     )
-    with reported_errors(), _progress(seeds * len(chosen)) as progress:
-        result = run_comparison(base, chosen, seeds, say, progress)
+    with reported_errors(), _progress(seeds * (folds or 1) * len(chosen)) as progress:
+        result = run_comparison(base, chosen, seeds, say, progress, folds)
     split, unit = result.split, base.training.unit
     title = (
         f"{target}: {len(split.train)} training, {len(split.val)} validation, "
@@ -341,7 +367,101 @@ class _progress:
         self.bar.__exit__(*exc)
 
     def update(self, description: str, done: int, total: int) -> None:
-        self.bar.update(self.task, description=description, completed=done, total=total)
+        from rich.markup import escape
+
+        self.bar.update(self.task, description=escape(description), completed=done, total=total)
+
+
+FitTest = option(
+    str | None,
+    "Test data (file, folder or name): read once, after the choice, to score the chosen "
+    "model and scratch; never used to choose.",
+    "--test",
+)
+Budget = option(float, "Wall-time budget in minutes for the whole search, refit included.")
+Folds = option(int, "Cross-validation folds inside the training data.", min=2)
+Repeats = option(int, "Repeats of the k-fold cross-validation (new folds each).", min=1)
+FitMembers = option(int, "Members of the deep ensemble the chosen method is refit as.", min=2)
+FitCandidates = option(
+    list[str] | None,
+    "A candidate 'STRATEGY [SOURCE]' (repeatable), e.g. 'features+mlp [chgnet/0.3.0]', "
+    "'full [tlmat/mp-eform-cgcnn]'; scratch is always one [every usable source].",
+    "--candidate",
+)
+FitSources = option(
+    list[str] | None,
+    "Another source to consider (repeatable): your checkpoint, run folder or a name "
+    "(tlmat models); fine-tuned and used for features.",
+    "--source",
+)
+
+
+@with_options(TRAINING, READING)
+def fit(
+    data: Data,
+    target: Target,
+    test: FitTest = None,
+    budget: Budget = 10.0,
+    folds: Folds = 5,
+    repeats: Repeats = 1,
+    ensemble: FitMembers = 5,
+    candidate: FitCandidates = None,
+    source: FitSources = None,
+    model: Model = SCRATCH_MODEL,
+    run_dir: RunDir = Path("runs/fit"),
+    config: Config = None,
+    options: dict | None = None,
+) -> None:
+    """The best honest model for your data: candidates (foundation-model features + MLP,
+    fine-tuned sources, scratch) compared by k-fold cross-validation inside the training
+    data within --budget minutes, the winner refit as a deep ensemble with σ calibrated
+    on out-of-fold predictions; --test is scored once, at the end. Writes report.md and
+    the model folder (run-dir/model: tlmat predict gives σ). Interrupted, the same
+    command resumes.
+
+    Examples:
+
+        tlmat fit perov_5/val -t heat_ref --unit eV/cell --test perov_5/test --budget 10
+
+        tlmat fit my_moduli.csv -t K_VRH --log10 --source runs/my-source/model.pt
+            --candidate "features+mlp [chgnet/0.3.0]" --budget 30 --repeats 2
+    """
+    from tlmat.experiments.selection import FitSpec, select_model
+
+    given = dict(data=data, target=target, test=test, budget=budget, run_dir=run_dir)
+    search = dict(folds=folds, repeats=repeats, ensemble=ensemble, model=model)
+    picked = dict(candidates=candidate, sources=source)
+    note_run_dir(run_dir, Path("runs/fit"))
+    with reported_errors():
+        spec = FitSpec.from_options(config, **given, **search, **picked, **options)
+        with _progress(1) as progress:
+            result = select_model(spec, say, progress)
+    console.print(fit_table(result))
+    summary = result.paths["report"].read_text().split("\n\n", 2)[-1]
+    console.print(summary.split("|\n\n", 1)[-1].strip(), markup=False)
+    console.print(f"report → {result.paths['report']}")
+
+
+def fit_table(result):
+    """The candidates of a selection: CV MAE ± std, time, and the chosen one marked."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    unit = result.spec.training.unit
+    k = result.spec.folds * result.spec.repeats
+    table = Table(
+        title=f"{result.spec.training.target}: {result.n_train} training structures, {k} folds",
+        title_justify="left",
+        caption="★ lowest cross-validated MAE inside the training data",
+        caption_justify="left",
+    )
+    for column in ("candidate", f"CV MAE {unit}".strip(), "time (s)", "note"):
+        table.add_column(column, justify="left" if column in ("candidate", "note") else "right")
+    for row in result.rows:
+        mae = f"{row.mean:.4f} ± {row.std:.4f}" if row.maes else "—"
+        name = f"★ {row.label}" if row.label == result.chosen else row.label
+        table.add_row(escape(name), mae, f"{row.seconds:.0f}", escape(row.left_out or ""))
+    return table
 
 
 def benchmark(

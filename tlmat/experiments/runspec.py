@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import yaml
@@ -70,7 +70,48 @@ Say = Callable[[Any], None]
 RECORD = "run.yaml"
 
 
-class RunSpec(BaseModel):
+class Settings(BaseModel):
+    """Settings read from flags and a YAML file, written back as the YAML that reads
+    them: a :class:`RunSpec`, a model selection's spec. Training settings (a
+    ``training:`` mapping) may also stand at the top level (a flat ``--config`` file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _training_at_the_top(cls, data: Any) -> Any:
+        """Training settings may stand at the top level (a flat ``--config`` file)."""
+        return _lifted(data) if isinstance(data, dict) else data
+
+    def to_yaml(self) -> str:
+        """The settings that were given (defaults left out, so that defaults that scale
+        with the data scale again), as YAML that :meth:`from_yaml` reads back; without
+        ``overwrite``."""
+        # overwrite is an instruction about the folder, not a setting: a record read
+        # back reuses the finished run rather than replacing it
+        given = self.model_dump(mode="json", exclude_unset=True, exclude={"overwrite"})
+        return yaml.safe_dump(given, sort_keys=False)
+
+    @classmethod
+    def from_options(cls, config: Path | None = None, **options: Any) -> Self:
+        """A spec from a YAML file (``config``; flat or with ``training:``) and options
+        that override it (``None``: not given)."""
+        data = yaml_settings(config) if config is not None else {}
+        given = {k: v for k, v in options.items() if v is not None}
+        try:
+            return cls(**{**_lifted(data), **given})
+        except ValueError as error:  # pydantic's ValidationError: say which file
+            if config is not None:
+                error.add_note(f"in {config}")
+            raise
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> Self:
+        """The spec a YAML file holds (a run's ``run.yaml`` or a ``--config``)."""
+        return cls.from_options(Path(path), **overrides)
+
+
+class RunSpec(Settings):
     """Everything that decides one run (a model trained, or transferred from a source,
     on one split; or a deep ensemble of such runs).
 
@@ -82,8 +123,6 @@ class RunSpec(BaseModel):
     ``strategy``. Training settings are ``training``; in a YAML file they may also stand
     at the top level.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     data: str
     val: str | None = None
@@ -117,12 +156,6 @@ class RunSpec(BaseModel):
     strict: bool = False
     on_duplicate: Literal["error", "first"] = "error"
     disorder: Literal["skip", "majority"] = "skip"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _training_at_the_top(cls, data: Any) -> Any:
-        """Training settings may stand at the top level (a flat ``--config`` file)."""
-        return _lifted(data) if isinstance(data, dict) else data
 
     @field_validator("strategy")
     @classmethod
@@ -161,33 +194,6 @@ class RunSpec(BaseModel):
         data = self.model_dump(exclude_unset=True)
         data["training"] = {**data.get("training", {}), "seed": seed}
         return RunSpec.model_validate({**data, **changes})
-
-    def to_yaml(self) -> str:
-        """The settings that were given (defaults left out, so that defaults that scale
-        with the data scale again), as YAML that :meth:`from_yaml` reads back; without
-        ``overwrite``."""
-        # overwrite is an instruction about the folder, not a setting: a record read
-        # back reuses the finished run rather than replacing it
-        given = self.model_dump(mode="json", exclude_unset=True, exclude={"overwrite"})
-        return yaml.safe_dump(given, sort_keys=False)
-
-    @classmethod
-    def from_options(cls, config: Path | None = None, **options: Any) -> RunSpec:
-        """A spec from a YAML file (``config``; flat or with ``training:``) and options
-        that override it (``None``: not given)."""
-        data = yaml_settings(config) if config is not None else {}
-        given = {k: v for k, v in options.items() if v is not None}
-        try:
-            return cls(**{**_lifted(data), **given})
-        except ValueError as error:  # pydantic's ValidationError: say which file
-            if config is not None:
-                error.add_note(f"in {config}")
-            raise
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> RunSpec:
-        """The spec a YAML file holds (a run's ``run.yaml`` or a ``--config``)."""
-        return cls.from_options(Path(path), **overrides)
 
 
 def _lifted(data: dict[str, Any]) -> dict[str, Any]:
