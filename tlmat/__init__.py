@@ -13,12 +13,13 @@ def load_model(name_or_path):
 
 
 def __getattr__(name: str):
-    """``tlmat.TransferRegressor`` (:mod:`tlmat.estimator`), imported on first use: it
-    brings scikit-learn and torch, which ``import tlmat`` leaves out."""
-    if name == "TransferRegressor":
-        from tlmat.estimator import TransferRegressor
+    """``tlmat.TransferRegressor`` and ``tlmat.FitRegressor`` (:mod:`tlmat.estimator`),
+    imported on first use: they bring scikit-learn and torch, which ``import tlmat``
+    leaves out."""
+    if name in ("TransferRegressor", "FitRegressor"):
+        from tlmat import estimator
 
-        return TransferRegressor
+        return getattr(estimator, name)
     raise AttributeError(f"module 'tlmat' has no attribute {name!r}")
 
 

@@ -68,7 +68,7 @@ PRIOR = (
 USABLE = ("scratch", "full", "freeze-embedding", "head-only", "discriminative", "features+mlp")
 #: share of the budget the cross-validated search may plan for; the rest refits the
 #: winner, calibrates its σ and scores the test set
-SEARCH_SHARE = 0.5
+SEARCH_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -687,7 +687,7 @@ def _calibration_members(spec: FitSpec, rows: list[CandidateRow], chosen: str, c
     # one member on every fold costs what the candidate's cross-validation cost
     one_pass = next(row.seconds for row in rows if row.label == chosen)
     affordable = (clock.left - _reserve(spec, rows, chosen)) / max(one_pass, 1e-9)
-    plan["members_per_fold"] = members = int(min(spec.ensemble, max(affordable, 0)))
+    plan["members_per_fold"] = members = int(min(spec.ensemble, max(round(affordable), 0)))
     _save_plan(spec, plan)
     return members
 
@@ -745,9 +745,9 @@ def _reserve(spec: FitSpec, rows: list[CandidateRow], chosen: str) -> float:
     with test data, scratch on all the data: each costed by one CV fold of it."""
     runs = spec.folds * spec.repeats
     per_fit = {row.label: row.seconds / runs for row in rows if row.maes}
-    reserve = spec.ensemble * per_fit[chosen] * 1.2
+    reserve = spec.ensemble * per_fit[chosen]
     if spec.test is not None:
-        reserve += 1.3 * per_fit["scratch"]
+        reserve += per_fit["scratch"]
     return reserve
 
 
