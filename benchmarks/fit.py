@@ -5,8 +5,8 @@ then every candidate it ran is refit on all N (one model) and scored on the same
 set, so the best of them *in hindsight* (chosen on the test set, which `fit` never sees)
 is the bar. Also `fit`'s wall time and peak memory (RSS of this process and its children).
 
-Run (each size × repeat is a folder under benchmarks/results/fit; a finished one is
-read back, so the command resumes):
+Run (each size × repeat is a folder under benchmarks/out/fit, kept out of git; a finished
+one is read back, so the command resumes):
 
     python benchmarks/fit.py --sizes 100 500 1000 --repeats 3 --budget 10
     python benchmarks/fit.py --sizes 100 --repeats 1 --budget 5 --test-size 500   # quick
@@ -32,6 +32,8 @@ from tlmat.experiments.runspec import RunSpec, run
 from tlmat.experiments.selection import Candidate, FitSpec, select_model
 
 RESULTS = Path("benchmarks/results/fit")
+#: the runs themselves (data subsets, models): kept out of the repository
+WORK = Path("benchmarks/out/fit")
 SHIPPED_FULL = "full [tlmat/mp-eform-cgcnn]"
 
 
@@ -60,14 +62,14 @@ def hindsight(spec: FitSpec, label: str, folder: Path) -> dict[str, float]:
 
 def one(size: int, repeat: int, args) -> dict:
     """One size × repeat: fit, then every candidate it ran, in hindsight."""
-    folder = RESULTS / f"n{size}-r{repeat}"
+    folder = WORK / f"n{size}-r{repeat}"
     done = folder / "result.json"
     if done.exists():
         return json.loads(done.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     perov = data_dir() / "perov_5"
     train = subset(perov / "train.csv.gz", size, repeat, folder / "train.csv")
-    test = subset(perov / "test.csv.gz", args.test_size, 0, RESULTS / "test.csv")
+    test = subset(perov / "test.csv.gz", args.test_size, 0, WORK / f"test{args.test_size}.csv")
     spec = FitSpec(
         data=str(train), test=str(test), target="heat_ref", unit="eV/cell", budget=args.budget,
         run_dir=folder / "fit", cache_dir=args.cache_dir, training={"seed": repeat},
@@ -133,6 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [one(n, r, args) for n in args.sizes for r in range(args.repeats)]
     command = "python benchmarks/fit.py " + " ".join(sys.argv[1:])
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(results, indent=1))
     (RESULTS / "summary.md").write_text(summary(results, command))
     print(summary(results, command))

@@ -687,7 +687,7 @@ def _calibration_members(spec: FitSpec, rows: list[CandidateRow], chosen: str, c
     # one member on every fold costs what the candidate's cross-validation cost
     one_pass = next(row.seconds for row in rows if row.label == chosen)
     affordable = (clock.left - _reserve(spec, rows, chosen)) / max(one_pass, 1e-9)
-    plan["members_per_fold"] = members = int(min(spec.ensemble, max(round(affordable), 0)))
+    plan["members_per_fold"] = members = int(min(spec.ensemble, max(affordable, 0)))
     _save_plan(spec, plan)
     return members
 
