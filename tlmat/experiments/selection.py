@@ -29,7 +29,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -250,10 +250,24 @@ class Pool:
         """The source's trained model, or the scratch architecture's (random) model."""
         return self.models[source]
 
+    def network(self, source: str | None):
+        """The network of ``source`` (or of scratch), whose graphs and elements it reads."""
+        model = self.models[source]
+        return model.model if hasattr(model, "model") else model
+
+    def rows(self, source: str | None) -> np.ndarray:
+        """Where the structures every candidate uses stand in ``source``'s dataset."""
+        where = {name: i for i, name in enumerate(self.dataset(source).ids)}
+        return np.array([where[i] for i in self.ids], dtype=np.int64)
+
+    @cached_property
+    def folds(self) -> dict[str, Path]:
+        """The folds' ``split.json`` files (:func:`fold_splits`, written once)."""
+        return write_folds(self.spec, fold_splits(self.spec, self.ids))
+
     def dataset(self, source: str | None) -> GraphDataset:
         """The training data with the graphs ``source`` (or scratch) needs."""
-        model = self.models[source]
-        net = model.model if hasattr(model, "model") else model
+        net = self.network(source)
         key = json.dumps([net.graph_settings.model_dump(mode="json"), net.elements])
         if key not in self._data:
             target = self.spec.training.target
@@ -273,8 +287,7 @@ class Pool:
         if source not in self._features:
             dataset = self.dataset(source)
             cache = self.spec.run_dir / "features" / f"{slug(source)}.npz"
-            where = {name: i for i, name in enumerate(dataset.ids)}
-            rows = np.array([where[i] for i in self.ids], dtype=np.int64)
+            rows = self.rows(source)
             if cache.exists():
                 stored = np.load(cache, allow_pickle=False)
                 table, names = stored["table"], [str(n) for n in stored["names"]]
@@ -372,8 +385,7 @@ def probe(candidate: Candidate, pool: Pool, n_train: int) -> dict[str, float]:
     from tlmat.transfer.features import feature_table, iter_layer_features
 
     dataset = pool.dataset(candidate.source)
-    where = {name: i for i, name in enumerate(dataset.ids)}
-    rows = np.array([where[i] for i in pool.ids[:32]], dtype=np.int64)
+    rows = pool.rows(candidate.source)[:32]
     _, epochs = _expected_epochs(pool.spec, n_train)
     if not candidate.on_features:
         per_structure = _train_step_seconds(candidate, pool, rows)
@@ -487,7 +499,7 @@ def cross_validate(
     """Scratch, then every candidate in the plan's order whose corrected estimate fits
     what is left of the search's budget, on every fold; each decision is recorded in
     the plan."""
-    folds = write_folds(spec, fold_splits(spec, pool.ids))
+    folds = pool.folds
     order = ["scratch", *[label for label in plan["order"] if label != "scratch"]]
     measured: dict[str, list[float]] = {}
     rows = []
@@ -548,7 +560,7 @@ def _out_of_fold_features(spec: FitSpec, pool: Pool, candidate: Candidate, membe
     y = np.asarray(dataset.targets[spec.training.target], dtype=np.float64)
     seeds = [spec.training.seed + m for m in range(members)]
     parts: list[tuple[np.ndarray, ...]] = []
-    for _, split_file in write_folds(spec, fold_splits(spec, pool.ids)).items():
+    for _, split_file in pool.folds.items():
         split = Split.load(split_file, dataset.ids)
         config, _ = _expected_epochs(spec, len(split.train))
         fitted = _fit_mlps(X, y, split.train, split.val, seeds, config)
@@ -612,7 +624,7 @@ def _out_of_fold_networks(spec: FitSpec, pool: Pool, candidate: Candidate, membe
     dataset = pool.dataset(candidate.source)
     y = np.asarray(dataset.targets[spec.training.target], dtype=np.float64)
     parts = []
-    for name, split_file in write_folds(spec, fold_splits(spec, pool.ids)).items():
+    for name, split_file in pool.folds.items():
         split = Split.load(split_file, dataset.ids)
         folder = spec.run_dir / "calibration" / name
         ensemble = _network_ensemble(
@@ -625,9 +637,7 @@ def _out_of_fold_networks(spec: FitSpec, pool: Pool, candidate: Candidate, membe
 
 def _own_split(pool: Pool, source: str | None, seed: int) -> Split:
     """A member's split of all the training data: 15 % (seeded) for early stopping."""
-    dataset = pool.dataset(source)
-    where = {name: i for i, name in enumerate(dataset.ids)}
-    order = np.random.default_rng(seed).permutation([where[i] for i in pool.ids])
+    order = np.random.default_rng(seed).permutation(pool.rows(source))
     n_val = max(1, round(0.15 * len(order)))
     return Split(np.sort(order[n_val:]), np.sort(order[:n_val]), np.array([], dtype=np.int64))
 
@@ -714,9 +724,7 @@ def equivalent_size(
         return {"measured": False, "why": "the budget left no room for it"}
     say("scratch on half the data, for the equivalent training size …")
     sizes, errors = [], []
-    for (name, split_file), full in zip(
-        write_folds(spec, fold_splits(spec, pool.ids)).items(), scratch.maes, strict=True
-    ):
+    for (name, split_file), full in zip(pool.folds.items(), scratch.maes, strict=True):
         parts = json.loads(split_file.read_text())
         half = {**parts, "train": parts["train"][: len(parts["train"]) // 2]}
         path = split_file.with_name(f"{name}-half.json")
@@ -758,8 +766,7 @@ def score_test(spec: FitSpec, pool: Pool, candidate: Candidate, ensemble) -> dic
     from tlmat.evaluation import regression_metrics
     from tlmat.uncertainty import calibration
 
-    net = pool.model(candidate.source)
-    net = net.model if hasattr(net, "model") else net
+    net = pool.network(candidate.source)
     target = spec.training.target
     test = spec.reading.load(spec.test, net.graph_settings, [target], net.elements)
     arrays = ensemble.predict(test)
