@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,26 @@ class _StructureRegressor(RegressorMixin, BaseEstimator):
     def _more_tags(self) -> dict[str, Any]:
         """The same tags for scikit-learn < 1.6."""
         return {"X_types": ["structures"], "requires_fit": True, "requires_y": True}
+
+    def _keep(self, params: dict[str, Any]) -> None:
+        """scikit-learn's convention: an ``__init__`` stores its parameters as given
+        (``locals()``), unchecked; ``fit`` checks them."""
+        for name, value in params.items():
+            if name not in ("self", "__class__"):
+                setattr(self, name, value)
+
+    def _in_folder(self, records: list[Record], work: Callable[[Path], None]) -> None:
+        """``work(folder)`` in a temporary folder, or, with ``run_dir``, in the folder
+        that this fit's parameters and data name (so a repeated fit resumes or reuses
+        it); sets ``run_dir_``."""
+        if self.run_dir is None:
+            with tempfile.TemporaryDirectory(prefix="tlmat-estimator-") as folder:
+                work(Path(folder))
+            self.run_dir_ = None
+        else:
+            folder = Path(self.run_dir) / f"fit-{self._digest(records)}"
+            work(folder)
+            self.run_dir_ = folder
 
     def _digest(self, records: list[Record]) -> str:
         """What names a fit's folder: the parameters (but the folder) and the data."""
@@ -152,19 +172,7 @@ class TransferRegressor(_StructureRegressor):
         unit: str | None = None,
         target: str = "target",
     ):
-        # scikit-learn's convention: store the parameters as given, check them in fit
-        self.source = source
-        self.strategy = strategy
-        self.model = model
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.ensemble = ensemble
-        self.val_size = val_size
-        self.seed = seed
-        self.run_dir = run_dir
-        self.unit = unit
-        self.target = target
+        self._keep(locals())
 
     def fit(self, X: Sequence[Any], y: Any) -> TransferRegressor:
         """Train on structures ``X`` (pymatgen ``Structure`` s or ASE ``Atoms``) and their
@@ -180,14 +188,7 @@ class TransferRegressor(_StructureRegressor):
         if spec.strategy.startswith("features+"):
             self._fit_features(spec, records, train, val)
             return self
-        if self.run_dir is None:
-            with tempfile.TemporaryDirectory(prefix="tlmat-estimator-") as folder:
-                self._fit_run(Path(folder), records, train, val)
-            self.run_dir_ = None
-        else:
-            folder = Path(self.run_dir) / f"fit-{self._digest(records)}"
-            self._fit_run(folder, records, train, val)
-            self.run_dir_ = folder
+        self._in_folder(records, lambda folder: self._fit_run(folder, records, train, val))
         return self
 
     def predict(self, X: Sequence[Any], return_std: bool = False):
@@ -366,18 +367,7 @@ class FitRegressor(_StructureRegressor):
         unit: str = "",
         target: str = "target",
     ):
-        # scikit-learn's convention: store the parameters as given, check them in fit
-        self.budget = budget
-        self.folds = folds
-        self.repeats = repeats
-        self.ensemble = ensemble
-        self.candidates = candidates
-        self.sources = sources
-        self.epochs = epochs
-        self.seed = seed
-        self.run_dir = run_dir
-        self.unit = unit
-        self.target = target
+        self._keep(locals())
 
     def fit(self, X: Sequence[Any], y: Any) -> FitRegressor:
         """Choose and fit on structures ``X`` (pymatgen ``Structure`` s or ASE ``Atoms``)
@@ -388,14 +378,7 @@ class FitRegressor(_StructureRegressor):
         target, or a parameter out of range (pydantic's ``ValidationError``)."""
         records = _records(X, y, self.target)
         self._spec(Path("."), Path("."))  # the parameters checked before any slow work
-        if self.run_dir is None:
-            with tempfile.TemporaryDirectory(prefix="tlmat-fit-estimator-") as folder:
-                self._select(Path(folder), records)
-            self.run_dir_ = None
-        else:
-            folder = Path(self.run_dir) / f"fit-{self._digest(records)}"
-            self._select(folder, records)
-            self.run_dir_ = folder
+        self._in_folder(records, lambda folder: self._select(folder, records))
         return self
 
     def predict(self, X: Sequence[Any], return_std: bool = False):

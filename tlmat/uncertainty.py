@@ -208,7 +208,7 @@ def train_ensemble(
     slurm: dict[str, Any] | None = None,
 ) -> Ensemble:
     """Train ``n_members`` members: member k gets ``split_for(seed)``, the model and
-    strategy ``make_member(seed)`` and the training seed ``config.seed + k``.
+    strategy ``make_member(seed=seed)`` and the training seed ``config.seed + k``.
 
     With ``workers`` > 1 (``executor="local"``) members train in that many processes,
     each with ``cores // workers`` torch threads; ``executor="slurm"`` submits one
@@ -228,7 +228,7 @@ def train_ensemble(
     jobs: dict[int, dict[str, Any]] = {}
     for k, (seed, folder) in enumerate(zip(seeds, folders, strict=True)):
         split = split_for(seed)
-        model, strategy = make_member(seed)
+        model, strategy = make_member(seed=seed)
         record(run_dir, folder)
         # side by side, Lightning's progress bars would overwrite each other
         member_config = config.model_copy(

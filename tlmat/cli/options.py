@@ -139,13 +139,13 @@ def slurm_parameters(items: list[str] | None, flag: str = "--slurm") -> dict:
     return out
 
 
-def _options(**annotated: Any) -> dict[str, tuple[Any, Any]]:
+def option_group(**annotated: Any) -> dict[str, tuple[Any, Any]]:
     """name → (annotation, default) of options declared as ``name=(Annotated, default)``."""
     return annotated
 
 
 #: your own sets and the split
-DATA = _options(
+DATA = option_group(
     test=(TestData, None),
     val=(ValData, None),
     split=(SplitFile, None),
@@ -154,7 +154,7 @@ DATA = _options(
     test_size=(TestSize, None),
 )
 #: training settings (fields of TrainConfig)
-TRAINING = _options(
+TRAINING = option_group(
     epochs=(Epochs, None),
     lr=(LR, None),
     batch_size=(BatchSize, None),
@@ -175,21 +175,23 @@ TRAINING = _options(
     unit=(Unit, ""),
     settings=(Settings, None),
 )
+#: a run's settings file and its model's
+SETTINGS = option_group(config=(Config, None), model_config_file=(ModelConfigFile, None))
 #: how an ensemble's members are trained
-ENSEMBLE = _options(
+ENSEMBLE = option_group(
     ensemble_workers=(EnsembleWorkers, None),
     ensemble_executor=(EnsembleExecutor, "local"),
     slurm=(Slurm, None),
 )
 #: reading the structures, and the run folder
-READING = _options(
+READING = option_group(
     cache_dir=(CacheDir, None),
     overwrite=(Overwrite, False),
     strict=(Strict, False),
     on_duplicate=(OnDuplicate, "error"),
     disorder=(Disorder, "skip"),
 )
-DEVICE = _options(device=(Device, "cpu"))
+DEVICE = option_group(device=(Device, "cpu"))
 #: switches that are off unless given: off, they leave a --config file's value alone
 SWITCHES = ("log10", "extensive", "overwrite", "strict")
 

@@ -24,13 +24,14 @@ from tlmat.cli.options import (
     DATA,
     ENSEMBLE,
     READING,
+    SETTINGS,
     TRAINING,
     Config,
     Model,
-    ModelConfigFile,
     RunDir,
     Target,
     model_choice,
+    option_group,
     with_options,
 )
 
@@ -105,7 +106,9 @@ def say(message) -> None:
         console.print(table)
 
 
-def command_spec(config: Path | None, default_dir: str, model_config_file, **fields):
+def command_spec(
+    default_dir: str, config: Path | None = None, model_config_file: Path | None = None, **fields
+):
     """The RunSpec of a command's ``--config`` file and flags (flags win); ``model`` and
     ``model_config_file`` (``--model``, ``--model-config``) give its model. Says where
     results go when the default folder would land inside a git checkout."""
@@ -117,14 +120,12 @@ def command_spec(config: Path | None, default_dir: str, model_config_file, **fie
         return RunSpec.from_options(config, **fields)
 
 
-@with_options(DATA, TRAINING, ENSEMBLE, READING)
+@with_options(DATA, TRAINING, SETTINGS, ENSEMBLE, READING)
 def train(
     data: Data,
     target: Target,
     run_dir: RunDir = Path("runs/train"),
-    config: Config = None,
     model: Model = SCRATCH_MODEL,
-    model_config_file: ModelConfigFile = None,
     ensemble: Members = 1,
     exclude_ids: ExcludeIds = None,
     options: dict | None = None,
@@ -143,9 +144,7 @@ def train(
     from tlmat.experiments.runspec import run
 
     given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
-    spec = command_spec(
-        config, "runs/train", model_config_file, exclude_ids=exclude_ids, **given, **options
-    )
+    spec = command_spec("runs/train", exclude_ids=exclude_ids, **given, **options)
     with reported_errors():
         result = run(spec, say)
     if result.ensemble is not None:
@@ -174,7 +173,7 @@ def print_ensemble(result: RunResult) -> None:
     console.print(f"ensemble → {run_dir} (tlmat predict {run_dir} STRUCTURES… gives σ)")
 
 
-@with_options(DATA, TRAINING, ENSEMBLE, READING)
+@with_options(DATA, TRAINING, SETTINGS, ENSEMBLE, READING)
 def finetune(
     data: Data,
     target: Target,
@@ -183,9 +182,7 @@ def finetune(
     freeze_k: FreezeK = 1,
     keep_head: KeepHead = False,
     run_dir: RunDir = Path("runs/finetune"),
-    config: Config = None,
     model: ScratchTwin = None,
-    model_config_file: ModelConfigFile = None,
     ensemble: FinetuneMembers = 1,
     options: dict | None = None,
 ) -> None:
@@ -205,7 +202,7 @@ def finetune(
 
     given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
     transfer = dict(source=source, strategy=strategy, freeze_k=freeze_k, keep_head=keep_head)
-    spec = command_spec(config, "runs/finetune", model_config_file, **given, **transfer, **options)
+    spec = command_spec("runs/finetune", **given, **transfer, **options)
     with reported_errors():
         result = run(spec, say)
     if result.ensemble is not None:
@@ -292,7 +289,7 @@ def _comparison_cells(label: str, e: dict, best: str | None, raw_unit: str | Non
     ]
 
 
-@with_options(DATA, TRAINING, READING)
+@with_options(DATA, TRAINING, SETTINGS, READING)
 def compare(
     data: Data,
     target: Target,
@@ -301,9 +298,7 @@ def compare(
     seeds: Seeds = 3,
     folds: CompareFolds = None,
     run_dir: RunDir = Path("runs/compare"),
-    config: Config = None,
     model: ScratchRow = None,
-    model_config_file: ModelConfigFile = None,
     options: dict | None = None,
 ) -> None:
     """Scratch against transfer strategies from one source, repeated over seeds, on one
@@ -325,9 +320,7 @@ def compare(
 
     chosen = chosen_strategies(strategies)
     given = dict(data=data, target=target, source=source, run_dir=run_dir, model=model)
-    base = command_spec(
-        config, "runs/compare", model_config_file, progress_bar=False, **given, **options
-    )
+    base = command_spec("runs/compare", progress_bar=False, **given, **options)
     with reported_errors(), _progress(seeds * (folds or 1) * len(chosen)) as progress:
         result = run_comparison(base, chosen, seeds, say, progress, folds)
     split, unit = result.split, base.training.unit
@@ -378,10 +371,14 @@ FitTest = option(
     "model and scratch; never used to choose.",
     "--test",
 )
-Budget = option(float, "Wall-time budget in minutes for the whole search, refit included.")
-Folds = option(int, "Cross-validation folds inside the training data.", min=2)
-Repeats = option(int, "Repeats of the k-fold cross-validation (new folds each).", min=1)
-FitMembers = option(int, "Members of the deep ensemble the chosen method is refit as.", min=2)
+Budget = option(
+    float | None, "Wall-time budget in minutes for the whole search, refit included [10]."
+)
+Folds = option(int | None, "Cross-validation folds inside the training data [5].", min=2)
+Repeats = option(int | None, "Repeats of the k-fold cross-validation (new folds each) [1].", min=1)
+FitMembers = option(
+    int | None, "Members of the deep ensemble the chosen method is refit as [5].", min=2
+)
 FitCandidates = option(
     list[str] | None,
     "A candidate 'STRATEGY [SOURCE]' (repeatable), e.g. 'features+mlp [chgnet/0.3.0]', "
@@ -394,19 +391,22 @@ FitSources = option(
     "(tlmat models); fine-tuned and used for features.",
     "--source",
 )
+#: fit's search, FitSpec fields: left out, a --config file's value (or FitSpec's default)
+SEARCH = option_group(
+    test=(FitTest, None),
+    budget=(Budget, None),
+    folds=(Folds, None),
+    repeats=(Repeats, None),
+    ensemble=(FitMembers, None),
+    candidates=(FitCandidates, None),
+    sources=(FitSources, None),
+)
 
 
-@with_options(TRAINING, READING)
+@with_options(SEARCH, TRAINING, READING)
 def fit(
     data: Data,
     target: Target,
-    test: FitTest = None,
-    budget: Budget = 10.0,
-    folds: Folds = 5,
-    repeats: Repeats = 1,
-    ensemble: FitMembers = 5,
-    candidate: FitCandidates = None,
-    source: FitSources = None,
     model: Model = SCRATCH_MODEL,
     run_dir: RunDir = Path("runs/fit"),
     config: Config = None,
@@ -428,12 +428,10 @@ def fit(
     """
     from tlmat.experiments.selection import FitSpec, select_model
 
-    given = dict(data=data, target=target, test=test, budget=budget, run_dir=run_dir)
-    search = dict(folds=folds, repeats=repeats, ensemble=ensemble, model=model)
-    picked = dict(candidates=candidate, sources=source)
     note_run_dir(run_dir, Path("runs/fit"))
     with reported_errors():
-        spec = FitSpec.from_options(config, **given, **search, **picked, **options)
+        given = dict(data=data, target=target, model=model, run_dir=run_dir)
+        spec = FitSpec.from_options(config, **given, **options)
         with _progress(1) as progress:
             result = select_model(spec, say, progress)
     console.print(fit_table(result))

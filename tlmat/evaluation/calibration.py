@@ -4,6 +4,7 @@ against σ. The numbers are :func:`tlmat.uncertainty.calibration`'s."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -18,21 +19,33 @@ from tlmat.uncertainty import calibration, coverage_curve
 ONE_SIGMA, TWO_SIGMA = 0.6827, 0.9545
 
 
+@dataclass(frozen=True)
+class Labelled:
+    """Predictions on labelled structures: targets ``y``, the ensemble's ``mean`` and
+    ``sigma`` (all in ``unit``) and their :func:`~tlmat.uncertainty.calibration` scores."""
+
+    y: np.ndarray
+    mean: np.ndarray
+    sigma: np.ndarray
+    unit: str = ""
+    scores: dict = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("y", "mean", "sigma"):
+            object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=np.float64))
+        object.__setattr__(self, "scores", calibration(self.y, self.mean, self.sigma))
+
+
 def plot_calibration(
-    y: np.ndarray,
-    mean: np.ndarray,
-    sigma: np.ndarray,
-    path: str | Path,
-    title: str = "",
-    sigma_before: np.ndarray | None = None,
+    labelled: Labelled, path: str | Path, title: str = "", sigma_before: np.ndarray | None = None
 ) -> Path:
     """Observed against expected coverage of central intervals ±z_p·σ, p = 1 … 99 %,
     with the diagonal (a calibrated σ), the gap to it shaded and the miscalibration area
     written on the plot; ``sigma_before``: the same curve for σ before recalibration,
     dashed. Coverages are fractions of the structures (no unit)."""
+    y, mean, sigma, scores = labelled.y, labelled.mean, labelled.sigma, labelled.scores
     path = Path(path)
     expected, observed = coverage_curve(y, mean, sigma)
-    scores = calibration(y, mean, sigma)
     fig, ax = plt.subplots(figsize=(5.2, 5.0))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
     if sigma_before is not None:
@@ -76,21 +89,13 @@ def binned_rmse(
     )
 
 
-def plot_error_vs_sigma(
-    y: np.ndarray,
-    mean: np.ndarray,
-    sigma: np.ndarray,
-    path: str | Path,
-    unit: str = "",
-    title: str = "",
-) -> Path:
+def plot_error_vs_sigma(labelled: Labelled, path: str | Path, title: str = "") -> Path:
     """|error| against σ per structure (target unit on both axes) with the lines
     |error| = σ and = 2σ, the RMSE of σ-sorted bins against their mean σ, and the
     Spearman correlation of |error| with σ in the title."""
     path = Path(path)
-    y, mean, sigma = (np.asarray(a, dtype=np.float64) for a in (y, mean, sigma))
-    error = np.abs(y - mean)
-    scores = calibration(y, mean, sigma)
+    sigma, scores, unit = labelled.sigma, labelled.scores, labelled.unit
+    error = np.abs(labelled.y - labelled.mean)
     label = f" ({unit})" if unit else ""
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     ax.scatter(sigma, error, s=9, alpha=0.45, color="C0", lw=0, label="structures")
@@ -141,6 +146,7 @@ def calibration_figures(
     paths = figure_paths(folder, label)
     Path(folder).mkdir(parents=True, exist_ok=True)
     title = f" on {label}" if label else ""
-    plot_calibration(y, mean, sigma, paths["calibration"], f"Calibration of σ{title}", sigma_before)
-    plot_error_vs_sigma(y, mean, sigma, paths["error_vs_sigma"], unit, f"|error| against σ{title}")
+    labelled = Labelled(y, mean, sigma, unit)
+    plot_calibration(labelled, paths["calibration"], f"Calibration of σ{title}", sigma_before)
+    plot_error_vs_sigma(labelled, paths["error_vs_sigma"], f"|error| against σ{title}")
     return paths

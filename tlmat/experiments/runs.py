@@ -101,9 +101,9 @@ def run_strategy(
         name,
         source,
         config.target,
-        keep_head,
-        freeze_k,
-        config.seed,
+        keep_head=keep_head,
+        freeze_k=freeze_k,
+        seed=config.seed,
         out_dim=config.target_spec().out_dim,
     )
     # finished: scored, and its model kept (a result without its model is not reused)

@@ -540,8 +540,8 @@ def _ensemble(spec, models: RunModels, dataset, parts, split, config, say: Say) 
             spec.strategy,
             models.source,
             config.target,
-            spec.keep_head,
-            spec.freeze_k,
+            keep_head=spec.keep_head,
+            freeze_k=spec.freeze_k,
             out_dim=out_dim,
         )
     workers = members_side_by_side(spec, config)

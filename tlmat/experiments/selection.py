@@ -601,9 +601,8 @@ def _member_maker(spec: FitSpec, pool: Pool, candidate: Candidate):
     if candidate.source is None:
         return partial(scratch_member, pool.model(None).config, out_dim=1)
     return partial(
-        prepare_transfer, candidate.strategy, pool.model(candidate.source), spec.training.target,
-        False, 1, out_dim=1,
-    )  # fmt: skip
+        prepare_transfer, candidate.strategy, pool.model(candidate.source), spec.training.target
+    )
 
 
 def _network_ensemble(spec, pool, candidate, split_for, folder: Path, members: int):

@@ -232,9 +232,7 @@ class AttentionPool(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.power is not None:
-            nn.init.ones_(self.power)
-        reset_all(self)
+        reset_all(self, power=nn.init.ones_)
 
     def forward(
         self,
@@ -394,9 +392,7 @@ class Roost(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        if self.elements is not None:
-            nn.init.normal_(self.elements)
-        reset_all(self)
+        reset_all(self, elements=nn.init.normal_)
 
     def forward(
         self, z: torch.Tensor, batch: torch.Tensor, n_crystals: int, table: torch.Tensor | None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +48,14 @@ class CosineCutoff(nn.Module):
         return envelope * (distances < self.cutoff).to(distances.dtype)
 
 
-def reset_all(module: nn.Module) -> None:
+def reset_all(module: nn.Module, **own: Callable[[torch.Tensor], Any]) -> None:
     """Call ``reset_parameters`` on the outermost sub-modules that have one (PyG's
-    convention), so a block's own initialisation is not undone by its children's."""
+    convention), so a block's own initialisation is not undone by its children's; the
+    module's own parameters named in ``own`` get their initialiser (``None`` ones are
+    absent by configuration and skipped)."""
+    for name, init in own.items():
+        if (parameter := getattr(module, name)) is not None:
+            init(parameter)
     for child in module.children():
         if hasattr(child, "reset_parameters"):
             child.reset_parameters()

@@ -72,6 +72,7 @@ def prepare_transfer(
     name: str,
     source: TrainedModel,
     target_name: str,
+    *,
     keep_head: bool = False,
     freeze_k: int = 1,
     seed: int = 0,
