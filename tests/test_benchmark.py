@@ -374,8 +374,9 @@ def test_source_outputs_are_computed_once_as_each_job_would(small_csv: Path, tmp
     """Features and raw predictions of every structure, computed once per source for the
     zero-shot rows and the features+MLP/RF jobs, equal what a job computes alone."""
     from tlmat.experiments.benchmark import OUTPUTS, _data
+    from tlmat.models.base import MEAN, MOMENTS
     from tlmat.models.prediction import predict
-    from tlmat.transfer.features import extract_features
+    from tlmat.transfer.features import extract_features, statistic_columns
     from tlmat.transfer.sources import load_source
 
     config = BenchmarkConfig(
@@ -388,8 +389,12 @@ def test_source_outputs_are_computed_once_as_each_job_would(small_csv: Path, tmp
     dataset, fixed = _data(config, tmp_path / "cache")
     assert stored["ids"].tolist() == dataset.ids
     source = load_source("cgcnn/formation-energy-per-atom")
-    alone = extract_features(source, dataset, fixed.test, "layers")
+    alone = extract_features(source, dataset, fixed.test, "layers", statistics=MOMENTS)
     np.testing.assert_allclose(stored["features"][fixed.test], alone, rtol=1e-5, atol=1e-5)
+    # a features+ job reads the mean columns: the features it would extract alone
+    means = stored["features"][fixed.test][:, statistic_columns(stored["names"], MEAN)]
+    mean_alone = extract_features(source, dataset, fixed.test, "layers")
+    np.testing.assert_allclose(means, mean_alone, rtol=1e-5, atol=1e-5)
     raw = predict(source, dataset, fixed.test).reshape(len(fixed.test), -1)
     np.testing.assert_allclose(stored["predictions"][fixed.test], raw, rtol=1e-5, atol=1e-6)
 

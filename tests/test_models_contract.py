@@ -26,7 +26,7 @@ from tlmat.graphs.builder import graph_arrays, structure_arrays
 from tlmat.graphs.cache import collate
 from tlmat.io import read_records
 from tlmat.models import TargetSpec, TrainedModel, load_checkpoint, registry, save_checkpoint
-from tlmat.models.base import check_groups
+from tlmat.models.base import MOMENTS, check_groups
 from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups
 from tlmat.transfer.sources import fresh_model, prepare_transfer
 
@@ -113,6 +113,30 @@ def test_shapes_of_output_embedding_and_layer_features(built) -> None:
     for name, features in layers.items():
         assert features.shape[0] == n and features.dim() == 2, name
         assert torch.isfinite(features).all(), name
+
+
+def test_layers_pooled_by_moments_extend_the_mean(built) -> None:
+    """Pooled by mean, std, min and max, every layer keeps its mean features and gains
+    three more blocks of its width, ordered min ≤ mean ≤ max with std ≥ 0."""
+    _, model, dataset = built
+    batch = dataset.batch(range(len(dataset)))
+    model.eval()
+    with torch.no_grad():
+        means = model.layer_features(batch)
+        pooled = model.layer_features(batch, MOMENTS)
+    spread = {name.split("@")[0] for name in pooled if "@" in name}
+    # every interaction's atom (bond, angle) features are pooled 4 ways; what is one
+    # vector per crystal already (the crystal embedding, CGAT's composition) is not
+    assert {n for n in means if n.startswith("interactions.")} <= spread
+    assert "embedding_out" not in spread
+    for name, mean in means.items():
+        assert torch.equal(pooled[name], mean), name
+        if name not in spread:
+            continue
+        low, high, std = (pooled[f"{name}@{s}"] for s in ("min", "max", "std"))
+        assert low.shape == high.shape == std.shape == mean.shape, name
+        assert (low <= mean + 1e-5).all() and (mean <= high + 1e-5).all(), name
+        assert (std >= 0).all() and torch.isfinite(std).all(), name
 
 
 def test_checkpoint_round_trip_gives_identical_predictions(built, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import torch
 from tlmat.data import load_dataset, random_split
 from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
+from tlmat.models.base import MEAN, MOMENTS
 from tlmat.training import TrainConfig, fit
 from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups
 from tlmat.transfer.features import extract_features
@@ -146,13 +147,16 @@ def test_feature_extraction_shapes(kind, source, perovskites) -> None:
     np.testing.assert_array_equal(features, again)
 
 
-@pytest.mark.parametrize("name", ["features+rf", "features+mlp"])
+@pytest.mark.parametrize("name", ["features+rf", "features+mlp", "moments+mlp"])
 def test_feature_strategies_run(name, source, perovskites, tmp_path: Path) -> None:
     split = random_split(len(perovskites), (40, 20, 30), seed=0)
     config = TrainConfig(target="heat_ref", epochs=5, early_stopping_patience=3)
     result = run_strategy(name, source, perovskites, split, config, tmp_path / name)
     assert result.predictions.shape == (30,) and np.isfinite(result.test["mae"])
     assert json.loads((tmp_path / name / "result.json").read_text())["strategy"] == name
+    # the CGCNN's five layers of 64 and its embedding of 32; moments pool layers 4 ways
+    width = 64 * 5 * (4 if name.startswith("moments") else 1) + 32
+    assert result.extra["n_features"] == width
 
 
 def test_frozen_groups_stay_in_eval_mode(source) -> None:
@@ -211,10 +215,13 @@ def test_descriptor_baselines_on_real_perovskites(name, source, perovskites, tmp
         assert result.test["mae"] < base_mae
 
 
-def test_features_mlp_as_one_model_predicts_as_the_mlp(source, perovskites, tmp_path) -> None:
-    """The features+mlp regressor joined to its source's backbone (the features'
-    standardisation folded into the head's first layer) predicts from structures what
-    the MLP predicts from the features, and survives a checkpoint."""
+@pytest.mark.parametrize("statistics", [MEAN, MOMENTS])
+def test_features_mlp_as_one_model_predicts_as_the_mlp(
+    statistics, source, perovskites, tmp_path
+) -> None:
+    """The features+mlp (moments+mlp) regressor joined to its source's backbone (the
+    features' standardisation folded into the head's first layer) predicts from
+    structures what the MLP predicts from the features, and survives a checkpoint."""
     from tlmat.models.checkpoint import load_checkpoint, save_checkpoint
     from tlmat.training import predict
     from tlmat.transfer.features import (
@@ -224,7 +231,9 @@ def test_features_mlp_as_one_model_predicts_as_the_mlp(source, perovskites, tmp_
         iter_layer_features,
     )
 
-    X, names = feature_table(iter_layer_features(source, perovskites, None, None))
+    X, names = feature_table(
+        iter_layer_features(source, perovskites, None, None, statistics=statistics)
+    )
     layers = list(dict.fromkeys(n.rsplit(":", 1)[0] for n in names))
     y = perovskites.targets["heat_ref"]
     mlp = MLPRegressor(hidden=(64, 32), epochs=5, patience=5).fit(X[:60], y[:60], X[60:], y[60:])

@@ -182,10 +182,12 @@ class TransferRegressor(_StructureRegressor):
         Raises ``ValueError`` naming the problem: an item of X that is no structure, a
         structure the model cannot use, lengths of X and y that differ, a non-finite
         target, or parameters that cannot run together."""
+        from tlmat.transfer.strategies import FEATURE_STRATEGIES
+
         records = _records(X, y, self.target)
         spec = self._spec(Path("."))  # the parameters checked before any slow work
         train, val = train_val_split(len(records), self.val_size, self.seed)
-        if spec.strategy.startswith("features+"):
+        if spec.strategy in FEATURE_STRATEGIES:
             self._fit_features(spec, records, train, val)
             return self
         self._in_folder(records, lambda folder: self._fit_run(folder, records, train, val))

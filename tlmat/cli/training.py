@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 SCRATCH_MODEL = "cgcnn-mp"
 STRATEGY_NAMES = (
     "scratch, full, freeze-embedding, head-only, freeze-first-k, discriminative, "
-    "features+mlp, features+rf"
+    "features+mlp, features+rf, moments+mlp, moments+rf"
 )
 #: compare's default methods (= tlmat.experiments.comparison.DEFAULT_STRATEGIES)
 DEFAULT_STRATEGIES = "scratch,full,freeze-embedding,features+rf"

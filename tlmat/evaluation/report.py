@@ -261,6 +261,8 @@ ORDER = [
     "head-only",
     "features+mlp",
     "features+rf",
+    "moments+mlp",
+    "moments+rf",
 ]
 
 

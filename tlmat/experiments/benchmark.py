@@ -562,26 +562,32 @@ OUTPUTS = "outputs.npz"
 
 def source_outputs(
     config: BenchmarkConfig, name: str, root: Path, source, dataset
-) -> tuple[np.ndarray, np.ndarray]:
-    """Source ``name``'s pooled layer features and raw predictions for every structure of
-    the grid (row i ↔ ``dataset[i]``), computed once and kept in
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Source ``name``'s layer features (pooled by every statistic of
+    :data:`~tlmat.models.base.MOMENTS`), their column names and raw predictions for every
+    structure of the grid (row i ↔ ``dataset[i]``), computed once and kept in
     ``<root>/<name>/outputs.npz`` for the zero-shot rows and every features+MLP/RF job: a
     foundation model takes 7–30 ms per structure on a CPU, too slow to repeat for each
     size and seed. A table written for other structures or another source is computed
     again."""
     import os
 
+    from tlmat.models.base import MOMENTS
     from tlmat.models.prediction import predict
-    from tlmat.transfer.features import extract_features
+    from tlmat.transfer.features import feature_table, iter_layer_features
 
     path = root / name / OUTPUTS
     origin = str(source_path(config, name, root))
     if path.exists():
         with np.load(path, allow_pickle=False) as stored:
-            if str(stored["source"]) == origin and stored["ids"].tolist() == list(dataset.ids):
-                return stored["features"], stored["predictions"]
+            same = str(stored["source"]) == origin and stored["ids"].tolist() == list(dataset.ids)
+            if same and "names" in stored:
+                names = [str(n) for n in stored["names"]]
+                return stored["features"], names, stored["predictions"]
         logger.info("%s: written for other structures or another source; computing again", path)
-    features = extract_features(source, dataset, None, "layers")
+    features, names = feature_table(
+        iter_layer_features(source, dataset, None, None, statistics=MOMENTS)
+    )
     predictions = predict(source, dataset, None).reshape(len(dataset), -1)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
@@ -589,12 +595,13 @@ def source_outputs(
         np.savez(
             handle,
             features=features,
+            names=np.array(names),
             predictions=predictions,
             ids=np.array(dataset.ids),
             source=np.array(origin),
         )
     os.replace(partial, path)
-    return features, predictions
+    return features, names, predictions
 
 
 def prepare_outputs(config: BenchmarkConfig, root: Path, cache_dir: Path | None, todo) -> None:
@@ -605,7 +612,7 @@ def prepare_outputs(config: BenchmarkConfig, root: Path, cache_dir: Path | None,
         dataset, _ = _data(config, cache_dir, job_settings(config, Job(0, 0, name, ""), root))
         source = load_source(source_path(config, name, root))
         start = time.perf_counter()
-        features, _ = source_outputs(config, name, root, source, dataset)
+        features, _, _ = source_outputs(config, name, root, source, dataset)
         logger.info(
             "%s: %d features of %d structures in %.0f s",
             name,
@@ -624,6 +631,8 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     from tlmat.data import Split, source_fingerprint
     from tlmat.datasets import resolve
     from tlmat.experiments.runspec import loaded_source, run
+    from tlmat.transfer.features import statistic_columns
+    from tlmat.transfer.strategies import FEATURE_METHODS
 
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
     start = time.perf_counter()
@@ -637,8 +646,10 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     features = None
     if job.source != COMMON:
         source = loaded_source(spec.source)
-        features, predictions = source_outputs(config, job.source, root, source, dataset)
+        features, names, predictions = source_outputs(config, job.source, root, source, dataset)
         _job_zero_shot(config, job, root, source, dataset, split, predictions)
+        if spec.strategy in FEATURE_METHODS:
+            features = features[:, statistic_columns(names, FEATURE_METHODS[spec.strategy][0])]
     result = run(spec, dataset=dataset, features=features)
     folder = job.folder(root)
     manifest = json.loads((folder / "result.json").read_text())

@@ -32,7 +32,7 @@ from tlmat.training.rundir import (
 )
 from tlmat.transfer.features import extract_features, feature_regressor
 from tlmat.transfer.sources import prepare_transfer
-from tlmat.transfer.strategies import FEATURE_STRATEGIES
+from tlmat.transfer.strategies import FEATURE_METHODS, FEATURE_STRATEGIES
 
 
 @dataclass
@@ -88,10 +88,10 @@ def run_strategy(
     """Train one strategy (``scratch`` uses the source's architecture with random weights)
     and evaluate it on the test split. With ``reuse``, a finished run in ``run_dir`` made
     with the same settings is read back instead of trained again (other settings are
-    refused, unless ``overwrite``). ``features``: the source's pooled layer features of
-    every structure of ``dataset`` (row i ↔ ``dataset[i]``), computed once for many
-    feature-strategy runs instead of once per run. ``provenance``: what the run is for,
-    kept in its model."""
+    refused, unless ``overwrite``). ``features``: the source's layer features of every
+    structure of ``dataset`` (row i ↔ ``dataset[i]``), pooled as the strategy pools them,
+    computed once for many feature-strategy runs instead of once per run.
+    ``provenance``: what the run is for, kept in its model."""
     run_dir = Path(run_dir)
     if name == "base" or name in BASELINES or name in FEATURE_STRATEGIES:
         return _fitted_without_network(
@@ -209,14 +209,17 @@ def _predict_without_training(
         return prediction, float("nan"), extra
     if features is not None and len(features) != len(dataset):
         raise ValueError(f"{len(features)} feature rows for {len(dataset)} structures")
+    statistics, kind = FEATURE_METHODS[name]
     parts = {
-        part: extract_features(source, dataset, getattr(split, part), "layers")
+        part: extract_features(
+            source, dataset, getattr(split, part), "layers", statistics=statistics
+        )
         if features is None
         else features[getattr(split, part)]
         for part in ("train", "val", "test")
     }
     regressor = feature_regressor(
-        "rf" if name.endswith("rf") else "mlp",
+        kind,
         config.seed,
         epochs=config.epochs,
         patience=config.early_stopping_patience or config.epochs,

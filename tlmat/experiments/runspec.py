@@ -35,6 +35,7 @@ from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig, yaml_settings
 from tlmat.training.fit import folder_lock
 from tlmat.training.rundir import check_run_dir, record, write_atomic, write_json
+from tlmat.transfer.strategies import FEATURE_STRATEGIES
 
 logger = logging.getLogger("tlmat")
 
@@ -52,6 +53,8 @@ STRATEGIES = (
     "discriminative",
     "features+mlp",
     "features+rf",
+    "moments+mlp",
+    "moments+rf",
 )
 
 
@@ -176,7 +179,7 @@ class RunSpec(Settings):
             )
         if self.ensemble > 1 and self.model is not None and self.source is not None:
             raise ValueError("an ensemble transfers the source: it takes no model")
-        if self.training.loss == "gaussian_nll" and self.strategy.startswith("features+"):
+        if self.training.loss == "gaussian_nll" and self.strategy in FEATURE_STRATEGIES:
             raise ValueError(
                 f"loss gaussian_nll trains a network's heteroscedastic head; "
                 f"{self.strategy} fits no network head: use a transfer strategy or scratch"
@@ -489,7 +492,7 @@ def _single(spec, models: RunModels, dataset, split, config, say: Say, features)
         freeze_k=spec.freeze_k,
         overwrite=spec.overwrite,
         reuse=True,  # the same spec again gives the finished run's scores
-        features=features if spec.strategy.startswith("features+") else None,
+        features=features if spec.strategy in FEATURE_STRATEGIES else None,
         provenance=spec.provenance or None,
     )
     record(spec.run_dir, "test_metrics.json")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -39,7 +39,9 @@ from pydantic import Field, model_validator
 from tlmat.data.dataset import GraphDataset, Reading
 from tlmat.data.splits import Split, kfold_splits
 from tlmat.experiments.runspec import SCRATCH_MODEL, Say, Settings, logged, scaled_defaults
+from tlmat.models.base import MEAN, MOMENTS
 from tlmat.training.config import TrainConfig
+from tlmat.transfer.strategies import FEATURE_METHODS, FEATURE_STRATEGIES
 
 #: sources whose pooled features feed an MLP when none are named (their weights ship
 #: with their packages or with tlmat: nothing is downloaded)
@@ -65,7 +67,10 @@ PRIOR = (
     "features+mlp [tlmat/mp-eform-cgcnn]",
 )
 #: strategies a candidate may use: each gives a model that predicts from structures
-USABLE = ("scratch", "full", "freeze-embedding", "head-only", "discriminative", "features+mlp")
+USABLE = (
+    "scratch", "full", "freeze-embedding", "head-only", "discriminative", "features+mlp",
+    "moments+mlp",
+)  # fmt: skip
 #: share of the budget the cross-validated search may plan for; the rest refits the
 #: winner, calibrates its σ and scores the test set
 SEARCH_SHARE = 0.45
@@ -89,7 +94,13 @@ class Candidate:
 
     @property
     def on_features(self) -> bool:
-        return self.strategy.startswith("features+")
+        return self.strategy in FEATURE_STRATEGIES
+
+    @property
+    def features(self) -> tuple[str, tuple[str, ...]]:
+        """The source and the statistics its features are pooled by (features+ and
+        moments+ candidates)."""
+        return self.source, FEATURE_METHODS[self.strategy][0]
 
     @classmethod
     def parse(cls, text: str) -> Candidate:
@@ -279,27 +290,35 @@ class Pool:
             self._data[key] = loaded
         return self._data[key]
 
-    def features(self, source: str) -> tuple[np.ndarray, list[str]]:
-        """The source's pooled layer features of every structure of its dataset (rows
-        of structures no candidate uses are NaN), and the layers they come from."""
-        from tlmat.transfer.features import feature_table, iter_layer_features
+    def features(
+        self, source: str, statistics: Sequence[str] = MEAN
+    ) -> tuple[np.ndarray, list[str]]:
+        """The source's layer features pooled by ``statistics`` for every structure of
+        its dataset (rows of structures no candidate uses are NaN), and the pooled layers
+        they come from (``<layer>`` or ``<layer>@<statistic>``). Extracted once, pooled by
+        every statistic, and kept in the run folder."""
+        from tlmat.transfer.features import feature_table, iter_layer_features, statistic_columns
 
         if source not in self._features:
             dataset = self.dataset(source)
-            cache = self.spec.run_dir / "features" / f"{slug(source)}.npz"
+            cache = self.spec.run_dir / "features" / f"{slug(source)}-moments.npz"
             rows = self.rows(source)
             if cache.exists():
                 stored = np.load(cache, allow_pickle=False)
                 table, names = stored["table"], [str(n) for n in stored["names"]]
             else:
-                chunks = iter_layer_features(self.models[source], dataset, rows, None)
-                table, names = feature_table(chunks)
+                net = self.models[source]
+                table, names = feature_table(
+                    iter_layer_features(net, dataset, rows, None, statistics=MOMENTS)
+                )
                 _save_npz(cache, self.spec.run_dir, table=table, names=np.array(names))
             full = np.full((len(dataset), table.shape[1]), np.nan, dtype=np.float32)
             full[rows] = table
-            layers = list(dict.fromkeys(n.rsplit(":", 1)[0] for n in names))
-            self._features[source] = (full, layers)
-        return self._features[source]
+            self._features[source] = (full, names)
+        full, names = self._features[source]
+        columns = statistic_columns(names, statistics)
+        kept = [name for name, keep in zip(names, columns, strict=True) if keep]
+        return full[:, columns], list(dict.fromkeys(n.rsplit(":", 1)[0] for n in kept))
 
 
 def _save_npz(path: Path, run_dir: Path, **arrays: np.ndarray) -> None:
@@ -382,7 +401,7 @@ def probe(candidate: Candidate, pool: Pool, n_train: int) -> dict[str, float]:
     """What one cross-validation fold of ``candidate`` costs on this machine and data:
     the measured seconds per structure per epoch (and, for features, per structure to
     extract them), and the estimated seconds of one fold."""
-    from tlmat.transfer.features import feature_table, iter_layer_features
+    from tlmat.transfer.features import feature_table, iter_layer_features, statistic_columns
 
     dataset = pool.dataset(candidate.source)
     rows = pool.rows(candidate.source)[:32]
@@ -395,9 +414,11 @@ def probe(candidate: Candidate, pool: Pool, n_train: int) -> dict[str, float]:
             "fold_seconds": 1.2 * per_structure * n_train * epochs,
         }
     start = time.perf_counter()
-    table, _ = feature_table(iter_layer_features(pool.model(candidate.source), dataset, rows))
+    net = pool.model(candidate.source)
+    _, names = feature_table(iter_layer_features(net, dataset, rows, statistics=MOMENTS))
     extract = (time.perf_counter() - start) / len(rows)
-    per_epoch = _mlp_epoch_seconds(table.shape[1], n_train)
+    width = int(statistic_columns(names, candidate.features[1]).sum())
+    per_epoch = _mlp_epoch_seconds(width, n_train)
     return {
         "feature_seconds_per_structure": extract,
         "seconds_per_structure_epoch": per_epoch / n_train,
@@ -434,7 +455,7 @@ def _order(label: str) -> int:
 
 
 def _kind(label: str) -> str:
-    return "features" if label.startswith("features+") else "network"
+    return "features" if Candidate.parse(label).on_features else "network"
 
 
 def _fits(plan: dict, label: str, clock: Clock, measured: dict[str, float]) -> str | None:
@@ -485,7 +506,7 @@ def cv_run(spec: FitSpec, pool: Pool, candidate: Candidate, name: str, split_fil
         cache_dir=spec.cache_dir,
         strict=spec.strict,
     )
-    features = pool.features(candidate.source)[0] if candidate.on_features else None
+    features = pool.features(*candidate.features)[0] if candidate.on_features else None
     return run(run_spec, _quiet, pool.dataset(candidate.source), features)
 
 
@@ -556,7 +577,7 @@ def _out_of_fold_features(spec: FitSpec, pool: Pool, candidate: Candidate, membe
     """Out-of-fold (y, mean, σ) of a features+mlp ensemble: per fold, ``members`` MLPs
     trained without the fold predict it (σ as the deep ensemble defines it)."""
     dataset = pool.dataset(candidate.source)
-    X, _ = pool.features(candidate.source)
+    X, _ = pool.features(*candidate.features)
     y = np.asarray(dataset.targets[spec.training.target], dtype=np.float64)
     seeds = [spec.training.seed + m for m in range(members)]
     parts: list[tuple[np.ndarray, ...]] = []
@@ -577,7 +598,7 @@ def _final_features(spec: FitSpec, pool: Pool, candidate: Candidate, folder: Pat
     from tlmat.uncertainty import save_ensemble
 
     dataset = pool.dataset(candidate.source)
-    X, layers = pool.features(candidate.source)
+    X, layers = pool.features(*candidate.features)
     y = np.asarray(dataset.targets[spec.training.target], dtype=np.float64)
     # the MLP learns the value as given (as features+mlp does in a run)
     target = spec.training.target_spec().model_copy(update={"log10": False})
@@ -723,9 +744,11 @@ def equivalent_size(
         return {"measured": False, "why": "the budget left no room for it"}
     say("scratch on half the data, for the equivalent training size …")
     sizes, errors = [], []
-    for (name, split_file), full in zip(pool.folds.items(), scratch.maes, strict=True):
+    for k, ((name, split_file), full) in enumerate(
+        zip(pool.folds.items(), scratch.maes, strict=True)
+    ):
         parts = json.loads(split_file.read_text())
-        half = {**parts, "train": parts["train"][: len(parts["train"]) // 2]}
+        half = {**parts, "train": _random_half(parts["train"], (spec.training.seed, k))}
         path = split_file.with_name(f"{name}-half.json")
         write_json(path, half)
         result = cv_run(spec, pool, Candidate("scratch"), f"{name}-half", path)
@@ -745,6 +768,13 @@ def equivalent_size(
         "n_train_per_fold": int(np.mean(sizes[1::2])),
         "scratch_half_mae": float(np.mean(errors[0::2])),
     }
+
+
+def _random_half(ids: list[str], seed: tuple[int, int]) -> list[str]:
+    """Half of ``ids`` drawn with ``seed`` (in their order): the folds list training ids
+    in the data file's order, so its first half would follow however the file is sorted."""
+    keep = np.random.default_rng(seed).permutation(len(ids))[: len(ids) // 2]
+    return [ids[i] for i in np.sort(keep)]
 
 
 def _reserve(spec: FitSpec, rows: list[CandidateRow], chosen: str) -> float:

@@ -53,7 +53,7 @@ from torch_geometric.utils import scatter
 from tlmat.graphs.expansions import RadialBasis
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.atom_features import load_atom_init
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
+from tlmat.models.base import MEAN, Backbone, CrystalModel, Head, ModelConfig, pool, pooled_name
 from tlmat.models.registry import Architecture
 
 #: what each layer's pooled features describe, in the order layer_features gives them
@@ -277,7 +277,9 @@ class ALIGNNBackbone(Backbone):
         pooled = scatter(atoms, batch.batch, 0, dim_size=n_crystals, reduce="mean")
         return pooled if self.readout is None else F.silu(self.readout(pooled))
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
         n_crystals = batch.ptr.numel() - 1
         atom_crystal = batch.batch
         bond_crystal = atom_crystal[batch.edge_index[1]]
@@ -287,9 +289,10 @@ class ALIGNNBackbone(Backbone):
             for kind, values, crystal in zip(
                 KINDS, features, (atom_crystal, bond_crystal, angle_crystal), strict=True
             ):
-                if values is not None:
-                    pooled = scatter(values, crystal, 0, dim_size=n_crystals, reduce="mean")
-                    out[f"{name}.{kind}"] = pooled
+                if values is None:
+                    continue
+                for statistic, pooled in pool(values, crystal, n_crystals, statistics):
+                    out[pooled_name(f"{name}.{kind}", statistic)] = pooled
         return out
 
 

@@ -32,7 +32,7 @@ import json
 import math
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -43,7 +43,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter, softmax
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, pooled_layers
+from tlmat.models.base import MEAN, Backbone, CrystalModel, Head, ModelConfig, pooled_layers
 from tlmat.models.layers import reset_all
 from tlmat.models.registry import Architecture
 
@@ -465,8 +465,10 @@ class CGATBackbone(Backbone):
         x = torch.cat([h, self.context(batch)[batch.batch]], dim=1)
         return self.readout(x, batch.batch, n_crystals)
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        out = pooled_layers(self._atoms(batch), batch)
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
+        out = pooled_layers(self._atoms(batch), batch, statistics)
         out["composition"] = self.context(batch)
         return out
 

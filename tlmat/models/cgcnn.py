@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,15 @@ from torch_geometric.utils import scatter
 from tlmat.graphs.expansions import GaussianExpansion
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.atom_features import load_atom_init
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import (
+    MEAN,
+    Backbone,
+    CrystalModel,
+    Head,
+    ModelConfig,
+    TrainedModel,
+    pooled_layers,
+)
 from tlmat.models.registry import Architecture, Importer
 from tlmat.models.targets import TargetSpec
 
@@ -123,8 +131,10 @@ class CGCNNBackbone(Backbone):
         pooled = global_mean_pool(atom_fea, batch.batch)
         return F.softplus(self.conv_to_fc(F.softplus(pooled)))
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        return pooled_layers(self._atoms(batch), batch)
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
+        return pooled_layers(self._atoms(batch), batch, statistics)
 
 
 def build_cgcnn(config: CGCNNConfig, atom_features: torch.Tensor | None = None) -> CrystalModel:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,15 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import (
+    MEAN,
+    Backbone,
+    CrystalModel,
+    Head,
+    ModelConfig,
+    TrainedModel,
+    pooled_layers,
+)
 from tlmat.models.foundation import (
     NetworkPart,
     all_neighbours,
@@ -283,8 +291,10 @@ class CHGNetBackbone(Backbone):
         *_, (_, atoms) = self._atoms(batch)
         return self.readout(atoms)
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        return pooled_layers(self._atoms(batch), batch)
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
+        return pooled_layers(self._atoms(batch), batch, statistics)
 
     def reset_parameters(self) -> None:
         # chgnet's basis frequencies have no reset_parameters: take everything from a

@@ -73,7 +73,7 @@ published model's normalisation (mean −1.655, std 1.073 eV/atom from ``model.p
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -83,7 +83,7 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import MEAN, CrystalModel, ModelConfig, TrainedModel, pooled_layers
 from tlmat.models.foundation import NetworkPart, all_neighbours, matgl_sources, published_names
 from tlmat.models.foundation import config_from_arguments as checked_config
 from tlmat.models.foundation import published_source as source_of
@@ -277,8 +277,10 @@ class M3GNetBackbone(MatGLBackbone):
         *_, (_, atoms) = self._atoms(batch)
         return self.readout(atoms, batch.batch)
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        return pooled_layers(self._atoms(batch), batch)
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
+        return pooled_layers(self._atoms(batch), batch, statistics)
 
 
 def build_m3gnet(config: M3GNetConfig) -> CrystalModel:

@@ -48,7 +48,7 @@ normalisation (``model.pt``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -57,7 +57,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import MEAN, CrystalModel, ModelConfig, TrainedModel, pooled_layers
 from tlmat.models.foundation import NetworkPart, all_neighbours, matgl_sources, published_names
 from tlmat.models.foundation import config_from_arguments as checked_config
 from tlmat.models.foundation import published_source as source_of
@@ -241,8 +241,11 @@ class MEGNetBackbone(MatGLBackbone):
             dim=-1,
         )
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        return pooled_layers(((name, atoms) for name, atoms, _, _ in self._features(batch)), batch)
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
+        atoms = ((name, atoms) for name, atoms, _, _ in self._features(batch))
+        return pooled_layers(atoms, batch, statistics)
 
 
 def build_megnet(config: MEGNetConfig) -> CrystalModel:

@@ -19,7 +19,7 @@ Layer and parameter names follow schnetpack's (``in2f``, ``f2out``, ``dense``,
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -30,7 +30,7 @@ from torch_geometric.utils import scatter
 
 from tlmat.graphs.expansions import RadialBasis
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, pooled_layers
+from tlmat.models.base import MEAN, Backbone, CrystalModel, Head, ModelConfig, pooled_layers
 from tlmat.models.layers import CosineCutoff, ShiftedSoftplus
 from tlmat.models.registry import Architecture
 
@@ -177,8 +177,10 @@ class SchNetBackbone(Backbone):
         *_, (_, x) = self._atoms(batch)
         return x
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
-        return pooled_layers(self._atoms(batch), batch)
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
+        return pooled_layers(self._atoms(batch), batch, statistics)
 
     def reset_parameters(self) -> None:
         # each block re-initialises its own layers (Glorot); the generic reset_all would

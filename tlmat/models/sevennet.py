@@ -71,7 +71,7 @@ import io
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -81,7 +81,15 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import (
+    MEAN,
+    Backbone,
+    CrystalModel,
+    Head,
+    ModelConfig,
+    TrainedModel,
+    pooled_layers,
+)
 from tlmat.models.foundation import (
     all_neighbours,
     foundation_module,
@@ -440,9 +448,11 @@ class SevenNetBackbone(Backbone):
             data = module(data)
         return data[KEY.NODE_FEATURE]
 
-    def layer_features(self, batch: Batch) -> OrderedDict[str, torch.Tensor]:
+    def layer_features(
+        self, batch: Batch, statistics: Sequence[str] = MEAN
+    ) -> OrderedDict[str, torch.Tensor]:
         """The scalar (invariant) channels of the atom features after the embedding and
-        each block, averaged over each crystal's atoms."""
+        each block, pooled over each crystal's atoms by ``statistics``."""
         import sevenn._keys as KEY
 
         def scalars() -> Iterator[tuple[str, torch.Tensor]]:
@@ -450,7 +460,7 @@ class SevenNetBackbone(Backbone):
                 x = data[KEY.NODE_FEATURE]
                 yield name, torch.cat([x[:, a:b] for a, b in self._scalars[k]], dim=1)
 
-        return pooled_layers(scalars(), batch)
+        return pooled_layers(scalars(), batch, statistics)
 
     def reset_parameters(self) -> None:
         # e3nn's layers and sevenn's Bessel frequencies have no reset_parameters: take

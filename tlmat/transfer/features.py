@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -15,7 +15,7 @@ from torch import nn
 
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.loader import GraphLoader, inference_batch_size
-from tlmat.models.base import Head
+from tlmat.models.base import MEAN, Head, statistics_of
 from tlmat.models.checkpoint import TrainedModel
 from tlmat.models.targets import TargetSpec
 
@@ -27,13 +27,14 @@ GUPTA_MLP = (1024,) * 4 + (512,) * 3 + (256,) * 3 + (128,) * 3 + (64,) * 2 + (32
 def select_layers(available: list[str], layers: str | list[str] | None) -> list[str]:
     """Layer names to extract: all of them (``None`` or ``"all"``), or those named —
     exact names or prefixes (``interactions.3`` selects ``interactions.3.atom``,
-    ``interactions.3.bond`` … of an ALIGNN), in the order given."""
+    ``interactions.3.bond`` … of an ALIGNN, and ``interactions.3@std`` … when pooled by
+    more than the mean), in the order given."""
     if layers is None or layers == "all":
         return list(available)
     wanted = layers.split(",") if isinstance(layers, str) else list(layers)
     chosen: list[str] = []
     for name in wanted:
-        matches = [a for a in available if a == name or a.startswith(name + ".")]
+        matches = [a for a in available if a == name or a.startswith((name + ".", name + "@"))]
         if not matches:
             raise ValueError(f"no layer {name!r}; the model has: {', '.join(available)}")
         chosen += [m for m in matches if m not in chosen]
@@ -48,11 +49,13 @@ def iter_layer_features(
     layers: str | list[str] | None = None,
     batch_size: int | None = None,
     rows: int = 10_000,
+    statistics: Sequence[str] = MEAN,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Pooled features of the named layers (see :func:`select_layers`), concatenated,
-    with a column name ``<layer>:<k>`` for every feature, a chunk at a time: (positions
-    in ``dataset``, features, column names) for about ``rows`` structures each, in
-    order; :func:`feature_table` joins the chunks."""
+    """Features of the named layers (see :func:`select_layers`) pooled by each of
+    ``statistics`` (:data:`~tlmat.models.base.MOMENTS`), concatenated, with a column name
+    ``<layer>:<k>`` (``<layer>@<statistic>:<k>``) for every feature, a chunk at a time:
+    (positions in ``dataset``, features, column names) for about ``rows`` structures each,
+    in order; :func:`feature_table` joins the chunks."""
     model = trained.model.eval()
     chunks: list[torch.Tensor] = []
     positions: list[torch.Tensor] = []
@@ -69,7 +72,7 @@ def iter_layer_features(
             if embedding_only:
                 features = OrderedDict(embedding_out=model.embed(batch))
             else:
-                features = model.layer_features(batch)
+                features = model.layer_features(batch, statistics)
             if names is None:
                 chosen = select_layers(list(features), layers)
                 widths = [(layer, features[layer].shape[1]) for layer in chosen]
@@ -99,11 +102,24 @@ def extract_features(
     kind: FeatureKind = "embedding",
     batch_size: int | None = None,
     layers: str | list[str] | None = None,
+    statistics: Sequence[str] = MEAN,
 ) -> np.ndarray:
-    """Pooled features of ``dataset[indices]``: the crystal embedding, or the pooled
-    features after every named layer concatenated (``layers``; all unless chosen)."""
+    """Pooled features of ``dataset[indices]``: the crystal embedding, or the features
+    after every named layer (``layers``; all unless chosen) pooled by ``statistics``,
+    concatenated."""
     chosen = layers if kind == "layers" else ["embedding_out"]
-    return feature_table(iter_layer_features(trained, dataset, indices, chosen, batch_size))[0]
+    chunks = iter_layer_features(
+        trained, dataset, indices, chosen, batch_size, statistics=statistics
+    )
+    return feature_table(chunks)[0]
+
+
+def statistic_columns(names: Sequence[str], statistics: Sequence[str]) -> np.ndarray:
+    """Which columns (named as :func:`iter_layer_features` names them) hold a feature
+    pooled by one of ``statistics``: a table pooled by all
+    :data:`~tlmat.models.base.MOMENTS` serves the mean-only methods too."""
+    layers = [name.rsplit(":", 1)[0] for name in names]
+    return np.array([statistics_of([layer])[0] in statistics for layer in layers], dtype=bool)
 
 
 class MLPRegressor:

@@ -15,9 +15,10 @@ group but the head) and ``head``, so every strategy works on every architecture.
 | ``freeze-first-k`` | partial freezing (Lee & Asahi) | embedding and first k interactions frozen |
 | ``discriminative`` | lower LR for fine-tuning (Hoffmann et al.) | all, backbone at 0.1 × LR |
 
-``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser;
-see :mod:`tlmat.transfer.features`. ``base`` (Gupta et al.'s "Base" model) predicts the
-training mean.
+``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser,
+each layer's atom features pooled by their mean; ``moments+mlp`` / ``moments+rf`` pool
+them by mean, standard deviation, minimum and maximum; see :mod:`tlmat.transfer.features`.
+``base`` (Gupta et al.'s "Base" model) predicts the training mean.
 """
 
 from __future__ import annotations
@@ -28,9 +29,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from tlmat.models.base import CrystalModel
+from tlmat.models.base import MEAN, MOMENTS, CrystalModel
 
-FEATURE_STRATEGIES = ("features+mlp", "features+rf")
+#: the frozen source as a featuriser: strategy → (how layers are pooled, the regressor):
+#: the mean (Gupta et al.), or the mean, standard deviation and extremes (arXiv 2512.05717)
+FEATURE_METHODS: dict[str, tuple[tuple[str, ...], str]] = {
+    "features+mlp": (MEAN, "mlp"),
+    "features+rf": (MEAN, "rf"),
+    "moments+mlp": (MOMENTS, "mlp"),
+    "moments+rf": (MOMENTS, "rf"),
+}
+FEATURE_STRATEGIES = tuple(FEATURE_METHODS)
 
 
 class Strategy(BaseModel):
