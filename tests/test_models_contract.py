@@ -31,7 +31,7 @@ from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainabl
 from tlmat.transfer.sources import fresh_model, prepare_transfer
 
 ARCHITECTURES = registry.names()
-STRATEGIES = ["full", "freeze-embedding", "head-only", "freeze-first-k", "discriminative"]
+STRATEGIES = ["full", "freeze-embedding", "head-only", "freeze-first-k", "discriminative", "l2-sp"]
 
 
 def small(name: str):
@@ -254,12 +254,16 @@ def test_strategy_trains_exactly_its_groups(built, strategy_name: str) -> None:
     expected_frozen = {
         "full": set(),
         "discriminative": set(),
+        "l2-sp": set(),
         "freeze-embedding": {"embedding"},
         "head-only": set(groups) - {"head"},
         "freeze-first-k": {"embedding", "interactions.0"},
     }[strategy_name]
     assert frozen == expected_frozen
     assert set(trainable_groups(model)) == {n for n in groups if n not in frozen}
+    if strategy_name == "l2-sp":  # the backbone's groups are anchored, the head is not
+        anchored = {g["name"] for g in param_groups if g["l2_sp"] > 0}
+        assert anchored == set(groups) - {"head"}
     if strategy_name == "discriminative":
         rates = {g["name"]: g["lr"] for g in param_groups}
         assert rates["head"] == pytest.approx(1e-2)

@@ -184,6 +184,35 @@ def test_fit_rejects_strategy_that_trains_nothing(source, perovskites, tmp_path)
         )
 
 
+def test_l2_sp_keeps_the_backbone_near_the_source(source, perovskites, tmp_path) -> None:
+    """Fine-tuned with L2-SP, the backbone ends nearer the source's weights than with
+    plain full fine-tuning (same data, seed and epochs), and the penalty the module adds
+    is α·‖θ − θ_source‖² of the backbone's weights alone."""
+    from tlmat.training.module import PropertyModule
+    from tlmat.transfer.sources import prepare_transfer
+
+    split = random_split(len(perovskites), (40, 20, 30), seed=0)
+    config = TrainConfig(target="heat_ref", epochs=6, lr=1e-2, early_stopping_patience=None)
+    start = [p.detach().clone() for p in source.model.backbone.parameters()]
+    drift = {}
+    for name in ("full", "l2-sp"):
+        trained, strategy = prepare_transfer(name, source, "heat_ref")
+        strategy = strategy.model_copy(update={"l2_sp": 1.0} if name == "l2-sp" else {})
+        fit(trained, perovskites, split, config, tmp_path / name, strategy)
+        moved = zip(trained.model.backbone.parameters(), start, strict=True)
+        drift[name] = float(sum((p.detach() - p0).pow(2).sum() for p, p0 in moved))
+    assert 0 < drift["l2-sp"] < 0.5 * drift["full"], drift
+
+    trained, strategy = prepare_transfer("l2-sp", source, "heat_ref")
+    groups = apply_strategy(trained.model, strategy, lr=1e-3)
+    module = PropertyModule(trained.model, source.target, config, groups, 1)
+    with torch.no_grad():
+        for p in trained.model.parameters():
+            p.add_(0.01)
+    backbone = sum(p.numel() for p in trained.model.backbone.parameters() if p.requires_grad)
+    assert float(module._drift().detach()) == pytest.approx(0.01 * backbone * 0.01**2, rel=1e-4)
+
+
 def test_base_model_predicts_the_training_mean(source, perovskites, tmp_path) -> None:
     split = random_split(len(perovskites), (40, 20, 30), seed=0)
     result = run_strategy(

@@ -256,6 +256,7 @@ ORDER = [
     "zero-shot+linear",
     "full",
     "discriminative",
+    "l2-sp",
     "freeze-embedding",
     "freeze-first",
     "head-only",

@@ -51,6 +51,7 @@ STRATEGIES = (
     "head-only",
     "freeze-first-k",
     "discriminative",
+    "l2-sp",
     "features+mlp",
     "features+rf",
     "moments+mlp",

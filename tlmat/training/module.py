@@ -48,6 +48,14 @@ class PropertyModule(L.LightningModule):
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.train_loader = None  # set by fit(); its shuffle order follows the epoch
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        # L2-SP: the weights as they start, the source's (a resumed run loads its
+        # checkpoint after this, so the anchors stay the source's)
+        self.anchors = [
+            (group["l2_sp"], p, p.detach().clone())
+            for group in param_groups
+            if group.get("l2_sp")
+            for p in group["params"]
+        ]
         # plain values only, so Lightning checkpoints load with weights_only=True
         self.save_hyperparameters({"config": config.model_dump(), "target": target.model_dump()})
 
@@ -69,8 +77,20 @@ class PropertyModule(L.LightningModule):
         if self.train_loader is not None:
             self.train_loader.set_epoch(self.current_epoch)
 
+    def on_fit_start(self) -> None:
+        self.anchors = [(a, p, start.to(p.device)) for a, p, start in self.anchors]
+
+    def _drift(self) -> torch.Tensor:
+        """The L2-SP penalty Σ α·‖θ − θ_source‖² over the anchored weights."""
+        return sum(
+            (alpha * (p - start).pow(2).sum() for alpha, p, start in self.anchors),
+            torch.zeros((), device=self.device),
+        )
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch), batch.y, batch)
+        if self.anchors:
+            loss = loss + self._drift()
         if not torch.isfinite(loss):
             # stop before the optimiser spreads it into the weights and a checkpoint
             raise NonFiniteError(

@@ -271,7 +271,8 @@ def added_settings() -> dict[str, Any]:
     from tlmat.training.config import TrainConfig
 
     defaults = {name: f.default for name, f in TrainConfig.model_fields.items()}
-    return {**defaults, "max_size": None}
+    # strategy settings added later: L2-SP's α (runs before it had none)
+    return {**defaults, "max_size": None, "l2_sp": 0.0}
 
 
 def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

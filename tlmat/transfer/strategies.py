@@ -14,6 +14,7 @@ group but the head) and ``head``, so every strategy works on every architecture.
 | ``head-only`` | TL3, "only regression head" | the head (the whole backbone frozen) |
 | ``freeze-first-k`` | partial freezing (Lee & Asahi) | embedding and first k interactions frozen |
 | ``discriminative`` | lower LR for fine-tuning (Hoffmann et al.) | all, backbone at 0.1 × LR |
+| ``l2-sp`` | L2-SP (Li et al. 2018) | all; the backbone pulled toward the source's weights |
 
 ``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser,
 each layer's atom features pooled by their mean; ``moments+mlp`` / ``moments+rf`` pool
@@ -52,10 +53,15 @@ class Strategy(BaseModel):
     freeze: tuple[str, ...] = ()
     lr_factors: dict[str, float] = Field(default_factory=dict)
     reinit_head: bool = False
+    #: α of the L2-SP penalty α·‖θ − θ_source‖² (θ: the backbone's trainable weights, in
+    #: the loss's normalised units), which keeps a fine-tuned backbone near what the
+    #: source knew instead of decaying it toward zero; 0: off
+    l2_sp: float = Field(0.0, ge=0)
 
 
-def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1) -> Strategy:
-    """A named strategy; ``k`` for ``freeze-first-k``, the factor for ``discriminative``."""
+def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1, l2_sp: float = 0.01) -> Strategy:
+    """A named strategy; ``k`` for ``freeze-first-k``, the factor for ``discriminative``,
+    α for ``l2-sp``."""
     if name == "scratch":
         return Strategy(name=name, from_source=False)
     if name == "full":
@@ -69,9 +75,11 @@ def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1) -> Strategy:
         return Strategy(name=f"freeze-first-{k}", freeze=frozen)
     if name == "discriminative":
         return Strategy(name=name, lr_factors={"backbone": backbone_lr_factor})
+    if name == "l2-sp":
+        return Strategy(name=name, l2_sp=l2_sp)
     raise ValueError(
         f"unknown strategy {name!r}; choose from scratch, full, freeze-embedding, head-only, "
-        f"freeze-first-k, discriminative, {', '.join(FEATURE_STRATEGIES)}"
+        f"freeze-first-k, discriminative, l2-sp, {', '.join(FEATURE_STRATEGIES)}"
     )
 
 
@@ -95,7 +103,8 @@ def apply_strategy(
 ) -> list[dict[str, Any]]:
     """Freeze groups (``requires_grad=False``; their batch-norm statistics too, see
     :func:`keep_frozen_in_eval`), re-initialise the head if asked, and return optimiser
-    parameter groups with per-group learning rates."""
+    parameter groups with per-group learning rates (and, for L2-SP, the backbone's groups
+    with their ``l2_sp`` α: the training module anchors them where they start)."""
     groups = model.groups()
     names = list(groups)
     frozen = _expand(strategy.freeze, names)
@@ -119,6 +128,7 @@ def apply_strategy(
                         "lr": lr * factors.get(name, 1.0),
                         "weight_decay": weight_decay,
                         "name": name,
+                        "l2_sp": strategy.l2_sp if name != "head" else 0.0,
                     }
                 )
     model.frozen_groups = sorted(frozen)
