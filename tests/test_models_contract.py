@@ -28,10 +28,13 @@ from tlmat.io import read_records
 from tlmat.models import TargetSpec, TrainedModel, load_checkpoint, registry, save_checkpoint
 from tlmat.models.base import MOMENTS, check_groups
 from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups
+from tlmat.transfer.lora import merge_adapters
 from tlmat.transfer.sources import fresh_model, prepare_transfer
 
 ARCHITECTURES = registry.names()
-STRATEGIES = ["full", "freeze-embedding", "head-only", "freeze-first-k", "discriminative", "l2-sp"]
+STRATEGIES = [
+    "full", "freeze-embedding", "head-only", "freeze-first-k", "discriminative", "l2-sp", "lora",
+]  # fmt: skip
 
 
 def small(name: str):
@@ -255,12 +258,16 @@ def test_strategy_trains_exactly_its_groups(built, strategy_name: str) -> None:
         "full": set(),
         "discriminative": set(),
         "l2-sp": set(),
+        "lora": set(groups) - {"head"},
         "freeze-embedding": {"embedding"},
         "head-only": set(groups) - {"head"},
         "freeze-first-k": {"embedding", "interactions.0"},
     }[strategy_name]
     assert frozen == expected_frozen
-    assert set(trainable_groups(model)) == {n for n in groups if n not in frozen}
+    adapted = {
+        n for n, m in groups.items() if any(k.endswith(".A") for k, _ in m.named_parameters())
+    }
+    assert set(trainable_groups(model)) == {n for n in groups if n not in frozen} | adapted
     if strategy_name == "l2-sp":  # the backbone's groups are anchored, the head is not
         anchored = {g["name"] for g in param_groups if g["l2_sp"] > 0}
         assert anchored == set(groups) - {"head"}
@@ -280,14 +287,56 @@ def test_strategy_trains_exactly_its_groups(built, strategy_name: str) -> None:
         loss.backward()
         optimizer.step()
     for name, module in groups.items():
-        changed = any(
-            not torch.equal(a, b) for a, b in zip(before[name], module.parameters(), strict=True)
-        )
+        # LoRA's adapters train inside frozen groups: the weights of the group must not
+        weights = [p for n, p in module.named_parameters() if n.split(".")[-1] not in "AB"]
+        old = [p for (n, _), p in zip(module.named_parameters(), before[name], strict=True)
+               if n.split(".")[-1] not in "AB"]  # fmt: skip
+        changed = any(not torch.equal(a, b) for a, b in zip(old, weights, strict=True))
         assert changed == (name not in frozen), name
         if name in frozen:
             assert all(
                 torch.equal(a, b) for a, b in zip(stats[name], _bn_stats(module), strict=True)
             ), f"{name}: frozen batch-norm statistics moved"
+
+
+def test_lora_trains_adapters_alone_and_merges_into_a_plain_model(built, tmp_path) -> None:
+    """LoRA: the backbone's weights never move, its linear layers' adapters and the head
+    train, and merged, the model is a plain one of its architecture (same state-dict
+    names) with the adapted predictions, through a checkpoint too."""
+    _, model, dataset = built
+    model = copy.deepcopy(model)
+    plain = set(model.state_dict())
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    param_groups = apply_strategy(model, preset("lora"), lr=1e-2)
+    linears = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear)]
+    adapters = [p for g in param_groups if g["name"] == "lora" for p in g["params"]]
+    assert len(adapters) == 2 * len(linears) and {g["name"] for g in param_groups} <= {
+        "head",
+        "lora",
+    }
+    assert sum(p.numel() for p in adapters) < backbone
+    frozen = {n: p.clone() for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    optimizer = torch.optim.Adam(param_groups)
+    model.train()
+    keep_frozen_in_eval(model)
+    batch = dataset.batch(range(len(dataset)))
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(batch).square().mean().backward()
+        optimizer.step()
+    assert all(
+        torch.equal(p, frozen[n]) for n, p in model.backbone.named_parameters() if n in frozen
+    )
+    assert not linears or any(p.abs().sum() > 0 for p in adapters[1::2])  # B left zero
+    model.eval()
+    with torch.no_grad():
+        adapted = model(batch)
+    assert merge_adapters(model) == len(linears)
+    assert set(model.state_dict()) == plain
+    trained = TrainedModel(model, TargetSpec(name="band_gap", unit="eV"), {"test": True})
+    loaded = load_checkpoint(save_checkpoint(trained, tmp_path / "model.pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.eval()(batch), adapted, rtol=1e-4, atol=1e-5)
 
 
 def test_reset_parameters_gives_fresh_weights(built) -> None:

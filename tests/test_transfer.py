@@ -213,6 +213,33 @@ def test_l2_sp_keeps_the_backbone_near_the_source(source, perovskites, tmp_path)
     assert float(module._drift().detach()) == pytest.approx(0.01 * backbone * 0.01**2, rel=1e-4)
 
 
+def test_lora_run_writes_a_plain_model_that_predicts_and_is_reused(
+    source, perovskites, tmp_path
+) -> None:
+    """A LoRA run trains adapters only (the backbone's weights are the source's but for
+    the merged low-rank updates), writes a model.pt of the plain architecture, and a
+    second call reuses the finished run."""
+    from tlmat.models.checkpoint import load_checkpoint
+    from tlmat.training import predict
+
+    split = random_split(len(perovskites), (40, 20, 30), seed=0)
+    config = TrainConfig(target="heat_ref", epochs=3, lr=1e-2, early_stopping_patience=None)
+    result = run_strategy("lora", source, perovskites, split, config, tmp_path / "lora")
+    manifest = json.loads((tmp_path / "lora" / "run.json").read_text())
+    assert manifest["strategy"]["lora_rank"] == 8 and np.isfinite(result.test["mae"])
+    loaded = load_checkpoint(tmp_path / "lora" / "model.pt")
+    assert set(loaded.model.state_dict()) == set(source.model.state_dict())
+    # the low-rank update moved each adapted weight matrix, at most by rank 8
+    before = source.model.backbone.convs[0].fc_full.weight
+    update = loaded.model.backbone.convs[0].fc_full.weight - before
+    assert 0 < torch.linalg.matrix_rank(update.detach()).item() <= 8
+    predicted = predict(loaded, perovskites, split.test).reshape(-1)
+    y = perovskites.targets["heat_ref"][split.test]
+    assert np.abs(predicted - y).mean() == pytest.approx(result.test["mae"], rel=1e-5)
+    again = run_strategy("lora", source, perovskites, split, config, tmp_path / "lora", reuse=True)
+    assert again.test == result.test
+
+
 def test_base_model_predicts_the_training_mean(source, perovskites, tmp_path) -> None:
     split = random_split(len(perovskites), (40, 20, 30), seed=0)
     result = run_strategy(

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 #: (= tlmat.experiments.runspec.SCRATCH_MODEL, named here so that --help needs no import)
 SCRATCH_MODEL = "cgcnn-mp"
 STRATEGY_NAMES = (
-    "scratch, full, freeze-embedding, head-only, freeze-first-k, discriminative, l2-sp, "
+    "scratch, full, freeze-embedding, head-only, freeze-first-k, discriminative, l2-sp, lora, "
     "features+mlp, features+rf, moments+mlp, moments+rf"
 )
 #: compare's default methods (= tlmat.experiments.comparison.DEFAULT_STRATEGIES)

@@ -257,6 +257,7 @@ ORDER = [
     "full",
     "discriminative",
     "l2-sp",
+    "lora",
     "freeze-embedding",
     "freeze-first",
     "head-only",

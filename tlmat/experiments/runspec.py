@@ -52,6 +52,7 @@ STRATEGIES = (
     "freeze-first-k",
     "discriminative",
     "l2-sp",
+    "lora",
     "features+mlp",
     "features+rf",
     "moments+mlp",

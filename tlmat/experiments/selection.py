@@ -69,7 +69,7 @@ PRIOR = (
 #: strategies a candidate may use: each gives a model that predicts from structures
 USABLE = (
     "scratch", "full", "freeze-embedding", "head-only", "discriminative", "l2-sp",
-    "features+mlp", "moments+mlp",
+    "lora", "features+mlp", "moments+mlp",
 )  # fmt: skip
 #: share of the budget the cross-validated search may plan for; the rest refits the
 #: winner, calibrates its σ and scores the test set

@@ -52,6 +52,7 @@ from tlmat.training.rundir import (
     run_lock,
     write_json,
 )
+from tlmat.transfer.lora import merge_adapters
 from tlmat.transfer.strategies import Strategy, apply_strategy
 
 logger = logging.getLogger("tlmat")
@@ -275,6 +276,7 @@ def _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwri
     model.load_state_dict(
         {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     )
+    merge_adapters(model)  # LoRA: a plain model of the architecture from here on
     model.cpu()
     best = float(trainer["best_val_mae"])
     run_provenance = {

@@ -15,6 +15,7 @@ group but the head) and ``head``, so every strategy works on every architecture.
 | ``freeze-first-k`` | partial freezing (Lee & Asahi) | embedding and first k interactions frozen |
 | ``discriminative`` | lower LR for fine-tuning (Hoffmann et al.) | all, backbone at 0.1 × LR |
 | ``l2-sp`` | L2-SP (Li et al. 2018) | all; the backbone pulled toward the source's weights |
+| ``lora`` | LoRA (Hu et al. 2021) | the head, and rank-8 adapters on the backbone's linears |
 
 ``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser,
 each layer's atom features pooled by their mean; ``moments+mlp`` / ``moments+rf`` pool
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from tlmat.models.base import MEAN, MOMENTS, CrystalModel
+from tlmat.transfer.lora import add_adapters
 
 #: the frozen source as a featuriser: strategy → (how layers are pooled, the regressor):
 #: the mean (Gupta et al.), or the mean, standard deviation and extremes (arXiv 2512.05717)
@@ -57,6 +59,10 @@ class Strategy(BaseModel):
     #: the loss's normalised units), which keeps a fine-tuned backbone near what the
     #: source knew instead of decaying it toward zero; 0: off
     l2_sp: float = Field(0.0, ge=0)
+    #: rank r of the LoRA adapters on the frozen groups' linear layers (0: none) and
+    #: their α (the update is (α/r)·B·A; :mod:`tlmat.transfer.lora`)
+    lora_rank: int = Field(0, ge=0)
+    lora_alpha: float = Field(16.0, gt=0)
 
 
 def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1, l2_sp: float = 0.01) -> Strategy:
@@ -77,9 +83,11 @@ def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1, l2_sp: float 
         return Strategy(name=name, lr_factors={"backbone": backbone_lr_factor})
     if name == "l2-sp":
         return Strategy(name=name, l2_sp=l2_sp)
+    if name == "lora":
+        return Strategy(name=name, freeze=("backbone",), lora_rank=8, lora_alpha=16.0)
     raise ValueError(
         f"unknown strategy {name!r}; choose from scratch, full, freeze-embedding, head-only, "
-        f"freeze-first-k, discriminative, l2-sp, {', '.join(FEATURE_STRATEGIES)}"
+        f"freeze-first-k, discriminative, l2-sp, lora, {', '.join(FEATURE_STRATEGIES)}"
     )
 
 
@@ -104,7 +112,9 @@ def apply_strategy(
     """Freeze groups (``requires_grad=False``; their batch-norm statistics too, see
     :func:`keep_frozen_in_eval`), re-initialise the head if asked, and return optimiser
     parameter groups with per-group learning rates (and, for L2-SP, the backbone's groups
-    with their ``l2_sp`` α: the training module anchors them where they start)."""
+    with their ``l2_sp`` α: the training module anchors them where they start). With
+    ``lora_rank``, the frozen groups' linear layers get adapters, trained as group
+    ``lora``."""
     groups = model.groups()
     names = list(groups)
     frozen = _expand(strategy.freeze, names)
@@ -131,6 +141,14 @@ def apply_strategy(
                         "l2_sp": strategy.l2_sp if name != "head" else 0.0,
                     }
                 )
+    if strategy.lora_rank:
+        frozen_modules = [groups[name] for name in names if name in frozen]
+        adapters = add_adapters(frozen_modules, strategy.lora_rank, strategy.lora_alpha)
+        if adapters:
+            param_groups.append(
+                {"params": adapters, "lr": lr, "weight_decay": weight_decay, "name": "lora",
+                 "l2_sp": 0.0}
+            )  # fmt: skip
     model.frozen_groups = sorted(frozen)
     return param_groups
 
