@@ -120,6 +120,10 @@ WEIGHTS: dict[str, tuple[str, str]] = {
         "pretrained_potentials/SevenNet_MF_0/checkpoint_sevennet_mf_0.pth",
         "81791329b37d445f46b531578c182c41792d98c7814222c9e5dde276402225fd",
     ),
+    "l3i5": (
+        "pretrained_potentials/SevenNet_l3i5/checkpoint_l3i5.pth",
+        "a7ff190d41efe5b8317a03d20a468e4036a1a3e64e0b14fdbab64ac3f4bfc09d",
+    ),
 }
 
 #: the sources: version → (checkpoint, fidelity, what it was fitted to)
@@ -128,6 +132,12 @@ PUBLISHED: dict[str, tuple[str, str | None, str]] = {
         "0",
         None,
         "SevenNet-0 (11 Jul 2024): energies, forces and stresses of MPtrj (PBE/PBE+U)",
+    ),
+    "l3i5": (
+        "l3i5",
+        None,
+        "SevenNet-l3i5 (l_max 3, 5 interaction layers): energies, forces and stresses of "
+        "MPtrj (PBE/PBE+U)",
     ),
     "mf-0": (
         "mf-0",
