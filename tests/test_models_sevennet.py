@@ -58,7 +58,7 @@ def batch_of(model, structures):
         ("l3i5", "7net-l3i5", None),
         ("mf-0", "7net-mf-0", "PBE"),
         ("mf-0-r2scan", "7net-mf-0", "R2SCAN"),
-    ],  # fmt: skip
+    ],
 )
 def test_published_weights_give_sevenns_own_energies(
     version, calculator, modal, crystals, sources

@@ -147,7 +147,7 @@ def test_feature_extraction_shapes(kind, source, perovskites) -> None:
     np.testing.assert_array_equal(features, again)
 
 
-@pytest.mark.parametrize("name", ["features+rf", "features+mlp", "moments+mlp"])
+@pytest.mark.parametrize("name", ["features+rf", "features+mlp", "moments+mlp", "moments+gbt"])
 def test_feature_strategies_run(name, source, perovskites, tmp_path: Path) -> None:
     split = random_split(len(perovskites), (40, 20, 30), seed=0)
     config = TrainConfig(target="heat_ref", epochs=5, early_stopping_patience=3)

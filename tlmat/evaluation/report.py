@@ -263,8 +263,10 @@ ORDER = [
     "head-only",
     "features+mlp",
     "features+rf",
+    "features+gbt",
     "moments+mlp",
     "moments+rf",
+    "moments+gbt",
 ]
 
 

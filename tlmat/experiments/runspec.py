@@ -55,8 +55,10 @@ STRATEGIES = (
     "lora",
     "features+mlp",
     "features+rf",
+    "features+gbt",
     "moments+mlp",
     "moments+rf",
+    "moments+gbt",
 )
 
 

@@ -1,5 +1,5 @@
 """Feature extraction (Gupta et al.): the frozen source network as a featuriser, then a
-17-layer MLP or a random forest on the pooled features."""
+17-layer MLP, a random forest or gradient-boosted trees on the pooled features."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.ensemble import RandomForestRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor, RandomForestRegressor
 from torch import nn
 
 from tlmat.data.dataset import GraphDataset
@@ -210,6 +210,32 @@ class ForestRegressor:
         return self.forest.predict(X)
 
 
+class BoostedRegressor:
+    """Gradient-boosted trees (scikit-learn's histogram boosting, L1 loss) with the same
+    ``fit(X, y, X_val, y_val)`` call: the number of boosting rounds is the one with the
+    lowest validation MAE, up to ``max_iter``."""
+
+    def __init__(self, seed: int = 0, max_iter: int = 1000, learning_rate: float = 0.05):
+        self.seed, self.max_iter, self.learning_rate = seed, max_iter, learning_rate
+
+    def _trees(self, rounds: int) -> HistGradientBoostingRegressor:
+        return HistGradientBoostingRegressor(
+            loss="absolute_error", max_iter=rounds, learning_rate=self.learning_rate,
+            early_stopping=False, random_state=self.seed,
+        )  # fmt: skip
+
+    def fit(self, X, y, X_val=None, y_val=None) -> BoostedRegressor:
+        self.trees = self._trees(self.max_iter).fit(X, y)
+        if X_val is not None and len(X_val):
+            errors = [np.abs(p - y_val).mean() for p in self.trees.staged_predict(X_val)]
+            self.rounds = int(np.argmin(errors)) + 1
+            self.trees = self._trees(self.rounds).fit(X, y)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return self.trees.predict(X)
+
+
 def feature_model(
     source: TrainedModel, regressor: MLPRegressor, layers: list[str], target: TargetSpec
 ) -> TrainedModel:
@@ -233,9 +259,11 @@ def feature_model(
 
 
 def feature_regressor(
-    kind: Literal["mlp", "rf"], seed: int = 0, epochs: int = 500, patience: int = 50
-) -> MLPRegressor | ForestRegressor:
-    """The regressor of ``features+mlp`` / ``features+rf``."""
+    kind: Literal["mlp", "rf", "gbt"], seed: int = 0, epochs: int = 500, patience: int = 50
+) -> MLPRegressor | ForestRegressor | BoostedRegressor:
+    """The regressor of ``features+mlp`` / ``+rf`` / ``+gbt`` (and ``moments+…``)."""
     if kind == "rf":
         return ForestRegressor(seed)
+    if kind == "gbt":
+        return BoostedRegressor(seed)
     return MLPRegressor(epochs=epochs, patience=patience, seed=seed)

@@ -18,8 +18,9 @@ group but the head) and ``head``, so every strategy works on every architecture.
 | ``lora`` | LoRA (Hu et al. 2021) | the head, and rank-8 adapters on the backbone's linears |
 
 ``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser,
-each layer's atom features pooled by their mean; ``moments+mlp`` / ``moments+rf`` pool
-them by mean, standard deviation, minimum and maximum; see :mod:`tlmat.transfer.features`.
+each layer's atom features pooled by their mean; ``features+gbt`` fits gradient-boosted
+trees; ``moments+…`` pool them by mean, standard deviation, minimum and maximum; see
+:mod:`tlmat.transfer.features`.
 ``base`` (Gupta et al.'s "Base" model) predicts the training mean.
 """
 
@@ -39,8 +40,10 @@ from tlmat.transfer.lora import add_adapters
 FEATURE_METHODS: dict[str, tuple[tuple[str, ...], str]] = {
     "features+mlp": (MEAN, "mlp"),
     "features+rf": (MEAN, "rf"),
+    "features+gbt": (MEAN, "gbt"),
     "moments+mlp": (MOMENTS, "mlp"),
     "moments+rf": (MOMENTS, "rf"),
+    "moments+gbt": (MOMENTS, "gbt"),
 }
 FEATURE_STRATEGIES = tuple(FEATURE_METHODS)
 
