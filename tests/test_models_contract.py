@@ -142,6 +142,24 @@ def test_layers_pooled_by_moments_extend_the_mean(built) -> None:
         assert (std >= 0).all() and torch.isfinite(std).all(), name
 
 
+def test_forward_split_at_each_split_point_is_exact(built) -> None:
+    """Resumed from the backbone's state after any of its split points, the model
+    predicts exactly what its forward pass does (the same batch: bit for bit); each
+    state's rows are grouped by crystal, so they can be kept per structure."""
+    _, model, dataset = built
+    batch = dataset.batch(range(len(dataset)))
+    model.eval()
+    with torch.no_grad():
+        whole = model(batch)
+        for group in model.backbone.split_points():
+            assert group in model.groups(), group
+            state = model.backbone.state_after(batch, group)
+            for name, (values, owner) in state.items():
+                assert len(values) == len(owner) and bool((owner.diff() >= 0).all()), name
+            resumed = model(batch, (group, {name: v for name, (v, _) in state.items()}))
+            assert torch.equal(resumed, whole), group
+
+
 def test_checkpoint_round_trip_gives_identical_predictions(built, tmp_path: Path) -> None:
     _, model, dataset = built
     target = TargetSpec(name="K_VRH", unit="GPa", mean=100.0, std=50.0)

@@ -91,6 +91,25 @@ class Backbone(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def split_points(self) -> list[str]:
+        """Groups after which the forward pass can be split in two: :meth:`state_after`
+        gives what the layers after such a group need, :meth:`resume` finishes from it
+        (a frozen prefix is then computed once per structure). Every backbone splits after
+        its last group, where the state is its output; an architecture may add others."""
+        return [next(reversed(self.groups()))]
+
+    def state_after(self, batch: Batch, group: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """What the layers after ``group`` need of ``batch``: name → (values, the crystal
+        of each row), each tensor's rows grouped by crystal in batch order."""
+        out = self(batch)
+        n_crystals = batch.ptr.numel() - 1
+        owner = batch.batch if self.atomwise else torch.arange(n_crystals, device=out.device)
+        return {"out": (out, owner)}
+
+    def resume(self, batch: Batch, group: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` of ``batch`` from its :meth:`state_after` ``group`` (values)."""
+        return state["out"]
+
     def layer_features(
         self, batch: Batch, statistics: Sequence[str] = MEAN
     ) -> OrderedDict[str, torch.Tensor]:
@@ -228,11 +247,18 @@ class CrystalModel(nn.Module):
         """Atomic numbers the model has features for (``None``: any)."""
         return self.backbone.elements
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(
+        self, batch: Batch, resume: tuple[str, dict[str, torch.Tensor]] | None = None
+    ) -> torch.Tensor:
+        """The normalised prediction of each crystal of ``batch``; ``resume``: a group and
+        the backbone's :meth:`~Backbone.state_after` it, which stand in for the layers up
+        to that group (their outputs computed once, for a frozen prefix)."""
         reads = self.head.pooled_layers
         if reads is not None:
             pooled = self.layer_features(batch, statistics_of(reads))
             out = self.head(torch.cat([pooled[name] for name in reads], dim=-1))
+        elif resume is not None:
+            out = self.head(self.backbone.resume(batch, *resume))
         else:
             out = self.head(self.backbone(batch))
         n_crystals = batch.ptr.numel() - 1

@@ -247,45 +247,91 @@ class CHGNetBackbone(Backbone):
     def elements(self) -> list[int]:
         return ELEMENTS
 
-    def _atoms(self, batch: Batch) -> Iterator[tuple[str, torch.Tensor]]:
-        """(group name, atom features) after the embedding and after each block; the
-        order of operations is chgnet's ``CHGNet._compute``."""
+    def _start(self, batch: Batch) -> tuple[BondGraph, dict[str, torch.Tensor | None]]:
+        """The bond graph, and what the embedding makes of it: atom, bond and angle
+        features and the bond weights of the two graphs (``angles`` is ``None`` for a
+        batch without triplets)."""
         e = self.embedding
         g = BondGraph(batch)
         bond_basis = e.bond_basis_expansion
         basis_ag = bond_basis.rbf_expansion_ag(g.lengths)
         basis_bg = bond_basis.rbf_expansion_bg(g.lengths)
-        atoms = e.atom_embedding(batch.z - 1)  # chgnet's row 0 is hydrogen
-        bonds = e.bond_embedding(basis_ag)
-        weights_ag = e.bond_weights_ag(basis_ag)
-        weights_bg = e.bond_weights_bg(basis_bg)
         has_angles = g.angles.numel() > 0
         angles = (
             e.angle_embedding(e.angle_basis_expansion.fourier_expansion(g.angles))
             if has_angles
             else None
         )
-        yield "embedding", atoms
-        for k, block in enumerate(self.interactions):
-            atoms = block.atom_conv(
-                atom_feas=atoms,
-                bond_feas=bonds,
-                bond_weights=weights_ag,
-                atom_graph=g.atom_graph,
-                directed2undirected=g.directed2undirected,
+        return g, {
+            "atoms": e.atom_embedding(batch.z - 1),  # chgnet's row 0 is hydrogen
+            "bonds": e.bond_embedding(basis_ag),
+            "angles": angles,
+            "weights_ag": e.bond_weights_ag(basis_ag),
+            "weights_bg": e.bond_weights_bg(basis_bg),
+        }
+
+    def _block(self, k: int, g: BondGraph, state: dict[str, torch.Tensor | None]) -> None:
+        """Block ``k`` on ``state`` (updated in place); the order of operations is
+        chgnet's ``CHGNet._compute``."""
+        block = self.interactions[k]
+        state["atoms"] = block.atom_conv(
+            atom_feas=state["atoms"],
+            bond_feas=state["bonds"],
+            bond_weights=state["weights_ag"],
+            atom_graph=g.atom_graph,
+            directed2undirected=g.directed2undirected,
+        )
+        if state["angles"] is not None and block.bond_conv is not None:
+            state["bonds"] = block.bond_conv(
+                atom_feas=state["atoms"],
+                bond_feas=state["bonds"],
+                bond_weights=state["weights_bg"],
+                angle_feas=state["angles"],
+                bond_graph=g.bond_graph,
             )
-            if has_angles and block.bond_conv is not None:
-                bonds = block.bond_conv(
-                    atom_feas=atoms,
-                    bond_feas=bonds,
-                    bond_weights=weights_bg,
-                    angle_feas=angles,
-                    bond_graph=g.bond_graph,
-                )
-                angles = block.angle_update(
-                    atom_feas=atoms, bond_feas=bonds, angle_feas=angles, bond_graph=g.bond_graph
-                )
-            yield f"interactions.{k}", atoms
+            state["angles"] = block.angle_update(
+                atom_feas=state["atoms"],
+                bond_feas=state["bonds"],
+                angle_feas=state["angles"],
+                bond_graph=g.bond_graph,
+            )
+
+    def _atoms(self, batch: Batch) -> Iterator[tuple[str, torch.Tensor]]:
+        """(group name, atom features) after the embedding and after each block."""
+        g, state = self._start(batch)
+        yield "embedding", state["atoms"]
+        for k in range(len(self.interactions)):
+            self._block(k, g, state)
+            yield f"interactions.{k}", state["atoms"]
+
+    def split_points(self) -> list[str]:
+        """After any block but the last (atom, bond and angle features and the bond
+        weights), and after the readout (the backbone's output)."""
+        blocks = [f"interactions.{k}" for k in range(len(self.interactions) - 1)]
+        return [*blocks, *super().split_points()]
+
+    def state_after(self, batch: Batch, group: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        if not group.startswith("interactions."):
+            return super().state_after(batch, group)
+        g, state = self._start(batch)
+        for k in range(int(group.split(".")[1]) + 1):
+            self._block(k, g, state)
+        bond_owner = batch.batch.index_select(0, g.atom_graph[g.undirected2directed, 0])
+        owners = {"atoms": batch.batch, "angles": batch.batch.index_select(0, g.bond_graph[:, 0])}
+        return {
+            name: (values, owners.get(name, bond_owner))
+            for name, values in state.items()
+            if values is not None
+        }
+
+    def resume(self, batch: Batch, group: str, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        if not group.startswith("interactions."):
+            return super().resume(batch, group, state)
+        g = BondGraph(batch)
+        state = {"angles": None, **state}
+        for k in range(int(group.split(".")[1]) + 1, len(self.interactions)):
+            self._block(k, g, state)
+        return self.readout(state["atoms"])
 
     def forward(self, batch: Batch) -> torch.Tensor:
         *_, (_, atoms) = self._atoms(batch)

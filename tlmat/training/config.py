@@ -51,6 +51,10 @@ class TrainConfig(BaseModel):
     warmup_fraction: float = Field(0.1, gt=0, lt=1)
     #: the gradient norm (2-norm over all parameters) is clipped to this, when set
     gradient_clip_val: float | None = Field(None, gt=0)
+    #: a frozen prefix of the model (head-only; freeze-first-k where the architecture can
+    #: split there) is computed once per structure and reused every epoch
+    #: (:mod:`tlmat.training.frozen`)
+    cache_frozen: bool = True
     epochs: int = Field(300, ge=1)
     early_stopping_patience: int | None = 50
     batch_size: int = Field(64, ge=1)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tlmat.models.base import CrystalModel
 from tlmat.models.targets import TargetSpec
 from tlmat.training.config import TrainConfig
+from tlmat.training.frozen import FrozenPrefix
 from tlmat.transfer.strategies import keep_frozen_in_eval
 
 
@@ -48,6 +49,7 @@ class PropertyModule(L.LightningModule):
         self.steps_per_epoch = max(steps_per_epoch, 1)
         self.train_loader = None  # set by fit(); its shuffle order follows the epoch
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        self.frozen = FrozenPrefix.of(model) if config.cache_frozen else None
         # L2-SP: the weights as they start, the source's (a resumed run loads its
         # checkpoint after this, so the anchors stay the source's)
         self.anchors = [
@@ -60,7 +62,8 @@ class PropertyModule(L.LightningModule):
         self.save_hyperparameters({"config": config.model_dump(), "target": target.model_dump()})
 
     def forward(self, batch) -> torch.Tensor:
-        out = self.model(batch)
+        resume = self.frozen.state(batch) if self.frozen is not None else None
+        out = self.model(batch, resume)
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 
     def _loss(self, prediction: torch.Tensor, y: torch.Tensor, batch) -> torch.Tensor:

@@ -1,0 +1,89 @@
+"""A frozen prefix computed once per structure (tlmat.training.frozen): where a strategy
+freezes it, which structures it keeps, and that training with it gives what training
+without it gives."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tlmat.data import random_split
+from tlmat.training import TrainConfig, fit
+from tlmat.training.frozen import FrozenPrefix, frozen_split
+from tlmat.training.module import PropertyModule
+from tlmat.transfer import apply_strategy, preset
+from tlmat.transfer.sources import load_source, prepare_transfer
+
+
+@pytest.fixture(scope="module")
+def source():
+    return load_source("cgcnn/formation-energy-per-atom")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "split"),
+    [("head-only", "readout"), ("full", None), ("freeze-embedding", None), ("lora", None)],
+)
+def test_the_split_is_the_frozen_prefix_of_interactions(source, strategy, split) -> None:
+    """Head-only splits after the whole backbone; nothing is cached where an interaction
+    trains, where only the embedding is frozen, or where adapters train inside it."""
+    model = copy.deepcopy(source.model)
+    apply_strategy(model, preset(strategy), lr=1e-3)
+    assert frozen_split(model) == split
+
+
+def test_head_only_with_the_cache_trains_as_without_it(source, perovskites, tmp_path) -> None:
+    """Head-only fine-tuning of the MP CGCNN on real perovskites: with the frozen
+    backbone cached (every training and validation structure once), the per-epoch
+    validation MAEs and the test predictions are those of the uncached run to float32
+    rounding."""
+    split = random_split(len(perovskites), (60, 30, 30), seed=0)
+    logs, results = {}, {}
+    for cached in (True, False):
+        config = TrainConfig(
+            target="heat_ref", epochs=4, batch_size=16, early_stopping_patience=None,
+            cache_frozen=cached,
+        )  # fmt: skip
+        trained, strategy = prepare_transfer("head-only", source, "heat_ref")
+        folder = tmp_path / f"cached-{cached}"
+        results[cached] = fit(trained, perovskites, split, config, folder, strategy)
+        logs[cached] = pd.read_csv(folder / "metrics.csv")["val_mae"].dropna().to_numpy()
+    assert logs[True] == pytest.approx(logs[False], rel=1e-5)
+    assert results[True].best_val_mae == pytest.approx(results[False].best_val_mae, rel=1e-5)
+
+
+def test_the_cache_keeps_each_structure_once(source, perovskites) -> None:
+    model = copy.deepcopy(source.model)
+    groups = apply_strategy(model, preset("head-only"), lr=1e-3)
+    module = PropertyModule(model, source.target, TrainConfig(target="heat_ref"), groups, 1)
+    assert isinstance(module.frozen, FrozenPrefix)
+    for indices in ([0, 1, 2], [2, 3], [0, 3]):
+        batch = perovskites.batch(indices)
+        batch.index = torch.tensor(indices)
+        module(batch)
+    assert sorted(module.frozen.rows) == [0, 1, 2, 3]
+    assert module.frozen.bytes == 4 * model.backbone.embedding_dim * 4  # float32 rows
+
+
+def test_no_cache_when_turned_off(source, tmp_path: Path) -> None:
+    model = copy.deepcopy(source.model)
+    groups = apply_strategy(model, preset("head-only"), lr=1e-3)
+    config = TrainConfig(target="heat_ref", cache_frozen=False)
+    assert PropertyModule(model, source.target, config, groups, 1).frozen is None
+
+
+def test_all_but_the_last_chgnet_block_frozen_splits_before_it() -> None:
+    """CHGNet splits after any block: freezing all but the last interaction caches the
+    state after the one before it."""
+    pytest.importorskip("chgnet", reason="CHGNet needs tlmat[foundation]")
+    from tlmat.models import registry
+    from tlmat.transfer.sources import fresh_model
+
+    model = fresh_model(registry.model_config("chgnet-small"), seed=0).model
+    n = len(model.backbone.interactions)
+    apply_strategy(model, preset("freeze-first-k", k=n - 1), lr=1e-3)
+    assert frozen_split(model) == f"interactions.{n - 2}"

@@ -1,0 +1,96 @@
+"""A frozen prefix computed once: when a strategy freezes the groups a model runs first
+(head-only: the whole backbone; freeze-first-k: the embedding and k interactions), their
+output for a structure never changes while the rest trains, so it is computed in the
+first epoch and read back in every later one. An epoch then costs what the layers that
+learn cost: for a foundation backbone with a new head, a small MLP instead of the
+backbone's forward pass.
+
+The cached state is what :meth:`~tlmat.models.base.Backbone.state_after` gives, kept per
+structure in memory up to a size limit (beyond it, the other structures are computed
+each epoch as before). Frozen groups run in eval mode (:func:`keep_frozen_in_eval`), so
+their output does not depend on the epoch; it equals the uncached one computed in the
+same batch exactly, and in another batch to float32 rounding (matrix products of
+another row count round their last bits differently).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch_geometric.data import Batch
+
+from tlmat.models.base import CrystalModel
+
+logger = logging.getLogger(__name__)
+
+#: the most memory the cached states of one run may take (bytes)
+MAX_BYTES = 2 * 1024**3
+
+
+def frozen_split(model: CrystalModel) -> str | None:
+    """The group after which ``model``'s forward pass is split: the last split point of
+    its backbone (:meth:`~tlmat.models.base.Backbone.split_points`) inside its frozen
+    leading groups, when those include an interaction and no weight of theirs trains
+    (LoRA's adapters do); else ``None``."""
+    groups = model.backbone.groups()
+    frozen = set(getattr(model, "frozen_groups", []))
+    prefix: list[str] = []
+    for name, module in groups.items():
+        if name not in frozen or any(p.requires_grad for p in module.parameters()):
+            break
+        prefix.append(name)
+    points = [g for g in model.backbone.split_points() if g in prefix]
+    if not points or "interactions.0" not in prefix[: prefix.index(points[-1]) + 1]:
+        return None
+    return points[-1]
+
+
+class FrozenPrefix:
+    """The states after ``group`` of the structures seen so far, by their position in
+    the dataset (``batch.index``)."""
+
+    def __init__(self, model: CrystalModel, group: str, max_bytes: int = MAX_BYTES):
+        self.model, self.group, self.max_bytes = model, group, max_bytes
+        self.rows: dict[int, dict[str, torch.Tensor]] = {}
+        self.bytes = 0
+
+    @classmethod
+    def of(cls, model: CrystalModel) -> FrozenPrefix | None:
+        """The cache for ``model`` as its strategy froze it, or ``None`` when nothing of
+        it is frozen at the start (or its head reads pooled layer features)."""
+        if model.head.pooled_layers is not None:
+            return None
+        group = frozen_split(model)
+        return None if group is None else cls(model, group)
+
+    @torch.no_grad()
+    def state(self, batch: Batch) -> tuple[str, dict[str, torch.Tensor]]:
+        """``(group, state)`` for ``batch``, as :meth:`CrystalModel.forward` resumes."""
+        keys = batch.index.tolist()
+        if not all(key in self.rows for key in keys):
+            computed = self.model.backbone.state_after(batch, self.group)
+            if self.bytes < self.max_bytes:
+                self._keep(keys, computed)
+            return self.group, {name: values for name, (values, _) in computed.items()}
+        names = self.rows[keys[0]]
+        return self.group, {name: torch.cat([self.rows[k][name] for k in keys]) for name in names}
+
+    def _keep(self, keys: list[int], computed: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        for name, (values, owner) in computed.items():
+            if owner.numel() > 1 and bool((owner[1:] < owner[:-1]).any()):
+                raise ValueError(f"{self.group} state {name!r}: rows not grouped by crystal")
+            counts = torch.bincount(owner, minlength=len(keys)).tolist()
+            for key, piece in zip(keys, values.detach().split(counts), strict=True):
+                stored = self.rows.setdefault(key, {})
+                if name not in stored:
+                    stored[name] = piece.clone()  # not a view that keeps the batch alive
+                    self.bytes += piece.numel() * piece.element_size()
+        if self.bytes >= self.max_bytes:
+            logger.info(
+                "frozen %s states: %d MiB kept for %d structures; the others are computed "
+                "every epoch",
+                self.group,
+                self.bytes // 1024**2,
+                len(self.rows),
+            )
