@@ -41,6 +41,7 @@ from tlmat.models.checkpoint import TrainedModel, save_checkpoint
 from tlmat.training.config import TrainConfig
 from tlmat.training.durable import AtomicCheckpointIO, EpochLog, readable_checkpoint
 from tlmat.training.module import NonFiniteError, PropertyModule
+from tlmat.training.recalibration import linear_start
 from tlmat.training.rundir import (
     check_resume,
     check_run_dir,
@@ -259,6 +260,9 @@ def _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwri
     target = _fitted_target(trained, dataset, split, config)
     model = trained.model
     model.pooling = target.pooling
+    if strategy.from_source and not strategy.reinit_head:
+        # a kept head starts at the source's zero-shot + linear recalibration
+        target = linear_start(model, target, dataset, split.train, trained.target)
     # Lightning keeps each module's mode; a source used for predictions is in eval mode,
     # and batch norm must train (frozen groups go back to eval every epoch)
     model.train()
