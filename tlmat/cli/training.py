@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 SCRATCH_MODEL = "cgcnn-mp"
 STRATEGY_NAMES = (
     "scratch, full, freeze-embedding, head-only, freeze-first-k, discriminative, l2-sp, lora, "
-    "features+mlp, features+rf, features+gbt, moments+mlp, moments+rf, moments+gbt"
+    "replay, features+mlp, features+rf, features+gbt, moments+mlp, moments+rf, moments+gbt"
 )
 #: compare's default methods (= tlmat.experiments.comparison.DEFAULT_STRATEGIES)
 DEFAULT_STRATEGIES = "scratch,full,freeze-embedding,features+rf"

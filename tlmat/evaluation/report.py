@@ -258,6 +258,7 @@ ORDER = [
     "discriminative",
     "l2-sp",
     "lora",
+    "replay",
     "freeze-embedding",
     "freeze-first",
     "head-only",

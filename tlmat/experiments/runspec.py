@@ -53,6 +53,7 @@ STRATEGIES = (
     "discriminative",
     "l2-sp",
     "lora",
+    "replay",
     "features+mlp",
     "features+rf",
     "features+gbt",

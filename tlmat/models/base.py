@@ -343,6 +343,9 @@ class TrainedModel:
     model: CrystalModel
     target: TargetSpec
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: the source this copy was transferred from, for strategies that still read it
+    #: while training (source replay); in memory only, never saved
+    origin: TrainedModel | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.model.pooling = self.target.pooling

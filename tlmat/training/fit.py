@@ -42,6 +42,7 @@ from tlmat.training.config import TrainConfig
 from tlmat.training.durable import AtomicCheckpointIO, EpochLog, readable_checkpoint
 from tlmat.training.module import NonFiniteError, PropertyModule
 from tlmat.training.recalibration import linear_start
+from tlmat.training.replay import Replay
 from tlmat.training.rundir import (
     check_resume,
     check_run_dir,
@@ -274,7 +275,9 @@ def _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwri
         record(run_dir, "checkpoints", "metrics.csv", "split.json")
         with replaced(run_dir / "split.json") as path:
             split.save(path, dataset.ids)
-    trainer = _trained(model, target, dataset, split, config, run_dir, param_groups, resume)
+    trainer = _trained(
+        trained, strategy, target, dataset, split, config, run_dir, param_groups, resume
+    )
     best_path = run_dir / "checkpoints" / trainer["best"]
     state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(
@@ -323,6 +326,21 @@ def _fit(trained, dataset, split, config, run_dir, strategy, provenance, overwri
     with replaced(run_dir / "model.pt") as path:
         save_checkpoint(result, path)
     return FitResult(result, run_dir, best, trainer["epochs"], seconds, manifest)
+
+
+def _replay(trained: TrainedModel, strategy: Strategy) -> Replay | None:
+    """The replay set of a strategy that replays its source (:mod:`~tlmat.training.replay`)."""
+    if strategy.replay is None:
+        return None
+    if trained.origin is None:
+        raise ValueError(
+            f"strategy {strategy.name!r} replays its source's outputs, but the model does not "
+            "carry its source: prepare it with tlmat.transfer.prepare_transfer"
+        )
+    return Replay.build(
+        trained.model, trained.origin, strategy.replay, strategy.replay_size,
+        strategy.replay_weight,
+    )  # fmt: skip
 
 
 def _last(run_dir: Path) -> Path:
@@ -408,7 +426,7 @@ def _callbacks(run_dir: Path, config: TrainConfig) -> tuple[ModelCheckpoint, lis
     return best, callbacks
 
 
-def _trained(model, target, dataset, split, config, run_dir, param_groups, resume) -> dict:
+def _trained(trained, strategy, target, dataset, split, config, run_dir, groups, resume) -> dict:
     """Run (or resume, or find finished) Lightning's training of a run: the best
     checkpoint's name, its validation MAE, the epochs trained and the epoch resumed from."""
     marker = run_dir / "checkpoints" / TRAINED
@@ -429,7 +447,8 @@ def _trained(model, target, dataset, split, config, run_dir, param_groups, resum
     val_loader = GraphLoader(
         dataset, split.val, inference_batch_size(dataset, split.val), target=config.target
     )
-    module = PropertyModule(model, target, config, param_groups, len(train_loader))
+    replay = _replay(trained, strategy)
+    module = PropertyModule(trained.model, target, config, groups, len(train_loader), replay)
     module.train_loader = train_loader
     best, callbacks = _callbacks(run_dir, config)
     ckpt = _last(run_dir) if resume else None

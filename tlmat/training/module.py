@@ -13,6 +13,7 @@ from tlmat.models.base import CrystalModel
 from tlmat.models.targets import TargetSpec
 from tlmat.training.config import TrainConfig
 from tlmat.training.frozen import FrozenPrefix
+from tlmat.training.replay import Replay
 from tlmat.transfer.strategies import keep_frozen_in_eval
 
 
@@ -40,6 +41,7 @@ class PropertyModule(L.LightningModule):
         config: TrainConfig,
         param_groups: list[dict[str, Any]],
         steps_per_epoch: int,
+        replay: Replay | None = None,
     ):
         super().__init__()
         self.model = model
@@ -50,6 +52,10 @@ class PropertyModule(L.LightningModule):
         self.train_loader = None  # set by fit(); its shuffle order follows the epoch
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self.frozen = FrozenPrefix.of(model) if config.cache_frozen else None
+        self.replay = replay
+        if replay is not None:  # its frozen head: a submodule, so it moves with the model
+            self.replay_head = replay.head
+        self._replay_batches: list = []
         # L2-SP: the weights as they start, the source's (a resumed run loads its
         # checkpoint after this, so the anchors stay the source's)
         self.anchors = [
@@ -77,6 +83,10 @@ class PropertyModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         keep_frozen_in_eval(self.model)
+        if self.replay is not None:
+            self._replay_batches = self.replay.batches(
+                self.current_epoch, self.config.seed, self.config.batch_size
+            )
         if self.train_loader is not None:
             self.train_loader.set_epoch(self.current_epoch)
 
@@ -94,6 +104,9 @@ class PropertyModule(L.LightningModule):
         loss = self._loss(self(batch), batch.y, batch)
         if self.anchors:
             loss = loss + self._drift()
+        if self.replay is not None:
+            chunk = self._replay_batches[batch_idx % len(self._replay_batches)]
+            loss = loss + self.replay.loss(chunk, self.device)
         if not torch.isfinite(loss):
             # stop before the optimiser spreads it into the weights and a checkpoint
             raise NonFiniteError(

@@ -272,7 +272,8 @@ def added_settings() -> dict[str, Any]:
 
     defaults = {name: f.default for name, f in TrainConfig.model_fields.items()}
     # strategy settings added later: L2-SP's α, LoRA's rank (runs before had neither)
-    return {**defaults, "max_size": None, "l2_sp": 0.0, "lora_rank": 0, "lora_alpha": 16.0}
+    strategy = {"l2_sp": 0.0, "lora_rank": 0, "lora_alpha": 16.0, "replay": None}
+    return {**defaults, "max_size": None, **strategy, "replay_size": 1000, "replay_weight": 1.0}
 
 
 def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:

@@ -105,4 +105,6 @@ def prepare_transfer(
         torch.manual_seed(seed)
         trained.model.replace_head(out_dim)
         strategy = strategy.model_copy(update={"reinit_head": True})
+    if strategy.replay is not None:
+        trained.origin = source  # read, never changed: replay fits its outputs
     return trained, strategy

@@ -16,6 +16,7 @@ group but the head) and ``head``, so every strategy works on every architecture.
 | ``discriminative`` | lower LR for fine-tuning (Hoffmann et al.) | all, backbone at 0.1 × LR |
 | ``l2-sp`` | L2-SP (Li et al. 2018) | all; the backbone pulled toward the source's weights |
 | ``lora`` | LoRA (Hu et al. 2021) | the head, and rank-8 adapters on the backbone's linears |
+| ``replay`` | source replay (arXiv 2606.12704) | all; each step also fits the source's outputs |
 
 ``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser,
 each layer's atom features pooled by their mean; ``features+gbt`` fits gradient-boosted
@@ -46,6 +47,9 @@ FEATURE_METHODS: dict[str, tuple[tuple[str, ...], str]] = {
     "moments+gbt": (MOMENTS, "gbt"),
 }
 FEATURE_STRATEGIES = tuple(FEATURE_METHODS)
+#: the replay set by default: Materials Project crystals (the CGCNN paper's 36k), the
+#: domain of tlmat's and the foundation models' sources
+REPLAY_DATA = "mp_cgcnn_36k/mp_cgcnn_36k.csv.gz"
 
 
 class Strategy(BaseModel):
@@ -66,6 +70,12 @@ class Strategy(BaseModel):
     #: their α (the update is (α/r)·B·A; :mod:`tlmat.transfer.lora`)
     lora_rank: int = Field(0, ge=0)
     lora_alpha: float = Field(16.0, gt=0)
+    #: source replay: structures of the source's domain (a file, folder or registered
+    #: dataset) whose source outputs every step also fits (:mod:`tlmat.training.replay`),
+    #: how many of them, and the weight of that loss against the target's
+    replay: str | None = None
+    replay_size: int = Field(1000, ge=1)
+    replay_weight: float = Field(1.0, gt=0)
 
 
 def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1, l2_sp: float = 0.01) -> Strategy:
@@ -88,9 +98,11 @@ def preset(name: str, k: int = 1, backbone_lr_factor: float = 0.1, l2_sp: float 
         return Strategy(name=name, l2_sp=l2_sp)
     if name == "lora":
         return Strategy(name=name, freeze=("backbone",), lora_rank=8, lora_alpha=16.0)
+    if name == "replay":
+        return Strategy(name=name, replay=REPLAY_DATA)
     raise ValueError(
         f"unknown strategy {name!r}; choose from scratch, full, freeze-embedding, head-only, "
-        f"freeze-first-k, discriminative, l2-sp, lora, {', '.join(FEATURE_STRATEGIES)}"
+        f"freeze-first-k, discriminative, l2-sp, lora, replay, {', '.join(FEATURE_STRATEGIES)}"
     )
 
 
