@@ -34,6 +34,7 @@ from tlmat.transfer.sources import fresh_model, prepare_transfer
 ARCHITECTURES = registry.names()
 STRATEGIES = [
     "full", "freeze-embedding", "head-only", "freeze-first-k", "discriminative", "l2-sp", "lora",
+    "replay",
 ]  # fmt: skip
 
 
@@ -277,6 +278,7 @@ def test_strategy_trains_exactly_its_groups(built, strategy_name: str) -> None:
         "discriminative": set(),
         "l2-sp": set(),
         "lora": set(groups) - {"head"},
+        "replay": set(),
         "freeze-embedding": {"embedding"},
         "head-only": set(groups) - {"head"},
         "freeze-first-k": {"embedding", "interactions.0"},
