@@ -374,7 +374,7 @@ def test_source_outputs_are_computed_once_as_each_job_would(small_csv: Path, tmp
     """Features and raw predictions of every structure, computed once per source for the
     zero-shot rows and the features+MLP/RF jobs, equal what a job computes alone."""
     from tlmat.experiments.benchmark import OUTPUTS, _data
-    from tlmat.models.base import MEAN, MOMENTS
+    from tlmat.models.pooling import MEAN, MOMENTS
     from tlmat.models.prediction import predict
     from tlmat.transfer.features import extract_features, statistic_columns
     from tlmat.transfer.sources import load_source

@@ -26,7 +26,8 @@ from tlmat.graphs.builder import graph_arrays, structure_arrays
 from tlmat.graphs.cache import collate
 from tlmat.io import read_records
 from tlmat.models import TargetSpec, TrainedModel, load_checkpoint, registry, save_checkpoint
-from tlmat.models.base import MOMENTS, check_groups
+from tlmat.models.base import check_groups
+from tlmat.models.pooling import MOMENTS
 from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups
 from tlmat.transfer.lora import merge_adapters
 from tlmat.transfer.sources import fresh_model, prepare_transfer

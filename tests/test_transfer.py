@@ -13,7 +13,7 @@ import torch
 from tlmat.data import load_dataset, random_split
 from tlmat.experiments.runs import run_strategy, zero_shot
 from tlmat.graphs import GraphSettings
-from tlmat.models.base import MEAN, MOMENTS
+from tlmat.models.pooling import MEAN, MOMENTS
 from tlmat.training import TrainConfig, fit
 from tlmat.transfer import apply_strategy, keep_frozen_in_eval, preset, trainable_groups
 from tlmat.transfer.features import extract_features

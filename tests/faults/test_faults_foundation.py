@@ -87,7 +87,7 @@ def test_damaged_sevennet_checkpoint_is_refused_naming_the_file(tmp_path, monkey
     monkeypatch.setitem(sevennet_module.WEIGHTS, "0", (relative, sha256sum(damaged)))
     with pytest.raises(CheckpointError, match=r"checkpoint_sevennet_0\.pth: refused to load"):
         registry.load_published("sevennet/0")
-    with pytest.raises(ValueError, match=r"SevenNet 9 is not a source; sources: 0, mf-0"):
+    with pytest.raises(ValueError, match=r"SevenNet 9 is not a source; sources: 0, l3i5, mf-0"):
         sevennet_module.load_published("9")
 
 

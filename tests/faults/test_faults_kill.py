@@ -1,7 +1,7 @@
-"""Never lost: every kind of run (train, finetune, compare, an ensemble, a benchmark grid),
-stopped by SIGKILL, SIGINT or SIGTERM at random moments several times in a row, finishes
-on the same command with the numbers of an uninterrupted run, and the log of the finished
-epochs is kept. Small data and few epochs, with early stopping on."""
+"""Never lost: every kind of run (train, finetune, compare, an ensemble, a benchmark grid,
+a model selection by fit), stopped by SIGKILL, SIGINT or SIGTERM at random moments several
+times in a row, finishes on the same command with the numbers of an uninterrupted run, and
+the log of the finished epochs is kept. Small data and few epochs, with early stopping on."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def _commands(perov60: Path, grid: Path) -> dict[str, list[str]]:
         "ensemble": ["train", *data, "--model", "cgcnn-small", "--ensemble", "2",
                      "--ensemble-workers", "2", "--epochs", "6", *QUICK],
         "benchmark": ["benchmark", str(grid)],
+        "fit": ["fit", *data, "--candidate", "features+mlp [tlmat/mp-eform-cgcnn]",
+                "--folds", "2", "--ensemble", "2", "--epochs", "4", *QUICK],
     }  # fmt: skip
 
 
@@ -45,6 +47,14 @@ def _numbers(kind: str, folder: Path) -> dict:
     if kind == "compare":
         summary = json.loads((folder / "comparison.json").read_text())
         return {k: [m["mae"] for m in v["per_seed"]] for k, v in summary.items()}
+    if kind == "fit":
+        report = json.loads((folder / "report.json").read_text())
+        labels = [c["label"] for c in report["candidates"]]
+        return {
+            "cv": {c["label"]: c["cv_mae"] or [] for c in report["candidates"]},
+            "chosen": labels.index(report["chosen"]),
+            "sigma_scale": report["calibration"].get("sigma_scale", float("nan")),
+        }
     if kind == "benchmark":
         return {
             str(p.relative_to(folder)): json.loads(p.read_text())["test"]
@@ -87,7 +97,7 @@ def _orphans(children: list[psutil.Process]) -> list[int]:
     return [p.pid for p in alive]
 
 
-@pytest.mark.parametrize("kind", ["train", "finetune", "compare", "ensemble", "benchmark"])
+@pytest.mark.parametrize("kind", ["train", "finetune", "compare", "ensemble", "benchmark", "fit"])
 def test_a_run_killed_at_random_moments_finishes_with_the_same_numbers(
     perov60: Path, tiny_grid, tmp_path: Path, kind: str
 ) -> None:

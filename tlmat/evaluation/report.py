@@ -246,29 +246,13 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 #: how methods are listed: the floor, descriptor baselines, from scratch, the source as
 #: it is, then the transfer strategies from least to most of the source kept frozen
+#: (here by name: a report reads results, and needs neither torch nor the strategies)
 ORDER = [
-    "base",
-    "magpie",
-    "soap",
-    "sine",
-    "scratch",
-    "zero-shot",
-    "zero-shot+linear",
-    "full",
-    "discriminative",
-    "l2-sp",
-    "lora",
-    "replay",
-    "freeze-embedding",
-    "freeze-first",
-    "head-only",
-    "features+mlp",
-    "features+rf",
-    "features+gbt",
-    "moments+mlp",
-    "moments+rf",
+    "base", "magpie", "soap", "sine", "scratch", "zero-shot", "zero-shot+linear", "full",
+    "discriminative", "l2-sp", "lora", "replay", "freeze-embedding", "freeze-first",
+    "head-only", "features+mlp", "features+rf", "features+gbt", "moments+mlp", "moments+rf",
     "moments+gbt",
-]
+]  # fmt: skip
 
 
 def _strategy(method: str) -> str:

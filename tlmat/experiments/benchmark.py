@@ -572,7 +572,7 @@ def source_outputs(
     again."""
     import os
 
-    from tlmat.models.base import MOMENTS
+    from tlmat.models.pooling import MOMENTS
     from tlmat.models.prediction import predict
     from tlmat.transfer.features import feature_table, iter_layer_features
 

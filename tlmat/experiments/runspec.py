@@ -35,7 +35,7 @@ from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig, yaml_settings
 from tlmat.training.fit import folder_lock
 from tlmat.training.rundir import check_run_dir, record, write_atomic, write_json
-from tlmat.transfer.strategies import FEATURE_STRATEGIES
+from tlmat.transfer.strategies import FEATURE_STRATEGIES, PRESETS
 
 logger = logging.getLogger("tlmat")
 
@@ -44,23 +44,7 @@ logger = logging.getLogger("tlmat")
 #: like with like (= tlmat.experiments.pretraining.DEFAULT_MODEL, which a test checks)
 SCRATCH_MODEL = "cgcnn-mp"
 
-STRATEGIES = (
-    "scratch",
-    "full",
-    "freeze-embedding",
-    "head-only",
-    "freeze-first-k",
-    "discriminative",
-    "l2-sp",
-    "lora",
-    "replay",
-    "features+mlp",
-    "features+rf",
-    "features+gbt",
-    "moments+mlp",
-    "moments+rf",
-    "moments+gbt",
-)
+STRATEGIES = (*PRESETS, *FEATURE_STRATEGIES)
 
 
 def methods() -> tuple[str, ...]:

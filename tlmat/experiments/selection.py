@@ -39,7 +39,7 @@ from pydantic import Field, model_validator
 from tlmat.data.dataset import GraphDataset, Reading
 from tlmat.data.splits import Split, kfold_splits
 from tlmat.experiments.runspec import SCRATCH_MODEL, Say, Settings, logged, scaled_defaults
-from tlmat.models.base import MEAN, MOMENTS
+from tlmat.models.pooling import MEAN, MOMENTS
 from tlmat.training.config import TrainConfig
 from tlmat.transfer.strategies import FEATURE_METHODS, FEATURE_STRATEGIES
 

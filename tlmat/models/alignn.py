@@ -53,7 +53,8 @@ from torch_geometric.utils import scatter
 from tlmat.graphs.expansions import RadialBasis
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.atom_features import load_atom_init
-from tlmat.models.base import MEAN, Backbone, CrystalModel, Head, ModelConfig, pool, pooled_name
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
+from tlmat.models.pooling import MEAN, pool, pooled_name
 from tlmat.models.registry import Architecture
 
 #: what each layer's pooled features describe, in the order layer_features gives them

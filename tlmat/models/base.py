@@ -27,7 +27,7 @@ Model outputs are in the normalised target space; :class:`TrainedModel` holds th
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -39,14 +39,10 @@ from torch_geometric.utils import scatter
 
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.layers import activation, reset_all
+from tlmat.models.pooling import MEAN, statistics_of
 from tlmat.models.targets import TargetSpec
 
 REQUIRED_GROUPS = ("embedding", "interactions.0")
-#: statistics that pool a layer's atom (bond, angle) features into crystal features:
-#: the mean (Gupta et al.), and the moments and extremes that the mean loses
-#: (arXiv 2512.05717); a feature pooled by ``std`` is named ``<layer>@std``
-MEAN: tuple[str, ...] = ("mean",)
-MOMENTS: tuple[str, ...] = ("mean", "std", "min", "max")
 
 
 class ModelConfig(BaseModel):
@@ -120,50 +116,6 @@ class Backbone(nn.Module):
 
     def reset_parameters(self) -> None:
         reset_all(self)
-
-
-def pool(
-    values: torch.Tensor, index: torch.Tensor, n_crystals: int, statistics: Sequence[str] = MEAN
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(statistic, (n_crystals, d)) for each of ``statistics`` of the rows of ``values``
-    that ``index`` assigns to each crystal: ``mean``, ``std`` (population; √ of at least
-    1e-12, so that its gradient stays finite), ``min``, ``max``."""
-    mean = scatter(values, index, 0, dim_size=n_crystals, reduce="mean")
-    for statistic in statistics:
-        if statistic == "mean":
-            yield statistic, mean
-        elif statistic == "std":
-            spread = (values - mean[index]) ** 2
-            variance = scatter(spread, index, 0, dim_size=n_crystals, reduce="mean")
-            yield statistic, variance.clamp_min(1e-12).sqrt()
-        elif statistic in ("min", "max"):
-            yield statistic, scatter(values, index, 0, dim_size=n_crystals, reduce=statistic)
-        else:
-            raise ValueError(f"no pooling statistic {statistic!r}; choose from {MOMENTS}")
-
-
-def pooled_name(layer: str, statistic: str) -> str:
-    """A pooled feature's name: the layer's for the mean, ``<layer>@<statistic>`` else."""
-    return layer if statistic == "mean" else f"{layer}@{statistic}"
-
-
-def statistics_of(names: Iterable[str]) -> tuple[str, ...]:
-    """The statistics that pooled features named ``names`` need, in :data:`MOMENTS` order."""
-    needed = {name.rpartition("@")[2] if "@" in name else "mean" for name in names}
-    return tuple(s for s in MOMENTS if s in needed)
-
-
-def pooled_layers(
-    states: Iterable[tuple[str, torch.Tensor]], batch: Batch, statistics: Sequence[str] = MEAN
-) -> OrderedDict[str, torch.Tensor]:
-    """Layer-wise features from (layer name, atom features) pairs: each pooled over the
-    atoms of every crystal by each of ``statistics`` (:func:`pool`), (n_crystals, d)."""
-    n_crystals = batch.ptr.numel() - 1
-    return OrderedDict(
-        (pooled_name(name, statistic), pooled)
-        for name, x in states
-        for statistic, pooled in pool(x, batch.batch, n_crystals, statistics)
-    )
 
 
 class Head(nn.Module):

@@ -43,8 +43,9 @@ from torch_geometric.data import Batch
 from torch_geometric.utils import scatter, softmax
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import MEAN, Backbone, CrystalModel, Head, ModelConfig, pooled_layers
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
 from tlmat.models.layers import reset_all
+from tlmat.models.pooling import MEAN, pooled_layers
 from tlmat.models.registry import Architecture
 
 #: rows of a learned element table (atomic numbers 0…118)

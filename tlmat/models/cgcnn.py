@@ -29,15 +29,8 @@ from torch_geometric.utils import scatter
 from tlmat.graphs.expansions import GaussianExpansion
 from tlmat.graphs.settings import GraphSettings
 from tlmat.models.atom_features import load_atom_init
-from tlmat.models.base import (
-    MEAN,
-    Backbone,
-    CrystalModel,
-    Head,
-    ModelConfig,
-    TrainedModel,
-    pooled_layers,
-)
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel
+from tlmat.models.pooling import MEAN, pooled_layers
 from tlmat.models.registry import Architecture, Importer
 from tlmat.models.targets import TargetSpec
 

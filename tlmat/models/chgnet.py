@@ -48,15 +48,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import (
-    MEAN,
-    Backbone,
-    CrystalModel,
-    Head,
-    ModelConfig,
-    TrainedModel,
-    pooled_layers,
-)
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel
 from tlmat.models.foundation import (
     NetworkPart,
     all_neighbours,
@@ -68,6 +60,7 @@ from tlmat.models.foundation import (
     published_source,
 )
 from tlmat.models.foundation import config_from_arguments as checked_config
+from tlmat.models.pooling import MEAN, pooled_layers
 from tlmat.models.registry import Architecture
 from tlmat.models.targets import TargetSpec
 

@@ -57,7 +57,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import MEAN, CrystalModel, ModelConfig, TrainedModel, pooled_layers
+from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel
 from tlmat.models.foundation import NetworkPart, all_neighbours, matgl_sources, published_names
 from tlmat.models.foundation import config_from_arguments as checked_config
 from tlmat.models.foundation import published_source as source_of
@@ -68,6 +68,7 @@ from tlmat.models.matgl import (
     read_published,
     trained_from_published,
 )
+from tlmat.models.pooling import MEAN, pooled_layers
 from tlmat.models.registry import Architecture
 
 #: the fidelities of the multi-fidelity band-gap model, in the order of its state embedding

@@ -32,6 +32,18 @@ def _outputs(
 
 
 @torch.no_grad()
+def network_outputs(trained: TrainedModel, dataset: GraphDataset, indices=None) -> torch.Tensor:
+    """The network's first output (normalised space, before the target is decoded) for
+    each structure of ``dataset[indices]``, on the CPU; the model is left in eval mode."""
+    loader = GraphLoader(dataset, indices, batch_size=inference_batch_size(dataset, indices))
+    parts = [
+        out.reshape(batch.ptr.numel() - 1, -1)[:, 0].cpu()
+        for out, batch in _outputs(trained, loader)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+@torch.no_grad()
 def predict_batches(trained: TrainedModel, batches: Iterable[Batch]) -> np.ndarray:
     """Predictions in physical units for each graph of ``batches``, in order, on the
     model's device (class probabilities for a classifier; the mean of a heteroscedastic

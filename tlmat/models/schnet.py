@@ -30,8 +30,9 @@ from torch_geometric.utils import scatter
 
 from tlmat.graphs.expansions import RadialBasis
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import MEAN, Backbone, CrystalModel, Head, ModelConfig, pooled_layers
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig
 from tlmat.models.layers import CosineCutoff, ShiftedSoftplus
+from tlmat.models.pooling import MEAN, pooled_layers
 from tlmat.models.registry import Architecture
 
 

@@ -81,15 +81,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from tlmat.graphs.settings import GraphSettings
-from tlmat.models.base import (
-    MEAN,
-    Backbone,
-    CrystalModel,
-    Head,
-    ModelConfig,
-    TrainedModel,
-    pooled_layers,
-)
+from tlmat.models.base import Backbone, CrystalModel, Head, ModelConfig, TrainedModel
 from tlmat.models.foundation import (
     all_neighbours,
     foundation_module,
@@ -98,6 +90,7 @@ from tlmat.models.foundation import (
     packaged_weights,
     published_source,
 )
+from tlmat.models.pooling import MEAN, pooled_layers
 from tlmat.models.registry import Architecture
 from tlmat.models.targets import TargetSpec
 

@@ -14,28 +14,13 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import torch
 
 from tlmat.data.dataset import GraphDataset
-from tlmat.data.loader import GraphLoader, inference_batch_size
-from tlmat.models.base import CrystalModel
+from tlmat.models.base import CrystalModel, TrainedModel
+from tlmat.models.prediction import network_outputs
 from tlmat.models.targets import TargetSpec
 
 logger = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def _outputs(model: CrystalModel, dataset: GraphDataset, indices) -> np.ndarray:
-    """The model's (first) normalised output for each structure of ``indices``."""
-    training = model.training
-    model.eval()
-    batch_size = inference_batch_size(dataset, indices)
-    outputs = [
-        model(batch).reshape(batch.ptr.numel() - 1, -1)[:, 0]
-        for batch in GraphLoader(dataset, indices, batch_size=batch_size)
-    ]
-    model.train(training)
-    return torch.cat(outputs).double().cpu().numpy()
 
 
 def linear_start(
@@ -57,7 +42,7 @@ def linear_start(
     if target.task != "regression" or target.normalization != "standard" or target.heteroscedastic:
         return target
     indices = np.asarray(indices)
-    out = _outputs(model, dataset, indices)
+    out = network_outputs(TrainedModel(model, target), dataset, indices).double().numpy()
     y = np.asarray(dataset.targets[target.name], dtype=np.float64)[indices]
     if target.log10 and not target.needs_atoms:
         y = np.log10(y)

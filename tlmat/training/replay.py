@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from tlmat.data.dataset import GraphDataset, load_dataset
-from tlmat.data.loader import GraphLoader, inference_batch_size
 from tlmat.models.base import CrystalModel, TrainedModel
+from tlmat.models.prediction import network_outputs
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Replay:
         dataset = load_dataset(
             resolve(data), model.graph_settings, [], elements=model.elements, limit=size
         )
-        teacher = _outputs(origin.model, dataset)
+        teacher = network_outputs(origin, dataset).float()
         head = copy.deepcopy(origin.model.head).requires_grad_(False)
         view = CrystalModel(model.backbone, head, model.config)
         view.pooling = origin.model.pooling
@@ -71,17 +71,3 @@ class Replay:
         predicted = self.view(batch).reshape(len(chunk), -1)[:, 0]
         teacher = self.teacher[torch.as_tensor(chunk)].to(device)
         return self.weight * (predicted - teacher).abs().mean() / self.spread
-
-
-@torch.no_grad()
-def _outputs(model: CrystalModel, dataset: GraphDataset) -> torch.Tensor:
-    """The source's (first) normalised output for every structure of ``dataset``."""
-    training = model.training
-    model.eval()
-    size = inference_batch_size(dataset, None)
-    parts = [
-        model(batch).reshape(batch.ptr.numel() - 1, -1)[:, 0]
-        for batch in GraphLoader(dataset, None, batch_size=size)
-    ]
-    model.train(training)
-    return torch.cat(parts).float().cpu()

@@ -15,8 +15,9 @@ from torch import nn
 
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.loader import GraphLoader, inference_batch_size
-from tlmat.models.base import MEAN, Head, statistics_of
+from tlmat.models.base import Head
 from tlmat.models.checkpoint import TrainedModel
+from tlmat.models.pooling import MEAN, statistics_of
 from tlmat.models.targets import TargetSpec
 
 FeatureKind = Literal["embedding", "layers"]

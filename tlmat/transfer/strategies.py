@@ -33,7 +33,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from tlmat.models.base import MEAN, MOMENTS, CrystalModel
+from tlmat.models.base import CrystalModel
+from tlmat.models.pooling import MEAN, MOMENTS
 from tlmat.transfer.lora import add_adapters
 
 #: the frozen source as a featuriser: strategy → (how layers are pooled, the regressor):
@@ -47,6 +48,11 @@ FEATURE_METHODS: dict[str, tuple[tuple[str, ...], str]] = {
     "moments+gbt": (MOMENTS, "gbt"),
 }
 FEATURE_STRATEGIES = tuple(FEATURE_METHODS)
+#: the presets that train a network, in the order of the table above
+PRESETS = (
+    "scratch", "full", "freeze-embedding", "head-only", "freeze-first-k", "discriminative",
+    "l2-sp", "lora", "replay",
+)  # fmt: skip
 #: the replay set by default: Materials Project crystals (the CGCNN paper's 36k), the
 #: domain of tlmat's and the foundation models' sources
 REPLAY_DATA = "mp_cgcnn_36k/mp_cgcnn_36k.csv.gz"
