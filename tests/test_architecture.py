@@ -23,6 +23,7 @@ import pytest
 import tlmat
 
 LAYERS = [
+    "machine",
     "progress",
     "datasets",
     "io",

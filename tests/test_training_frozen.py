@@ -87,3 +87,23 @@ def test_all_but_the_last_chgnet_block_frozen_splits_before_it() -> None:
     n = len(model.backbone.interactions)
     apply_strategy(model, preset("freeze-first-k", k=n - 1), lr=1e-3)
     assert frozen_split(model) == f"interactions.{n - 2}"
+
+
+def test_a_structures_state_does_not_depend_on_the_batch_it_came_in(source, perovskites) -> None:
+    """Each structure's frozen state is computed alone, so two runs that meet the
+    structures in other batches (a resumed run) keep the same states, bit for bit."""
+    model = copy.deepcopy(source.model)
+    apply_strategy(model, preset("head-only"), lr=1e-3)
+    model.eval()
+    kept = []
+    for order in ([[0, 1, 2], [2, 3]], [[3, 2], [1, 0, 2]]):
+        prefix = FrozenPrefix.of(model)
+        for indices in order:
+            batch = perovskites.batch(indices)
+            batch.index = torch.tensor(indices)
+            group, state = prefix.state(batch, perovskites)
+            assert group == "readout"
+            assert state["out"].shape[0] == len(indices)
+        kept.append(prefix.rows)
+    assert sorted(kept[0]) == sorted(kept[1]) == [0, 1, 2, 3]
+    assert all(torch.equal(kept[0][k]["out"], kept[1][k]["out"]) for k in range(4))

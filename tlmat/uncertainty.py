@@ -44,6 +44,7 @@ import pandas as pd
 import tlmat
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.splits import Split
+from tlmat.machine import granted_cpus
 from tlmat.models.base import TrainedModel
 from tlmat.models.checkpoint import load_checkpoint
 from tlmat.models.prediction import predict, predict_with_variance
@@ -175,11 +176,9 @@ def train_member(threads: int | None = None, **fit_arguments: Any) -> tuple[Trai
 
 
 def local_cores() -> int:
-    """Cores this process may run on (its CPU affinity: a cluster job's share of a node)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    """Cores this process may run on (:func:`tlmat.machine.granted_cpus`: its affinity,
+    a SLURM allocation, a container's quota)."""
+    return granted_cpus()
 
 
 def default_workers(n_members: int, config: TrainConfig) -> int:

@@ -19,6 +19,7 @@ from tlmat.cli.data import cache, info
 from tlmat.cli.inference import embed, evaluate, models, predict, report
 from tlmat.cli.screening import screen
 from tlmat.cli.training import benchmark, compare, finetune, fit, train
+from tlmat.machine import share_cores
 
 
 def _flag_without_type(self, ctx):
@@ -47,6 +48,7 @@ def main(
     ] = False,
 ) -> None:
     common.debug = debug  # set on every invocation: one test's --debug is not the next's
+    share_cores()  # threads sized to the CPUs granted, before torch starts
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",

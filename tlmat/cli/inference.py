@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -23,6 +22,7 @@ from tlmat.cli.common import (
     writable_output,
 )
 from tlmat.cli.options import DEFAULT_READING, ReadOptions, reads_structures
+from tlmat.machine import granted_cpus
 
 if TYPE_CHECKING:
     from tlmat.data import GraphDataset
@@ -123,7 +123,7 @@ def predict(
         fail("no STRUCTURES to predict: give files or folders after the model")
     writable_output(output, reading.overwrite)
     trained, members, dataset = _model_and_structures(
-        checkpoint, structures, reading, workers=workers or os.cpu_count() or 1
+        checkpoint, structures, reading, workers=workers or granted_cpus()
     )
     if members is not None:  # an ensemble folder: the mean and σ_a, σ_e, σ
         _predict_ensemble(checkpoint, members, dataset, output)

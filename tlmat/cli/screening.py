@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +18,7 @@ from tlmat.cli.common import (
     writable_output,
 )
 from tlmat.cli.options import DEFAULT_READING, ReadOptions, reads_structures
+from tlmat.machine import granted_cpus
 
 if TYPE_CHECKING:  # the library is imported when a command runs: `--help` stays fast
     from tlmat.screening import ScreenConfig
@@ -160,7 +160,7 @@ def screen(
     with reported_errors():
         if prototypes:
             spec.levels[0].structures = [str(_decorated(prototypes, system, substitute, output))]
-        run = run_screening(spec, output, reference, reading.reading(os.cpu_count() or 1))
+        run = run_screening(spec, output, reference, reading.reading(granted_cpus()))
     for log in run.logs:
         table = skipped_table(log)
         if table is not None:

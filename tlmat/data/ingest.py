@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 from collections import deque
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -57,6 +56,7 @@ from tlmat.io.readers import (
     unique_ids,
 )
 from tlmat.io.records import Problem, ProblemLog, Target
+from tlmat.machine import granted_cpus
 from tlmat.progress import track
 
 #: items a worker takes at once (large enough to amortise the transfer, small enough to
@@ -82,11 +82,8 @@ class Ingested:
 
 
 def default_workers() -> int:
-    """The cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    """The cores this process may use (:func:`tlmat.machine.granted_cpus`)."""
+    return granted_cpus()
 
 
 def _cif_text(payload: Any) -> str | None:

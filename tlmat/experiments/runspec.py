@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tlmat.data.dataset import GraphDataset, Reading
 from tlmat.data.splits import Split
+from tlmat.machine import granted_cpus
 from tlmat.models.base import ModelConfig
 from tlmat.models.checkpoint import TrainedModel
 from tlmat.training.config import TrainConfig, yaml_settings
@@ -178,7 +178,7 @@ class RunSpec(Settings):
     @property
     def reading(self) -> Reading:
         """How the run reads its data; a first read parses on every core."""
-        workers = os.cpu_count() or 1
+        workers = granted_cpus()
         return Reading(self.cache_dir, self.strict, self.on_duplicate, self.disorder, workers, True)
 
     def with_seed(self, seed: int, **changes: Any) -> RunSpec:

@@ -5,12 +5,14 @@ first epoch and read back in every later one. An epoch then costs what the layer
 learn cost: for a foundation backbone with a new head, a small MLP instead of the
 backbone's forward pass.
 
-The cached state is what :meth:`~tlmat.models.base.Backbone.state_after` gives, kept per
-structure in memory up to a size limit (beyond it, the other structures are computed
-each epoch as before). Frozen groups run in eval mode (:func:`keep_frozen_in_eval`), so
-their output does not depend on the epoch; it equals the uncached one computed in the
-same batch exactly, and in another batch to float32 rounding (matrix products of
-another row count round their last bits differently).
+The cached state is what :meth:`~tlmat.models.base.Backbone.state_after` gives, computed
+for each structure alone and kept in memory up to a size limit (beyond it, the other
+structures are computed each epoch as before). Frozen groups run in eval mode
+(:func:`keep_frozen_in_eval`), so their output does not depend on the epoch; resuming
+from it equals the uncached forward pass exactly on the same batch, and to float32
+rounding on another (matrix products of another row count round their last bits
+differently), which is why each structure's state is computed alone: the same whatever
+batch it first came in.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import logging
 import torch
 from torch_geometric.data import Batch
 
+from tlmat.data.dataset import GraphDataset
 from tlmat.models.base import CrystalModel
 
 logger = logging.getLogger(__name__)
@@ -65,14 +68,24 @@ class FrozenPrefix:
         return None if group is None else cls(model, group)
 
     @torch.no_grad()
-    def state(self, batch: Batch) -> tuple[str, dict[str, torch.Tensor]]:
-        """``(group, state)`` for ``batch``, as :meth:`CrystalModel.forward` resumes."""
+    def state(
+        self, batch: Batch, dataset: GraphDataset | None = None
+    ) -> tuple[str, dict[str, torch.Tensor]]:
+        """``(group, state)`` for ``batch``, as :meth:`CrystalModel.forward` resumes. A
+        structure not seen yet is computed alone from ``dataset`` (the batch's), so that
+        its state does not depend on the batch it first came in: a resumed run, whose
+        batches come in another order, reads the same numbers. Without ``dataset``, or
+        once the cache is full, the batch is computed as a whole."""
         keys = batch.index.tolist()
-        if not all(key in self.rows for key in keys):
+        missing = [key for key in dict.fromkeys(keys) if key not in self.rows]
+        if missing and (dataset is None or self.bytes >= self.max_bytes):
             computed = self.model.backbone.state_after(batch, self.group)
             if self.bytes < self.max_bytes:
                 self._keep(keys, computed)
             return self.group, {name: values for name, (values, _) in computed.items()}
+        for key in missing:
+            alone = dataset.batch([key]).to(batch.z.device)
+            self._keep([key], self.model.backbone.state_after(alone, self.group))
         names = self.rows[keys[0]]
         return self.group, {name: torch.cat([self.rows[k][name] for k in keys]) for name in names}
 

@@ -68,7 +68,9 @@ class PropertyModule(L.LightningModule):
         self.save_hyperparameters({"config": config.model_dump(), "target": target.model_dump()})
 
     def forward(self, batch) -> torch.Tensor:
-        resume = self.frozen.state(batch) if self.frozen is not None else None
+        resume = None
+        if self.frozen is not None:
+            resume = self.frozen.state(batch, getattr(self.train_loader, "dataset", None))
         out = self.model(batch, resume)
         return out.squeeze(-1) if out.shape[-1] == 1 else out
 

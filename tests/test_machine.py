@@ -1,0 +1,56 @@
+"""The CPUs a process is granted (tlmat.machine): the fewest of its affinity mask, its
+SLURM allocation and its container's quota; torch's threads sized to them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlmat import machine
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 2),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu.max": "garbled"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_quota_v2_and_v1(tmp_path: Path, files: dict[str, str], cpus) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert machine.cgroup_quota(tmp_path) == cpus
+
+
+def test_the_fewest_granted_cpus_win(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(machine, "CGROUP", tmp_path)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 64)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert machine.granted_cpus() == 4
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert machine.granted_cpus() == 3
+    monkeypatch.setattr(machine, "cgroup_quota", lambda root=tmp_path: 2)
+    assert machine.granted_cpus() == 2
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "not a number")
+    assert machine.granted_cpus() == 2
+
+
+def test_share_cores_sizes_torch_and_leaves_the_users_setting(monkeypatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(machine, "granted_cpus", lambda: 1)
+        for name in machine.THREAD_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        assert machine.share_cores() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert machine.share_cores() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
