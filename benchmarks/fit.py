@@ -163,8 +163,17 @@ def main() -> None:
         "--not-in-hindsight", nargs="*", default=["full [chgnet/0.3.0]"],
         help="candidates not refit in hindsight (full CHGNet: about 1 h per refit at N = 500)",
     )  # fmt: skip
+    parser.add_argument(
+        "--finished", action="store_true", help="only summarise the finished size × repeats"
+    )
     args = parser.parse_args()
-    results = [one(n, r, args) for n in args.sizes for r in range(args.repeats)]
+    if args.finished:  # summarise what has finished, run nothing
+        done = [
+            WORK / f"n{n}-r{r}" / "result.json" for n in args.sizes for r in range(args.repeats)
+        ]
+        results = [json.loads(path.read_text()) for path in done if path.exists()]
+    else:
+        results = [one(n, r, args) for n in args.sizes for r in range(args.repeats)]
     command = "python benchmarks/fit.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(results, indent=1))
