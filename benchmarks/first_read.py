@@ -33,10 +33,10 @@ import pymatgen.core
 
 import tlmat
 from tlmat.data import load_dataset
-from tlmat.data.ingest import default_workers
 from tlmat.datasets import data_dir
 from tlmat.graphs import GraphSettings
 from tlmat.io.parse import structure_from_text
+from tlmat.machine import granted_cpus
 
 #: source → (file, structure column, structures read: the whole perov_5 training file;
 #: mp_cgcnn_36k's reference alone would take 9 minutes a run on all 36,737)
@@ -78,7 +78,7 @@ def bench(name: str, n: int, settings: GraphSettings, repeats: int) -> dict:
     relative, column, n = SOURCES[name][0], SOURCES[name][1], n or SOURCES[name][2]
     path = data_dir() / relative
     texts = list(pd.read_csv(path, usecols=[column], nrows=n)[column])
-    cores = default_workers()
+    cores = granted_cpus()
     result: dict = {"source": relative, "structures": len(texts), "cores": cores}
     rates: dict[str, list[float]] = {}
     for _ in range(repeats):  # interleaved, so that a slow minute hits every method

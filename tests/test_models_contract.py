@@ -266,6 +266,20 @@ def _bn_stats(module: torch.nn.Module) -> list[torch.Tensor]:
     return [b.clone() for n, b in module.named_buffers() if "running" in n]
 
 
+def _train_steps(model, param_groups, dataset, steps: int):
+    """``steps`` Adam steps on the whole dataset (frozen groups in eval mode, as the
+    training module keeps them); returns the batch."""
+    optimizer = torch.optim.Adam(param_groups)
+    model.train()
+    keep_frozen_in_eval(model)
+    batch = dataset.batch(range(len(dataset)))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(batch).square().mean().backward()
+        optimizer.step()
+    return batch
+
+
 @pytest.mark.parametrize("strategy_name", STRATEGIES)
 def test_strategy_trains_exactly_its_groups(built, strategy_name: str) -> None:
     _, model, dataset = built
@@ -298,15 +312,7 @@ def test_strategy_trains_exactly_its_groups(built, strategy_name: str) -> None:
         assert all(rates[n] == pytest.approx(1e-3) for n in rates if n != "head")
     before = {n: [p.clone() for p in m.parameters()] for n, m in groups.items()}
     stats = {n: _bn_stats(m) for n, m in groups.items()}
-    optimizer = torch.optim.Adam(param_groups)
-    model.train()
-    keep_frozen_in_eval(model)
-    batch = dataset.batch(range(len(dataset)))
-    for _ in range(2):
-        optimizer.zero_grad()
-        loss = model(batch).square().mean()
-        loss.backward()
-        optimizer.step()
+    _train_steps(model, param_groups, dataset, 2)
     for name, module in groups.items():
         # LoRA's adapters train inside frozen groups: the weights of the group must not
         weights = [p for n, p in module.named_parameters() if n.split(".")[-1] not in "AB"]
@@ -337,14 +343,7 @@ def test_lora_trains_adapters_alone_and_merges_into_a_plain_model(built, tmp_pat
     }
     assert sum(p.numel() for p in adapters) < backbone
     frozen = {n: p.clone() for n, p in model.backbone.named_parameters() if not p.requires_grad}
-    optimizer = torch.optim.Adam(param_groups)
-    model.train()
-    keep_frozen_in_eval(model)
-    batch = dataset.batch(range(len(dataset)))
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(batch).square().mean().backward()
-        optimizer.step()
+    batch = _train_steps(model, param_groups, dataset, 3)
     assert all(
         torch.equal(p, frozen[n]) for n, p in model.backbone.named_parameters() if n in frozen
     )

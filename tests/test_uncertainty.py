@@ -347,12 +347,12 @@ def test_members_side_by_side_equal_the_sequential_ones(perovskites, tmp_path) -
 
     import torch
 
-    from tlmat.uncertainty import local_cores
+    from tlmat.machine import granted_cpus
 
     split_for = partial(seeded_split, np.arange(60), train_size=30)
     args = (scratch_small, perovskites, split_for, quick_config())
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, local_cores() // 2))
+    torch.set_num_threads(max(1, granted_cpus() // 2))
     try:
         one = train_ensemble(*args, tmp_path / "one", n_members=2, workers=1)
     finally:
@@ -364,7 +364,7 @@ def test_members_side_by_side_equal_the_sequential_ones(perovskites, tmp_path) -
     except ImportError:
         pass
     else:
-        cores = {"cpus_per_task": max(1, local_cores() // 2)}  # a job's torch threads
+        cores = {"cpus_per_task": max(1, granted_cpus() // 2)}  # a job's torch threads
         runs["submitit"] = train_ensemble(*args, tmp_path / "submitit", n_members=2,
                                           executor="debug", slurm=cores)  # fmt: skip
     test = np.arange(60, 120)

@@ -175,12 +175,6 @@ def train_member(threads: int | None = None, **fit_arguments: Any) -> tuple[Trai
         torch.set_num_threads(before)
 
 
-def local_cores() -> int:
-    """Cores this process may run on (:func:`tlmat.machine.granted_cpus`: its affinity,
-    a SLURM allocation, a container's quota)."""
-    return granted_cpus()
-
-
 def default_workers(n_members: int, config: TrainConfig) -> int:
     """Members trained side by side by default: one per core, at most ``n_members``; one
     at a time when they train on GPUs (side by side they would share one device's
@@ -191,7 +185,7 @@ def default_workers(n_members: int, config: TrainConfig) -> int:
         config.accelerator == "auto"
         and (torch.cuda.is_available() or torch.backends.mps.is_available())
     )
-    return 1 if on_gpu else max(1, min(n_members, local_cores()))
+    return 1 if on_gpu else max(1, min(n_members, granted_cpus()))
 
 
 def train_ensemble(
@@ -296,7 +290,7 @@ def _run_members(
     if workers <= 1 or len(jobs) == 1:
         return {k: train_member(**job) for k, job in jobs.items()}
     workers = min(workers, len(jobs))
-    threads = max(1, local_cores() // workers)
+    threads = max(1, granted_cpus() // workers)
     logger.info("%d members, %d at a time, %d torch threads each", len(jobs), workers, threads)
     try:
         with worker_pool(workers) as pool:

@@ -123,8 +123,8 @@ def info(
 
         tlmat info my_cifs/ --disorder majority --export clean.extxyz
     """
-    from tlmat.data.ingest import default_workers
     from tlmat.io import read_records, write_csv, write_extxyz
+    from tlmat.machine import granted_cpus
 
     for output in (skipped_csv, export):
         if output is not None:
@@ -134,7 +134,7 @@ def info(
     )
     with reported_errors():
         result = read_records(
-            path, target, limit=limit, progress=True, workers=default_workers(), **options
+            path, target, limit=limit, progress=True, workers=granted_cpus(), **options
         )
     for table in summarise(result):
         console.print(table)

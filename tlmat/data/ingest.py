@@ -81,11 +81,6 @@ class Ingested:
     problem: Problem | None = None
 
 
-def default_workers() -> int:
-    """The cores this process may use (:func:`tlmat.machine.granted_cpus`)."""
-    return granted_cpus()
-
-
 def _cif_text(payload: Any) -> str | None:
     if isinstance(payload, Path):
         if payload.suffix.lower() != ".cif":
@@ -367,7 +362,7 @@ def iter_ingested(
     items = iter_raw(path, targets, structure_column, id_column)
     if limit is not None:
         items = islice(items, limit)
-    workers = default_workers() if workers is None else workers
+    workers = granted_cpus() if workers is None else workers
     pipeline = _Pipeline(options, settings, elements, fast, workers, cache)
     try:
         with paused_gc():

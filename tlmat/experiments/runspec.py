@@ -521,7 +521,7 @@ def members_side_by_side(spec: RunSpec, config: TrainConfig) -> int:
 def _ensemble(spec, models: RunModels, dataset, parts, split, config, say: Say) -> RunResult:
     """A deep ensemble: each member with its own split, initialisation and seed."""
     from tlmat.transfer.sources import prepare_transfer
-    from tlmat.uncertainty import local_cores, train_ensemble
+    from tlmat.uncertainty import train_ensemble
 
     out_dim = config.target_spec().out_dim
     if models.source is None:
@@ -540,7 +540,7 @@ def _ensemble(spec, models: RunModels, dataset, parts, split, config, say: Say) 
     if workers > 1:
         say(
             f"{spec.ensemble} members, {workers} side by side with "
-            f"{max(1, local_cores() // workers)} torch thread(s) each"
+            f"{max(1, granted_cpus() // workers)} torch thread(s) each"
         )
     members = train_ensemble(
         make,

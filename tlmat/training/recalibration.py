@@ -5,8 +5,9 @@ off by the ratio of the two scales, and fine-tuning starts worse than the source
 recalibrated by a line, the complaint in the trackers of matgl, SevenNet and MACE
 (reference energies and normalisers not refitted). Here the normaliser is the line
 itself: std and mean fitted by least squares of the target on the head's outputs over the
-training split, so that the model before its first step predicts exactly the source's
-zero-shot + linear recalibration, and training only improves on it.
+training split, so that the model before its first step fits the training split at least
+as well as the source's zero-shot + linear recalibration wherever that line lies in the
+fitted family (:func:`linear_start`).
 """
 
 from __future__ import annotations

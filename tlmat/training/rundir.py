@@ -269,11 +269,13 @@ def added_settings() -> dict[str, Any]:
     TrainConfig keeps, by its default, what runs did before it), and a grid method's
     ``max_size``. A record without the setting is the same as one with this value."""
     from tlmat.training.config import TrainConfig
+    from tlmat.transfer.strategies import Strategy
 
     defaults = {name: f.default for name, f in TrainConfig.model_fields.items()}
-    # strategy settings added later: L2-SP's α, LoRA's rank (runs before had neither)
-    strategy = {"l2_sp": 0.0, "lora_rank": 0, "lora_alpha": 16.0, "replay": None}
-    return {**defaults, "max_size": None, **strategy, "replay_size": 1000, "replay_weight": 1.0}
+    # strategy settings added later (L2-SP, LoRA, replay): off by their defaults
+    later = ("l2_sp", "lora_rank", "lora_alpha", "replay", "replay_size", "replay_weight")
+    strategy = {name: Strategy.model_fields[name].default for name in later}
+    return {**defaults, "max_size": None, **strategy}
 
 
 def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
