@@ -135,3 +135,46 @@ def test_a_run_killed_at_random_moments_finishes_with_the_same_numbers(
     assert _flat(_numbers(kind, tmp_path / "cut")) == pytest.approx(whole, rel=1e-6, nan_ok=True), (
         stops
     )
+
+
+_KILL_AFTER_STOPPING_CHECKPOINT = """
+import os, signal, sys
+from tlmat.training import durable
+
+save = durable.AtomicCheckpointIO.save_checkpoint
+
+def save_then_die(self, checkpoint, path, storage_options=None):
+    save(self, checkpoint, path, storage_options)
+    stopping = [s for k, s in checkpoint["callbacks"].items() if "EarlyStopping" in k]
+    if path.endswith("last.ckpt") and stopping[0]["wait_count"] >= stopping[0]["patience"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+durable.AtomicCheckpointIO.save_checkpoint = save_then_die
+from tlmat.cli import app
+app(prog_name="tlmat")
+"""
+
+
+def test_a_run_killed_as_its_last_epoch_is_saved_finishes_as_the_whole(
+    perov60: Path, tmp_path: Path
+) -> None:
+    """Killed in the instant between the checkpoint of the epoch where early stopping
+    decided to stop and the end of that epoch (where Lightning logs its training loss):
+    the resumed run neither trains an epoch more nor loses that epoch's log row."""
+    command = _commands(perov60, tmp_path / "unused.yaml")["train"]
+    cache = tmp_path / "cache"
+    reference = _start([*command, "--run-dir", str(tmp_path / "whole")], cache)
+    output, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, output
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILL_AFTER_STOPPING_CHECKPOINT, *command,
+         "--run-dir", str(tmp_path / "cut"), "--cache-dir", str(cache)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert not (tmp_path / "cut" / "test_metrics.json").exists()
+    finish = _start([*command, "--run-dir", str(tmp_path / "cut")], cache)
+    said, _ = finish.communicate(timeout=600)
+    assert finish.returncode == 0 and "resuming" in said, said
+    whole = _flat(_numbers("train", tmp_path / "whole"))
+    assert _flat(_numbers("train", tmp_path / "cut")) == pytest.approx(whole, rel=0, nan_ok=True)

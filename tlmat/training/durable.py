@@ -7,6 +7,7 @@
   writes it, but kept across a resume (the finished epochs' rows survive) and rewritten
   whole through a rename at every save (Lightning's logger deletes the file when it starts
   and appends to it in place);
+- :class:`ResumableEarlyStopping`: early stopping that a resume does not undo;
 - :func:`readable_checkpoint`: whether a checkpoint file can be read back.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers.logger import Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -58,12 +60,26 @@ def _number(text: str) -> float | str:
         return text
 
 
+class ResumableEarlyStopping(EarlyStopping):
+    """Lightning's early stopping, which also stops a run resumed from the checkpoint of
+    the epoch where it had decided to stop: ``trainer.should_stop`` is not saved, so the
+    resumed run would otherwise train one epoch more than the uninterrupted one."""
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
+
+
 class EpochLog(Logger):
     """``metrics.csv`` of a run: the rows of epochs before ``first_epoch`` are kept from
     an interrupted run's file; the whole file is rewritten through a rename at each save.
-    Columns: ``epoch``, ``step`` and every metric logged, in name order."""
+    Columns: ``epoch``, ``step`` and every metric logged, in name order.
 
-    def __init__(self, path: str | Path, first_epoch: int = 0):
+    ``train_loss`` is the last finished epoch's mean training loss as its checkpoint kept
+    it: Lightning logs that row after writing the checkpoint, so a run stopped between the
+    two would otherwise lose it."""
+
+    def __init__(self, path: str | Path, first_epoch: int = 0, train_loss: float | None = None):
         super().__init__()
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
@@ -76,6 +92,15 @@ class EpochLog(Logger):
                             values[key] = int(values[key])
                     if values.get("epoch", math.inf) < first_epoch:
                         self.rows.append(values)
+        if first_epoch > 0 and train_loss is not None:
+            self._complete(first_epoch - 1, train_loss)
+
+    def _complete(self, epoch: int, train_loss: float) -> None:
+        """Add ``epoch``'s training-loss row if the interrupted run had not written it."""
+        rows = [row for row in self.rows if row.get("epoch") == epoch]
+        if rows and not any("train_loss" in row for row in rows):
+            step = rows[-1].get("step", len(self.rows))
+            self.rows.append({"epoch": epoch, "step": step, "train_loss": train_loss})
 
     @property
     def name(self) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 import tlmat
 from tlmat.data.dataset import GraphDataset
@@ -39,7 +39,12 @@ from tlmat.data.loader import GraphLoader, inference_batch_size
 from tlmat.data.splits import Split
 from tlmat.models.checkpoint import TrainedModel, save_checkpoint
 from tlmat.training.config import TrainConfig
-from tlmat.training.durable import AtomicCheckpointIO, EpochLog, readable_checkpoint
+from tlmat.training.durable import (
+    AtomicCheckpointIO,
+    EpochLog,
+    ResumableEarlyStopping,
+    readable_checkpoint,
+)
 from tlmat.training.module import NonFiniteError, PropertyModule
 from tlmat.training.recalibration import linear_start
 from tlmat.training.replay import Replay
@@ -416,7 +421,7 @@ def _callbacks(run_dir: Path, config: TrainConfig) -> tuple[ModelCheckpoint, lis
         # checked after validation, where last.ckpt is written: checked at the end of the
         # training epoch instead, a run resumed from last.ckpt finds no val_mae to check
         callbacks.append(
-            EarlyStopping(
+            ResumableEarlyStopping(
                 monitor="val_mae",
                 mode="min",
                 patience=config.early_stopping_patience,
@@ -452,12 +457,12 @@ def _trained(trained, strategy, target, dataset, split, config, run_dir, groups,
     module.train_loader = train_loader
     best, callbacks = _callbacks(run_dir, config)
     ckpt = _last(run_dir) if resume else None
-    resumed_from = _epochs_done(ckpt) if ckpt is not None else None
+    resumed_from, train_loss = _resume_point(ckpt) if ckpt is not None else (None, None)
     if ckpt is not None:
         logger.warning(
             "%s: resuming the interrupted run from %s (epoch %d)", run_dir, ckpt, resumed_from
         )
-    log = EpochLog(run_dir / "metrics.csv", first_epoch=resumed_from or 0)
+    log = EpochLog(run_dir / "metrics.csv", first_epoch=resumed_from or 0, train_loss=train_loss)
     with _quiet_lightning():
         trainer = _trainer(config, callbacks, log, len(train_loader))
     _run_trainer(trainer, module, train_loader, val_loader, ckpt, run_dir)
@@ -537,7 +542,14 @@ def _best_score(checkpoint: Path, callback: ModelCheckpoint):
 
 def _epochs_done(last: Path) -> int:
     """Epochs finished, from the checkpoint written after every epoch."""
-    return int(torch.load(last, map_location="cpu", weights_only=True)["epoch"]) + 1
+    return _resume_point(last)[0]
+
+
+def _resume_point(last: Path) -> tuple[int, float | None]:
+    """Epochs finished and the last one's mean training loss, from the checkpoint written
+    after every epoch."""
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    return int(checkpoint["epoch"]) + 1, checkpoint.get("tlmat_train_loss")
 
 
 def data_fingerprint(dataset: GraphDataset, split: Split, target: str) -> str:

@@ -56,6 +56,11 @@ class PropertyModule(L.LightningModule):
         if replay is not None:  # its frozen head: a submodule, so it moves with the model
             self.replay_head = replay.head
         self._replay_batches: list = []
+        # the epoch's mean training loss, kept in last.ckpt: Lightning logs it only after
+        # the checkpoint is written, so a run killed in between would lose that log row.
+        # Summed as Lightning sums it (float32, loss × batch size), so the row is the same.
+        self._epoch_loss = torch.zeros(())
+        self._epoch_count = 0
         # L2-SP: the weights as they start, the source's (a resumed run loads its
         # checkpoint after this, so the anchors stay the source's)
         self.anchors = [
@@ -85,6 +90,8 @@ class PropertyModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         keep_frozen_in_eval(self.model)
+        self._epoch_loss = torch.zeros(())
+        self._epoch_count = 0
         if self.replay is not None:
             self._replay_batches = self.replay.batches(
                 self.current_epoch, self.config.seed, self.config.batch_size
@@ -114,6 +121,8 @@ class PropertyModule(L.LightningModule):
             raise NonFiniteError(
                 f"epoch {self.current_epoch}, batch {batch_idx}: training loss is {loss.item()}"
             )
+        self._epoch_loss = self._epoch_loss + loss.detach().cpu() * batch.num_graphs
+        self._epoch_count += batch.num_graphs
         self.log(
             "train_loss",
             loss,
@@ -169,6 +178,9 @@ class PropertyModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.plateau is not None:
             checkpoint["tlmat_plateau"] = self.plateau.state_dict()
+        if self._epoch_count:
+            mean = self._epoch_loss / torch.tensor(self._epoch_count)
+            checkpoint["tlmat_train_loss"] = float(mean)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._plateau_state = checkpoint.get("tlmat_plateau")
