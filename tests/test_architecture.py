@@ -23,9 +23,11 @@ import pytest
 import tlmat
 
 LAYERS = [
+    "hints",
     "machine",
     "progress",
     "datasets",
+    "catalogue",
     "io",
     "graphs",
     "data",
@@ -138,6 +140,8 @@ def test_every_package_and_module_has_a_layer() -> None:
     # data, not code: the shipped sources' weights and model cards
     assert not list((ROOT / "pretrained").rglob("*.py"))
     parts -= {"pretrained"}
+    # data, not code: the names the command line checks before torch starts
+    parts -= {"catalogue.json"}
     assert sorted(parts - set(LAYERS)) == []
 
 

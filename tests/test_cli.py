@@ -135,15 +135,23 @@ def said(result) -> str:
     return " ".join(result.output.split())
 
 
-def test_config_errors_name_the_field_the_value_and_what_is_allowed(tmp_path: Path) -> None:
+def test_config_errors_name_the_field_the_value_and_what_is_allowed(
+    perov60: Path, tmp_path: Path
+) -> None:
+    """Unknown keys and values outside a setting's choices are said before torch is
+    imported, all at once; a value of the wrong type by the full reading."""
     config = tmp_path / "train.yaml"
-    config.write_text("optimiser: adam\noptimizer: adm\nlr: fast\n")
-    result = runner.invoke(app, ["train", "x.csv", "-t", "y", "--config", str(config),
-                                 "--run-dir", str(tmp_path / "run")])  # fmt: skip
+    config.write_text("optimiser: adam\noptimizer: adm\nlr: 0.01\n")
+    command = ["train", str(perov60), "-t", "heat_ref", "--config", str(config),
+               "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    text = said(runner.invoke(app, command))
+    assert f"invalid RunSpec settings in {config}" in text
+    assert "optimizer: 'adm' is not one of 'adam', 'adamw', 'sgd'" in text
+    assert "optimiser: unknown setting; did you mean 'optimizer'?" in text
+    config.write_text("optimizer: adam\nlr: fast\n")
+    result = runner.invoke(app, command)
     text = said(result)
     assert result.exit_code == 1 and f"invalid RunSpec settings in {config}" in text
-    assert "optimizer: 'adm' is not one of 'adam', 'adamw' or 'sgd'" in text
-    assert "optimiser: unknown setting; did you mean 'optimizer'?" in text
     assert "(got 'fast')" in text and "errors.pydantic.dev" not in text
 
 
@@ -187,6 +195,7 @@ def test_default_run_folder_inside_a_git_checkout_is_announced(tmp_path: Path, m
         pytest.skip("git is not installed")
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     monkeypatch.chdir(tmp_path)
+    Path("missing.csv").write_text("id,y\n")  # exists (checked first), holds no structure
     result = runner.invoke(app, ["train", "missing.csv", "-t", "y"])
     assert f"results go to {tmp_path.resolve() / 'runs' / 'train'}, inside the git" in said(result)
     (tmp_path / ".gitignore").write_text("runs/\n")

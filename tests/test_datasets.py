@@ -121,3 +121,14 @@ def test_unknown_name_lists_registered_datasets_not_models(monkeypatch) -> None:
     assert "perov_5/train" in message and "cgcnn/some-table" in message
     assert "schnet/some-weights" not in message
     assert "cgcnn/formation-energy-per-atom" not in message
+
+
+def test_a_misspelt_path_is_said_before_reading_with_the_closest_names(data: Path) -> None:
+    """check says what resolve would, naming the files beside the one meant (here or
+    in the data folder) and the registered datasets closest to it, fetching nothing."""
+    with pytest.raises(FileNotFoundError, match=r"did you mean 'perov_5/val'"):
+        datasets.check("perov_5/vla")
+    with pytest.raises(FileNotFoundError, match=r"mp_cgcnn_36k/mp_cgcnn_36k\.csv\.gz'"):
+        datasets.check("mp_cgcnn_36k/mp_cgcnn_36k.csv.gzz")
+    datasets.check("perov_5/test")  # registered names and real paths pass
+    datasets.check(data / "perov_5")

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from tlmat.hints import did_you_mean
 
 _CGCNN = "https://raw.githubusercontent.com/txie-93/cgcnn/master"
 _CDVAE = "https://raw.githubusercontent.com/txie-93/cdvae/main/data"
@@ -243,16 +246,45 @@ def resolve(spec: str | Path) -> Path:
     """A path as given, a path inside the local dataset folder
     (``mp_cgcnn_36k/mp_cgcnn_36k.csv.gz``), or the local path of a registered name
     (``perov_5/train``)."""
+    local = _local(spec)
+    if local is not None:
+        return local
+    check(spec)
+    return fetch(str(spec))
+
+
+def check(spec: str | Path) -> None:
+    """Raise what :func:`resolve` would for data that is neither a path nor a registered
+    name, with the closest names, without reading or fetching anything: a mistake is
+    said before the heavy work starts."""
+    if str(spec) in REGISTRY or _local(spec) is not None:
+        return
+    # the registry also holds pretrained weights; those are models, named by the hub
+    datasets = [name for name, entry in REGISTRY.items() if entry.architecture is None]
+    hint = did_you_mean(str(spec), [*datasets, *_nearby(Path(spec))])
+    raise FileNotFoundError(
+        f"{spec}: no such file or folder, and not a registered name{hint} "
+        f"(registered: {', '.join(datasets)})"
+    )
+
+
+def _local(spec: str | Path) -> Path | None:
     path = Path(spec)
     if path.exists():
         return path
-    if str(spec) in REGISTRY:
-        return fetch(str(spec))
     root = data_dir()
     if root is not None and not path.is_absolute() and (root / path).exists():
         return root / path
-    # the registry also holds pretrained weights; those are models, named by the hub
-    datasets = [name for name, entry in REGISTRY.items() if entry.architecture is None]
-    raise FileNotFoundError(
-        f"{spec}: no such file or folder, and not a registered name ({', '.join(datasets)})"
-    )
+    return None
+
+
+def _nearby(path: Path, most: int = 2000) -> list[str]:
+    """The entries of the folder ``path`` points into, here or in the data folder, as the
+    user would type them (for a suggestion)."""
+    out: list[str] = []
+    for base in (Path.cwd(), data_dir()):
+        folder = path.parent if path.is_absolute() or base is None else base / path.parent
+        if folder.is_dir():
+            entries = itertools.islice(folder.iterdir(), most)
+            out += [str(path.parent / entry.name) for entry in entries]
+    return [name.removeprefix("./") for name in out]

@@ -170,7 +170,10 @@ def test_ctrl_c_while_the_data_is_read_stops_with_the_signals_status(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runspec, "prepared_data", interrupted)
-    result = CliRunner().invoke(app, ["train", "x.csv", "-t", "y", "--run-dir", str(tmp_path)])
+    data = tmp_path / "x.csv"
+    data.write_text("id,y\n")  # the file must exist: a missing one is said before any reading
+    run = ["--run-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, ["train", str(data), "-t", "y", *run])
     assert result.exit_code == 130 and "stopped: by SIGINT before training began" in " ".join(
         result.output.split()
     )

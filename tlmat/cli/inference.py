@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -569,51 +569,30 @@ def models() -> None:
 def _architectures_table() -> Table:
     """Every registered architecture at its default and preset sizes: parameters, graph,
     readout and reference (an architecture whose optional package is missing says so)."""
-    from tlmat.models import registry
+    import importlib.util
+
+    from tlmat import catalogue
 
     archs = Table(title="Architectures (--model)", title_justify="left")
     for column in ("name", "parameters", "graph", "readout", "reference"):
         archs.add_column(column, justify="right" if column == "parameters" else "left")
-    for name in registry.names():
-        architecture = registry.get(name)
-        for label, settings in [(name, {}), *architecture.presets.items()]:
-            config = registry.model_config({"architecture": name, **settings})
-            try:
-                model = registry.build(config)
-            except ImportError as error:  # an optional package (tlmat[foundation])
-                archs.add_row(label, "", "", "", escape(str(error)))
-                continue
-            graph = config.graph_settings()
-            neighbours = (
-                (f"{graph.max_neighbors} nearest" if graph.max_neighbors else "all")
-                + f" within {graph.cutoff:g} Å"
-                + (", line graph" if graph.line_graph else "")
-            )
+    for name, a in catalogue.load()["architectures"].items():
+        missing = a["package"] and importlib.util.find_spec(a["package"]) is None
+        for row in a["rows"]:
+            reference = a["reference"] if row["label"] == name else ""
+            if missing and row["label"] == name:
+                reference = f"needs {a['package']}: pip install 'tlmat\\[foundation]'"
             archs.add_row(
-                label,
-                f"{sum(p.numel() for p in model.parameters()):,}",
-                neighbours,
-                "atom-wise" if model.backbone.atomwise else "crystal",
-                architecture.reference if label == name else "",
+                row["label"], f"{row['parameters']:,}", row["graph"], row["readout"], reference
             )
     return archs
-
-
-def _published_sources() -> list[tuple[str, str, Any]]:
-    """(name, architecture, entry) of each architecture's published sources."""
-    from tlmat.models import registry
-
-    return [
-        (name, architecture, registry.get(architecture).sources[name])
-        for name, architecture in registry.sources().items()
-    ]
 
 
 def _sources_table() -> Table:
     """Every pretrained source: CGCNN files, published sources and shipped tlmat models,
     with where each comes from."""
+    from tlmat import catalogue
     from tlmat.datasets import data_dir
-    from tlmat.transfer.sources import PRETRAINED, shipped
 
     table = Table(title="Pretrained models (--source)", title_justify="left")
     table.add_column("name", no_wrap=True)
@@ -621,7 +600,7 @@ def _sources_table() -> Table:
     table.add_column("property")
     table.add_column("local copy")
     root = data_dir()
-    for name, entry in PRETRAINED.items():
+    for name, entry in catalogue.cgcnn_files().items():
         local = root is not None and (root / entry.local).is_file()
         table.add_row(
             name,
@@ -629,10 +608,12 @@ def _sources_table() -> Table:
             entry.description,
             "yes" if local else "downloaded on first use",
         )
-    for name, architecture, entry in _published_sources():
-        where = "local folder" if entry.location.startswith("$TLMAT_DATA_DIR") else "in its package"
-        table.add_row(name, architecture, entry.description, where)
-    for name, card in shipped().items():
+    for name, entry in catalogue.load()["published"].items():
+        where = "in its package"
+        if entry["location"].startswith("$TLMAT_DATA_DIR"):
+            where = "yes" if catalogue.local_copy(entry["location"]) else "not found"
+        table.add_row(name, entry["architecture"], entry["description"], where)
+    for name, card in catalogue.shipped().items():
         test = card["test"]
         table.add_row(
             name,
@@ -645,16 +626,16 @@ def _sources_table() -> Table:
 
 def _print_source_checksums() -> None:
     """Where each source's file is, with its SHA-256."""
-    from tlmat.transfer.sources import PRETRAINED, shipped, shipped_folder
+    from tlmat import catalogue
 
-    for name, entry in PRETRAINED.items():
+    for name, entry in catalogue.cgcnn_files().items():
         console.print(f"{name}: {entry.url} (sha256 {entry.sha256})", soft_wrap=True)
-    for name, _, entry in _published_sources():
-        console.print(f"{name}: {entry.location} (sha256 {entry.sha256})", soft_wrap=True)
-    for name, card in shipped().items():
+    for name, entry in catalogue.load()["published"].items():
+        console.print(f"{name}: {entry['location']} (sha256 {entry['sha256']})", soft_wrap=True)
+    for name, card in catalogue.shipped().items():
+        folder = catalogue.SHIPPED_DIR / name.removeprefix("tlmat/")
         console.print(
-            f"{name}: model card {shipped_folder(name) / 'card.md'} "
-            f"(sha256 {card['model_sha256']})",
+            f"{name}: model card {folder / 'card.md'} (sha256 {card['model_sha256']})",
             soft_wrap=True,
         )
 

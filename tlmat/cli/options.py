@@ -11,7 +11,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import typer
+
+from tlmat import catalogue
 from tlmat.cli.common import CacheDir, Disorder, OnDuplicate, Overwrite, Strict, option
+from tlmat.hints import did_you_mean
+
+
+def _choice(field: str) -> Callable[[str | None], str | None]:
+    """A flag's check that its value is one the training setting ``field`` takes (as the
+    flags are read, before torch is imported), from the catalogue."""
+
+    def check(value: str | None) -> str | None:
+        known = catalogue.load()["choices"][field]
+        if value is not None and value not in known:
+            hint = did_you_mean(value, known)
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(known)}{hint}")
+        return value
+
+    return check
+
 
 if TYPE_CHECKING:
     from tlmat.data import Reading
@@ -28,32 +47,42 @@ Epochs = option(
     int | None,
     "Maximum epochs; early stopping may end sooner (--early-stopping-patience) "
     "[60,000 / N training structures, within 30–300].",
+    min=1,
 )
-LR = option(float | None, "Learning rate [1e-3].", "--lr")
-BatchSize = option(int | None, "Batch size [64].")
-Optimizer = option(str | None, "adam, adamw or sgd [adam].")
-Scheduler = option(str | None, "plateau, cyclic, onecycle (warm-up + cosine) or none [plateau].")
+LR = option(float | None, "Learning rate [1e-3].", "--lr", min=0)
+BatchSize = option(int | None, "Batch size [64].", min=1)
+Optimizer = option(str | None, "adam, adamw or sgd [adam].", callback=_choice("optimizer"))
+Scheduler = option(
+    str | None,
+    "plateau, cyclic, onecycle (warm-up + cosine) or none [plateau].",
+    callback=_choice("scheduler"),
+)
 Loss = option(
     str | None,
     "l1, mse or gaussian_nll (the Gaussian negative log-likelihood: a head of "
     "width 2 predicts each structure's mean and variance; with --ensemble, σ_a per "
     "structure) [l1].",
+    callback=_choice("loss"),
 )
-WeightDecay = option(float | None, "L2 penalty [0].")
-Normalization = option(str | None, "standard, tanh or none [standard].")
+WeightDecay = option(float | None, "L2 penalty [0].", min=0)
+Normalization = option(
+    str | None, "standard, tanh or none [standard].", callback=_choice("normalization")
+)
 Log10 = option(bool, "Learn log10 of the target.", "--log10")
 Patience = option(
     int | None,
     "Stop after this many epochs without a better validation MAE [epochs / 5, "
     "at least 10]; 0 trains every epoch.",
+    min=0,
 )
 Seed = option(int, "Seed for the split, initialisation and order.")
-TrainSize = option(int | None, "Use only this many training structures (data-scarce runs).")
+TrainSize = option(int | None, "Use only this many training structures (data-scarce runs).", min=1)
 ValSize = option(
     float | None,
     "Validation size: fraction or count [a quarter of the training set, 20–1,000; all of --val].",
+    min=0,
 )
-TestSize = option(float | None, "Test size: fraction or count [0.1 of DATA; all of --test].")
+TestSize = option(float | None, "Test size: fraction or count [0.1 of DATA; all of --test].", min=0)
 TestData = option(str | None, "Your own test set (file, folder or name); all its rows.", "--test")
 ValData = option(
     str | None, "Your own validation set (file, folder or name); all its rows.", "--val"
@@ -64,20 +93,30 @@ SplitFile = option(
     "them (every id must be in the data).",
     "--split",
 )
-Accelerator = option(str | None, "auto, cpu, gpu or mps (Lightning's accelerator) [auto].")
+Accelerator = option(
+    str | None,
+    "auto, cpu, gpu or mps (Lightning's accelerator) [auto].",
+    callback=_choice("accelerator"),
+)
 Devices = option(
     int | None,
     "Processes per node, one per GPU (or CPU processes with --accelerator cpu); "
     "more than one trains data-parallel (DDP) with --batch-size per process [1].",
+    min=1,
 )
-NumNodes = option(int | None, "Machines of a DDP run, e.g. SLURM nodes under srun [1].")
+NumNodes = option(int | None, "Machines of a DDP run, e.g. SLURM nodes under srun [1].", min=1)
 DistributedStrategy = option(
     str | None,
     "How a DDP run's processes start: ddp (Lightning relaunches this command "
     "per device, or srun started them), ddp_spawn (one machine) or auto [auto].",
     "--ddp-strategy",
+    callback=_choice("ddp_strategy"),
 )
-Precision = option(str | None, "32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true].")
+Precision = option(
+    str | None,
+    "32-true, 64-true, 16-mixed (GPUs) or bf16-mixed [32-true].",
+    callback=_choice("precision"),
+)
 EnsembleWorkers = option(
     int | None,
     "With --ensemble: members trained side by side in local processes, the cores "

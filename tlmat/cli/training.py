@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tlmat import catalogue
 from tlmat.cli.common import (
     CacheDir,
     Strict,
+    check_early,
     console,
     fail,
     metrics_table,
@@ -38,15 +40,11 @@ from tlmat.cli.options import (
 if TYPE_CHECKING:
     from tlmat.experiments.runspec import RunResult
 
-#: the architecture every command trains from scratch unless told otherwise
-#: (= tlmat.experiments.runspec.SCRATCH_MODEL, named here so that --help needs no import)
-SCRATCH_MODEL = "cgcnn-mp"
-STRATEGY_NAMES = (
-    "scratch, full, freeze-embedding, head-only, freeze-first-k, discriminative, l2-sp, lora, "
-    "replay, features+mlp, features+rf, features+gbt, moments+mlp, moments+rf, moments+gbt"
-)
-#: compare's default methods (= tlmat.experiments.comparison.DEFAULT_STRATEGIES)
-DEFAULT_STRATEGIES = "scratch,full,freeze-embedding,features+rf"
+#: the architecture every command trains from scratch unless told otherwise, the
+#: strategies and compare's default ones, from the catalogue so that --help needs no torch
+SCRATCH_MODEL = catalogue.load()["scratch_model"]
+STRATEGY_NAMES = ", ".join(catalogue.load()["strategies"])
+DEFAULT_STRATEGIES = ",".join(catalogue.load()["default_strategies"])
 
 Data = Annotated[
     str, typer.Argument(metavar="DATA", help="Training data: file, folder or registered name.")
@@ -112,6 +110,17 @@ def command_spec(
     """The RunSpec of a command's ``--config`` file and flags (flags win); ``model`` and
     ``model_config_file`` (``--model``, ``--model-config``) give its model. Says where
     results go when the default folder would land inside a git checkout."""
+    strategy = fields.get("strategy")
+    check_early(
+        data=fields.get("data"),
+        test=fields.get("test"),
+        model=fields.get("model"),
+        sources=[fields.get("source")],
+        strategies=[strategy] if strategy else [],
+        files=(config, model_config_file, fields.get("exclude_ids"), fields.get("val"),
+               fields.get("split")),
+        config=config,
+    )  # fmt: skip
     from tlmat.experiments.runspec import RunSpec
 
     note_run_dir(fields["run_dir"], Path(default_dir))
@@ -141,10 +150,10 @@ def train(
         tlmat train perov_5/val -t heat_ref --unit eV/cell --model schnet-arch2
             --run-dir runs/perov-schnet --epochs 50
     """
-    from tlmat.experiments.runspec import run
-
     given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
     spec = command_spec("runs/train", exclude_ids=exclude_ids, **given, **options)
+    from tlmat.experiments.runspec import run
+
     with reported_errors():
         result = run(spec, say)
     if result.ensemble is not None:
@@ -198,11 +207,11 @@ def finetune(
         tlmat finetune perov_5/train -t heat_ref --test perov_5/test --train-size 300
             --strategy scratch --model schnet-arch2 --run-dir runs/finetune-schnet
     """
-    from tlmat.experiments.runspec import run
-
     given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
     transfer = dict(source=source, strategy=strategy, freeze_k=freeze_k, keep_head=keep_head)
     spec = command_spec("runs/finetune", **given, **transfer, **options)
+    from tlmat.experiments.runspec import run
+
     with reported_errors():
         result = run(spec, say)
     if result.ensemble is not None:
@@ -216,18 +225,20 @@ def finetune(
 
 
 def chosen_strategies(strategies: str) -> tuple[str, ...]:
-    """``--strategies`` as names, every one checked before anything trains."""
-    from tlmat.experiments.runspec import STRATEGIES
+    """``--strategies`` as names, every one checked before anything is imported."""
+    from tlmat.hints import did_you_mean
 
+    known = catalogue.load()["strategies"]
     chosen = (
-        STRATEGIES
+        tuple(known)
         if strategies == "all"
         else tuple(s.strip() for s in strategies.split(",") if s.strip())
     )
-    unknown = [s for s in chosen if s not in STRATEGIES]
+    unknown = [s for s in chosen if s not in known]
     if unknown or not chosen:
+        hint = did_you_mean(unknown[0], known) if unknown else ""
         fail(
-            f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"unknown strategy {', '.join(map(repr, unknown)) or '(none given)'}{hint}; "
             f"choose from {STRATEGY_NAMES} or 'all'"
         )
     return chosen
@@ -316,11 +327,11 @@ def compare(
             --test-size 1000 --train-size 300 --val-size 100 --epochs 60
             --strategies scratch,full --model schnet-arch2 --run-dir runs/compare-schnet
     """
-    from tlmat.experiments.comparison import compare as run_comparison
-
     chosen = chosen_strategies(strategies)
     given = dict(data=data, target=target, source=source, run_dir=run_dir, model=model)
     base = command_spec("runs/compare", progress_bar=False, **given, **options)
+    from tlmat.experiments.comparison import compare as run_comparison
+
     with reported_errors(), _progress(seeds * (folds or 1) * len(chosen)) as progress:
         result = run_comparison(base, chosen, seeds, say, progress, folds)
     split, unit = result.split, base.training.unit
@@ -426,6 +437,16 @@ def fit(
         tlmat fit my_moduli.csv -t K_VRH --log10 --source runs/my-source/model.pt
             --candidate "features+mlp [chgnet/0.3.0]" --budget 30 --repeats 2
     """
+    check_early(
+        data=data,
+        test=options.get("test"),
+        model=model,
+        sources=options.get("sources") or (),
+        candidates=options.get("candidates") or (),
+        files=[config],
+        config=config,
+        spec="FitSpec",
+    )
     from tlmat.experiments.selection import FitSpec, select_model
 
     note_run_dir(run_dir, Path("runs/fit"))

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from tlmat.hints import did_you_mean
 from tlmat.io.checks import RawItem
 
 #: Column names that hold a structure, in order of preference.
@@ -152,11 +153,8 @@ def rows_to_items(
 
 
 def _no_column(path: Path, name: str, row: dict[str, Any], roles: list[str | None]) -> str:
-    import difflib
-
     numeric = guess_target_columns(row, roles)
-    close = difflib.get_close_matches(name, list(row), n=3, cutoff=0.6)
-    hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(name, row, n=3)
     return (
         f"{path}: no column {name!r} to use as a target; its numeric columns are "
         f"{', '.join(numeric) or '(none)'}{hint}"

@@ -450,4 +450,5 @@ ARCHITECTURE = Architecture(
     ),
     load_source=load_published,
     foundation=True,
+    package="chgnet",
 )

@@ -20,30 +20,18 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import json
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
-from tlmat.datasets import REGISTRY, fetch
+from tlmat.catalogue import SHIPPED_DIR, cgcnn_files, shipped
+from tlmat.datasets import fetch
+from tlmat.hints import did_you_mean
 from tlmat.models import registry
 from tlmat.models.checkpoint import TrainedModel, load_checkpoint
 
 #: Pretrained sources known by name (``tlmat models`` lists them).
-PRETRAINED = {name: entry for name, entry in REGISTRY.items() if entry.architecture}
-
-#: Sources tlmat pretrained once, leakage-free, and ships: one folder each with
-#: ``model.pt``, its model card (``card.json``, ``card.md``) and the ids and reduced
-#: formulas it was trained on (``training.csv.gz``); built by ``benchmarks/sources.py``.
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
-
-
-@cache
-def shipped() -> dict[str, dict]:
-    """The shipped tlmat sources, ``tlmat/<folder>`` → model card."""
-    cards = sorted(SHIPPED_DIR.glob("*/card.json"))
-    return {f"tlmat/{card.parent.name}": json.loads(card.read_text()) for card in cards}
+PRETRAINED = cgcnn_files()
 
 
 def shipped_folder(name: str) -> Path:
@@ -128,7 +116,9 @@ def resolve(name: str | Path) -> Resolved:
         raise FileNotFoundError(f"{path}: a folder without model.pt or ensemble.json")
     if path.is_file():
         return Resolved(text, "checkpoint", path)
-    raise FileNotFoundError(f"{name}: neither a file nor a registered model ({', '.join(names())})")
+    hint = did_you_mean(text, names())
+    known = ", ".join(names())
+    raise FileNotFoundError(f"{name}: neither a file nor a registered model{hint} ({known})")
 
 
 def load_source(source: str | Path) -> TrainedModel:

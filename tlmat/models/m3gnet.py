@@ -370,4 +370,5 @@ ARCHITECTURE = Architecture(
     sources=matgl_sources("m3gnet", PUBLISHED),
     load_source=load_published,
     foundation=True,
+    package="matgl",
 )

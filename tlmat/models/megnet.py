@@ -336,4 +336,5 @@ ARCHITECTURE = Architecture(
     sources=matgl_sources("megnet", PUBLISHED),
     load_source=load_published,
     foundation=True,
+    package="matgl",
 )

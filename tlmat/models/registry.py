@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from tlmat.hints import did_you_mean
 from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel
 
 #: architecture name → module defining ``ARCHITECTURE`` (one line per architecture)
@@ -84,6 +85,8 @@ class Architecture:
     #: a foundation model, whose worth is its published weights (trained on far more
     #: data than a grid here pretrains on): the model-zoo grids leave it out
     foundation: bool = False
+    #: the optional package the architecture is built from (``tlmat[foundation]``)
+    package: str | None = None
 
 
 def names(foundation: bool = True) -> list[str]:
@@ -135,8 +138,9 @@ def model_config(spec: ModelSpec | None = None, **overrides: Any) -> ModelConfig
     elif spec in MODULES:
         name = spec
     else:
+        hint = did_you_mean(str(spec), [*MODULES, *known])
         raise ValueError(
-            f"unknown model {spec!r}; architectures: {', '.join(MODULES)}; "
+            f"unknown model {spec!r}{hint}; architectures: {', '.join(MODULES)}; "
             f"presets: {', '.join(known)}"
         )
     try:

@@ -716,4 +716,5 @@ ARCHITECTURE = Architecture(
     ),
     load_source=load_published,
     foundation=True,
+    package="sevenn",
 )
