@@ -14,6 +14,7 @@ from rich.table import Table
 
 from tlmat.cli.common import (
     Overwrite,
+    check_early,
     console,
     fail,
     metrics_table,
@@ -137,6 +138,9 @@ def _model_and_structures(
     """The model (its first member for an ensemble, which shares graphs and elements),
     the ensemble or ``None``, and the structures of ``sources`` read for it; a user's
     error ends the command with its line."""
+    for structures in sources:
+        check_early(data=structures)
+    check_early(sources=[checkpoint])
     with reported_errors():
         trained, members = _model_or_ensemble(checkpoint)
         trained.model.to(reading.device)
@@ -231,6 +235,7 @@ def embed(
 
         tlmat embed runs/alignn/model.pt perov_5/test --layers interactions.7 -o f.parquet
     """
+    check_early(data=data, sources=[checkpoint])
     import pandas as pd
 
     from tlmat.io.writers import TableWriter
@@ -360,6 +365,7 @@ def evaluate(
 
         tlmat evaluate runs/ensemble perov_5/val -t heat_ref --recalibrate
     """
+    check_early(data=data, sources=[checkpoint])
     if output is not None:
         writable_output(output, reading.overwrite)
     with reported_errors():
