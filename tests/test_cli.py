@@ -197,7 +197,8 @@ def test_default_run_folder_inside_a_git_checkout_is_announced(tmp_path: Path, m
     monkeypatch.chdir(tmp_path)
     Path("missing.csv").write_text("id,y\n")  # exists (checked first), holds no structure
     result = runner.invoke(app, ["train", "missing.csv", "-t", "y"])
-    assert f"results go to {tmp_path.resolve() / 'runs' / 'train'}, inside the git" in said(result)
+    named = tmp_path.resolve() / "runs" / "train-y-cgcnn-mp"  # command, target, model
+    assert f"results go to {named}, inside the git" in said(result)
     (tmp_path / ".gitignore").write_text("runs/\n")
     assert "inside the git" not in said(runner.invoke(app, ["train", "missing.csv", "-t", "y"]))
     own = runner.invoke(app, ["train", "missing.csv", "-t", "y", "--run-dir", "elsewhere"])

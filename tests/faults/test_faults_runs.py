@@ -571,3 +571,43 @@ def test_settings_added_later_differ_only_when_they_change_what_a_run_does() -> 
     assert differences(before, now) == []
     now["config"]["num_nodes"] = 2
     assert differences(before, now) == ["config.num_nodes: <unset> → 2"]
+
+
+def test_a_refusal_names_what_the_user_chose_before_the_models_internals() -> None:
+    """Two finetune runs meeting in one folder (issue 28: the README's two examples did)
+    differ first by the source and strategy; the settings of the source's model follow
+    from the source and are one count, not a line each."""
+    from tlmat.training.rundir import differences
+
+    before = {
+        "config": {"epochs": 60, "target": "heat_ref"},
+        "strategy": {"name": "freeze-embedding"},
+        "model": {"atom_fea_len": 64, "n_conv": 4},
+        "source": {"name": "cgcnn/formation-energy-per-atom", "angle_fea_dim": None},
+    }
+    now = {
+        "config": {"epochs": 60, "target": "heat_ref"},
+        "strategy": {"name": "full"},
+        "model": {"atom_fea_len": 64, "n_conv": 4, "angle_fea_dim": 64},
+        "source": {"name": "chgnet/0.3.0", "angle_fea_dim": 64},
+    }
+    said = differences(before, now)
+    assert said[:2] == [
+        "source.name: cgcnn/formation-energy-per-atom → chgnet/0.3.0",
+        "strategy.name: freeze-embedding → full",
+    ]
+    assert said[2:] == ["and 2 setting(s) of the source's model, which follow from it"]
+
+
+def test_default_run_folders_are_named_after_the_run(tmp_path: Path) -> None:
+    """Different runs started with the defaults never meet in one folder; the same
+    command finds its own again; a --config file's run_dir is kept."""
+    from tlmat.cli.common import run_folder
+
+    a = run_folder(None, "finetune", "heat_ref", "freeze-embedding", "cgcnn/band-gap", None)
+    b = run_folder(None, "finetune", "heat_ref", "scratch", "cgcnn/band-gap", "schnet-arch2")
+    assert a == Path("runs/finetune-heat_ref-freeze-embedding-cgcnn_band-gap") and a != b
+    assert run_folder(None, "fit", "heat_ref") == Path("runs/fit-heat_ref")
+    config = tmp_path / "run.yaml"
+    config.write_text("run_dir: runs/mine\nepochs: 3\n")
+    assert run_folder(config, "train", "heat_ref", "cgcnn-mp") == Path("runs/mine")

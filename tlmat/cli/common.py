@@ -130,6 +130,23 @@ def describe_error(error: BaseException) -> str:
     return head + ":\n  " + "\n  ".join(lines)
 
 
+def run_folder(config: Path | None, command: str, *words: Any) -> Path:
+    """The run folder when ``--run-dir`` is not given: the ``run_dir`` of the ``--config``
+    file, else ``runs/<command>-<words…>`` named after what the run is (target, strategy,
+    source, model), so that two different runs started with the defaults never meet in
+    one folder, and the same command finds its own run again to resume or reuse it."""
+    if config is not None:
+        import yaml
+
+        with contextlib.suppress(OSError, yaml.YAMLError):
+            written = yaml.safe_load(Path(config).read_text())
+            if isinstance(written, dict) and written.get("run_dir"):
+                return Path(written["run_dir"])
+    parts = [command, *(str(w) for w in words if w)]
+    name = "-".join("".join(c if c.isalnum() or c in "+-._" else "_" for c in p) for p in parts)
+    return Path("runs") / name
+
+
 def note_run_dir(run_dir: Path, default: Path) -> None:
     """Say where results go when the default run folder lands inside a git checkout and
     git does not ignore it (results would show up as untracked files of that project)."""

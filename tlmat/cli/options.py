@@ -37,7 +37,11 @@ if TYPE_CHECKING:
 
 Device = option(str, "Where the model runs: cpu, cuda, cuda:1, mps [cpu].")
 Target = option(str, "Property to learn (column/key).", "--target", "-t")
-RunDir = option(Path, "Folder for checkpoints, metrics and the manifest.")
+RunDir = option(
+    Path | None,
+    "Folder for checkpoints, metrics and the manifest [runs/COMMAND-TARGET-…, named after "
+    "the run: strategy, source, model].",
+)
 Config = option(
     Path | None,
     "YAML file with the run's settings, flags overriding it: training settings at the top or "

@@ -20,6 +20,7 @@ from tlmat.cli.common import (
     note_run_dir,
     option,
     reported_errors,
+    run_folder,
     skipped_table,
 )
 from tlmat.cli.options import (
@@ -105,7 +106,7 @@ def say(message) -> None:
 
 
 def command_spec(
-    default_dir: str, config: Path | None = None, model_config_file: Path | None = None, **fields
+    default_dir: Path, config: Path | None = None, model_config_file: Path | None = None, **fields
 ):
     """The RunSpec of a command's ``--config`` file and flags (flags win); ``model`` and
     ``model_config_file`` (``--model``, ``--model-config``) give its model. Says where
@@ -133,7 +134,7 @@ def command_spec(
 def train(
     data: Data,
     target: Target,
-    run_dir: RunDir = Path("runs/train"),
+    run_dir: RunDir = None,
     model: Model = SCRATCH_MODEL,
     ensemble: Members = 1,
     exclude_ids: ExcludeIds = None,
@@ -150,8 +151,10 @@ def train(
         tlmat train perov_5/val -t heat_ref --unit eV/cell --model schnet-arch2
             --run-dir runs/perov-schnet --epochs 50
     """
+    default = run_folder(options.get("config"), "train", target, model)
+    run_dir = run_dir or default
     given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
-    spec = command_spec("runs/train", exclude_ids=exclude_ids, **given, **options)
+    spec = command_spec(default, exclude_ids=exclude_ids, **given, **options)
     from tlmat.experiments.runspec import run
 
     with reported_errors():
@@ -190,7 +193,7 @@ def finetune(
     strategy: Annotated[str, typer.Option(help=f"One of {STRATEGY_NAMES}.")] = "full",
     freeze_k: FreezeK = 1,
     keep_head: KeepHead = False,
-    run_dir: RunDir = Path("runs/finetune"),
+    run_dir: RunDir = None,
     model: ScratchTwin = None,
     ensemble: FinetuneMembers = 1,
     options: dict | None = None,
@@ -207,9 +210,12 @@ def finetune(
         tlmat finetune perov_5/train -t heat_ref --test perov_5/test --train-size 300
             --strategy scratch --model schnet-arch2 --run-dir runs/finetune-schnet
     """
+    named = ("finetune", target, strategy, source, model)
+    default = run_folder(options.get("config"), *named)
+    run_dir = run_dir or default
     given = dict(data=data, target=target, run_dir=run_dir, model=model, ensemble=ensemble)
     transfer = dict(source=source, strategy=strategy, freeze_k=freeze_k, keep_head=keep_head)
-    spec = command_spec("runs/finetune", **given, **transfer, **options)
+    spec = command_spec(default, **given, **transfer, **options)
     from tlmat.experiments.runspec import run
 
     with reported_errors():
@@ -308,7 +314,7 @@ def compare(
     strategies: Strategies = DEFAULT_STRATEGIES,
     seeds: Seeds = 3,
     folds: CompareFolds = None,
-    run_dir: RunDir = Path("runs/compare"),
+    run_dir: RunDir = None,
     model: ScratchRow = None,
     options: dict | None = None,
 ) -> None:
@@ -328,8 +334,10 @@ def compare(
             --strategies scratch,full --model schnet-arch2 --run-dir runs/compare-schnet
     """
     chosen = chosen_strategies(strategies)
+    default = run_folder(options.get("config"), "compare", target, source, model)
+    run_dir = run_dir or default
     given = dict(data=data, target=target, source=source, run_dir=run_dir, model=model)
-    base = command_spec("runs/compare", progress_bar=False, **given, **options)
+    base = command_spec(default, progress_bar=False, **given, **options)
     from tlmat.experiments.comparison import compare as run_comparison
 
     with reported_errors(), _progress(seeds * (folds or 1) * len(chosen)) as progress:
@@ -419,7 +427,7 @@ def fit(
     data: Data,
     target: Target,
     model: Model = SCRATCH_MODEL,
-    run_dir: RunDir = Path("runs/fit"),
+    run_dir: RunDir = None,
     config: Config = None,
     options: dict | None = None,
 ) -> None:
@@ -449,7 +457,9 @@ def fit(
     )
     from tlmat.experiments.selection import FitSpec, select_model
 
-    note_run_dir(run_dir, Path("runs/fit"))
+    default = run_folder(config, "fit", target)
+    run_dir = run_dir or default
+    note_run_dir(run_dir, default)
     with reported_errors():
         given = dict(data=data, target=target, model=model, run_dir=run_dir)
         spec = FitSpec.from_options(config, **given, **options)

@@ -278,9 +278,21 @@ def added_settings() -> dict[str, Any]:
     return {**defaults, "max_size": None, **strategy}
 
 
+#: what a user chooses, said first when a folder holds another run
+CHOSEN = (
+    "data.source", "config.target", "source.name", "source", "strategy.name", "data.sizes",
+    "config.seed", "config.epochs",
+)  # fmt: skip
+#: what follows from the source: counted, not listed, when the source itself changed
+FROM_SOURCE = ("source.", "model.")
+
+
 def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``key: old → new`` for every setting that changed (nested keys dotted); a setting
-    of :func:`added_settings` missing from ``before`` counts as its neutral value."""
+    """``key: old → new`` for every setting that changed (nested keys dotted), the ones
+    a user chooses first (:data:`CHOSEN`: data, target, source, strategy, sizes); when
+    the source changed, the settings of its model are one count, not a line each (they
+    follow from it). A setting of :func:`added_settings` missing from ``before`` counts
+    as its neutral value."""
     a, b = (
         _flatten(json.loads(json.dumps(before, default=str))),
         _flatten(json.loads(json.dumps(now, default=str))),
@@ -290,10 +302,18 @@ def differences(before: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
         leaf = key.rsplit(".", 1)[-1]
         if key not in a and leaf in added and value == added[leaf]:
             a[key] = value
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key, "<unset>") != b.get(key, "<unset>"):
-            lines.append(f"{key}: {a.get(key, '<unset>')} → {b.get(key, '<unset>')}")
+    changed = [k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    changed.sort(key=lambda k: (CHOSEN.index(k) if k in CHOSEN else len(CHOSEN), k))
+    hidden = []
+    if "source.name" in changed or "source" in changed:
+        hidden = [k for k in changed if k not in CHOSEN and k.startswith(FROM_SOURCE)]
+    lines = [
+        f"{key}: {a.get(key, '<unset>')} → {b.get(key, '<unset>')}"
+        for key in changed
+        if key not in hidden
+    ]
+    if hidden:
+        lines.append(f"and {len(hidden)} setting(s) of the source's model, which follow from it")
     return lines
 
 
