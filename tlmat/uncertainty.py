@@ -28,12 +28,14 @@ the members did not train on (:func:`recalibrate`) is stored in the manifest
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +50,7 @@ from tlmat.machine import granted_cpus
 from tlmat.models.base import TrainedModel
 from tlmat.models.checkpoint import load_checkpoint
 from tlmat.models.prediction import predict, predict_with_variance
+from tlmat.progress import Display
 from tlmat.training.config import TrainConfig
 from tlmat.training.fit import RunInterrupted, finished_run, fit
 from tlmat.training.pool import worker_pool
@@ -243,7 +246,7 @@ def train_ensemble(
             strategy=strategy,
             overwrite=overwrite,
         )
-    results.update(_run_members(jobs, run_dir, workers, executor, slurm))
+    results.update(_run_members(jobs, run_dir, workers, executor, slurm, config.progress_bar))
     members = [results[k][0] for k in range(n_members)]
     val_mse = [results[k][1] for k in range(n_members)]
     aleatoric = Ensemble(members, val_mse).aleatoric
@@ -264,14 +267,25 @@ def train_ensemble(
     )
 
 
+def _members_display(members: int, shown: bool):
+    """A progress display over ``members`` (:class:`tlmat.progress.Display`), or a
+    context that counts silently."""
+    if shown:
+        return Display(f"ensemble of {members}", members)
+    return contextlib.nullcontext(lambda *args: None)
+
+
 def _run_members(
     jobs: dict[int, dict[str, Any]],
     run_dir: Path,
     workers: int,
     executor: Executor,
     slurm: dict[str, Any] | None,
+    progress: bool = False,
 ) -> dict[int, tuple[TrainedModel, float]]:
-    """:func:`train_member` for each job (member index → its arguments), where asked."""
+    """:func:`train_member` for each job (member index → its arguments), where asked;
+    with ``progress``, members trained side by side are counted on a progress display
+    as they finish (each one shows its own epochs when trained alone)."""
     if not jobs:
         return {}
     if executor in ("slurm", "debug"):
@@ -293,11 +307,15 @@ def _run_members(
     threads = max(1, granted_cpus() // workers)
     logger.info("%d members, %d at a time, %d torch threads each", len(jobs), workers, threads)
     try:
-        with worker_pool(workers) as pool:
+        with worker_pool(workers) as pool, _members_display(len(jobs), progress) as shown:
             futures = {
-                k: pool.submit(train_member, **job, threads=threads) for k, job in jobs.items()
+                pool.submit(train_member, **job, threads=threads): k for k, job in jobs.items()
             }
-            return {k: future.result() for k, future in futures.items()}
+            results = {}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                shown(f"member {futures[future]} trained", len(results))
+            return results
     except RunInterrupted as stopped:
         raise RunInterrupted(
             f"{run_dir}: stopped by {stopped} while {workers} members trained side by side; "

@@ -340,7 +340,7 @@ def compare(
     base = command_spec(default, progress_bar=False, **given, **options)
     from tlmat.experiments.comparison import compare as run_comparison
 
-    with reported_errors(), _progress(seeds * (folds or 1) * len(chosen)) as progress:
+    with reported_errors(), _progress("compare", seeds * (folds or 1) * len(chosen)) as progress:
         result = run_comparison(base, chosen, seeds, say, progress, folds)
     split, unit = result.split, base.training.unit
     title = (
@@ -353,35 +353,11 @@ def compare(
     console.print(f"report: {report}")
 
 
-class _progress:
-    """One bar over a comparison's runs, with the time left; the bar's ``update``."""
+def _progress(what: str, total: float):
+    """The command's progress display (:class:`tlmat.progress.Display`) on its console."""
+    from tlmat.progress import Display
 
-    def __init__(self, total: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        columns += (TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
-        self.bar = Progress(*columns, console=console, transient=True)
-        self.task = self.bar.add_task("compare", total=total)
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self.update
-
-    def __exit__(self, *exc) -> None:
-        self.bar.__exit__(*exc)
-
-    def update(self, description: str, done: int, total: int) -> None:
-        from rich.markup import escape
-
-        self.bar.update(self.task, description=escape(description), completed=done, total=total)
+    return Display(what, total, console=console)
 
 
 FitTest = option(
@@ -463,7 +439,7 @@ def fit(
     with reported_errors():
         given = dict(data=data, target=target, model=model, run_dir=run_dir)
         spec = FitSpec.from_options(config, **given, **options)
-        with _progress(1) as progress:
+        with _progress("fit", 1) as progress:
             result = select_model(spec, say, progress)
     console.print(fit_table(result))
     summary = result.paths["report"].read_text().split("\n\n", 2)[-1]
@@ -524,6 +500,7 @@ def benchmark(
             cfg = cfg.model_copy(
                 update={"executor": cfg.executor.model_copy(update={"workers": workers})}
             )
-        with strict_reading(strict):  # the grid loads its datasets (and sources') inside
-            report = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir)
+        with strict_reading(strict), _progress(cfg.name, 1) as progress:
+            # the grid loads its datasets (and sources') inside
+            report = run_benchmark(cfg, results or Path("results") / cfg.name, cache_dir, progress)
     console.print(f"report → {report}")

@@ -56,6 +56,7 @@ import json
 import logging
 import resource
 import time
+from collections.abc import Callable
 from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tlmat.experiments.baselines import BASELINES
 from tlmat.experiments.pretraining import DEFAULT_MODEL, PretrainConfig
+from tlmat.progress import Update
 
 if TYPE_CHECKING:
     from tlmat.training import TrainConfig
@@ -830,11 +832,29 @@ def _run_on_ray(config: BenchmarkConfig, todo: list[Job], root: Path, cache: Pat
             ray.shutdown()
 
 
+def _ticker(todo: list[Job], progress: Update | None) -> Callable[[Job], None]:
+    """What tells ``progress`` of each finished job: its size, of the sizes of all."""
+    total, done = float(sum(job.size for job in todo)) or 1.0, [0.0]
+    if progress is not None:
+        progress(f"{len(todo)} jobs to run", 0.0, total)
+
+    def tick(job: Job) -> None:
+        done[0] += job.size
+        if progress is not None:
+            progress(f"{job.source} n{job.size}-s{job.seed} {job.method} done", done[0], total)
+
+    return tick
+
+
 def run_benchmark(
-    config: BenchmarkConfig, root: str | Path, cache_dir: str | Path | None = None
+    config: BenchmarkConfig,
+    root: str | Path,
+    cache_dir: str | Path | None = None,
+    progress: Update | None = None,
 ) -> Path:
     """Pretrain the sources that need it, run every unfinished job, then write the
-    report; returns ``report/report.md``."""
+    report; returns ``report/report.md``. ``progress`` hears of every finished job, in
+    training structures (a job's work grows with its size)."""
     import torch
 
     from tlmat.evaluation.report import write_report
@@ -866,16 +886,19 @@ def run_benchmark(
     finally:
         torch.set_num_threads(threads)
     kind = config.executor.kind
+    tick = _ticker(todo, progress)
     if kind == "debug" or (kind == "local" and config.executor.workers == 1):
         for job in todo:
             run_job(config, job, root, cache)
+            tick(job)
     elif kind == "local":
         from tlmat.training.pool import worker_pool
 
         with worker_pool(config.executor.workers) as pool:
-            futures = [pool.submit(run_job, config, job, root, cache) for job in todo]
+            futures = {pool.submit(run_job, config, job, root, cache): job for job in todo}
             for future in as_completed(futures):
                 future.result()
+                tick(futures[future])
     elif kind == "ray":
         _run_on_ray(config, todo, root, cache)
     else:

@@ -21,6 +21,7 @@ import logging
 import platform
 import resource
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -117,6 +118,40 @@ class _TimeEstimate(L.Callback):
             )
 
 
+def _on_terminal() -> bool:
+    """Whether the user watches a terminal: Lightning's bar there, plain lines otherwise
+    (its bar rewrites one line with carriage returns, which a log file keeps as one)."""
+    return sys.stderr.isatty()
+
+
+class _EpochLines(L.Callback):
+    """Off a terminal, the run's progress as plain lines (:class:`tlmat.progress.Display`):
+    the epoch, the share of the epochs at most left and the time left, estimated from the
+    epochs this process trained (early stopping may end it sooner)."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.display = epochs, None
+
+    def on_train_start(self, trainer, module) -> None:
+        from tlmat.progress import Display
+
+        if trainer.global_rank == 0:
+            self.first = trainer.current_epoch
+            self.display = Display("training", max(self.epochs - self.first, 1)).__enter__()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self.display is not None:
+            epoch = trainer.current_epoch + 1
+            self.display(f"epoch {epoch} of at most {self.epochs}", epoch - self.first)
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.display is not None:
+            self.display.__exit__(None, None, None)
+            self.display = None
+
+    on_exception = on_train_end  # a stopped run stops its heartbeat
+
+
 @contextlib.contextmanager
 def stopped_by_signals():
     """Turn SIGTERM and SIGINT into :class:`RunInterrupted` while training (Lightning
@@ -160,7 +195,7 @@ def _trainer(config: TrainConfig, callbacks: list, log: EpochLog, steps: int) ->
         logger=log,
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
-        enable_progress_bar=config.progress_bar,
+        enable_progress_bar=config.progress_bar and _on_terminal(),
         log_every_n_steps=max(1, min(50, steps)),
         num_sanity_val_steps=0,
     )
@@ -417,6 +452,8 @@ def _callbacks(run_dir: Path, config: TrainConfig) -> tuple[ModelCheckpoint, lis
         enable_version_counter=False,
     )
     callbacks: list = [best, latest, _TimeEstimate(config.epochs)]
+    if config.progress_bar and not _on_terminal():
+        callbacks.append(_EpochLines(config.epochs))
     if config.early_stopping_patience:
         # checked after validation, where last.ckpt is written: checked at the end of the
         # training epoch instead, a run resumed from last.ckpt finds no val_mae to check
