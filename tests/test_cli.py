@@ -38,6 +38,19 @@ def test_info_summarises_a_dataset(data: Path, tmp_path: Path) -> None:
     assert len(skipped.read_text().splitlines()) == 441
 
 
+def test_info_says_the_same_on_the_fast_read_as_on_the_pymatgen_path(
+    data: Path, tmp_path: Path
+) -> None:
+    """info reads through the fast first read; --export (which needs the structures)
+    through pymatgen: the same tables, skipped rows included."""
+    source = str(data / "jarvis_tc_supercon" / "jarvis_tc_supercon_merged.csv.gz")
+    fast = runner.invoke(app, ["info", source, "-t", "Tc_K"])
+    export = tmp_path / "clean.csv"
+    slow = runner.invoke(app, ["info", source, "-t", "Tc_K", "--export", str(export)])
+    assert fast.exit_code == 0 and slow.exit_code == 0, fast.output + slow.output
+    assert slow.output.startswith(fast.output) and "616 cleaned structures" in slow.output
+
+
 def test_info_strict_fails_with_the_reason(cgcnn_folder: Path) -> None:
     path = cgcnn_folder / "1000050.cif"
     path.write_text("not a cif")

@@ -3,6 +3,7 @@ SLURM allocation and its container's quota; torch's threads sized to them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -52,5 +53,20 @@ def test_share_cores_sizes_torch_and_leaves_the_users_setting(monkeypatch) -> No
         assert machine.share_cores() == 1 and torch.get_num_threads() == 1
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert machine.share_cores() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_idle_threads_sleep_soon_unless_the_user_said_otherwise(monkeypatch) -> None:
+    """Set before torch starts (in a command's process): GOMP_SPINCOUNT stops idle
+    OpenMP threads spinning through the CPU time busy neighbours' turns need."""
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    before = torch.get_num_threads()
+    try:
+        machine.share_cores()
+        assert os.environ["GOMP_SPINCOUNT"] == "1000"
+        monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+        machine.share_cores()
+        assert os.environ["GOMP_SPINCOUNT"] == "300000"
     finally:
         torch.set_num_threads(before)

@@ -15,6 +15,12 @@ from pathlib import Path
 CGROUP = Path("/sys/fs/cgroup")
 #: the threading libraries' own variables, set for torch before it starts
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+#: how long an idle OpenMP thread spins before it sleeps (GNU libgomp, torch's on Linux):
+#: 300,000 turns by default, which beside busy processes burns the CPU a descheduled
+#: peer thread needs (the README's compare spent 2.3–5× its quiet CPU time there); 1,000
+#: keeps a quiet machine as fast and stops the burn (benchmarks/contention.py: 1.31×
+#: the quiet CPU time beside two busy processes; 10,000 gave 1.38×)
+SPIN = {"GOMP_SPINCOUNT": "1000"}
 
 
 def granted_cpus() -> int:
@@ -56,10 +62,13 @@ def cgroup_quota(root: Path = CGROUP) -> int | None:
 def share_cores() -> int:
     """Size torch's threads to the granted CPUs (unless the user set the threading
     libraries' variables): before torch starts through the variables, after through
-    ``torch.set_num_threads``. Returns the thread count."""
+    ``torch.set_num_threads``; and let idle threads sleep soon (:data:`SPIN`, read when
+    torch starts). Returns the thread count."""
     cpus = granted_cpus()
     for name in THREAD_VARIABLES:
         os.environ.setdefault(name, str(cpus))
+    for name, value in SPIN.items():
+        os.environ.setdefault(name, value)
     given = os.environ["OMP_NUM_THREADS"]
     threads = int(given) if given.isdigit() and int(given) > 0 else cpus
     torch = sys.modules.get("torch")

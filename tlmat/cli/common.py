@@ -172,7 +172,8 @@ def note_run_dir(run_dir: Path, default: Path) -> None:
     if not ignored:
         console.print(
             f"note: results go to {here / run_dir}, inside the git checkout {checkout} "
-            "(not ignored by git); pass --run-dir to put them elsewhere"
+            "(not ignored by git); pass --run-dir to put them elsewhere",
+            soft_wrap=True,  # a path broken over two lines cannot be copied
         )
 
 
