@@ -108,7 +108,7 @@ class Display:
         every: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.what, self.stage = what, what
+        self.what, self.stage, self.note = what, what, None
         self.console = console or Console(stderr=True)
         self.every = float(os.environ.get("TLMAT_PROGRESS_SECONDS", 30)) if every is None else every
         self.estimate = Estimate(total, clock)
@@ -136,16 +136,21 @@ class Display:
         if self._bar is not None:
             self._bar.__exit__(*exc)
 
-    def __call__(self, stage: str, done: float, total: float | None = None) -> None:
+    def __call__(
+        self, stage: str, done: float, total: float | None = None, note: str | None = None
+    ) -> None:
+        """Work done so far of the stage ``stage``; ``note`` (e.g. the epoch) is shown
+        with it, but unlike a new stage does not make a line of its own off a terminal."""
         if total is not None:
             self.estimate.total = float(total)
         new_stage = stage != self.stage
-        self.stage, self.estimate.done = stage, float(done)
+        self.stage, self.note, self.estimate.done = stage, note, float(done)
         if self._bar is not None:
             from rich.markup import escape
 
+            shown = escape(f"{stage} · {note}" if note else stage)
             self._bar.update(
-                self._task, description=escape(stage), completed=done, total=self.estimate.total
+                self._task, description=shown, completed=done, total=self.estimate.total
             )
         elif new_stage or self.estimate.clock() - self._said >= self.every:
             self._say()
@@ -157,6 +162,7 @@ class Display:
         left = e.left()
         estimate = "time left: estimating" if left is None else f"~{clock_text(left)} left"
         stage = f"{self.what}: {self.stage}" if self.stage != self.what else self.what
+        stage += f" ({self.note})" if self.note else ""
         return f"{stage} · {share:.0f} % done · {clock_text(e.elapsed)} elapsed · {estimate}"
 
     def _say(self) -> None:

@@ -522,7 +522,7 @@ def test_cli_gaussian_nll_with_tanh_or_a_kept_head_exits_with_the_reason(data, t
     assert tanh.exit_code == 1 and "needs normalization 'standard' or 'none'" in said(tanh)
     assert not (tmp_path / "tanh").exists() and not (tmp_path / "cache").exists(), "before data"
     unknown = runner.invoke(app, ["train", *base[:3], "--loss", "nll", *cache])
-    assert unknown.exit_code == 1 and "gaussian_nll" in said(unknown)
+    assert unknown.exit_code == 2 and "gaussian_nll" in said(unknown)  # a usage error
     kept = runner.invoke(app, ["finetune", *base, "--keep-head", "--ensemble", "2",
                                "--run-dir", str(tmp_path / "kept")])  # fmt: skip
     assert kept.exit_code == 1, kept.output

@@ -209,6 +209,7 @@ def _read_fast(path: Path, target, limit, reading: ReadOptions):
     pymatgen path, 24–48× faster), described; the structures are not kept."""
     from tlmat.data.ingest import iter_ingested
     from tlmat.graphs import GraphSettings
+    from tlmat.io.readers import nothing_read
     from tlmat.io.records import ProblemLog
 
     log = ProblemLog(strict=reading.strict)  # strict: the first bad structure raises
@@ -216,6 +217,8 @@ def _read_fast(path: Path, target, limit, reading: ReadOptions):
     items = list(
         iter_ingested(path, GraphSettings(), target, log=log, limit=limit, progress=True, **options)
     )
+    if not items:
+        raise nothing_read(path, log)
     return Contents.of_ingested(str(path), items, log), None
 
 

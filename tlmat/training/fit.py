@@ -142,14 +142,16 @@ class _EpochLines(L.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         if self.display is not None:
             epoch = trainer.current_epoch + 1
-            self.display(f"epoch {epoch} of at most {self.epochs}", epoch - self.first)
+            note = f"epoch {epoch} of at most {self.epochs}"
+            self.display("training", epoch - self.first, note=note)
 
     def on_train_end(self, trainer, module) -> None:
         if self.display is not None:
             self.display.__exit__(None, None, None)
             self.display = None
 
-    on_exception = on_train_end  # a stopped run stops its heartbeat
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        self.on_train_end(trainer, module)  # a stopped run stops its heartbeat
 
 
 @contextlib.contextmanager
