@@ -230,6 +230,8 @@ def test_inference_commands_honour_tlmat_cache_dir(data: Path, tmp_path: Path) -
         result = runner.invoke(app, command, env={"TLMAT_CACHE_DIR": str(cache)})
         assert result.exit_code == 0, result.output
         assert any(cache.rglob("*.npy")), f"{command[0]} did not use $TLMAT_CACHE_DIR"
+    # evaluate's JSON says the unit of its errors
+    assert '"unit": "eV"' in result.output and '"target": "band_gap"' in result.output
 
 
 def _read_by_run(data: Path, cache: Path, **model) -> bool:

@@ -158,3 +158,29 @@ def test_published_results_sit_beside_the_grids_best_rows(grid: Path, tmp_path: 
     ).read_text()
     assert "## beside published results (N = 60 here)" in text
     assert "| CGCNN (Matbench v0.1) | 0.0452 | published |" in text
+
+
+def test_log_axes_read_in_plain_decimals() -> None:
+    """Learning curves label sizes and errors as numbers (50, 200, 0.4), not 5×10¹."""
+    import matplotlib.pyplot as plt
+
+    from tlmat.evaluation.report import decimal_log_axes
+
+    fig, ax = plt.subplots()
+    ax.plot([20, 50, 100, 500, 1000], [0.9, 0.5, 0.4, 0.2, 0.12])
+    decimal_log_axes(ax)
+    fig.canvas.draw()
+    ticks = [axis.get_ticklabels(minor=minor) for axis in (ax.xaxis, ax.yaxis)
+             for minor in (False, True)]  # fmt: skip
+    shown = [t.get_text() for labels in ticks for t in labels]
+    plt.close(fig)
+    labels = [text for text in shown if text]
+    assert {"100", "1000", "50", "200", "0.1", "0.2", "0.5"} <= set(labels), labels
+    assert not any("10^" in text or "times" in text or "×" in text for text in labels), labels
+
+
+def test_report_tables_read_method_names_left_aligned() -> None:
+    from tlmat.evaluation.report import _html
+
+    page = _html("| method | MAE |\n|---|---|\n| full | 0.1 |\n", "t")
+    assert "td:first-child,th:first-child{text-align:left}" in page and "<td>full</td>" in page

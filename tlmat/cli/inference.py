@@ -438,11 +438,13 @@ def _evaluate_model(
             f"{checkpoint} on {data}", {trained.target.name: metrics}, trained.target.unit
         )
     )
-    console.print_json(json.dumps(metrics))
+    # MAE, RMSE and max error in the target's unit (R² has none), said with the numbers
+    unit = trained.target.unit
+    console.print_json(json.dumps({"target": trained.target.name, "unit": unit, **metrics}))
     if output is not None:
         with output.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            unit = f" ({trained.target.unit})" if trained.target.unit else ""
+            unit = f" ({unit})" if unit else ""
             writer.writerow(["id", f"true{unit}", f"predicted{unit}", f"error{unit}"])
             writer.writerows(
                 [i, float(t), float(p), float(p - t)]

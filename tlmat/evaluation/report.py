@@ -94,10 +94,25 @@ def _pretrained_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return pretrained[~pretrained["base"].map(_raw_zero_shot)]
 
 
-def _finish_loglog(fig, ax, path: Path, xlabel: str, unit: str, title: str, **legend) -> None:
-    """Log–log axes, labels with the unit, legend, grid; saved and closed."""
+def decimal_log_axes(ax) -> None:
+    """Log–log axes labelled in plain decimals (``50``, ``0.4``, not ``5×10¹``), the
+    minor ticks at 2 and 5 of each decade labelled too: what a reader of a learning
+    curve reads sizes and errors off."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    major = FuncFormatter(lambda value, _: f"{value:g}")
+    minor = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else "")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axis.set_major_formatter(major)
+        axis.set_minor_formatter(minor)
+
+
+def _finish_loglog(fig, ax, path: Path, xlabel: str, unit: str, title: str, **legend) -> None:
+    """Log–log axes in decimals, labels with the unit, legend, grid; saved and closed."""
+    decimal_log_axes(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test MAE ({unit})" if unit else "test MAE")
     ax.set_title(title)
@@ -714,6 +729,8 @@ def _html(markdown: str, title: str) -> str:
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
         "table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}"
+        # the first column names the method or setting: read left to right
+        "td:first-child,th:first-child{text-align:left}"
         "code{background:#f3f3f3;padding:0 3px}"
     )
     return (
