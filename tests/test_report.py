@@ -184,3 +184,13 @@ def test_report_tables_read_method_names_left_aligned() -> None:
 
     page = _html("| method | MAE |\n|---|---|\n| full | 0.1 |\n", "t")
     assert "td:first-child,th:first-child{text-align:left}" in page and "<td>full</td>" in page
+
+
+def test_one_seed_gives_no_empty_t_test_table() -> None:
+    import pandas as pd
+
+    rows = [("scratch", 20, 0.5), ("scratch", 60, 0.3), ("full", 20, 0.4), ("full", 60, 0.2)]
+    one_seed = pd.DataFrame(rows, columns=["method", "size", "mae"]).assign(seed=0)
+    assert "paired t-test vs scratch" not in summary_tables(one_seed)
+    two_seeds = pd.concat([one_seed, one_seed.assign(seed=1, mae=one_seed.mae * 1.1)])
+    assert "paired t-test vs scratch" in summary_tables(two_seeds)
