@@ -46,6 +46,13 @@ def shipped() -> dict[str, dict]:
     return {f"tlmat/{card.parent.name}": json.loads(card.read_text()) for card in cards}
 
 
+def shipped_folder(name: str) -> Path:
+    """The folder of a shipped tlmat source (``tlmat/mp-eform-cgcnn``)."""
+    if name not in shipped():
+        raise ValueError(f"unknown tlmat source {name!r}; shipped: {', '.join(shipped())}")
+    return SHIPPED_DIR / name.removeprefix("tlmat/")
+
+
 def cgcnn_files() -> dict[str, Any]:
     """The original CGCNN models known by name (``cgcnn/band-gap`` …) → registry entry."""
     return {name: entry for name, entry in REGISTRY.items() if entry.architecture}
@@ -64,28 +71,47 @@ def source_names() -> list[str]:
     return [*load()["published"], *shipped(), *cgcnn_files()]
 
 
+def unknown_model(name: str, architectures: list[str], presets: list[str]) -> ValueError:
+    """The error of a model name that is no architecture and no preset, with the closest."""
+    hint = did_you_mean(str(name), [*architectures, *presets])
+    return ValueError(
+        f"unknown model {name!r}{hint}; architectures: {', '.join(architectures)}; "
+        f"presets: {', '.join(presets)}"
+    )
+
+
+def unknown_source(name: str | Path, known: list[str]) -> FileNotFoundError:
+    """The error of a source that is neither a file nor a registered name, with the
+    closest names."""
+    hint = did_you_mean(str(name), known)
+    return FileNotFoundError(
+        f"{name}: neither a file nor a registered model{hint} ({', '.join(known)})"
+    )
+
+
 def check_model(name: str | None) -> None:
     """A ValueError naming the closest models when ``name`` is none of them."""
-    if name is None or name in model_names():
+    known = model_names()
+    if name is None or name in known:
         return
-    architectures = load()["architectures"]
-    presets = [n for n in model_names() if n not in architectures]
-    raise ValueError(
-        f"unknown model {name!r}{did_you_mean(name, model_names())}; architectures: "
-        f"{', '.join(architectures)}; presets: {', '.join(presets)}"
-    )
+    architectures = list(load()["architectures"])
+    raise unknown_model(name, architectures, known[len(architectures) :])
 
 
 def check_source(name: str | Path | None) -> None:
     """A FileNotFoundError naming the closest sources when ``name`` is neither a
     registered source nor an existing file or folder."""
-    if name is None or str(name) in source_names() or Path(name).exists():
-        return
     known = source_names()
-    raise FileNotFoundError(
-        f"{name}: neither a file nor a registered model{did_you_mean(str(name), known)} "
-        f"({', '.join(known)})"
-    )
+    if name is None or str(name) in known or Path(name).exists():
+        return
+    raise unknown_source(name, known)
+
+
+def split_candidate(text: str) -> tuple[str, str | None]:
+    """``"full [tlmat/mp-eform-cgcnn]"`` (or ``"full tlmat/mp-eform-cgcnn"``, or
+    ``"scratch"``) as its strategy and source (None when it names none)."""
+    strategy, _, source = text.replace("[", " ").replace("]", " ").strip().partition(" ")
+    return strategy, source.strip() or None
 
 
 def check_methods(names: Iterable[str], kind: str = "strategy") -> None:

@@ -249,20 +249,24 @@ def resolve(spec: str | Path) -> Path:
     local = _local(spec)
     if local is not None:
         return local
-    check(spec)
-    return fetch(str(spec))
+    if str(spec) in REGISTRY:
+        return fetch(str(spec))
+    raise _not_found(spec)
 
 
 def check(spec: str | Path) -> None:
     """Raise what :func:`resolve` would for data that is neither a path nor a registered
     name, with the closest names, without reading or fetching anything: a mistake is
     said before the heavy work starts."""
-    if str(spec) in REGISTRY or _local(spec) is not None:
-        return
+    if str(spec) not in REGISTRY and _local(spec) is None:
+        raise _not_found(spec)
+
+
+def _not_found(spec: str | Path) -> FileNotFoundError:
     # the registry also holds pretrained weights; those are models, named by the hub
     datasets = [name for name, entry in REGISTRY.items() if entry.architecture is None]
     hint = did_you_mean(str(spec), [*datasets, *_nearby(Path(spec))])
-    raise FileNotFoundError(
+    return FileNotFoundError(
         f"{spec}: no such file or folder, and not a registered name{hint} "
         f"(registered: {', '.join(datasets)})"
     )

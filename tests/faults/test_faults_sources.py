@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from tlmat import catalogue
 from tlmat.experiments.benchmark import (
     BenchmarkConfig,
     SourceConfig,
@@ -31,7 +32,8 @@ def test_changed_shipped_weights_are_refused(tmp_path, monkeypatch) -> None:
     data = bytearray(model.read_bytes())
     data[-100] ^= 0xFF  # one byte of the stored tensors
     model.write_bytes(bytes(data))
-    monkeypatch.setattr(hub, "SHIPPED_DIR", tmp_path / "pretrained")
+    # where the shipped sources live is the catalogue's (the hub reads it from there)
+    monkeypatch.setattr(catalogue, "SHIPPED_DIR", tmp_path / "pretrained")
     hub.shipped.cache_clear()
     try:
         with pytest.raises(ValueError, match=r"model\.pt: SHA-256 .* differs from its model card"):

@@ -73,9 +73,9 @@ def check_early(
         if isinstance(model, str):
             catalogue.check_model(model)
         for text in candidates:  # "STRATEGY [SOURCE]"
-            strategy, _, source = text.replace("[", " ").replace("]", " ").strip().partition(" ")
+            strategy, source = catalogue.split_candidate(text)
             catalogue.check_methods([strategy], kind="candidate strategy")
-            catalogue.check_source(source.strip() or None)
+            catalogue.check_source(source)
         for source in sources:
             catalogue.check_source(source)
         catalogue.check_methods(strategies)

@@ -641,7 +641,7 @@ def _print_source_checksums() -> None:
     for name, entry in catalogue.load()["published"].items():
         console.print(f"{name}: {entry['location']} (sha256 {entry['sha256']})", soft_wrap=True)
     for name, card in catalogue.shipped().items():
-        folder = catalogue.SHIPPED_DIR / name.removeprefix("tlmat/")
+        folder = catalogue.shipped_folder(name)
         console.print(
             f"{name}: model card {folder / 'card.md'} (sha256 {card['model_sha256']})",
             soft_wrap=True,

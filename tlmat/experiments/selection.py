@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, model_validator
 
+from tlmat.catalogue import split_candidate
 from tlmat.data.dataset import GraphDataset, Reading
 from tlmat.data.splits import Split, kfold_splits
 from tlmat.experiments.runspec import SCRATCH_MODEL, Say, Settings, logged, scaled_defaults
@@ -105,8 +106,7 @@ class Candidate:
     @classmethod
     def parse(cls, text: str) -> Candidate:
         """``"scratch"``, ``"full [tlmat/mp-eform-cgcnn]"`` or ``"features+mlp chgnet/0.3.0"``."""
-        strategy, _, source = text.replace("[", " ").replace("]", " ").strip().partition(" ")
-        source = source.strip() or None
+        strategy, source = split_candidate(text)
         if strategy not in USABLE:
             raise ValueError(f"candidate {text!r}: strategy must be one of {', '.join(USABLE)}")
         if (strategy == "scratch") != (source is None):

@@ -24,21 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from tlmat.catalogue import SHIPPED_DIR, cgcnn_files, shipped
+from tlmat.catalogue import (  # noqa: F401 (SHIPPED_DIR: the hub's name for older imports)
+    SHIPPED_DIR,
+    cgcnn_files,
+    shipped,
+    shipped_folder,
+    unknown_source,
+)
 from tlmat.datasets import fetch
-from tlmat.hints import did_you_mean
 from tlmat.models import registry
 from tlmat.models.checkpoint import TrainedModel, load_checkpoint
 
 #: Pretrained sources known by name (``tlmat models`` lists them).
 PRETRAINED = cgcnn_files()
-
-
-def shipped_folder(name: str) -> Path:
-    """The folder of a shipped tlmat source (``tlmat/mp-eform-cgcnn``)."""
-    if name not in shipped():
-        raise ValueError(f"unknown tlmat source {name!r}; shipped: {', '.join(shipped())}")
-    return SHIPPED_DIR / name.removeprefix("tlmat/")
 
 
 def training_materials(name: str) -> dict[str, list[tuple[str, str]]]:
@@ -116,9 +114,7 @@ def resolve(name: str | Path) -> Resolved:
         raise FileNotFoundError(f"{path}: a folder without model.pt or ensemble.json")
     if path.is_file():
         return Resolved(text, "checkpoint", path)
-    hint = did_you_mean(text, names())
-    known = ", ".join(names())
-    raise FileNotFoundError(f"{name}: neither a file nor a registered model{hint} ({known})")
+    raise unknown_source(name, names())
 
 
 def load_source(source: str | Path) -> TrainedModel:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tlmat.hints import did_you_mean
+from tlmat.catalogue import unknown_model
 from tlmat.models.base import CrystalModel, ModelConfig, TrainedModel
 
 #: architecture name → module defining ``ARCHITECTURE`` (one line per architecture)
@@ -138,11 +138,7 @@ def model_config(spec: ModelSpec | None = None, **overrides: Any) -> ModelConfig
     elif spec in MODULES:
         name = spec
     else:
-        hint = did_you_mean(str(spec), [*MODULES, *known])
-        raise ValueError(
-            f"unknown model {spec!r}{hint}; architectures: {', '.join(MODULES)}; "
-            f"presets: {', '.join(known)}"
-        )
+        raise unknown_model(spec, list(MODULES), list(known))
     try:
         return get(name).config(**{**fields, **overrides})
     except ValueError as error:  # pydantic's message names the bad field
