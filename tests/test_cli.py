@@ -51,6 +51,24 @@ def test_info_says_the_same_on_the_fast_read_as_on_the_pymatgen_path(
     assert slow.output.startswith(fast.output) and "616 cleaned structures" in slow.output
 
 
+def test_info_shows_each_targets_unit(data: Path) -> None:
+    """A unit given per target is shown beside its statistics; without one, info says
+    the file has none and where the dataset's documentation is."""
+    source = str(data / "perov_5" / "val.csv.gz")
+    args = ["info", source, "-t", "heat_ref", "-t", "dir_gap", "--limit", "50"]
+    given = runner.invoke(app, [*args, "--unit", "heat_ref=eV/cell", "--unit", "eV"])
+    assert given.exit_code == 0, given.output
+
+    def units(output: str) -> dict[str, str]:  # target → unit cell of the targets table
+        cells = [[c.strip() for c in line.split("│")] for line in output.splitlines()]
+        return {row[0]: row[1] for row in cells if len(row) > 5}
+
+    assert units(given.output) == {"heat_ref": "eV/cell", "dir_gap": "eV"}, given.output
+    bare = runner.invoke(app, args)
+    unknown = list(units(bare.output).values())
+    assert unknown == ["?", "?"] and "perov_5/SOURCE.md" in bare.output
+
+
 def test_info_strict_fails_with_the_reason(cgcnn_folder: Path) -> None:
     path = cgcnn_folder / "1000050.cif"
     path.write_text("not a cif")

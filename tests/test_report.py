@@ -194,3 +194,48 @@ def test_one_seed_gives_no_empty_t_test_table() -> None:
     assert "paired t-test vs scratch" not in summary_tables(one_seed)
     two_seeds = pd.concat([one_seed, one_seed.assign(seed=1, mae=one_seed.mae * 1.1)])
     assert "paired t-test vs scratch" in summary_tables(two_seeds)
+
+
+def test_every_method_of_a_figure_has_its_own_colour_and_line_style() -> None:
+    """Methods whose families share a colour (the descriptor baselines, the source as it
+    is) or one family's variants still differ in colour, and in line style for print."""
+    from tlmat.evaluation.report import ORDER, method_styles
+
+    methods = [*ORDER, "full [mp-cgcnn]", "full [chgnet/0.3.0]", "scratch-alignn"]
+    styles = method_styles(methods)
+    colours = [s["color"] for s in styles.values()]
+    assert len(set(colours)) == len(methods), colours
+    # seven line styles: any seven methods in a row differ in greyscale too
+    ordered = list(styles.values())
+    for k in range(len(ordered) - 6):
+        assert len({str(s["linestyle"]) for s in ordered[k : k + 7]}) == 7
+    # a family keeps its colour when it is alone in a figure
+    assert method_styles(["full", "scratch"])["full"]["color"] == styles["full"]["color"]
+
+
+def test_parity_panels_share_one_axis_range(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from tlmat.evaluation import report
+
+    narrow = pd.DataFrame({"true": [0.0, 0.1], "predicted": [0.05, 0.1], "seed": 0})
+    wide = pd.DataFrame({"true": [-1.0, 3.0], "predicted": [-0.5, 2.0], "seed": 0})
+    saved = []
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append([(ax.get_xlim(), ax.get_ylim()) for ax in fig.axes if ax.has_data()])
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        report.plot_parity({"scratch": narrow, "full": wide}, tmp_path / "p.png", "eV", 20)
+    finally:
+        plt.Figure.savefig = real_savefig
+    (limits,) = saved
+    assert len(limits) == 2 and limits[0] == limits[1]
+    (lo, hi), _ = limits[0]
+    assert lo < -1.0 and hi > 3.0 and (tmp_path / "p.png").stat().st_size > 10_000

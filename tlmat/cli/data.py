@@ -77,7 +77,31 @@ class Contents:
         return list(dict.fromkeys(name for targets in self.targets for name in targets))
 
 
-def summarise(contents: Contents) -> list[Table]:
+def units_of(given: list[str] | None, names: list[str]) -> dict[str, str]:
+    """Each target's unit from ``--unit`` values: ``NAME=UNIT`` for one target, a bare
+    ``UNIT`` for every target not named."""
+    units, every = {}, ""
+    for value in given or []:
+        name, _, unit = value.rpartition("=")
+        if name:
+            units[name] = unit
+        else:
+            every = unit
+    return {name: units.get(name, every) for name in names}
+
+
+def documentation_beside(path: Path) -> Path | None:
+    """A dataset's documentation (``SOURCE.md`` or ``README.md``) in its folder or the
+    two above, where the units of a table's columns are written."""
+    folder = path if path.is_dir() else path.parent
+    for place in [folder, *folder.parents][:3]:
+        for name in ("SOURCE.md", "README.md"):
+            if (place / name).is_file():
+                return place / name
+    return None
+
+
+def summarise(contents: Contents, units: dict[str, str] | None = None) -> list[Table]:
     """Rich tables describing a dataset: structures, elements, targets, skipped rows."""
     from ase.data import chemical_symbols
 
@@ -97,35 +121,47 @@ def summarise(contents: Contents) -> list[Table]:
     overview.add_row(f"elements ({len(ordered)})", " ".join(chemical_symbols[z] for z in ordered))
     tables = [overview]
     if contents.target_names:
-        tables.append(targets_table(contents))
+        tables.append(targets_table(contents, units or {}))
     skipped = skipped_table(contents.log)
     if skipped is not None:
         tables.append(skipped)
     return tables
 
 
-def targets_table(contents: Contents) -> Table:
+def targets_table(contents: Contents, units: dict[str, str]) -> Table:
     """Statistics of each target, with how many structures lack a value of it (with no
-    target named, a column is optional: its empty cells are counted here, not skipped).
-    The units are the source's: a table or JSON file carries none tlmat could read."""
+    target named, a column is optional: its empty cells are counted here, not skipped),
+    in the units ``--unit`` gave (a table or JSON file carries none tlmat could read)."""
     rows = contents.targets
-    table = Table(title="Targets (in the source's units)", title_justify="left")
-    for column in ("target", "n", "missing", "mean", "std", "min", "median", "max"):
-        table.add_column(column, justify="left" if column == "target" else "right")
+    # no outer border: nine columns fit an 80-column terminal
+    table = Table(title="Targets", title_justify="left", show_edge=False)
+    for column in ("target", "unit", "n", "missing", "mean", "std", "min", "median", "max"):
+        left = column in ("target", "unit")
+        widest = max((len(u) for u in units.values()), default=1) if column == "unit" else None
+        table.add_column(
+            column, justify="left" if left else "right", no_wrap=True, min_width=widest
+        )
     for name in contents.target_names:
+        unit = units.get(name) or "?"
         values = [r[name] for r in rows if name in r]
         missing = str(len(rows) - len(values))
         array = np.asarray(values, dtype=float) if values else np.zeros(0)
         if array.ndim > 1:
             vector = f"vector of {array.shape[1]}"
-            table.add_row(name, str(len(values)), missing, vector, "", "", "", "")
+            table.add_row(name, unit, str(len(values)), missing, vector, "", "", "", "")
             continue
         stats = (array.mean(), array.std(), array.min(), np.median(array), array.max())
-        table.add_row(name, str(len(array)), missing, *(f"{v:.4g}" for v in stats))
+        table.add_row(name, unit, str(len(array)), missing, *(f"{v:.4g}" for v in stats))
     return table
 
 
 Limit = option(int | None, "Read only the first N items.")
+Units = option(
+    list[str] | None,
+    "Unit of the targets, shown beside their statistics: 'eV/cell' for all, or "
+    "NAME=UNIT per target (repeatable); files carry none tlmat could read.",
+    "--unit",
+)
 SkippedCsv = option(Path | None, "Write every skipped item with its reason here.")
 Export = option(
     Path | None, "Write the cleaned dataset: .extxyz/.xyz, or .csv (with a CIF column)."
@@ -154,6 +190,7 @@ def info(
     limit: Limit = None,
     skipped_csv: SkippedCsv = None,
     export: Export = None,
+    unit: Units = None,
     reading: ReadOptions = DEFAULT_READING,
 ) -> None:
     """Summarise a dataset: count, elements, sites per cell, target statistics, skipped
@@ -165,7 +202,7 @@ def info(
 
     Example:
 
-        tlmat info ../shared/data/perov_5/test.csv.gz --target heat_ref
+        tlmat info ../shared/data/perov_5/test.csv.gz --target heat_ref --unit eV/cell
 
         tlmat info my_cifs/ --disorder majority --export clean.extxyz
     """
@@ -179,8 +216,11 @@ def info(
         # the fast first read, unless the cleaned structures are to be written
         read = _read_records if export is not None else _read_fast
         contents, result = read(path, target, limit, reading)
-    for table in summarise(contents):
+    for table in summarise(contents, units_of(unit, contents.target_names)):
         console.print(table)
+    documentation = documentation_beside(path)
+    if contents.target_names and not unit and documentation is not None:
+        console.print(f"units (?): not in the file; see {documentation}, then --unit NAME=UNIT")
     if skipped_csv is not None:
         contents.log.write_csv(skipped_csv)
         console.print(f"skipped items written to {skipped_csv}")

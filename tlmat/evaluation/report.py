@@ -327,22 +327,40 @@ def _variant(method: str) -> str:
     return "/".join(x for x in (extra, source) if x)
 
 
+#: further colours for methods whose family colour another method of the figure took:
+#: the rest of Okabe–Ito's, then Paul Tol's muted and light schemes (colour-blind safe)
+SPARE_COLOURS = [
+    *PALETTE, "#882255", "#117733", "#332288", "#AA4499", "#44AA99", "#661100", "#CC6677",
+    "#DDCC77", "#88CCEE", "#999933", "#6699CC", "#EE8866", "#BBCC33", "#77AADD", "#FFAABB",
+]  # fmt: skip
+#: a line style per method, so that a greyscale print still tells them apart
+LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 3))]
+
+
 def method_styles(methods) -> dict[str, dict]:
-    """A colour per family (:data:`FAMILY_COLOURS`) and a marker per variant (source or
-    architecture), so that a dozen series stay apart and keep their colour everywhere."""
+    """For each method of a figure its own colour (its family's, :data:`FAMILY_COLOURS`,
+    unless another method took it first), line style and marker (a marker per variant:
+    source or architecture), so that a dozen series stay apart in colour and in a
+    greyscale print, and a method keeps its colour across the figures of a report."""
     methods = method_order(methods)
     variants = sorted({_variant(m) for m in methods})
-
-    def colour(family: str) -> str:  # a stable pick (str hashes change between runs)
-        return FAMILY_COLOURS.get(family, PALETTE[sum(map(ord, family)) % len(PALETTE)])
-
-    return {
-        m: {
-            "color": colour(_family(m)),
-            "marker": MARKERS[variants.index(_variant(m)) % len(MARKERS)],
+    # spares first from the colours no family owns, so that none takes another's
+    owned = set(FAMILY_COLOURS.values())
+    spares = sorted(SPARE_COLOURS, key=owned.__contains__)
+    used: set[str] = set()
+    styles = {}
+    for k, method in enumerate(methods):
+        family = _family(method)
+        preferred = FAMILY_COLOURS.get(family, PALETTE[sum(map(ord, family)) % len(PALETTE)])
+        spare = (c for c in spares if c not in used)
+        colour = preferred if preferred not in used else next(spare, preferred)
+        used.add(colour)
+        styles[method] = {
+            "color": colour,
+            "linestyle": LINE_STYLES[k % len(LINE_STYLES)],
+            "marker": MARKERS[variants.index(_variant(method)) % len(MARKERS)],
         }
-        for m in methods
-    }
+    return styles
 
 
 def _predictions(runs: pd.DataFrame, size: int) -> dict[str, pd.DataFrame]:
@@ -383,12 +401,11 @@ def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: st
         group = stats[stats["method"] == method]
         if _raw_zero_shot(method):  # raw source output in another unit: off the scale
             continue
-        style = "--" if method.startswith("zero") or "†" in method else "-"
         line = ax.errorbar(
             group["size"],
             group["mean"],
             yerr=group["std"].fillna(0),  # sample std (ddof = 1) over seeds
-            fmt=style,
+            ls=styles[method]["linestyle"],
             marker=styles[method]["marker"],
             color=styles[method]["color"],
             capsize=3,
@@ -418,34 +435,51 @@ def plot_learning_curves(runs: pd.DataFrame, path: Path, unit: str, baseline: st
     )
 
 
+def parity_range(predictions: dict[str, pd.DataFrame]) -> tuple[float, float]:
+    """One axis range for every parity panel: all true and predicted values of every
+    method, with 3 % margins, so that panels compare at a glance."""
+    values = np.concatenate(
+        [f[c].to_numpy(float) for f in predictions.values() for c in ("true", "predicted")]
+    )
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    pad = 0.03 * (hi - lo) if hi > lo else 0.5
+    return lo - pad, hi + pad
+
+
 def plot_parity(predictions: dict[str, pd.DataFrame], path: Path, unit: str, size: int) -> None:
-    """One panel per method with the test predictions of every seed (a marker each)."""
+    """One square panel per method with the test predictions of every seed (a marker
+    each), every panel on the same axis range; three panels a row, each large enough to
+    read at the width of the HTML report."""
     methods = list(predictions)
-    cols = min(4, len(methods))
+    cols = min(3, len(methods))
     rows = int(np.ceil(len(methods) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 4.2 * rows), squeeze=False, sharex=True, sharey=True
+    )
     label = f" ({unit})" if unit else ""
     styles = method_styles(methods)
     seeds = sorted({s for f in predictions.values() for s in f["seed"].unique()})
+    lo, hi = parity_range(predictions)
     for ax, method in zip(axes.flat, methods, strict=False):
         frame = predictions[method]
-        lo = min(frame["true"].min(), frame["predicted"].min())
-        hi = max(frame["true"].max(), frame["predicted"].max())
         for k, (seed, part) in enumerate(frame.groupby("seed")):
             ax.scatter(
-                part["true"], part["predicted"], s=5, alpha=0.35,
+                part["true"], part["predicted"], s=7, alpha=0.4,
                 color=styles[method]["color"], marker=MARKERS[k % len(MARKERS)],
                 label=f"seed {seed}",
             )  # fmt: skip
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), aspect="equal")
         mae = (frame["predicted"] - frame["true"]).abs().mean()
-        ax.set_title(f"{method}\nMAE {mae:.3f}{label}", fontsize=9)
-        ax.set_xlabel(f"DFT{label}", fontsize=8)
-        ax.set_ylabel(f"predicted{label}", fontsize=8)
+        ax.set_title(f"{method}\nMAE {mae:.3f}{label}", fontsize=11)
+        ax.tick_params(labelsize=9, labelbottom=True, labelleft=True)
+        ax.set_xlabel(f"DFT{label}", fontsize=10)
+        ax.set_ylabel(f"predicted{label}", fontsize=10)
+        ax.grid(True, alpha=0.3)
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
     which = f"all {len(seeds)} seeds, a marker each" if len(seeds) > 1 else f"seed {seeds[0]}"
-    fig.suptitle(f"Parity on the test set, N = {size} ({which})")
+    fig.suptitle(f"Parity on the test set, N = {size} ({which})", fontsize=13)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -473,7 +507,7 @@ def plot_error_distributions(
             np.arange(1, len(errors) + 1) / len(errors),
             label=method,
             color=styles[method]["color"],
-            ls="--" if method.startswith("zero") else "-",
+            ls=styles[method]["linestyle"],
             marker=styles[method]["marker"],
             markevery=max(len(errors) // 8, 1),
             ms=4,

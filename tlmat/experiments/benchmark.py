@@ -68,6 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tlmat.experiments.baselines import BASELINES
 from tlmat.experiments.pretraining import DEFAULT_MODEL, PretrainConfig
+from tlmat.machine import granted_cpus
 from tlmat.progress import Update
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ class ExecutorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["local", "slurm", "ray", "debug"] = "local"
-    workers: int = Field(2, ge=1)
+    #: local jobs at a time: one per CPU granted (tlmat.machine.granted_cpus)
+    workers: int = Field(default_factory=granted_cpus, ge=1)
     threads_per_job: int = Field(1, ge=1)
     slurm: dict[str, Any] = Field(default_factory=dict)
     ray: dict[str, Any] = Field(default_factory=dict)

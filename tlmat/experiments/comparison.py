@@ -15,7 +15,6 @@ Running it again reuses the finished runs and resumes an interrupted one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,18 +28,16 @@ from tlmat.experiments.runspec import (
     common_split,
     logged,
     prepared_data,
-    run,
     split_for,
 )
+from tlmat.experiments.side_by_side import run_all
+from tlmat.progress import Update
 from tlmat.training.fit import folder_lock
 from tlmat.training.rundir import claim, record, replaced, write_json
 
 #: the default methods: the reference (scratch), the two strategies that win most often
 #: in the papers, and frozen source features with a random forest (fast, robust)
 DEFAULT_STRATEGIES = ("scratch", "full", "freeze-embedding", "features+rf")
-
-#: called before each run with (what runs, runs done, runs in all)
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -79,7 +76,7 @@ def compare(
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES,
     seeds: int = 3,
     say: Say | None = None,
-    progress: Progress | None = None,
+    progress: Update | None = None,
     folds: int | None = None,
 ) -> ComparisonResult:
     """Run every strategy of ``strategies`` for seeds ``base.training.seed`` … + ``seeds``
@@ -96,18 +93,15 @@ def compare(
         claim(root, "comparison.json")
         models = RunModels.of(base)
         rows: dict[str, list[dict[str, float]]] = {}
-        timer = _Timer(seeds * (folds or 1) * len(strategies), say)
+        specs: list[RunSpec] = []
         for seed, split, job in _jobs(base, models, strategies, seeds, folds, say):
             _zero_shot(base, models, split, job, rows)
-            for spec in comparison_specs(base, strategies, seed, job):
-                if progress is not None:
-                    progress(f"{job.name}: {spec.strategy}", timer.done, timer.total)
-                started = time.perf_counter()
-                result = run(spec, say if timer.done == 0 else _quiet)
-                timer.tick(time.perf_counter() - started)
-                # the validation MAE chooses the best method; the test MAE only reports it
-                scores = {**result.test, "val_mae": result.val_mae}
-                rows.setdefault(result.label, []).append(scores)
+            specs += comparison_specs(base, strategies, seed, job)
+        timer = _Timer(len(specs), say)
+        for result in run_all(specs, say, progress, lambda _: timer.tick()):
+            # the validation MAE chooses the best method; the test MAE only reports it
+            scores = {**result.test, "val_mae": result.val_mae}
+            rows.setdefault(result.label, []).append(scores)
         sizes = (len(split.train) + len(split.val), len(split.test)) if folds else None
         baseline = "scratch" if "scratch" in rows else next(iter(rows))
         summary = comparison_rows(rows, baseline, sizes)
@@ -211,13 +205,12 @@ class _Timer:
 
     def __init__(self, total: int, say: Say, limit: float = 600.0):
         self.total, self.say, self.limit = total, say, limit
-        self.done, self.spent, self.warned = 0, 0.0, False
+        self.done, self.started, self.warned = 0, time.perf_counter(), False
 
-    def tick(self, seconds: float) -> None:
+    def tick(self) -> None:
         self.done += 1
-        self.spent += seconds
         left = self.total - self.done
-        per_run = self.spent / self.done
+        per_run = (time.perf_counter() - self.started) / self.done  # runs side by side
         if not self.warned and left * per_run > self.limit:
             self.warned = True
             self.say(
