@@ -39,9 +39,17 @@ Update = Callable[[str, float, float], None]
 def track(
     items: Iterable[T], description: str, total: int | None = None, enabled: bool = True
 ) -> Iterator[T]:
-    """Yield ``items`` while showing a bar (or a counter when the total is unknown)."""
+    """Yield ``items`` while showing a bar (or a counter when the total is unknown); off a
+    terminal, plain lines as :class:`Display` writes them."""
     if not enabled:
         yield from items
+        return
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        with Display(description, total or 0, console=console) as shown:
+            for done, item in enumerate(items, 1):
+                yield item
+                shown(description, done)
         return
     columns = [
         SpinnerColumn(),
@@ -50,7 +58,7 @@ def track(
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     ]
-    with Progress(*columns, transient=True) as progress:
+    with Progress(*columns, transient=True, console=console) as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item
@@ -156,13 +164,16 @@ class Display:
             self._say()
 
     def line(self) -> str:
-        """The plain line: what, stage, percentage done, elapsed and time left."""
+        """The plain line: what, stage, percentage done, elapsed and time left (without a
+        known total: the count done)."""
         e = self.estimate
-        share = 100 * e.done / e.total if e.total else 0.0
-        left = e.left()
-        estimate = "time left: estimating" if left is None else f"~{clock_text(left)} left"
         stage = f"{self.what}: {self.stage}" if self.stage != self.what else self.what
         stage += f" ({self.note})" if self.note else ""
+        if e.total <= 0:
+            return f"{stage} · {e.done:,.0f} done · {clock_text(e.elapsed)} elapsed"
+        share = 100 * e.done / e.total
+        left = e.left()
+        estimate = "time left: estimating" if left is None else f"~{clock_text(left)} left"
         return f"{stage} · {share:.0f} % done · {clock_text(e.elapsed)} elapsed · {estimate}"
 
     def _say(self) -> None:

@@ -179,6 +179,10 @@ def _predict_ensemble(checkpoint: str, members, dataset: GraphDataset, output: P
     console.print(f"{len(dataset)} predictions with σ{scaled} → {output}", soft_wrap=True)
 
 
+#: structures predicted between updates of the progress display (and writes of the table)
+PROGRESS_ROWS = 2_000
+
+
 def _write_predictions(
     checkpoint: str,
     trained: TrainedModel,
@@ -192,9 +196,12 @@ def _write_predictions(
     from tlmat.inference import prediction_table
     from tlmat.io.writers import TableWriter
     from tlmat.models.prediction import iter_predictions
+    from tlmat.progress import Display
 
-    with TableWriter(output, len(dataset), "predictions", _table_suffix(output)) as written:
-        for positions, values in iter_predictions(trained, dataset):
+    writer = TableWriter(output, len(dataset), "predictions", _table_suffix(output))
+    with writer as written, Display("predicting", len(dataset), console=console) as shown:
+        for positions, values in iter_predictions(trained, dataset, rows=PROGRESS_ROWS):
+            shown("predicting", written.rows + len(positions))
             _finite(values, dataset, checkpoint, positions, len(dataset))
             ids = [dataset.ids[i] for i in positions]
             try:

@@ -9,15 +9,7 @@ import torch
 from torch_geometric.data import Batch
 
 from tlmat.data.dataset import GraphDataset
-from tlmat.data.memory import release_memory
-
-#: graphs read between releases of the cache's mapped pages (GraphCache.release) and of
-#: the heap memory glibc keeps after the batches' tensors are freed. The kernel maps
-#: ≈ 64 kB of the page cache around every array a graph is read from, ≈ 1 MB a graph, so
-#: a shuffled pass over 10⁶ graphs that released every 64 batches of 128 grew by 4.6 GB;
-#: every 256 graphs it stays within ≈ 0.3 GB, for ≈ 10 ms a batch of 128 (a CGCNN step
-#: there takes 160 ms)
-RELEASE_GRAPHS = 256
+from tlmat.data.memory import Releaser
 
 
 class GraphLoader:
@@ -83,16 +75,13 @@ class GraphLoader:
         if self.replicas > 1 and len(order):
             padded = np.resize(order, -(-len(order) // self.replicas) * self.replicas)
             order = padded[self._rank() :: self.replicas]
-        read = 0
+        release = Releaser(self.dataset)  # a pass over 10⁶ graphs stays flat in memory
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             batch = self.dataset.batch(chunk.tolist(), self.target)
             batch.index = torch.from_numpy(chunk.copy())
             yield batch
-            read += len(chunk)
-            if read >= RELEASE_GRAPHS:  # keep a pass over 10⁶ graphs flat in memory
-                release_memory(self.dataset)
-                read = 0
+            release(len(chunk))
 
 
 #: edges plus bond pairs per inference batch: beyond a few ten thousand, the per-edge
