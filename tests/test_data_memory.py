@@ -1,49 +1,39 @@
-"""A pass over a dataset gives memory back when the process has grown, not on a fixed
-count of graphs (which cost a CHGNet epoch 3–10 % for nothing on a small dataset)."""
+"""A pass over a dataset gives back the cache's maps every 256 graphs, and the freed heap
+at most once a minute: a trim every 256 graphs had cost a CHGNet or M3GNet epoch 3–10 %."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from tlmat.data import load_dataset, memory
 from tlmat.data.loader import GraphLoader
 from tlmat.graphs import GraphSettings
 
 
-def _passes(dataset, monkeypatch, **patched) -> int:
-    """Releases during one pass of a loader over ``dataset`` with ``patched`` settings."""
-    calls = []
-    monkeypatch.setattr("tlmat.data.memory.release_memory", lambda d: calls.append(d))
-    for name, value in patched.items():
-        monkeypatch.setattr(memory, name, value)
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 35.0  # seconds between two readings: a slow pass
+        return self.now
+
+
+def test_a_pass_releases_maps_often_and_trims_the_heap_rarely(
+    data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    dataset = load_dataset(data / "perov_5" / "val.csv.gz", GraphSettings.preset("cgcnn"),
+                           ["heat_ref"], cache_dir=tmp_path, limit=1100)  # fmt: skip
+    released, trimmed = [], []
+    monkeypatch.setattr(dataset.graphs.cache, "release", lambda: released.append(1))
+    monkeypatch.setattr(memory, "trim_heap", lambda: trimmed.append(1))
     for _ in GraphLoader(dataset, batch_size=16):
         pass
-    return len(calls)
-
-
-def test_memory_is_given_back_as_the_process_grows(data: Path, tmp_path: Path, monkeypatch):
-    dataset = load_dataset(data / "perov_5" / "val.csv.gz", GraphSettings.preset("cgcnn"),
-                           ["heat_ref"], cache_dir=tmp_path, limit=400)  # fmt: skip
-    assert memory.resident_bytes() > 10 * 2**20  # this process, read from /proc
-    # 400 graphs grow the process by far less than the threshold: nothing to give back
-    assert _passes(dataset, monkeypatch) == 0
-    # a process that grows past the threshold (here 0 bytes: every batch) gives back
-    grown = []
-
-    def growing() -> int:
-        grown.append(len(grown))
-        return 2**30 + 2**20 * len(grown)
-
-    monkeypatch.setattr(memory, "resident_bytes", growing)
-    monkeypatch.setattr(memory.Releaser.__init__, "__defaults__", (2**19,))
-    assert _passes(dataset, monkeypatch) == 25  # 400 graphs, batches of 16
-
-
-def test_without_proc_memory_is_given_back_every_256_graphs(data: Path, tmp_path: Path,
-                                                            monkeypatch):  # fmt: skip
-    dataset = load_dataset(data / "perov_5" / "val.csv.gz", GraphSettings.preset("cgcnn"),
-                           ["heat_ref"], cache_dir=tmp_path, limit=600)  # fmt: skip
-    monkeypatch.setattr(memory, "resident_bytes", lambda: None)
-    assert _passes(dataset, monkeypatch) == np.floor(600 / 256)
+    assert len(released) == 1100 // 256 and trimmed == []  # a pass of seconds: no trim
+    clock = _Clock()
+    monkeypatch.setattr(memory.Releaser.__init__, "__defaults__", (clock,))
+    for _ in GraphLoader(dataset, batch_size=32):
+        pass
+    # releases at 256, 512, 768 and 1024 graphs, 35 s apart: a trim when 60 s have
+    # passed since the last (or the start): at the 2nd and the 4th
+    assert len(released) == 2 * (1100 // 256) and len(trimmed) == 2

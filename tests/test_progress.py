@@ -78,3 +78,25 @@ def test_on_a_terminal_the_bar_shows_the_estimate_and_messages_go_above_it() -> 
         display._bar.refresh()
         shown = out.getvalue()
     assert "~3:00 left" in shown and "a message" in shown
+
+
+def test_a_loop_tracked_off_a_terminal_writes_plain_lines(monkeypatch, capsys) -> None:
+    """Reading and building graphs (``track``) off a terminal: the plain lines of the
+    display, the share done with a known total and the count without one."""
+    from tlmat.progress import track
+
+    monkeypatch.setenv("TLMAT_PROGRESS_SECONDS", "0.05")
+
+    def slowly(n: int):
+        for k in range(n):
+            time.sleep(0.03)
+            yield k
+
+    assert list(track(slowly(10), "building graphs", total=10)) == list(range(10))
+    assert list(track(slowly(10), "reading x.csv")) == list(range(10))
+    lines = capsys.readouterr().err.splitlines()
+    known = [line for line in lines if line.startswith("building graphs")]
+    unknown = [line for line in lines if line.startswith("reading x.csv")]
+    assert known[0] == "building graphs · 0 % done · 0:00 elapsed · time left: estimating"
+    assert len(known) >= 3 and any("% done" in line and "left" in line for line in known[1:])
+    assert len(unknown) >= 3 and all(" done · " in line and "%" not in line for line in unknown)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -29,53 +30,40 @@ def trim_heap() -> None:
         trim(0)
 
 
-#: growth of the resident memory (page-cache maps and freed heap) after which a pass gives
-#: memory back. Giving back costs: ``malloc_trim`` walks the heap (≈ 75 ms with a CHGNet
-#: training step's buffers) and the freed pages fault in again at the next batch; every
-#: 256 graphs it had cost M3GNet and CHGNet 3–10 % of an epoch on 1,500 perovskites, whose
-#: whole pass grows the process by 50 MB. A pass over 10⁶ graphs (≈ 1 MB of maps a graph)
-#: gives back every few hundred graphs, as before.
-RELEASE_BYTES = 256 * 2**20
-#: without /proc (macOS, Windows): give back every this many graphs
+#: graphs read between releases of the cache's mapped pages (``GraphCache.release``, a
+#: cheap ``madvise``): the kernel maps ≈ 64 kB of the page cache around every array a graph
+#: is read from, ≈ 1 MB a graph, so a shuffled pass over 10⁶ graphs that released every
+#: 64 batches of 128 grew by 4.6 GB; every 256 graphs it stays within ≈ 0.3 GB
 RELEASE_GRAPHS = 256
-
-
-def resident_bytes() -> int | None:
-    """This process's resident memory (Linux ``/proc/self/statm``), or ``None``."""
-    try:
-        with open("/proc/self/statm", "rb") as handle:
-            return int(handle.read().split()[1]) * _page_size()
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-@lru_cache(maxsize=1)
-def _page_size() -> int:
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE")
+#: seconds between returns of the freed heap (``malloc_trim``) during a pass. A trim walks
+#: the heap (40–75 ms beside a CHGNet or M3GNet training step's buffers) and the pages it
+#: gives back fault in again at the next batch: every 256 graphs it had cost those models
+#: 3–10 % of an epoch on 1,500 perovskites, for memory the next batch takes back anyway.
+#: Prediction over 10⁵ structures in batches of varying size is what leaves freed heap
+#: behind (1 GB); once a minute keeps that small.
+TRIM_SECONDS = 60.0
 
 
 class Releaser:
-    """Gives back the memory a pass over ``dataset`` accumulates, once the process has
-    grown by :data:`RELEASE_BYTES` since it last did (every :data:`RELEASE_GRAPHS`
-    graphs where the resident size cannot be read). Call it with the graphs just read."""
+    """Gives back the memory a pass over ``dataset`` accumulates: the cache's maps every
+    :data:`RELEASE_GRAPHS` graphs, the freed heap at most every :data:`TRIM_SECONDS`.
+    Call it with the number of graphs just read."""
 
-    def __init__(self, dataset: Any, grown: int = RELEASE_BYTES):
-        self.dataset, self.grown = dataset, grown
-        self.base, self.read = resident_bytes(), 0
+    def __init__(self, dataset: Any, clock: Callable[[], float] = time.monotonic):
+        self.dataset, self.clock = dataset, clock
+        self.read, self.trimmed = 0, clock()
 
     def __call__(self, graphs: int) -> None:
         self.read += graphs
-        if self.base is None:
-            if self.read >= RELEASE_GRAPHS:
-                release_memory(self.dataset)
-                self.read = 0
+        if self.read < RELEASE_GRAPHS:
             return
-        now = resident_bytes()
-        if now is not None and now - self.base > self.grown:
-            release_memory(self.dataset)
-            self.base = resident_bytes() or now
+        self.read = 0
+        cache = getattr(self.dataset.graphs, "cache", None)
+        if cache is not None:
+            cache.release()
+        if self.clock() - self.trimmed >= TRIM_SECONDS:
+            trim_heap()
+            self.trimmed = self.clock()
 
 
 def release_memory(dataset: Any) -> None:
