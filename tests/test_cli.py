@@ -59,9 +59,9 @@ def test_info_shows_each_targets_unit(data: Path) -> None:
     given = runner.invoke(app, [*args, "--unit", "heat_ref=eV/cell", "--unit", "eV"])
     assert given.exit_code == 0, given.output
 
-    def units(output: str) -> dict[str, str]:  # target → unit cell of the targets table
-        cells = [[c.strip() for c in line.split("│")] for line in output.splitlines()]
-        return {row[0]: row[1] for row in cells if len(row) > 5}
+    def units(output: str) -> dict[str, str]:  # target → its unit, from the first column
+        cells = [line.split("│")[0].strip() for line in output.splitlines() if "│" in line]
+        return dict(c[:-1].split(" (", 1) for c in cells if c.endswith(")"))
 
     assert units(given.output) == {"heat_ref": "eV/cell", "dir_gap": "eV"}, given.output
     bare = runner.invoke(app, args)

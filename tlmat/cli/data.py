@@ -133,25 +133,22 @@ def targets_table(contents: Contents, units: dict[str, str]) -> Table:
     target named, a column is optional: its empty cells are counted here, not skipped),
     in the units ``--unit`` gave (a table or JSON file carries none tlmat could read)."""
     rows = contents.targets
-    # no outer border: nine columns fit an 80-column terminal
+    # no outer border: more room for the numbers on an 80-column terminal
     table = Table(title="Targets", title_justify="left", show_edge=False)
-    for column in ("target", "unit", "n", "missing", "mean", "std", "min", "median", "max"):
-        left = column in ("target", "unit")
-        widest = max((len(u) for u in units.values()), default=1) if column == "unit" else None
-        table.add_column(
-            column, justify="left" if left else "right", no_wrap=True, min_width=widest
-        )
+    for column in ("target (unit)", "n", "missing", "mean", "std", "min", "median", "max"):
+        first = column == "target (unit)"  # a long name folds, never cut
+        table.add_column(column, justify="left" if first else "right", overflow="fold")
     for name in contents.target_names:
-        unit = units.get(name) or "?"
+        label = f"{name} ({units.get(name) or '?'})"
         values = [r[name] for r in rows if name in r]
         missing = str(len(rows) - len(values))
         array = np.asarray(values, dtype=float) if values else np.zeros(0)
         if array.ndim > 1:
             vector = f"vector of {array.shape[1]}"
-            table.add_row(name, unit, str(len(values)), missing, vector, "", "", "", "")
+            table.add_row(label, str(len(values)), missing, vector, "", "", "", "")
             continue
         stats = (array.mean(), array.std(), array.min(), np.median(array), array.max())
-        table.add_row(name, unit, str(len(array)), missing, *(f"{v:.4g}" for v in stats))
+        table.add_row(label, str(len(array)), missing, *(f"{v:.4g}" for v in stats))
     return table
 
 
