@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from tlmat.experiments import RunSpec
@@ -57,10 +56,3 @@ def test_side_by_side_gives_the_numbers_of_one_cpu(
         torch.set_num_threads(threads)
     assert [r.test for r in parallel] == [r.test for r in alone]
     assert parallel[0].test != parallel[1].test  # two seeds: two different runs
-
-
-@pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
-def test_on_gpu_reads_the_accelerator(perov60: Path, tmp_path: Path, accelerator: str) -> None:
-    assert sbs.on_gpu(_spec(perov60, tmp_path, "a", accelerator=accelerator)) == (
-        accelerator == "gpu"
-    )

@@ -70,3 +70,8 @@ def test_idle_threads_sleep_soon_unless_the_user_said_otherwise(monkeypatch) -> 
         assert os.environ["GOMP_SPINCOUNT"] == "300000"
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
+def test_on_gpu_reads_the_accelerator(accelerator: str) -> None:
+    assert machine.on_gpu(accelerator) == (accelerator == "gpu")

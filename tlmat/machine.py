@@ -23,6 +23,19 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 SPIN = {"GOMP_SPINCOUNT": "1000"}
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Whether training with ``accelerator`` (a TrainConfig's: auto, cpu, gpu, mps) runs
+    on a GPU, where runs or ensemble members side by side would share one device's
+    memory."""
+    if accelerator in ("gpu", "mps"):
+        return True
+    if accelerator != "auto":
+        return False
+    import torch  # only here: the rest of this module runs before torch starts
+
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
 def granted_cpus() -> int:
     """The CPUs this process may use: the fewest of its affinity mask, the SLURM job's
     ``SLURM_CPUS_PER_TASK`` and the cgroup CPU quota (rounded up); at least 1."""

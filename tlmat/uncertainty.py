@@ -46,7 +46,7 @@ import pandas as pd
 import tlmat
 from tlmat.data.dataset import GraphDataset
 from tlmat.data.splits import Split
-from tlmat.machine import granted_cpus
+from tlmat.machine import granted_cpus, on_gpu
 from tlmat.models.base import TrainedModel
 from tlmat.models.checkpoint import load_checkpoint
 from tlmat.models.prediction import predict, predict_with_variance
@@ -182,13 +182,7 @@ def default_workers(n_members: int, config: TrainConfig) -> int:
     """Members trained side by side by default: one per core, at most ``n_members``; one
     at a time when they train on GPUs (side by side they would share one device's
     memory)."""
-    import torch
-
-    on_gpu = config.accelerator in ("gpu", "mps") or (
-        config.accelerator == "auto"
-        and (torch.cuda.is_available() or torch.backends.mps.is_available())
-    )
-    return 1 if on_gpu else max(1, min(n_members, granted_cpus()))
+    return 1 if on_gpu(config.accelerator) else max(1, min(n_members, granted_cpus()))
 
 
 def train_ensemble(

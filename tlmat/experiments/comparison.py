@@ -28,6 +28,7 @@ from tlmat.experiments.runspec import (
     common_split,
     logged,
     prepared_data,
+    quiet,
     split_for,
 )
 from tlmat.experiments.side_by_side import run_all
@@ -125,10 +126,6 @@ def _jobs(base, models: RunModels, strategies, seeds: int, folds: int | None, sa
             yield base.training.seed + repeat, split, job
 
 
-def _quiet(message) -> None:
-    """Runs after the first say nothing new (the same data and stopping rule)."""
-
-
 def _seed_split(
     base: RunSpec, models: RunModels, seed: int, strategies: tuple[str, ...], say: Say
 ) -> tuple[Split, Path]:
@@ -137,7 +134,7 @@ def _seed_split(
     first = seed == base.training.seed
     dataset, parts = prepared_data(base, models.source_or_model, say)
     split = split_for(base, dataset, parts, seed, say if first else None)
-    split = _usable(base, models, dataset, split, say if first else _quiet)
+    split = _usable(base, models, dataset, split, say if first else quiet)
     return split, _saved(base, dataset, split, f"n{len(split.train)}-s{seed}", strategies)
 
 
@@ -192,7 +189,7 @@ def _zero_shot(base: RunSpec, models: RunModels, split: Split, job: Path, rows) 
 
     if models.source is None:
         return
-    dataset, _ = prepared_data(base, models.source.model, _quiet)
+    dataset, _ = prepared_data(base, models.source.model, quiet)
     zero = zero_shot(models.source, dataset, split, base.training.target)
     record(job, "zero-shot.json")
     write_json(job / "zero-shot.json", zero)

@@ -265,6 +265,11 @@ def logged(message: Any) -> None:
         logger.info(message)
 
 
+def quiet(message: Any) -> None:
+    """A run that is to say nothing of its own: one of many after the first (the same
+    data and stopping rule), or a search's, which reports its runs itself."""
+
+
 @dataclass
 class RunModels:
     """The models a spec names: the source (if any) and the architecture trained from

@@ -39,7 +39,14 @@ from pydantic import Field, model_validator
 from tlmat.catalogue import split_candidate
 from tlmat.data.dataset import GraphDataset, Reading
 from tlmat.data.splits import Split, kfold_splits
-from tlmat.experiments.runspec import SCRATCH_MODEL, Say, Settings, logged, scaled_defaults
+from tlmat.experiments.runspec import (
+    SCRATCH_MODEL,
+    Say,
+    Settings,
+    logged,
+    quiet,
+    scaled_defaults,
+)
 from tlmat.models.pooling import MEAN, MOMENTS
 from tlmat.training.config import TrainConfig
 from tlmat.transfer.strategies import FEATURE_METHODS, FEATURE_STRATEGIES
@@ -507,11 +514,7 @@ def cv_run(spec: FitSpec, pool: Pool, candidate: Candidate, name: str, split_fil
         strict=spec.strict,
     )
     features = pool.features(*candidate.features)[0] if candidate.on_features else None
-    return run(run_spec, _quiet, pool.dataset(candidate.source), features)
-
-
-def _quiet(message: Any) -> None:
-    """The runs of a search say nothing of their own: the search reports them."""
+    return run(run_spec, quiet, pool.dataset(candidate.source), features)
 
 
 def cross_validate(
@@ -823,7 +826,7 @@ def _scratch_on_test(spec: FitSpec) -> dict[str, float]:
         cache_dir=spec.cache_dir,
         strict=spec.strict,
     )
-    return run(run_spec, _quiet).test
+    return run(run_spec, quiet).test
 
 
 def select_model(

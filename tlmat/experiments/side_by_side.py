@@ -16,27 +16,15 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import as_completed
 from typing import Any
 
-from tlmat.experiments.runspec import RunResult, RunSpec, Say, run
-from tlmat.machine import granted_cpus
+from tlmat.experiments.runspec import RunResult, RunSpec, Say, quiet, run
+from tlmat.machine import granted_cpus, on_gpu
 from tlmat.progress import Update
-
-
-def on_gpu(spec: RunSpec) -> bool:
-    """Whether the spec trains on a GPU (where runs side by side would share its memory)."""
-    accelerator = spec.training.accelerator
-    if accelerator in ("gpu", "mps"):
-        return True
-    if accelerator != "auto":
-        return False
-    import torch
-
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def workers_for(specs: Sequence[RunSpec]) -> int:
     """Runs side by side: one per granted CPU, at most one per spec; one on a GPU, and
     one for ensembles (which train their members side by side themselves)."""
-    if not specs or any(on_gpu(s) or s.ensemble > 1 for s in specs):
+    if not specs or any(on_gpu(s.training.accelerator) or s.ensemble > 1 for s in specs):
         return 1
     return max(1, min(len(specs), granted_cpus()))
 
@@ -66,7 +54,7 @@ def run_all(
         for k, spec in enumerate(specs):
             if progress is not None:
                 progress(_name(spec), len(results), total)
-            done(k, run(spec, say if k == 0 else _quiet))
+            done(k, run(spec, say if k == 0 else quiet))
         return [results[k] for k in range(total)]
     from tlmat.training.pool import worker_pool
 
@@ -93,9 +81,5 @@ def _run_alone(spec: RunSpec, talk: bool) -> tuple[RunResult, list[Any]]:
 
     torch.set_num_threads(1)
     messages: list[Any] = []
-    result = run(spec, messages.append if talk else _quiet)
+    result = run(spec, messages.append if talk else quiet)
     return result, messages
-
-
-def _quiet(message: Any) -> None:
-    """Runs after the first say nothing new (the same data and stopping rule)."""
