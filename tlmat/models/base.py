@@ -64,6 +64,9 @@ class Backbone(nn.Module):
     embedding_dim: int
     #: ``True``: ``forward`` returns per-atom features and the head runs per atom
     atomwise: bool = False
+    #: cost of a bond pair relative to an edge in a forward pass, for sizing inference
+    #: batches (:func:`~tlmat.data.loader.batch_size_for`)
+    pair_cost: float = 1.0
 
     @property
     def elements(self) -> list[int] | None:
@@ -198,6 +201,11 @@ class CrystalModel(nn.Module):
     def elements(self) -> list[int] | None:
         """Atomic numbers the model has features for (``None``: any)."""
         return self.backbone.elements
+
+    @property
+    def pair_cost(self) -> float:
+        """A bond pair's cost relative to an edge (:attr:`Backbone.pair_cost`)."""
+        return getattr(self.backbone, "pair_cost", 1.0)
 
     def forward(
         self, batch: Batch, resume: tuple[str, dict[str, torch.Tensor]] | None = None

@@ -16,6 +16,10 @@ from tlmat.data.loader import GraphLoader, inference_batch_size
 from tlmat.models.base import TrainedModel
 
 
+def _batch_size(trained: TrainedModel, dataset: GraphDataset, indices) -> int:
+    return inference_batch_size(dataset, indices, trained.model.pair_cost)
+
+
 def _outputs(
     trained: TrainedModel, batches: Iterable[Batch]
 ) -> Iterator[tuple[torch.Tensor, Batch]]:
@@ -35,7 +39,7 @@ def _outputs(
 def network_outputs(trained: TrainedModel, dataset: GraphDataset, indices=None) -> torch.Tensor:
     """The network's first output (normalised space, before the target is decoded) for
     each structure of ``dataset[indices]``, on the CPU; the model is left in eval mode."""
-    loader = GraphLoader(dataset, indices, batch_size=inference_batch_size(dataset, indices))
+    loader = GraphLoader(dataset, indices, batch_size=_batch_size(trained, dataset, indices))
     parts = [
         out.reshape(batch.ptr.numel() - 1, -1)[:, 0].cpu()
         for out, batch in _outputs(trained, loader)
@@ -62,7 +66,7 @@ def iter_predictions(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """:func:`predict` a chunk at a time: (positions in ``dataset``, predictions) for
     about ``rows`` structures each, in order — for outputs written as they come."""
-    batch_size = batch_size or inference_batch_size(dataset, indices)
+    batch_size = batch_size or _batch_size(trained, dataset, indices)
     loader = GraphLoader(dataset, indices, batch_size=batch_size)
     positions: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
@@ -82,7 +86,7 @@ def predict(
     """Predictions in physical units for ``dataset[indices]`` (all when ``None``), in
     batches of ``batch_size`` graphs (default: sized to the graphs,
     :func:`~tlmat.data.loader.inference_batch_size`)."""
-    batch_size = batch_size or inference_batch_size(dataset, indices)
+    batch_size = batch_size or _batch_size(trained, dataset, indices)
     return predict_batches(trained, GraphLoader(dataset, indices, batch_size=batch_size))
 
 
@@ -100,7 +104,7 @@ def predict_with_variance(
             f"the model of {target.name!r} predicts no variance: only a model trained with "
             "loss gaussian_nll (a heteroscedastic head) does"
         )
-    batch_size = batch_size or inference_batch_size(dataset, indices)
+    batch_size = batch_size or _batch_size(trained, dataset, indices)
     means, variances = [], []
     for out, batch in _outputs(trained, GraphLoader(dataset, indices, batch_size=batch_size)):
         means.append(target.decode(out, batch).cpu())

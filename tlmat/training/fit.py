@@ -489,7 +489,10 @@ def _trained(trained, strategy, target, dataset, split, config, run_dir, groups,
         replicas=config.processes,
     )
     val_loader = GraphLoader(
-        dataset, split.val, inference_batch_size(dataset, split.val), target=config.target
+        dataset,
+        split.val,
+        inference_batch_size(dataset, split.val, trained.model.pair_cost),
+        target=config.target,
     )
     replay = _replay(trained, strategy)
     module = PropertyModule(trained.model, target, config, groups, len(train_loader), replay)

@@ -64,7 +64,7 @@ def iter_layer_features(
     chosen: list[str] = []
     # the crystal embedding alone needs one pass through the backbone, not every layer's
     embedding_only = layers in ("embedding_out", ["embedding_out"])
-    batch_size = batch_size or inference_batch_size(dataset, indices)
+    batch_size = batch_size or inference_batch_size(dataset, indices, model.pair_cost)
     device = next(model.parameters()).device
     with torch.no_grad():
         for batch in GraphLoader(dataset, indices, batch_size=batch_size):
