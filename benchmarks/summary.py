@@ -2,21 +2,23 @@
 test of transfer against scratch over every (task, size) (Gupta et al.).
 
 Reads the benchmark folders that `tlmat benchmark` wrote under benchmarks/results/ (those
-holding a benchmark.yaml), writes benchmarks/results/summary.md.
+holding a benchmark.yaml) and the multi-fidelity tables (benchmarks/multifidelity.py),
+writes benchmarks/results/summary.md. tests/test_results_summary.py fails when the file
+is not what this writes from the results now: it cannot go stale.
 
     python benchmarks/summary.py
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from tlmat.evaluation.report import compare_tasks, load_runs, markdown_table
 
-RESULTS = Path("benchmarks/results")
+RESULTS = Path(__file__).resolve().parent / "results"
+COMMAND = "python benchmarks/summary.py"
 #: Lee & Asahi, 500 training points, their data (scratch → transfer), in the task's unit
 PUBLISHED = {
     "lee-asahi-bandgap": "0.978 → 0.815 eV (113k ΔE_f source)",
@@ -43,17 +45,18 @@ def headline(root: Path) -> dict[str, str]:
     return row
 
 
-def main() -> None:
-    roots = sorted(p for p in RESULTS.iterdir() if (p / "benchmark.yaml").exists())
+def summary(results: Path = RESULTS) -> str:
+    """The summary's Markdown, from the results under ``results`` as they are now."""
+    roots = sorted(p for p in results.iterdir() if (p / "benchmark.yaml").exists())
     roots = [p for p in roots if any((p / "common").glob("n*-s*/*/result.json"))]
     if not roots:
-        sys.exit("no benchmark results under benchmarks/results/")
+        raise SystemExit(f"no benchmark results under {results}")
     table = pd.DataFrame([headline(r) for r in roots]).fillna("")
     comparison, tests = compare_tasks(roots, CLEAN)
     lines = [
         "# Transfer against scratch across the paper re-runs",
         "",
-        f"Command: `python {' '.join(sys.argv)}`. Test MAE mean ± std (seeds) at each",
+        f"Command: `{COMMAND}`. Test MAE mean ± std (seeds) at each",
         "task's largest training-set size; † = source saw test materials.",
         "",
         *markdown_table(table.set_index("task")),
@@ -68,8 +71,16 @@ def main() -> None:
         f"p = {tests['sign_test_p']:.3g}; Wilcoxon signed-rank (one-tailed) "
         f"p = {tests.get('wilcoxon_p', float('nan')):.3g}.",
     ]
-    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    for table_md in sorted((results / "multifidelity").glob("*.md")):
+        text = table_md.read_text().strip()  # its title one level down
+        lines += ["", "#" + text if text.startswith("# ") else text]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    text = summary()
+    (RESULTS / "summary.md").write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,33 @@ def test_checkpoint_round_trip_gives_identical_predictions(built, tmp_path: Path
     torch.testing.assert_close(loaded.predict_batch(batch), trained.predict_batch(batch))
 
 
+def test_fidelities_join_the_head_and_round_trip(built, tmp_path: Path) -> None:
+    _, model, dataset = built
+    trained = TrainedModel(copy.deepcopy(model), TargetSpec(name="band_gap", unit="eV"))
+    batch = dataset.batch(range(len(dataset)))
+    before = trained.predict_batch(batch)
+    trained.model.add_fidelities(["pbe", "hse"], dim=4)
+    assert check_groups(trained.model)[-1] == "head"  # the embedding is the head's
+    # the pretrained head predicts as before, at either fidelity, until trained
+    for level in (0, 1):
+        batch.fidelity = torch.full((len(dataset),), level)
+        torch.testing.assert_close(trained.predict_batch(batch), before)
+    with torch.no_grad():
+        trained.model.head.fidelity.weight.normal_()
+        for parameter in trained.model.head.parameters():
+            parameter.add_(0.1)
+    at = {}
+    for level in (0, 1):
+        batch.fidelity = torch.full((len(dataset),), level)
+        at[level] = trained.predict_batch(batch)
+    assert not torch.allclose(at[0], at[1])
+    del batch.fidelity  # no fidelity given: the last one, the target
+    torch.testing.assert_close(trained.predict_batch(batch), at[1])
+    loaded = load_checkpoint(save_checkpoint(trained, tmp_path / "model.pt"))
+    assert loaded.model.head.fidelities == ["pbe", "hse"]
+    torch.testing.assert_close(loaded.predict_batch(batch), at[1])
+
+
 def test_new_target_gets_a_fresh_head_of_its_width(built) -> None:
     _, model, dataset = built
     source = TrainedModel(copy.deepcopy(model), TargetSpec(name="formation_energy"))

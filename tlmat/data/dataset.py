@@ -73,6 +73,11 @@ def source_fingerprint(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: the target column of a multi-fidelity dataset that holds each row's fidelity (its
+#: position among the fidelities, :mod:`tlmat.data.fidelity`); batches carry it
+FIDELITY = "fidelity"
+
+
 @dataclass
 class GraphDataset(Sequence[CrystalGraph]):
     """Graphs plus what describes them: ``ids``, reduced ``formulas`` and ``targets``
@@ -103,6 +108,8 @@ class GraphDataset(Sequence[CrystalGraph]):
         batch = self.graphs.batch(indices)
         if target is not None:
             batch.y = torch.as_tensor(self.targets[target][list(indices)], dtype=torch.float32)
+        if FIDELITY in self.targets:
+            batch.fidelity = torch.as_tensor(self.targets[FIDELITY][list(indices)]).long()
         return batch
 
     def require_positive(

@@ -126,7 +126,12 @@ class Head(nn.Module):
     layer adds its input, projected when the width changes), then a linear output. With
     softplus and no residual this is CGCNN's ``fcs`` then ``fc_out``. ``pooled_layers``: the
     pooled layer features the head reads, concatenated in this order (``None``: what
-    the backbone returns)."""
+    the backbone returns).
+
+    ``fidelities``: the levels of theory the head predicts (e.g. ``["pbe", "hse"]``); a
+    learned ``fidelity_dim``-wide embedding of each crystal's fidelity is joined to its
+    representation, as in MEGNet's multi-fidelity models (Chen et al. 2021). A crystal
+    without one is predicted at the last fidelity, the target."""
 
     def __init__(
         self,
@@ -136,11 +141,18 @@ class Head(nn.Module):
         activation_name: str = "softplus",
         residual: bool = False,
         pooled_layers: list[str] | None = None,
+        fidelities: list[str] | None = None,
+        fidelity_dim: int = 8,
     ):
         super().__init__()
         layers: list[nn.Module] = []
         skips: list[nn.Module] = []
-        width = in_dim
+        self.fidelities = list(fidelities) if fidelities else None
+        self.fidelity_dim = fidelity_dim
+        self.fidelity = (
+            nn.Embedding(len(self.fidelities), fidelity_dim) if self.fidelities else None
+        )
+        width = in_dim + (fidelity_dim if self.fidelities else 0)
         for size in hidden:
             layers += [nn.Linear(width, size), activation(activation_name)]
             skips.append(nn.Identity() if size == width else nn.Linear(width, size, bias=False))
@@ -161,9 +173,16 @@ class Head(nn.Module):
             "activation_name": self.activation_name,
             "residual": self.residual,
             "pooled_layers": self.pooled_layers,
+            "fidelities": self.fidelities,
+            "fidelity_dim": self.fidelity_dim,
         }
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, fidelity: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (rows, in_dim); ``fidelity``: each row's index into :attr:`fidelities`."""
+        if self.fidelity is not None:
+            if fidelity is None:
+                fidelity = torch.full((x.shape[0],), len(self.fidelities) - 1, device=x.device)
+            x = torch.cat([x, self.fidelity(fidelity.long())], dim=-1)
         if self.skips is None:
             return self.out(self.hidden(x))
         for k, skip in enumerate(self.skips):
@@ -214,13 +233,15 @@ class CrystalModel(nn.Module):
         the backbone's :meth:`~Backbone.state_after` it, which stand in for the layers up
         to that group (their outputs computed once, for a frozen prefix)."""
         reads = self.head.pooled_layers
+        fidelity = getattr(batch, "fidelity", None)
         if reads is not None:
             pooled = self.layer_features(batch, statistics_of(reads))
-            out = self.head(torch.cat([pooled[name] for name in reads], dim=-1))
-        elif resume is not None:
-            out = self.head(self.backbone.resume(batch, *resume))
+            out = self.head(torch.cat([pooled[name] for name in reads], dim=-1), fidelity)
         else:
-            out = self.head(self.backbone(batch))
+            x = self.backbone(batch) if resume is None else self.backbone.resume(batch, *resume)
+            if fidelity is not None and self.backbone.atomwise:
+                fidelity = fidelity[batch.batch]  # the head runs on each atom
+            out = self.head(x, fidelity)
         n_crystals = batch.ptr.numel() - 1
         if self.backbone.atomwise and reads is None:
             return scatter(out, batch.batch, dim=0, dim_size=n_crystals, reduce=self.pooling)
@@ -256,6 +277,32 @@ class CrystalModel(nn.Module):
     def replace_head(self, out_dim: int) -> None:
         """A new, freshly initialised head with ``out_dim`` outputs (a new target)."""
         self.head = self.head.rebuilt(out_dim)
+
+    def add_fidelities(self, fidelities: list[str], dim: int = 8) -> None:
+        """Make the head predict at each of ``fidelities`` (levels of theory, cheapest
+        first, the target last) from a learned embedding joined to the crystal's
+        representation. The head's weights are kept and the embedding's columns of its
+        first layer start at zero, so a pretrained head predicts as before until
+        training tells the fidelities apart."""
+        old = self.head
+        if old.fidelities:
+            raise ValueError(f"the head already predicts fidelities {old.fidelities}")
+        new = Head(**{**old.layout(), "fidelities": list(fidelities), "fidelity_dim": dim})
+        state, before = new.state_dict(), old.state_dict()
+        for name, value in state.items():
+            if name.startswith("fidelity."):
+                continue
+            # the first layer: the old columns, then zeros for the embedding (a residual
+            # head's identity skip becomes a projection that is the identity on them)
+            if name in before:
+                kept = before[name]
+            else:
+                kept = torch.eye(value.shape[0], value.shape[1] - dim)
+            if kept.shape != value.shape:
+                kept = torch.cat([kept, torch.zeros_like(value[:, -dim:])], 1)
+            state[name] = kept
+        new.load_state_dict(state)
+        self.head = new.to(next(old.parameters()).device)
 
     def reset_parameters(self) -> None:
         """Fresh random weights everywhere (buffers such as element tables are kept)."""

@@ -188,7 +188,8 @@ def load_checkpoint(path: str | Path) -> TrainedModel:
         state = data["state_dict"]
         model = build_model(data["architecture"], data["config"], state)
         head = data.get("head") or {}
-        if head.get("pooled_layers") is not None:  # a head on pooled layer features
+        # a head on pooled layer features, or one that predicts several fidelities
+        if head.get("pooled_layers") is not None or head.get("fidelities"):
             model.head = Head(**head)
         check_graph_settings(model, data.get("graph_settings"), path)
         load_state(model, state, path)

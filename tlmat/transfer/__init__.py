@@ -9,11 +9,13 @@ from tlmat.transfer.strategies import (
     preset,
     trainable_groups,
 )
+from tlmat.transfer.transferability import Transferability, transferability
 
 __all__ = [
     "FEATURE_STRATEGIES",
     "PRETRAINED",
     "Strategy",
+    "Transferability",
     "apply_strategy",
     "fresh_like",
     "keep_frozen_in_eval",
@@ -21,4 +23,5 @@ __all__ = [
     "prepare_transfer",
     "preset",
     "trainable_groups",
+    "transferability",
 ]
