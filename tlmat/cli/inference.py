@@ -673,6 +673,15 @@ def report(
         "scratch"
     ),
     title: Annotated[str | None, typer.Option(help="Report title.")] = None,
+    dft_hours: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            min_open=True,
+            help="Hours one DFT calculation of the target costs: adds each method's training "
+            "cost and break-even number of materials.",
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Markdown + HTML report of a results grid: MAE tables, paired t-tests, equivalent
@@ -683,6 +692,7 @@ def report(
     Example:
 
         tlmat report benchmarks/results/model-zoo-perovskites --out my-report
+        tlmat report benchmarks/results/hoffmann-pbe-hse --dft-hours 50 --out hse-cost
     """
     import yaml
 
@@ -697,7 +707,7 @@ def report(
     references = written.get("references") if grid.exists() else None
     writable_output(out or results / "report", overwrite, folder=True)
     try:
-        path = write_report(results, out, unit, threshold, baseline, title, references)
+        path = write_report(results, out, unit, threshold, baseline, title, references, dft_hours)
     except (FileNotFoundError, ValueError) as error:
         fail(error)
     console.print(f"report → {path} (and report.html, figures beside it)")

@@ -50,6 +50,7 @@ def _grid_rows(grid: Path, label: str, extra: dict) -> list[dict]:
                     **where,
                     **r["test"],
                     "sec_per_epoch": r.get("seconds_per_epoch", np.nan),
+                    "seconds": r.get("seconds", np.nan),
                     "path": str(result.parent),
                 }
             )
@@ -582,10 +583,12 @@ def write_report(
     baseline: str = "scratch",
     title: str | None = None,
     references: dict[str, float] | None = None,
+    dft_hours: float | None = None,
 ) -> Path:
     """Write ``report.md``, ``report.html`` and PNG figures for a results grid;
     ``references``: published test MAEs on the same task (leaderboard rows, in ``unit``),
-    set beside this grid's best rows."""
+    set beside this grid's best rows; ``dft_hours``: what one DFT calculation of the
+    target costs (hours), for a section on each method's cost and break-even."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -601,6 +604,14 @@ def write_report(
         plot_pretraining_scaling(runs, out / "pretraining_scaling.png", unit)
         figures.append(
             ("pretraining_scaling.png", "Test MAE against the size of the pretraining set.")
+        )
+    if dft_hours is not None:
+        from tlmat.evaluation.cost import cost_table, source_seconds
+
+        largest = int(runs["size"].max())
+        pretraining = source_seconds(root, load_sources(root))
+        tables[f"cost and break-even at N={largest}, DFT at {dft_hours:g} h a structure"] = (
+            cost_table(runs, pretraining, dft_hours, largest)
         )
     lines = _introduction(runs, root, unit, title, load_sources(root))
     lines += _table_sections(tables, unit, baseline)
@@ -745,6 +756,15 @@ def _table_sections(tables: dict[str, pd.DataFrame], unit: str, baseline: str) -
                 f"{baseline} learning curve: log10 MAE = {fit.intercept:.3f} "
                 f"{fit.slope:+.3f} log10 N (r² {fit.r2:.3f}); * = outside the fitted "
                 "range.",
+                "",
+            ]
+        if name.startswith("cost and break-even"):
+            lines += [
+                "Wall hours measured on the machine that ran each job (its command and "
+                "machine in each run.json), mean over seeds; a source's pretraining counted "
+                "in full for every method that starts from it. Break-even: the materials the "
+                "model must predict instead of computing to repay its training (Krawczuk & "
+                "Venturi, Table 4); inference, milliseconds a structure, left out.",
                 "",
             ]
         if name.startswith("test MAE vs pretraining"):
