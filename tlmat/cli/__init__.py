@@ -16,7 +16,7 @@ from tlmat import __version__
 from tlmat.cli import common
 from tlmat.cli.common import console, reported_errors
 from tlmat.cli.data import cache, info
-from tlmat.cli.inference import embed, evaluate, models, predict, report
+from tlmat.cli.inference import embed, evaluate, label, models, predict, report
 from tlmat.cli.screening import screen
 from tlmat.cli.training import benchmark, compare, finetune, fit, train
 from tlmat.machine import share_cores
@@ -85,6 +85,7 @@ for command in (
     fit,
     benchmark,
     predict,
+    label,
     embed,
     evaluate,
     models,

@@ -132,6 +132,58 @@ def predict(
         _write_predictions(checkpoint, trained, dataset, output, inverse_transform)
 
 
+@reads_structures()
+def label(
+    structures: Annotated[
+        list[str], typer.Argument(metavar="STRUCTURES", help="Files or folders of structures.")
+    ],
+    model: Annotated[
+        str,
+        typer.Option("--with", help="An energy model: chgnet/0.3.0, sevennet/0, or a checkpoint."),
+    ] = "chgnet/0.3.0",
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write.")] = Path(
+        "labels.csv"
+    ),
+    references: Annotated[
+        str,
+        typer.Option(
+            help="Structure table whose elemental crystals give each element's reference "
+            "energy (the model's own, lowest per element; cached)."
+        ),
+    ] = "mp_cgcnn_36k/mp_cgcnn_36k.csv.gz",
+    reading: ReadOptions = DEFAULT_READING,
+) -> None:
+    """Cheap labels: the energy and formation energy per atom (eV/atom) of any structures,
+    predicted by an energy model, with what each structure cost — to grow a pretraining
+    set beyond the DFT-labelled structures.
+
+    Examples:
+
+        tlmat label my_cifs/ --with chgnet/0.3.0 -o chgnet_labels.csv
+
+        tlmat label perov_5/test --with sevennet/0 --references my_elements.csv -o e.csv
+    """
+    from tlmat.labelling import check_energy_model, elemental_references
+    from tlmat.labelling import label as label_structures
+
+    writable_output(output, reading.overwrite)
+    check_early(data=references)
+    trained, _, dataset = _model_and_structures(model, structures, reading)
+    with reported_errors():
+        check_energy_model(trained, model)
+        refs = elemental_references(trained, model, references, reading.reading())
+        labels = label_structures(trained, dataset, refs)
+    labels.table.to_csv(output, index=False)
+    missing = int(labels.table["formation_energy_per_atom (eV/atom)"].isna().sum())
+    console.print(
+        f"{len(labels.table)} structures labelled by {model} in {labels.seconds:.1f} s "
+        f"({labels.seconds_per_structure * 1000:.1f} ms a structure; "
+        f"{dataset.log.n_skipped} skipped; {missing} without a formation energy, an "
+        f"element lacking its reference) → {output}",
+        soft_wrap=True,
+    )
+
+
 def _model_and_structures(
     checkpoint: str, sources: list[str], reading: ReadOptions, workers: int | None = None
 ):
@@ -677,7 +729,6 @@ def report(
         float | None,
         typer.Option(
             min=0.0,
-            min_open=True,
             help="Hours one DFT calculation of the target costs: adds each method's training "
             "cost and break-even number of materials.",
         ),
