@@ -286,3 +286,34 @@ def test_held_out_data_is_recalibrated_without_a_seen_record(data, tiny_ensemble
     assert result.exit_code == 0, result.output
     assert "warning" not in said(result)
     assert "seen" not in json.loads((folder / "ensemble.json").read_text())["recalibration"]
+
+
+@pytest.mark.parametrize("name", ["magpie+pls", "magpie+lasso"])
+def test_a_linear_baseline_does_not_extrapolate_without_bound(name, data: Path) -> None:
+    """Found in the Lee & Asahi bulk-modulus grid (N = 250, seed 0): PLS on Magpie
+    descriptors predicted -16,646 log10 GPa for Co (mp-54) and three Fe-Co-Ni alloys, one
+    of whose descriptors (standard deviation 4e-7 over the 250 training materials) lay 4
+    million standard deviations out; the linear baselines now see descriptors scaled to
+    the training range and clipped to it."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    from tlmat.experiments.baselines import fit_predict
+
+    grid = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "lee-asahi-bulk"
+    job = json.loads((grid / "common" / "n250-s0" / "scratch" / "result.json").read_text())
+    table = pd.read_csv(data / "mp_elasticity_3k" / "mp_elasticity_3k.csv.gz")
+    table = table.set_index("material_id")
+    train, test = job["split_ids"]["train"], ["mp-54", "mp-2090", "mp-18695", "mp-1418"]
+    formulas = [
+        Structure.from_str(table.loc[i, "cif"], "cif").reduced_formula for i in [*train, *test]
+    ]
+    y = np.log10(table.loc[train, "K_VRH"].to_numpy())  # log10 GPa
+    dataset = SimpleNamespace(formulas=formulas)
+    rows = np.arange(len(train)), np.arange(len(train), len(formulas))
+    predicted, _ = fit_predict(name, dataset, *rows, y, seed=0)
+    spread = y.max() - y.min()
+    assert (predicted > y.min() - spread).all() and (predicted < y.max() + spread).all()
