@@ -456,3 +456,20 @@ def test_a_config_that_is_no_yaml_mapping_names_the_file(tmp_path: Path) -> None
     said = " ".join(result.output.split())
     assert result.exit_code == 1 and f"error: {config}: not valid YAML settings" in said
     assert "internal error" not in said
+
+
+def test_extrapolation_protocol_tests_on_the_lowest_targets(small_csv: Path, tmp_path) -> None:
+    from tlmat.experiments.benchmark import _data
+
+    config = BenchmarkConfig(**config_for(small_csv, protocol="extrapolation", test_size=0.1))
+    dataset, fixed = _data(config, tmp_path / "cache")
+    y = dataset.targets["heat_ref"]
+    assert len(fixed.test) == 8  # 10 % of 80 perovskites
+    seen = np.concatenate([fixed.train, fixed.val])
+    assert y[fixed.test].max() <= y[seen].min()  # eV/cell: none of those targets is seen
+    assert len(np.intersect1d(seen, fixed.test)) == 0 and len(fixed.val) == 10
+    with pytest.raises(ValueError, match="draws its own test set"):
+        _data(
+            BenchmarkConfig(**config_for(small_csv, protocol="extrapolation", test=str(small_csv))),
+            tmp_path / "cache",
+        )

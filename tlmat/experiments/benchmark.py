@@ -148,8 +148,10 @@ class BenchmarkConfig(BaseModel):
     data: str
     target: str
     #: ``fixed-test``: one test set for every job; ``matbench``: Matbench v0.1's 5 folds,
-    #: seed i testing on fold i (the data in its shipped order, no row skipped)
-    protocol: Literal["fixed-test", "matbench"] = "fixed-test"
+    #: seed i testing on fold i (the data in its shipped order, no row skipped);
+    #: ``extrapolation``: the test set is the ``test_size`` fraction (default 10 %) with
+    #: the lowest target, which no training or validation structure reaches (Gupta et al.)
+    protocol: Literal["fixed-test", "matbench", "extrapolation"] = "fixed-test"
     unit: str = ""
     log10: bool = False
     #: a repeated id in a data file: refuse the file ("error") or keep its first row
@@ -384,7 +386,7 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_
             y <= (config.target_max if config.target_max is not None else np.inf)
         )
         parts = {name: index[inside[index]] for name, index in parts.items()}
-    split = _fixed_split(config, parts)
+    split = _fixed_split(config, parts, dataset.targets[config.target])
     if config.log10:
         dataset.targets[config.target] = np.log10(dataset.targets[config.target])
     return dataset, split
@@ -422,11 +424,12 @@ def _usable(config: BenchmarkConfig, spec: str, settings, everything, cache_dir)
     return chosen
 
 
-def _fixed_split(config: BenchmarkConfig, parts: dict[str, np.ndarray]):
-    """The grid's fixed split of the positions in ``parts``: the test set (given, or
-    drawn with a fixed seed), the validation set, and the pool jobs draw training sets
-    from (under the matbench protocol, the whole pool: folds are drawn per job)."""
-    from tlmat.data import Split, random_split, subsample
+def _fixed_split(config: BenchmarkConfig, parts: dict[str, np.ndarray], y: np.ndarray):
+    """The grid's fixed split of the positions in ``parts``: the test set (given, drawn
+    with a fixed seed, or the lowest targets ``y`` under the extrapolation protocol), the
+    validation set, and the pool jobs draw training sets from (under the matbench
+    protocol, the whole pool: folds are drawn per job)."""
+    from tlmat.data import Split, extrapolation_split, random_split, subsample
 
     def count(size: float, n: int) -> int:
         return int(size if size >= 1 else round(size * n))
@@ -435,7 +438,15 @@ def _fixed_split(config: BenchmarkConfig, parts: dict[str, np.ndarray]):
     if config.protocol == "matbench":
         empty = np.empty(0, dtype=np.int64)
         return Split(rest, empty, empty)
-    if "test" in parts:
+    if config.protocol == "extrapolation":
+        if "test" in parts:
+            raise ValueError("the extrapolation protocol draws its own test set: drop test")
+        fraction = config.test_size or 0.1
+        fraction = fraction if fraction < 1 else fraction / len(rest)
+        lowest = extrapolation_split(y[rest], fraction, 0.0).test
+        test = rest[lowest]
+        rest = np.setdiff1d(rest, test)
+    elif "test" in parts:
         test = parts["test"]
         if config.test_size is not None and count(config.test_size, len(test)) < len(test):
             test = np.sort(subsample(test, count(config.test_size, len(test)), seed=0))
