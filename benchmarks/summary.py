@@ -2,7 +2,8 @@
 test of transfer against scratch over every (task, size) (Gupta et al.).
 
 Reads the benchmark folders that `tlmat benchmark` wrote under benchmarks/results/ (those
-holding a benchmark.yaml) and the multi-fidelity tables (benchmarks/multifidelity.py),
+holding a benchmark.yaml), the multi-fidelity tables (benchmarks/multifidelity.py) and
+the transferability ranking (benchmarks/transferability.py),
 writes benchmarks/results/summary.md. tests/test_results_summary.py fails when the file
 is not what this writes from the results now: it cannot go stale.
 
@@ -71,7 +72,8 @@ def summary(results: Path = RESULTS) -> str:
         f"p = {tests['sign_test_p']:.3g}; Wilcoxon signed-rank (one-tailed) "
         f"p = {tests.get('wilcoxon_p', float('nan')):.3g}.",
     ]
-    for table_md in sorted((results / "multifidelity").glob("*.md")):
+    others = [*sorted((results / "multifidelity").glob("*.md")), results / "transferability.md"]
+    for table_md in (path for path in others if path.exists()):
         text = table_md.read_text().strip()  # its title one level down
         lines += ["", "#" + text if text.startswith("# ") else text]
     return "\n".join(lines) + "\n"

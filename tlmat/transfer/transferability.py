@@ -13,7 +13,8 @@ import numpy as np
 from tlmat.data.dataset import GraphDataset
 from tlmat.models.base import TrainedModel
 
-#: ridge penalties the probe chooses from by leave-one-out error, on standardised features
+#: ridge penalties the probe chooses from by leave-one-out error, on features scaled to
+#: the training folds' range
 ALPHAS = np.logspace(-3, 4, 15)
 
 
@@ -41,7 +42,7 @@ def score_features(
     from sklearn.linear_model import BayesianRidge, RidgeCV
     from sklearn.model_selection import KFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
@@ -51,7 +52,9 @@ def score_features(
     scaled = StandardScaler().fit_transform(x)
     standard_y = (y - y.mean()) / (y.std() or 1.0)
     evidence = BayesianRidge(compute_score=True).fit(scaled, standard_y).scores_[-1]
-    probe = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS))
+    # a held-out fold's feature far outside the training folds' range (a near-constant
+    # column of random weights) must not send a linear probe off: clipped to that range
+    probe = make_pipeline(MinMaxScaler(clip=True), RidgeCV(alphas=ALPHAS))
     cv = KFold(folds, shuffle=True, random_state=seed)
     predicted = cross_val_predict(probe, x, y, cv=cv)
     return Transferability(
