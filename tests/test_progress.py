@@ -41,6 +41,19 @@ def test_the_time_left_is_within_30_percent_once_a_fifth_of_the_work_is_done() -
     assert Estimate(10, clock).left() is None  # nothing done: no number made up
 
 
+def test_what_comes_before_the_work_is_not_its_pace() -> None:
+    """A grid that pretrains its source for 400 s, then runs 10 jobs of 10 s: two jobs
+    done, 80 s are left (the pretraining counted as job work said 28 minutes)."""
+    clock = _Clock()
+    estimate = Estimate(10, clock)
+    clock.now = 400.0
+    estimate.report(0)  # "10 jobs to run": the work begins
+    for _ in range(2):
+        clock.now += 10
+        estimate.report(estimate.done + 1)
+    assert estimate.left() == 80.0 and estimate.elapsed == 420.0
+
+
 def test_off_a_terminal_each_stage_is_a_plain_line_with_share_elapsed_and_estimate() -> None:
     out = io.StringIO()
     clock = _Clock()
@@ -55,8 +68,9 @@ def test_off_a_terminal_each_stage_is_a_plain_line_with_share_elapsed_and_estima
     lines = out.getvalue().splitlines()
     assert lines[0] == "compare · 0 % done · 0:00 elapsed · time left: estimating"
     assert lines[1] == "compare: n300-s0: scratch · 0 % done · 0:10 elapsed · time left: estimating"
-    assert lines[2] == "compare: n300-s0: full · 25 % done · 1:10 elapsed · ~3:30 left"
-    assert lines[3] == "compare: n300-s0: full · 50 % done · 2:10 elapsed · ~2:10 left"
+    # the work began at 0:10, its last report of nothing done: 1 of 4 in 60 s
+    assert lines[2] == "compare: n300-s0: full · 25 % done · 1:10 elapsed · ~3:00 left"
+    assert lines[3] == "compare: n300-s0: full · 50 % done · 2:10 elapsed · ~2:00 left"
     assert len(lines) == 4 and clock_text(3725) == "1:02:05"
 
 

@@ -73,22 +73,31 @@ def clock_text(seconds: float) -> str:
 
 
 class Estimate:
-    """The time left of work measured as it goes: elapsed × (total − done) / done."""
+    """The time left of work measured as it goes: the seconds since the work began ×
+    (total − done) / done. The work begins at the last report of nothing done, so that
+    what comes before it (reading data, pretraining the sources of a grid) does not count
+    as the work's pace."""
 
     def __init__(self, total: float, clock: Callable[[], float] = time.monotonic):
         self.total, self.done, self.clock = float(total), 0.0, clock
-        self.started = clock()
+        self.started = self.began = clock()
 
     @property
     def elapsed(self) -> float:
-        """Seconds since the work started."""
+        """Seconds since the command started."""
         return self.clock() - self.started
+
+    def report(self, done: float) -> None:
+        """``done`` of the total so far."""
+        if done <= 0:
+            self.began = self.clock()
+        self.done = float(done)
 
     def left(self) -> float | None:
         """Seconds left, or None while nothing is done to measure by."""
         if self.done <= 0:
             return None
-        return self.elapsed * max(self.total - self.done, 0.0) / self.done
+        return (self.clock() - self.began) * max(self.total - self.done, 0.0) / self.done
 
 
 class _Left(ProgressColumn):
@@ -152,7 +161,8 @@ class Display:
         if total is not None:
             self.estimate.total = float(total)
         new_stage = stage != self.stage
-        self.stage, self.note, self.estimate.done = stage, note, float(done)
+        self.stage, self.note = stage, note
+        self.estimate.report(done)
         if self._bar is not None:
             from rich.markup import escape
 
