@@ -75,7 +75,11 @@ def load_runs(root: str | Path) -> pd.DataFrame:
         elif grid.name in sources:
             info = sources[grid.name]
             mark = "†" if info.get("saw_test") else ""
-            extra = {"source": grid.name, "n_pretrain": info.get("n_pretrain", np.nan)}
+            extra = {
+                "source": grid.name,
+                "n_pretrain": info.get("n_pretrain", np.nan),
+                "series": info.get("series", ""),
+            }
             rows += _grid_rows(grid, f" [{grid.name}{mark}]", extra)
     if not rows:
         raise FileNotFoundError(f"{root}: no n<size>-s<seed>/<method>/result.json found")
@@ -91,8 +95,13 @@ def _pretrained_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs of pretrained sources, with the method without its source (``base``), less
     the raw zero-shot output."""
     pretrained = runs.dropna(subset=["n_pretrain"]).copy()
-    pretrained["base"] = pretrained["method"].str.split(" [", regex=False).str[0]
-    return pretrained[~pretrained["base"].map(_raw_zero_shot)]
+    method = pretrained["method"].str.split(" [", regex=False).str[0]
+    pretrained = pretrained[~method.map(_raw_zero_shot)]
+    # one curve per method and what the sources were pretrained on (their series)
+    series = pretrained.get("series", "")
+    named = pd.Series(series, index=pretrained.index).fillna("").astype(str)
+    pretrained["base"] = method[pretrained.index] + named.map(lambda s: f" ({s})" if s else "")
+    return pretrained
 
 
 def decimal_log_axes(ax) -> None:
@@ -143,7 +152,7 @@ def pretraining_scaling(runs: pd.DataFrame) -> pd.DataFrame | None:
         ok = row.notna().to_numpy()
         slopes.append(loglog_fit(sizes[ok], row.to_numpy()[ok]).slope if ok.sum() >= 2 else np.nan)
     table = mean.map("{:.4f}".format)
-    table["slope"] = [f"{v:+.3f}" for v in slopes]
+    table["slope"] = ["—" if np.isnan(v) else f"{v:+.3f}" for v in slopes]
     table.index = [f"{m}, N={n}" for m, n in table.index]
     table.index.name = "method, target size"
     return table

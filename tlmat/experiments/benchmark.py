@@ -131,6 +131,9 @@ class SourceConfig(BaseModel):
     pretrain: PretrainConfig | None = None
     methods: list[str | MethodConfig] | None = None
     saw_test: str | None = None
+    #: the error-vs-pretraining-size curve the source is a point of (default: what it
+    #: was pretrained on: its pretraining target, or a shipped source's card's target)
+    series: str | None = None
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
@@ -555,6 +558,10 @@ def prepare_sources(
             entry.update(kind="checkpoint", checkpoint=source.checkpoint)
             if source.checkpoint in shipped():
                 entry.update(clean_source_check(config, name, source, ids, formulas))
+                # its model card says how many structures it trained on: a point of the
+                # error-vs-pretraining-size curve beside the sources pretrained here
+                card = shipped()[source.checkpoint]
+                entry.update(n_pretrain=card.get("n_train"), series=card.get("target"))
         else:
             folder = root / "sources" / name
             summary = pretrained_summary(source.pretrain, ids, formulas, folder)
@@ -563,10 +570,13 @@ def prepare_sources(
                 summary = json.loads((folder / "pretrain.json").read_text())
             entry.update(
                 kind="pretrained",
+                series=source.pretrain.target,
                 checkpoint=str(folder / "model.pt"),
                 **{k: summary[k] for k in summary if k.startswith("n_")},
                 pretrain_test=summary["test"],
             )
+        if source.series is not None:
+            entry["series"] = source.series
         described[name] = entry
     (root / "sources.json").write_text(json.dumps(described, indent=2))
     return described
@@ -758,7 +768,10 @@ def job_signature(config: BenchmarkConfig, job: Job) -> dict[str, Any]:
         "grid": config.model_dump(exclude={*GRID_ONLY, "training"}),
         "training": _train_config(config, job).model_dump(exclude={"unit"}),
         "method": method_config(config, job).model_dump(),
-        "source": None if job.source == COMMON else config.sources[job.source].model_dump(),
+        # which curve a source is drawn on decides no number
+        "source": None
+        if job.source == COMMON
+        else config.sources[job.source].model_dump(exclude={"series"}),
         "job": job.__dict__,
     }
 
