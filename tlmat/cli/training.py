@@ -251,7 +251,11 @@ def chosen_strategies(strategies: str) -> tuple[str, ...]:
 
 
 def comparison_table(
-    summary: dict[str, dict], title: str, unit: str, raw_zero_shot_unit: str | None
+    summary: dict[str, dict],
+    title: str,
+    unit: str,
+    raw_zero_shot_unit: str | None,
+    folds: int | None = None,
 ):
     """The compare table: test MAE as mean ± std over seeds, the validation MAE, the gain
     over scratch with its 95 % interval and the p-value; ★ marks the method with the
@@ -262,12 +266,14 @@ def comparison_table(
     from tlmat.experiments.comparison import best_by_validation
 
     best = best_by_validation(summary)
-    seeds = max(e["n_seeds"] for e in summary.values())
-    spread = f", mean ± std over {seeds} seeds" if seeds > 1 else ""
+    runs = max(e["n_seeds"] for e in summary.values())
+    what = f"{runs} folds" if folds else f"{runs} seeds"
+    spread = f", mean ± std over {what}" if runs > 1 else ""
+    test = "the corrected resampled t-test (folds share data)" if folds else "its t-test"
     table = Table(
         title=f"{title}\nMAE{f' in {unit}' if unit else ''}{spread}",
         title_justify="left",
-        caption=_CAPTION,
+        caption=_CAPTION.format(test=test),
         caption_justify="left",
     )
     table.add_column("method", no_wrap=True)
@@ -280,7 +286,7 @@ def comparison_table(
 
 _CAPTION = (
     "★ lowest validation MAE: chosen without the test set, whose MAE is only reported. "
-    "gain = 1 − MAE / MAE of scratch, p: its t-test against scratch"
+    "gain = 1 − MAE / MAE of scratch, p: {test} against scratch"
 )
 
 
@@ -347,7 +353,7 @@ def compare(
         f"{target}: {len(split.train)} training, {len(split.val)} validation, "
         f"{len(split.test)} test structures; source {source}"
     )
-    console.print(comparison_table(result.summary, title, unit, result.source_unit))
+    console.print(comparison_table(result.summary, title, unit, result.source_unit, folds))
     report = f"tlmat report {run_dir}" + (f" --unit {unit}" if unit else "")
     console.print(f"results → {run_dir} (comparison.json, one folder per seed and method)")
     console.print(f"report: {report}")
