@@ -145,14 +145,18 @@ def pretraining_scaling(runs: pd.DataFrame) -> pd.DataFrame | None:
         .mean()
         .unstack("n_pretrain")
     )
+    mean = mean[mean.notna().sum(axis=1) >= 2]  # a curve needs two sizes
+    mean = mean.loc[:, mean.notna().any()]
+    if mean.empty:
+        return None
     mean.columns = [f"P={int(c)}" for c in mean.columns]
     sizes = np.array([int(c[2:]) for c in mean.columns], dtype=float)
     slopes = []
     for _, row in mean.iterrows():
         ok = row.notna().to_numpy()
         slopes.append(loglog_fit(sizes[ok], row.to_numpy()[ok]).slope if ok.sum() >= 2 else np.nan)
-    table = mean.map("{:.4f}".format)
-    table["slope"] = ["—" if np.isnan(v) else f"{v:+.3f}" for v in slopes]
+    table = mean.map(lambda v: "" if np.isnan(v) else f"{v:.4f}")
+    table["slope"] = [f"{v:+.3f}" for v in slopes]
     table.index = [f"{m}, N={n}" for m, n in table.index]
     table.index.name = "method, target size"
     return table
