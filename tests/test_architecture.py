@@ -36,6 +36,7 @@ LAYERS = [
     "training",
     "uncertainty",
     "inference",
+    "labelling",
     "evaluation",
     "screening",
     "experiments",
