@@ -24,8 +24,8 @@ Run:  python3 benchmarks/multifidelity.py [--target gap_hse] [--sizes 100 300 10
           [--source-epochs 30] [--out benchmarks/results/multifidelity]
 Writes OUT/<target>.json (every number, the command, the machine, the seconds each fit
 took) and OUT/<target>.md (test MAE in eV, mean ± sample standard deviation over seeds).
-Run folders under benchmarks/out/multifidelity: an interrupted run goes on where it
-stopped.
+Run folders under benchmarks/out/multifidelity: the same command again takes the
+finished fits as they are and resumes an interrupted one.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from tlmat.data import Split, load_dataset  # noqa: E402
 from tlmat.data.fidelity import fidelity_of, fidelity_split, stack_fidelities, with_delta  # noqa: E402
 from tlmat.datasets import resolve  # noqa: E402
 from tlmat.io.table import join_labels  # noqa: E402
+from tlmat.models import load_checkpoint  # noqa: E402
 from tlmat.models.registry import model_config  # noqa: E402
 from tlmat.training import TrainConfig, fit, predict  # noqa: E402
 from tlmat.transfer.sources import fresh_model, prepare_transfer  # noqa: E402
@@ -93,7 +94,11 @@ def only(split: Split, rows: np.ndarray) -> Split:
 
 
 def train(trained, dataset, split, cfg, folder: Path, strategy=None) -> tuple:
-    """Fit (or pick up the finished fit in ``folder``); the model and its seconds."""
+    """Fit, or take the finished fit in ``folder`` (its model and recorded seconds; fit
+    itself resumes an interrupted one); the model and its seconds."""
+    if (folder / "model.pt").exists() and (folder / "run.json").exists():
+        recorded = json.loads((folder / "run.json").read_text())
+        return load_checkpoint(folder / "model.pt"), float(recorded["seconds"])
     start = time.perf_counter()
     result = fit(trained, dataset, split, cfg, folder, strategy=strategy)
     return result.trained, time.perf_counter() - start
