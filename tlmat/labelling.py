@@ -53,15 +53,18 @@ def check_energy_model(trained: TrainedModel, name: str) -> None:
         )
 
 
-def energies_per_atom(trained: TrainedModel, dataset: GraphDataset) -> tuple[np.ndarray, float]:
-    """Each structure's predicted energy per atom (eV/atom) and the seconds it took."""
+def energies_per_atom(
+    trained: TrainedModel, dataset: GraphDataset
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each structure's predicted energy per atom (eV/atom), its number of atoms, and the
+    seconds the predictions took."""
     from tlmat.models.prediction import predict
 
     start = time.perf_counter()
     per_cell = predict(trained, dataset)
     seconds = time.perf_counter() - start
     atoms = np.array([dataset.graphs.arrays(i, copy=False).num_nodes for i in range(len(dataset))])
-    return per_cell / atoms, seconds
+    return per_cell / atoms, atoms, seconds
 
 
 def elemental_rows(table: Path) -> pd.DataFrame:
@@ -104,7 +107,7 @@ def elemental_references(
     rows[[id_column, "cif"]].to_csv(csv, index=False)
     model = trained.model
     dataset = reading.load([str(csv)], model.graph_settings, [], model.elements)
-    energies, _ = energies_per_atom(trained, dataset)
+    energies, _, _ = energies_per_atom(trained, dataset)
     element_of = dict(zip(rows[id_column].astype(str), rows["element"], strict=True))
     lowest: dict[str, float] = {}
     for structure_id, energy in zip(dataset.ids, energies, strict=True):
@@ -133,8 +136,7 @@ def formation_energies(
 
 def label(trained: TrainedModel, dataset: GraphDataset, references: dict[str, float]) -> Labels:
     """Energy and formation energy per atom of every structure of ``dataset``."""
-    energies, seconds = energies_per_atom(trained, dataset)
-    atoms = [dataset.graphs.arrays(i, copy=False).num_nodes for i in range(len(dataset))]
+    energies, atoms, seconds = energies_per_atom(trained, dataset)
     table = pd.DataFrame(
         {
             "id": dataset.ids,

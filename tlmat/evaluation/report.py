@@ -618,15 +618,16 @@ def write_report(
         figures.append(
             ("pretraining_scaling.png", "Test MAE against the size of the pretraining set.")
         )
+    sources = load_sources(root)
     if dft_hours is not None:
         from tlmat.evaluation.cost import cost_table, source_seconds
 
         largest = int(runs["size"].max())
-        pretraining = source_seconds(root, load_sources(root))
+        pretraining = source_seconds(root, sources)
         tables[f"cost and break-even at N={largest}, DFT at {dft_hours:g} h a structure"] = (
             cost_table(runs, pretraining, dft_hours, largest)
         )
-    lines = _introduction(runs, root, unit, title, load_sources(root))
+    lines = _introduction(runs, root, unit, title, sources)
     lines += _table_sections(tables, unit, baseline)
     lines += ["## Figures", ""]
     for number, (file, caption) in enumerate(figures, start=1):

@@ -551,16 +551,17 @@ def prepare_sources(
 
     ids, formulas = held_out_materials(config, dataset, fixed)
     used = None if todo is None else {job.source for job in todo}
+    cards = shipped()
     described = {}
     for name, source in config.sources.items():
         entry: dict[str, Any] = {"saw_test": source.saw_test}
         if source.pretrain is None:
             entry.update(kind="checkpoint", checkpoint=source.checkpoint)
-            if source.checkpoint in shipped():
+            if source.checkpoint in cards:
                 entry.update(clean_source_check(config, name, source, ids, formulas))
                 # its model card says how many structures it trained on: a point of the
                 # error-vs-pretraining-size curve beside the sources pretrained here
-                card = shipped()[source.checkpoint]
+                card = cards[source.checkpoint]
                 entry.update(n_pretrain=card.get("n_train"), series=card.get("target"))
         else:
             folder = root / "sources" / name

@@ -224,7 +224,7 @@ class CrystalModel(nn.Module):
     @property
     def pair_cost(self) -> float:
         """A bond pair's cost relative to an edge (:attr:`Backbone.pair_cost`)."""
-        return getattr(self.backbone, "pair_cost", 1.0)
+        return self.backbone.pair_cost
 
     def forward(
         self, batch: Batch, resume: tuple[str, dict[str, torch.Tensor]] | None = None
