@@ -730,7 +730,25 @@ def report(
         typer.Option(
             min=0.0,
             help="Hours one DFT calculation of the target costs: adds each method's training "
-            "cost and break-even number of materials.",
+            "cost and break-even number of materials, and with sources of several "
+            "pretraining sizes the best split of a compute budget (see --cheap-dft-hours).",
+        ),
+    ] = None,
+    cheap_dft_hours: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            help="Hours one calculation of the pretraining fidelity (PBE, say) costs: with "
+            "sources of several pretraining sizes, adds the best split of a compute budget "
+            "between the two fidelities. Given one cost alone, the other is taken 10x apart.",
+        ),
+    ] = None,
+    budget_hours: Annotated[
+        list[float] | None,
+        typer.Option(
+            min=0.0,
+            help="Total compute budget for the split, in the same hours; repeatable "
+            "[the cost of each training-set size in target calculations].",
         ),
     ] = None,
     overwrite: Overwrite = False,
@@ -744,6 +762,7 @@ def report(
 
         tlmat report benchmarks/results/model-zoo-perovskites --out my-report
         tlmat report benchmarks/results/hoffmann-pbe-hse --dft-hours 50 --out hse-cost
+        tlmat report benchmarks/results/hoffmann-pbe-hse --dft-hours 10 --cheap-dft-hours 1
     """
     import yaml
 
@@ -758,7 +777,18 @@ def report(
     references = written.get("references") if grid.exists() else None
     writable_output(out or results / "report", overwrite, folder=True)
     try:
-        path = write_report(results, out, unit, threshold, baseline, title, references, dft_hours)
+        path = write_report(
+            results,
+            out,
+            unit,
+            threshold,
+            baseline,
+            title,
+            references,
+            dft_hours,
+            cheap_dft_hours,
+            budget_hours,
+        )
     except (FileNotFoundError, ValueError) as error:
         fail(error)
     console.print(f"report → {path} (and report.html, figures beside it)")

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +24,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from tlmat.evaluation.cost import (
+    BudgetCurve,
+    BudgetPoint,
+    TwoSizeFit,
+    budget_costs,
+    budget_curve,
+    fit_two_sizes,
+)
 from tlmat.evaluation.statistics import (
     equivalent_training_size,
     loglog_fit,
@@ -185,6 +195,182 @@ def plot_pretraining_scaling(runs: pd.DataFrame, path: Path, unit: str) -> None:
         unit,
         "Error vs pretraining-set size (mean ± std over seeds)",
     )
+
+
+def budget_fits(runs: pd.DataFrame) -> dict[str, TwoSizeFit | str]:
+    """The error of each pretrained method (and source series) fitted in both the
+    target-set size and the pretraining-set size (:func:`~tlmat.evaluation.cost.fit_two_sizes`,
+    every seed a point), for those with sources of at least two pretraining sizes and runs
+    at two target sizes; where the fit has no budget optimum (an exponent ≥ 0), why not."""
+    if "n_pretrain" not in runs:
+        return {}
+    fits: dict[str, TwoSizeFit | str] = {}
+    for base, group in _pretrained_runs(runs).groupby("base", sort=False):
+        if group["n_pretrain"].nunique() < 2 or group["size"].nunique() < 2:
+            continue
+        try:
+            fit = fit_two_sizes(group["size"], group["n_pretrain"], group["mae"])
+        except ValueError as error:  # sizes that vary together, a NaN error: say so
+            fits[base] = f"{base}: {error}"
+            continue
+        if fit.alpha < 0 and fit.beta < 0:
+            fits[base] = fit
+        else:
+            fits[base] = (
+                f"{base}: the error does not fall with both sizes (exponents "
+                f"{fit.alpha:+.3f} target, {fit.beta:+.3f} pretraining), no budget optimum"
+            )
+    return fits
+
+
+def budget_tables(
+    fits: dict[str, TwoSizeFit], curves: dict[str, list[BudgetCurve]], baseline: str
+) -> dict[str, pd.DataFrame]:
+    """Two tables: each method's fitted exponents, and per budget the best split with its
+    predicted MAE beside ``baseline`` given the whole budget (``*``: outside the sizes the
+    fits were made on; ± the standard error of the fitted curve)."""
+
+    def mae(point: BudgetPoint) -> str:
+        return f"{point.mae:.3f} ± {point.mae_stderr:.3f}" + ("*" if point.extrapolated else "")
+
+    exponents = {
+        base: {
+            "target exponent α": f"{fit.alpha:+.3f} ± {math.sqrt(fit.covariance[1][1]):.3f}",
+            "pretraining exponent β": f"{fit.beta:+.3f} ± {math.sqrt(fit.covariance[2][2]):.3f}",
+            "r²": f"{fit.r2:.3f}",
+            "runs": fit.n,
+            "budget share on target calculations": f"{fit.expensive_share:.2f}",
+        }
+        for base, fit in fits.items()
+    }
+    rows = []
+    for base, base_curves in curves.items():
+        for curve in base_curves:
+            best, scratch = curve.best, curve.scratch
+            row = {
+                "method": base,
+                "budget (h)": f"{curve.budget:g}",
+                "best: target / pretraining calculations": f"{best.n_expensive:.0f} / "
+                f"{best.n_cheap:.0f}",
+                "best MAE": mae(best),
+            }
+            if scratch is not None:
+                row[f"{baseline}: target calculations"] = f"{scratch.n_expensive:.0f}"
+                row[f"{baseline} MAE"] = mae(scratch)
+                row["change"] = f"{best.mae / scratch.mae - 1:+.1%}"
+            rows.append(row)
+    fit_table = pd.DataFrame.from_dict(exponents, orient="index")
+    fit_table.index.name = "method"
+    return {"fit": fit_table, "budgets": pd.DataFrame(rows).set_index("method")}
+
+
+def plot_budget_curves(curves: dict[str, list[BudgetCurve]], path: Path, unit: str) -> None:
+    """One panel per method: predicted MAE against the share of the budget spent on
+    target-fidelity calculations, one line per budget (dotted outside the fitted sizes),
+    its minimum starred and scratch given the whole budget as a square at share 1."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.2), squeeze=False)
+    for ax, (base, base_curves) in zip(axes[0], curves.items(), strict=True):
+        for colour, curve in zip(
+            plt.cm.viridis(np.linspace(0, 0.85, len(base_curves))), base_curves, strict=True
+        ):
+            label = f"B = {curve.budget:g} h"
+            ax.plot(curve.share, curve.mae, ":", color=colour)
+            ax.plot(
+                curve.share,
+                np.where(curve.inside, curve.mae, np.nan),
+                "-",
+                color=colour,
+                label=label,
+            )
+            ax.plot(
+                curve.best.n_expensive * curve.expensive_hours / curve.budget,
+                curve.best.mae,
+                "*",
+                ms=12,
+                color=colour,
+            )
+            if curve.scratch is not None:
+                ax.errorbar(
+                    1.0,
+                    curve.scratch.mae,
+                    yerr=curve.scratch.mae_stderr,
+                    fmt="s",
+                    color=colour,
+                    capsize=3,
+                )
+        _decimal_log_y(ax)
+        ax.plot([], [], "k*", ms=10, label="optimum")
+        ax.plot([], [], "ks", label="scratch, whole budget")
+        ax.set_xlim(0, 1.03)
+        ax.set_xlabel("share of the budget on target-fidelity calculations")
+        ax.set_ylabel(f"predicted test MAE ({unit})" if unit else "predicted test MAE")
+        ax.set_title(base, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _decimal_log_y(ax) -> None:
+    """A log y axis labelled in plain decimals, as :func:`decimal_log_axes`."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 3.0, 5.0, 7.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
+def budget_section(
+    runs: pd.DataFrame,
+    out: Path,
+    unit: str,
+    baseline: str,
+    costs: tuple[float, float],
+    budgets: Sequence[float] | None = None,
+) -> tuple[dict[str, pd.DataFrame], list[tuple[str, str]], list[str]]:
+    """The compute-budget section (Hoffmann et al. Fig. 5): tables by heading, the figure
+    drawn into ``out`` (file, caption), and why not where it cannot be drawn. ``costs``:
+    (cheap, expensive) hours a calculation; ``budgets``: totals in the same hours, by
+    default what each training-set size of the grid cost in target calculations."""
+    fits = budget_fits(runs)
+    usable = {base: fit for base, fit in fits.items() if isinstance(fit, TwoSizeFit)}
+    missing = [f"compute-budget curve: {why}" for why in fits.values() if isinstance(why, str)]
+    if not fits:
+        missing.append(
+            "compute-budget curve: no pretrained method has sources of two pretraining "
+            "sizes and runs at two training-set sizes"
+        )
+    if not usable:
+        return {}, [], missing
+    cheap, expensive = costs
+    scratch_runs = runs[runs["method"] == baseline]
+    scratch = None
+    if scratch_runs["size"].nunique() >= 2:  # every seed a point, as in the transfer fit
+        scratch = loglog_fit(scratch_runs["size"], scratch_runs["mae"])
+    totals = list(budgets) if budgets else [expensive * n for n in sorted(runs["size"].unique())]
+    curves = {
+        base: [budget_curve(fit, total, cheap, expensive, scratch) for total in totals]
+        for base, fit in usable.items()
+    }
+    tables = budget_tables(usable, curves, baseline)
+    heading = (
+        f"compute budget at {cheap:g} h a pretraining and {expensive:g} h a target calculation"
+    )
+    plot_budget_curves(curves, out / "budget_curves.png", unit)
+    caption = (
+        "Predicted test MAE along each budget line, pretraining calculations at "
+        f"{cheap:g} h and target calculations at {expensive:g} h each, against the share "
+        "spent on target calculations: solid inside the fitted sizes, dotted outside; "
+        f"star: the optimum; square at 1: {baseline} given the whole budget (± standard error "
+        "of its fitted curve)."
+    )
+    named = {
+        f"{heading}: fitted surface": tables["fit"],
+        f"{heading}: best split": tables["budgets"],
+    }
+    return named, [("budget_curves.png", caption)], missing
 
 
 def sources_table(sources: dict[str, dict]) -> pd.DataFrame:
@@ -597,11 +783,19 @@ def write_report(
     title: str | None = None,
     references: dict[str, float] | None = None,
     dft_hours: float | None = None,
+    cheap_dft_hours: float | None = None,
+    budgets: Sequence[float] | None = None,
 ) -> Path:
     """Write ``report.md``, ``report.html`` and PNG figures for a results grid;
     ``references``: published test MAEs on the same task (leaderboard rows, in ``unit``),
     set beside this grid's best rows; ``dft_hours``: what one DFT calculation of the
-    target costs (hours), for a section on each method's cost and break-even."""
+    target costs (hours), for a section on each method's cost and break-even.
+
+    With ``dft_hours`` or ``cheap_dft_hours`` (what one calculation of the pretraining
+    fidelity costs) and sources of several pretraining sizes, a compute-budget section
+    too: the best split of each total in ``budgets`` (hours; default: the cost of each
+    training-set size in target calculations) between the two fidelities. Given one cost
+    alone, the other is taken ``DEFAULT_COST_RATIO`` (10) times apart."""
     root = Path(root)
     out = Path(out) if out is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -627,6 +821,14 @@ def write_report(
         tables[f"cost and break-even at N={largest}, DFT at {dft_hours:g} h a structure"] = (
             cost_table(runs, pretraining, dft_hours, largest)
         )
+    costs = budget_costs(dft_hours, cheap_dft_hours)
+    if costs is not None:
+        budget_named, budget_figures, budget_missing = budget_section(
+            runs, out, unit, baseline, costs, budgets
+        )
+        tables.update(budget_named)
+        figures += budget_figures
+        missing += budget_missing
     lines = _introduction(runs, root, unit, title, sources)
     lines += _table_sections(tables, unit, baseline)
     lines += ["## Figures", ""]
@@ -779,6 +981,24 @@ def _table_sections(tables: dict[str, pd.DataFrame], unit: str, baseline: str) -
                 "in full for every method that starts from it. Break-even: the materials the "
                 "model must predict instead of computing to repay its training (Krawczuk & "
                 "Venturi, Table 4); inference, milliseconds a structure, left out.",
+                "",
+            ]
+        if name.startswith("compute budget") and name.endswith("fitted surface"):
+            lines += [
+                "Every seed's test MAE fitted as log10 MAE = c + α log10 N_target + β log10 "
+                "N_pretrain (a product of power laws: Hoffmann et al.'s parallel log–log lines; "
+                "± standard errors). Spending a share α/(α + β) of any budget on target "
+                "calculations minimises it, whatever the budget and the costs (Hoffmann et al. "
+                "Fig. 5).",
+                "",
+            ]
+        if name.startswith("compute budget") and name.endswith("best split"):
+            lines += [
+                "The optimum of each budget line and the baseline's power law given the whole "
+                "budget in target calculations; MAE ± the standard error of the fitted curve; "
+                "* = outside the sizes the fits were made on (an extrapolation). The seeds share "
+                "one pretrained source per size, so the source-to-source scatter is not in the "
+                "errors.",
                 "",
             ]
         if name.startswith("test MAE vs pretraining"):
