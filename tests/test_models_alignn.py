@@ -47,7 +47,12 @@ from tlmat.graphs.builder import GraphArrays, graph_arrays, structure_arrays
 from tlmat.graphs.cache import collate
 from tlmat.io import read_records
 from tlmat.models import registry
-from tlmat.models.alignn import ALIGNNConfig, build_alignn, concatenate_features
+from tlmat.models.alignn import (
+    ALIGNNConfig,
+    build_alignn,
+    concatenate_features,
+    gupta_feature_sets,
+)
 
 CONV = {
     "src_gate": "gate_source",
@@ -312,6 +317,44 @@ def test_layer_features_names_shapes_and_last_layer(structures) -> None:
     torch.testing.assert_close(layers["interactions.7.atom"], layers["embedding_out"])
     with pytest.raises(ValueError, match="no layer features"):
         concatenate_features(layers, "interactions.8")
+
+
+def test_gupta_feature_sets_of_a_two_plus_two_alignn(structures) -> None:
+    """Gupta et al.'s sets of alignn-atomwise-pure (2 ALIGNN + 2 GCN layers) pooled by
+    every moment: atom, bond and angle of each checkpoint (GCN layers have no angles),
+    atom+bond, atom+bond+angle, the last atom+bond+angle and all; each set's features
+    are those of its layers."""
+    from tlmat.models.pooling import MOMENTS
+
+    torch.manual_seed(0)
+    model = registry.build(registry.model_config("alignn-atomwise-pure")).eval()
+    with torch.no_grad():
+        layers = model.layer_features(collate(tlmat_arrays(model, structures[:3])), MOMENTS)
+    sets = gupta_feature_sets(list(layers))
+    with_angles = ["embedding", "interactions.0", "interactions.1"]
+    expected = [
+        f"{c}.{k}"
+        for c in with_angles
+        for k in ("atom", "bond", "angle", "atom+bond", "atom+bond+angle")
+    ]
+    expected += [f"interactions.{i}.{k}" for i in (2, 3) for k in ("atom", "bond", "atom+bond")]
+    assert list(sets) == [*expected, "last.atom+bond+angle", "all"]
+    assert sets["interactions.0.atom+bond+angle"] == [
+        "interactions.0.atom",
+        "interactions.0.bond",
+        "interactions.0.angle",
+    ]
+    assert sets["last.atom+bond+angle"] == [
+        "interactions.3.atom",
+        "interactions.3.bond",
+        "interactions.1.angle",
+    ]
+    assert len(sets["all"]) == 3 * 3 + 2 * 2 and "embedding_out" not in sets["all"]
+    assert concatenate_features(layers, sets["all"]).shape == (3, 13 * 64)
+    torch.testing.assert_close(
+        concatenate_features(layers, sets["interactions.2.atom+bond"]),
+        torch.cat([layers["interactions.2.atom"], layers["interactions.2.bond"]], dim=1),
+    )
 
 
 def test_batched_layer_features_equal_per_structure(structures) -> None:

@@ -303,3 +303,30 @@ def test_features_mlp_as_one_model_predicts_as_the_mlp(
     assert predict(again, perovskites).reshape(-1) == pytest.approx(expected, abs=1e-4)
     # the source itself is unchanged (its own head still reads the crystal embedding)
     assert source.model.head.pooled_layers is None
+
+
+def test_ridge_regressor_picks_alpha_by_validation(source, perovskites) -> None:
+    """Ridge on the CGCNN source's pooled features of real perovskites: the penalty is
+    the one with the lowest validation MAE, it beats the training mean there, and the
+    standardisation makes a column's unit irrelevant."""
+    from tlmat.transfer.features import RidgeRegressor
+
+    X = extract_features(source, perovskites)
+    y = perovskites.targets["heat_ref"]
+    train, val = slice(0, 60), slice(60, None)
+    ridge = RidgeRegressor().fit(X[train], y[train], X[val], y[val])
+    errors = [
+        np.abs(
+            RidgeRegressor([a]).fit(X[train], y[train], X[val], y[val]).predict(X[val]) - y[val]
+        ).mean()
+        for a in ridge.alphas
+    ]
+    assert ridge.alpha == ridge.alphas[int(np.argmin(errors))]
+    assert ridge.val_mae == pytest.approx(min(errors))
+    assert ridge.val_mae < np.abs(y[val] - y[train].mean()).mean()
+    rescaled = X.copy()
+    rescaled[:, 0] *= 1000.0  # e.g. a feature in meV instead of eV
+    again = RidgeRegressor().fit(rescaled[train], y[train], rescaled[val], y[val])
+    assert again.predict(rescaled[val]) == pytest.approx(ridge.predict(X[val]), rel=1e-4, abs=1e-5)
+    # without a validation set, generalised cross-validation chooses among the same
+    assert RidgeRegressor().fit(X[train], y[train]).alpha in ridge.alphas

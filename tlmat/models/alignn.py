@@ -34,7 +34,7 @@ Layer-wise features (Gupta et al.) are the mean-pooled atom, bond and angle feat
 after the embedding and after every layer (``embedding.atom``, ``embedding.bond``,
 ``embedding.angle``, ``interactions.0.atom`` …; GCN layers have no angle features);
 :func:`concatenate_features` joins those of the last layer (3 × 256 = 768 at the default
-width).
+width); :func:`gupta_feature_sets` names the sets Gupta et al. compare.
 """
 
 from __future__ import annotations
@@ -308,6 +308,34 @@ def last_layer_names(names: Sequence[str]) -> list[str]:
     chosen = [f"{last}.atom", f"{last}.bond"]
     angles = [n for n in names if n.endswith(".angle")]
     return chosen + angles[-1:]
+
+
+def gupta_feature_sets(names: Sequence[str]) -> OrderedDict[str, list[str]]:
+    """Gupta et al.'s feature sets (their Table 1) of the layer features ``names`` (keys
+    of :meth:`ALIGNNBackbone.layer_features`; other statistics' ``@std`` … names and
+    ``embedding_out`` count as their plain layer or not at all): for each checkpoint
+    (``embedding``, ``interactions.k``) its ``.atom``, ``.bond`` and ``.angle`` features
+    alone, ``.atom+bond`` and ``.atom+bond+angle`` where it has those; then
+    ``last.atom+bond+angle`` (:func:`last_layer_names`) and ``all``, every checkpoint's
+    features together. Each set is a list of layer names, in forward order, for
+    :func:`concatenate_features` or :func:`tlmat.transfer.features.select_layers`."""
+    plain = [
+        n for n in dict.fromkeys(n.split("@")[0] for n in names) if n.rsplit(".", 1)[-1] in KINDS
+    ]
+    sets: OrderedDict[str, list[str]] = OrderedDict()
+    for checkpoint in dict.fromkeys(n.rsplit(".", 1)[0] for n in plain):
+        kinds = [k for k in KINDS if f"{checkpoint}.{k}" in plain]
+        for kind in kinds:
+            sets[f"{checkpoint}.{kind}"] = [f"{checkpoint}.{kind}"]
+        # Gupta's combinations start from the atom features: atom+bond, atom+bond+angle
+        for size in (2, 3):
+            if kinds[:size] == list(KINDS[:size]):
+                combined = KINDS[:size]
+                sets[f"{checkpoint}.{'+'.join(combined)}"] = [f"{checkpoint}.{k}" for k in combined]
+    last = last_layer_names(plain)
+    sets["last." + "+".join(n.rsplit(".", 1)[1] for n in last)] = last
+    sets["all"] = plain
+    return sets
 
 
 def concatenate_features(

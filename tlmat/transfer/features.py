@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
@@ -209,6 +210,46 @@ class ForestRegressor:
 
     def predict(self, X) -> np.ndarray:
         return self.forest.predict(X)
+
+
+#: ridge penalties :class:`RidgeRegressor` tries, on standardised features
+RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-3, 5, 17))
+
+
+class RidgeRegressor:
+    """Ridge regression on standardised features with the same ``fit(X, y, X_val,
+    y_val)`` call: the penalty is the one of ``alphas`` with the lowest validation MAE
+    (without a validation set, the one generalised cross-validation prefers on the
+    training set). A linear probe: what a layer's features say about the target without
+    a network to learn more (Gupta et al.'s layer sweep, benchmarks/alignn_layers.py)."""
+
+    def __init__(self, alphas: Sequence[float] = RIDGE_ALPHAS):
+        self.alphas = tuple(alphas)
+
+    def fit(self, X, y, X_val=None, y_val=None) -> RidgeRegressor:
+        from scipy.linalg import LinAlgWarning
+        from sklearn.linear_model import Ridge, RidgeCV
+        from sklearn.preprocessing import StandardScaler
+
+        self.scaler = StandardScaler().fit(X)  # constant columns keep a scale of 1
+        scaled = self.scaler.transform(X)
+        if X_val is None or not len(X_val):
+            self.ridge = RidgeCV(alphas=self.alphas).fit(scaled, y)
+            self.alpha = float(self.ridge.alpha_)
+            return self
+        held = self.scaler.transform(X_val)
+        with warnings.catch_warnings():
+            # the smallest penalties on collinear features are ill-conditioned: they
+            # lose on the validation set rather than being an error
+            warnings.simplefilter("ignore", LinAlgWarning)
+            fits = [Ridge(alpha=alpha).fit(scaled, y) for alpha in self.alphas]
+        errors = [float(np.abs(f.predict(held) - y_val).mean()) for f in fits]
+        best = int(np.argmin(errors))
+        self.ridge, self.alpha, self.val_mae = fits[best], self.alphas[best], errors[best]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return self.ridge.predict(self.scaler.transform(X))
 
 
 class BoostedRegressor:
