@@ -15,7 +15,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from tlmat.experiments.benchmark import BenchmarkConfig, jobs, run_benchmark
+from tlmat.experiments.benchmark import (
+    BenchmarkConfig,
+    changed_jobs,
+    jobs,
+    method_configs,
+    run_benchmark,
+)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +192,7 @@ def test_matbench_protocol_tests_on_the_official_fold(data: Path, tmp_path: Path
         "lee-asahi-bandgap",
         "lee-asahi-bulk",
         "lee-asahi-dielectric",
+        "lee-asahi-recipe",
         "hoffmann-pbe-hse",
         "foundation-perovskites",
         "foundation-phonons",
@@ -258,6 +265,10 @@ def test_pretrained_sources_never_see_the_test_materials(
     assert (results / "sources" / "p100" / "pretrain.json").stat().st_mtime_ns == stamp
     described = json.loads((results / "sources.json").read_text())
     assert described["p100"]["n_pretrain"] == summary_sizes["p100"]
+    # what a source's entry says beside its weights decides no finished job's numbers
+    labelled = {"methods": ["full", "head-only"], "saw_test": "a note", "series": "heat"}
+    raw["sources"]["p100"].update(labelled)
+    assert changed_jobs(BenchmarkConfig(**raw), results) == {}
     raw["sources"]["p100"]["pretrain"]["size"] = 150
     with pytest.raises(ValueError, match="other settings"):
         run_benchmark(BenchmarkConfig(**raw), results, tmp_path / "cache")
@@ -371,6 +382,81 @@ def test_a_method_runs_only_up_to_its_max_size(small_csv: Path) -> None:
     assert sizes == {("scratch", 20), ("scratch", 40), ("full", 20)}
 
 
+def test_a_methods_training_settings_reach_its_jobs_only(small_csv: Path, tmp_path) -> None:
+    """Lee & Asahi's recipe (SGD, tanh) trains its jobs; scratch keeps the grid's Adam."""
+    methods = [
+        "scratch",
+        {"name": "lee-asahi-scratch", "strategy": "lee-asahi-scratch", "training": {"epochs": 1}},
+        {"name": "full-sgd", "strategy": "full", "training": {"optimizer": "sgd", "lr": 0.005}},
+    ]
+    overrides = {"sizes": [20], "seeds": [0], "methods": methods}
+    config = BenchmarkConfig(**config_for(small_csv, executor={"kind": "debug"}, **overrides))
+    root = tmp_path / "results"
+    report = run_benchmark(config, root, tmp_path / "cache")
+    recorded = {
+        j.method: json.loads((j.folder(root) / "result.json").read_text()) for j in jobs(config)
+    }
+    settings = {m: {k: r["config"][k] for k in ("optimizer", "lr", "normalization", "batch_size",
+                                               "epochs")} for m, r in recorded.items()}  # fmt: skip
+    assert settings == {
+        "scratch": {"optimizer": "adam", "lr": 1e-3, "normalization": "standard",
+                    "batch_size": 16, "epochs": 1},
+        "lee-asahi-scratch": {"optimizer": "sgd", "lr": 0.01, "normalization": "tanh",
+                              "batch_size": 256, "epochs": 1},
+        "full-sgd": {"optimizer": "sgd", "lr": 0.005, "normalization": "standard",
+                     "batch_size": 16, "epochs": 1},
+    }  # fmt: skip
+    assert recorded["lee-asahi-scratch"]["job"]["source"] == "common"
+    assert np.isfinite(recorded["lee-asahi-scratch"]["test"]["mae"])
+    text = report.read_text()
+    assert "| lee-asahi-scratch |" in text and "| full-sgd [cgcnn-mp] |" in text
+    # a method's settings are part of its jobs' signature: the same ones are the same
+    # jobs, changing them is refused
+    assert changed_jobs(config, root) == {}
+    methods[2]["training"]["lr"] = 0.01
+    with pytest.raises(ValueError, match="other settings"):
+        run_benchmark(BenchmarkConfig(**config_for(small_csv, **overrides)), root)
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        ({"lrr": 0.01}, "cannot set 'lrr'.*allowed: .*lr"),
+        ({"seed": 3}, "cannot set 'seed': the grid sets target, unit, seed"),
+        ({"optimizer": "sgdd"}, "optimizer"),
+    ],
+)
+def test_a_methods_unknown_training_settings_are_refused(
+    small_csv: Path, training: dict, message: str
+) -> None:
+    method = {"name": "full-x", "strategy": "full", "training": training}
+    with pytest.raises(ValueError, match=message):
+        BenchmarkConfig(**config_for(small_csv, methods=["scratch", method]))
+
+
+def test_lee_asahi_presets_expand_to_the_papers_recipe(small_csv: Path) -> None:
+    shorter = {"name": "lee-asahi-150", "strategy": "lee-asahi", "training": {"epochs": 150}}
+    methods = ["scratch", "lee-asahi-scratch", "lee-asahi", shorter]
+    config = BenchmarkConfig(**config_for(small_csv, sizes=[20], seeds=[0], methods=methods))
+    expanded = {m.name: m for m in method_configs(config.methods)}
+    recipe = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "batch_size": 256,
+              "normalization": "tanh", "scheduler": "step", "step_milestones": (100,),
+              "step_factor": 0.1, "epochs": 500, "early_stopping_patience": None}  # fmt: skip
+    assert expanded["lee-asahi-scratch"].strategy == "scratch"
+    assert expanded["lee-asahi-scratch"].training == {**recipe, "lr": 0.01}
+    assert expanded["lee-asahi"].strategy == "full"
+    assert expanded["lee-asahi"].training == {**recipe, "lr": 0.005}
+    assert expanded["lee-asahi-150"].training == {**recipe, "lr": 0.005, "epochs": 150}
+    assert {(j.source, j.method) for j in jobs(config)} == {
+        ("common", "scratch"), ("common", "lee-asahi-scratch"),
+        ("cgcnn-mp", "lee-asahi"), ("cgcnn-mp", "lee-asahi-150"),
+    }  # fmt: skip
+    # --quick shortens a method's own epochs too
+    quick = {m.name: m for m in method_configs(config.quick().methods)}
+    assert quick["lee-asahi"].training["epochs"] == 2
+    assert quick["lee-asahi"].training["lr"] == 0.005
+
+
 def test_source_outputs_are_computed_once_as_each_job_would(small_csv: Path, tmp_path) -> None:
     """Features and raw predictions of every structure, computed once per source for the
     zero-shot rows and the features+MLP/RF jobs, equal what a job computes alone."""
@@ -474,3 +560,23 @@ def test_extrapolation_protocol_tests_on_the_lowest_targets(small_csv: Path, tmp
             BenchmarkConfig(**config_for(small_csv, protocol="extrapolation", test=str(small_csv))),
             tmp_path / "cache",
         )
+
+
+def test_where_keeps_only_rows_inside_other_columns_ranges(data: Path, tmp_path) -> None:
+    """Lee & Asahi's non-metal formation energies: a grid of one column restricted by
+    another (here the perovskites without an indirect gap, 114 of the first 120)."""
+    from tlmat.experiments.benchmark import _data
+    from tlmat.io import read_records, write_csv
+
+    path = tmp_path / "perov120.csv"
+    write_csv(
+        read_records(data / "perov_5" / "val.csv.gz", ["heat_ref", "ind_gap"], limit=120), path
+    )
+    raw = config_for(path, sizes=[20], seeds=[0], test_size=10, where={"ind_gap": [None, 0.0]})
+    dataset, split = _data(BenchmarkConfig(**raw), tmp_path / "cache", every_model=False)
+    gaps = dataset.targets["ind_gap"]
+    used = np.concatenate([split.train, split.val, split.test])
+    assert (gaps[used] <= 0.0).all()
+    assert (gaps > 0.0).sum() >= 5  # rows that were there to drop
+    with pytest.raises(ValueError, match="matbench protocol keeps every row"):
+        _data(BenchmarkConfig(**{**raw, "protocol": "matbench"}), tmp_path / "cache")

@@ -208,6 +208,30 @@ def test_onecycle_schedule_warms_up_then_decays_over_the_epochs(perovskites, tmp
     assert np.isfinite(result.best_val_mae)
 
 
+def test_step_schedule_decays_after_each_milestone_epoch(perovskites, tmp_path) -> None:
+    """CGCNN's MultiStepLR (Lee & Asahi: ×0.1 after epoch 100), counted in epochs however
+    many steps an epoch has, and kept by a real run's checkpoint."""
+    from tlmat.training.module import PropertyModule
+
+    config = quick(scheduler="step", lr=0.01, step_milestones=(2, 4), step_factor=0.1)
+    model = small_cgcnn().model
+    groups = [{"params": list(model.parameters()), "lr": config.lr}]
+    module = PropertyModule(model, TargetSpec(), config, groups, steps_per_epoch=3)
+    scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(18):  # 6 epochs of 3 steps
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([0.01] * 6 + [0.001] * 6 + [0.0001] * 6)
+    split = random_split(len(perovskites), (40, 20, 20), seed=0)
+    settings = quick(epochs=2, optimizer="sgd", scheduler="step", step_milestones=(1,), lr=0.01)
+    result = fit(small_cgcnn(), perovskites, split, settings, tmp_path / "run")
+    assert np.isfinite(result.best_val_mae)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.001)
+
+
 def test_yaml_config_equals_flags(tmp_path: Path) -> None:
     path = tmp_path / "train.yaml"
     path.write_text("target: heat_ref\nlr: 0.0001\nweight_decay: 0.001\nscheduler: plateau\n")

@@ -58,7 +58,8 @@ BatchSize = option(int | None, "Batch size [64].", min=1)
 Optimizer = option(str | None, "adam, adamw or sgd [adam].", callback=_choice("optimizer"))
 Scheduler = option(
     str | None,
-    "plateau, cyclic, onecycle (warm-up + cosine) or none [plateau].",
+    "plateau, cyclic, onecycle (warm-up + cosine), step (×step_factor at step_milestones) "
+    "or none [plateau].",
     callback=_choice("scheduler"),
 )
 Loss = option(

@@ -48,6 +48,17 @@ sources) and each extra scratch method its own (``benchmarks/configs/model-zoo-*
 
 Every graph setting the grid's models need is built once, and only the structures that
 every model can use are kept, so all methods are scored on the same materials.
+
+A method can carry its own training settings, merged over the grid's ``training`` for
+that method only; a named recipe (:data:`METHOD_PRESETS`) is such a method, and an entry
+whose ``strategy`` names one starts from it (here with fewer epochs)::
+
+    methods:
+      - scratch                                   # the grid's training settings
+      - lee-asahi-scratch                         # Lee & Asahi's recipe, from scratch
+      - lee-asahi                                 # ... fine-tuning the source
+      - {name: full-sgd, strategy: full, training: {optimizer: sgd, lr: 0.005}}
+      - {name: lee-asahi-150, strategy: lee-asahi, training: {epochs: 150}}
 """
 
 from __future__ import annotations
@@ -114,10 +125,52 @@ class MethodConfig(BaseModel):
     #: run only at training-set sizes up to this (e.g. full fine-tuning of a foundation
     #: model, too slow on a CPU at thousands of structures)
     max_size: int | None = Field(None, ge=1)
+    #: training settings of this method only, over the grid's ``training`` (any
+    #: TrainConfig field but those the grid sets per job, :data:`PER_JOB`)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("training")
+    @classmethod
+    def _known_settings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from tlmat.training.config import TrainConfig
+
+        allowed = sorted(set(TrainConfig.model_fields) - set(PER_JOB))
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"a method's training cannot set {', '.join(map(repr, unknown))}: "
+                f"the grid sets {', '.join(PER_JOB)} per job; allowed: {', '.join(allowed)}"
+            )
+        TrainConfig(**value)  # each value checked now, not when its job runs
+        return value
 
     @property
     def source_free(self) -> bool:
         return self.strategy in SOURCE_FREE
+
+
+#: training settings the grid sets for each job, which a method cannot override
+PER_JOB = ("target", "unit", "seed", "progress_bar")
+#: Lee & Asahi's TL-CGCNN recipe (Comput. Mater. Sci. 190, 110314 (2021), Table S1, and
+#: the CGCNN code's defaults it keeps): SGD with momentum 0.9 and no weight decay,
+#: minibatches of 256, tanh target normalisation, the LR ×0.1 after epoch 100, up to 500
+#: epochs with the best epoch by validation MAE (no early stop). Not reproduced: the
+#: narrower FC layer of their transferred models (128 → 64; "full" keeps the source's).
+LEE_ASAHI = {
+    "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "batch_size": 256,
+    "normalization": "tanh", "scheduler": "step", "step_milestones": (100,),
+    "step_factor": 0.1, "epochs": 500, "early_stopping_patience": None,
+}  # fmt: skip
+#: named recipes: a method name that stands for a strategy with its training settings
+#: (learning rate 0.01 from scratch, 0.005 when fine-tuning, as Lee & Asahi's Table S1)
+METHOD_PRESETS: dict[str, MethodConfig] = {
+    "lee-asahi-scratch": MethodConfig(
+        name="lee-asahi-scratch", strategy="scratch", training={**LEE_ASAHI, "lr": 0.01}
+    ),
+    "lee-asahi": MethodConfig(
+        name="lee-asahi", strategy="full", training={**LEE_ASAHI, "lr": 0.005}
+    ),
+}
 
 
 class SourceConfig(BaseModel):
@@ -165,6 +218,9 @@ class BenchmarkConfig(BaseModel):
     #: keep only targets in [target_min, target_max] (before log10), e.g. non-metals
     target_min: float | None = None
     target_max: float | None = None
+    #: keep only rows whose other columns lie in ranges (before log10), e.g. the formation
+    #: energies of non-metals: ``{band_gap: [0.1, null]}`` (eV; null: no bound)
+    where: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
     test: str | None = None
     val: str | None = None
     sizes: list[int]
@@ -225,22 +281,38 @@ class BenchmarkConfig(BaseModel):
             raise
 
     def quick(self) -> BenchmarkConfig:
-        """A few-minute version for CI: two smallest sizes, one seed, two epochs."""
+        """A few-minute version for CI: two smallest sizes, one seed, two epochs (a
+        method's own epochs too)."""
+        short = {"epochs": 2, "early_stopping_patience": None}
         return self.model_copy(
             update={
                 "sizes": sorted(self.sizes)[:2],
                 "seeds": self.seeds[:1],
-                "training": {**self.training, "epochs": 2, "early_stopping_patience": None},
+                "training": {**self.training, **short},
+                "methods": _quick_methods(self.methods, short),
                 "test_size": 200
                 if self.test_size is None or self.test_size > 200
                 else self.test_size,
                 "val_size": min(self.val_size, 50) if self.val_size >= 1 else self.val_size,
                 "sources": {
-                    name: source.model_copy(update={"pretrain": _quick_pretrain(source.pretrain)})
+                    name: source.model_copy(
+                        update={
+                            "pretrain": _quick_pretrain(source.pretrain),
+                            "methods": source.methods and _quick_methods(source.methods, short),
+                        }
+                    )
                     for name, source in self.sources.items()
                 },
             }
         )
+
+
+def _quick_methods(methods: list[str | MethodConfig], short: dict) -> list[str | MethodConfig]:
+    """The methods with ``short`` over the training settings of those that have their own."""
+    return [
+        m.model_copy(update={"training": {**m.training, **short}}) if m.training else m
+        for m in method_configs(methods)
+    ]
 
 
 def _quick_pretrain(spec: PretrainConfig | None) -> PretrainConfig | None:
@@ -286,8 +358,19 @@ def training_subset(config: BenchmarkConfig, pool: np.ndarray, size: int, seed: 
 
 
 def method_configs(methods: list[str | MethodConfig]) -> list[MethodConfig]:
-    """Method entries as :class:`MethodConfig` (a plain name is its own strategy)."""
-    return [MethodConfig(name=m, strategy=m) if isinstance(m, str) else m for m in methods]
+    """Method entries as :class:`MethodConfig` (a plain name is its own strategy); a
+    strategy that names a recipe of :data:`METHOD_PRESETS` becomes the recipe's strategy
+    and training settings, the entry's own training settings winning."""
+    entries = [MethodConfig(name=m, strategy=m) if isinstance(m, str) else m for m in methods]
+    return [_expanded(m) for m in entries]
+
+
+def _expanded(method: MethodConfig) -> MethodConfig:
+    recipe = METHOD_PRESETS.get(method.strategy)
+    if recipe is None:
+        return method
+    training = {**recipe.training, **method.training}
+    return method.model_copy(update={"strategy": recipe.strategy, "training": training})
 
 
 def method_config(config: BenchmarkConfig, job: Job) -> MethodConfig:
@@ -381,18 +464,32 @@ def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_
             extra = _usable(config, spec, settings, everything, cache_dir)
             parts[part] = np.arange(len(dataset), len(dataset) + len(extra))
             dataset = concat(dataset, extra)
-    if config.target_min is not None or config.target_max is not None:
-        if config.protocol == "matbench":
-            raise ValueError("the matbench protocol keeps every row: drop target_min/max")
-        y = dataset.targets[config.target]
-        inside = (y >= (config.target_min if config.target_min is not None else -np.inf)) & (
-            y <= (config.target_max if config.target_max is not None else np.inf)
-        )
+    inside = _inside(config, dataset)
+    if inside is not None:
         parts = {name: index[inside[index]] for name, index in parts.items()}
     split = _fixed_split(config, parts, dataset.targets[config.target])
     if config.log10:
         dataset.targets[config.target] = np.log10(dataset.targets[config.target])
     return dataset, split
+
+
+def _inside(config: BenchmarkConfig, dataset) -> np.ndarray | None:
+    """Which rows lie inside ``target_min``/``target_max`` and every ``where`` range
+    (``None``: the grid keeps every row)."""
+    ranges = dict(config.where)
+    if config.target_min is not None or config.target_max is not None:
+        ranges[config.target] = (config.target_min, config.target_max)
+    if not ranges:
+        return None
+    if config.protocol == "matbench":
+        raise ValueError("the matbench protocol keeps every row: drop target_min/max and where")
+    inside = np.ones(len(dataset), dtype=bool)
+    for column, (low, high) in ranges.items():
+        values = dataset.targets[column]
+        inside &= (values >= (-np.inf if low is None else low)) & (
+            values <= (np.inf if high is None else high)
+        )
+    return inside
 
 
 def _usable(config: BenchmarkConfig, spec: str, settings, everything, cache_dir):
@@ -404,7 +501,11 @@ def _usable(config: BenchmarkConfig, spec: str, settings, everything, cache_dir)
     path = table_path(spec, config.labels, config.join_on, cache_dir)
     loaded = {
         s.key(): load_dataset(
-            path, s, [config.target], cache_dir=cache_dir, on_duplicate=config.on_duplicate
+            path,
+            s,
+            [config.target, *config.where],
+            cache_dir=cache_dir,
+            on_duplicate=config.on_duplicate,
         )
         for s in [settings, *everything]
     }
@@ -762,6 +863,11 @@ GRID_ONLY = ("name", "unit", "sizes", "seeds", "sources", "methods", "fewer_seed
 GRID_ONLY += ("threshold", "executor", "references")
 
 
+#: what a source's entry says that decides no job's numbers: the curve it is drawn on,
+#: the other methods run from it, why its rows are marked
+SOURCE_LABELS = {"series", "methods", "saw_test"}
+
+
 def job_signature(config: BenchmarkConfig, job: Job) -> dict[str, Any]:
     """Everything that decides one job's numbers: a finished job is reused only when the
     signature recorded in its ``result.json`` equals this."""
@@ -769,10 +875,9 @@ def job_signature(config: BenchmarkConfig, job: Job) -> dict[str, Any]:
         "grid": config.model_dump(exclude={*GRID_ONLY, "training"}),
         "training": _train_config(config, job).model_dump(exclude={"unit"}),
         "method": method_config(config, job).model_dump(),
-        # which curve a source is drawn on decides no number
         "source": None
         if job.source == COMMON
-        else config.sources[job.source].model_dump(exclude={"series"}),
+        else config.sources[job.source].model_dump(exclude=SOURCE_LABELS),
         "job": job.__dict__,
     }
 
@@ -780,8 +885,10 @@ def job_signature(config: BenchmarkConfig, job: Job) -> dict[str, Any]:
 def _train_config(config: BenchmarkConfig, job: Job) -> TrainConfig:
     from tlmat.training import TrainConfig
 
+    # the method's own settings over the grid's
+    training = {**config.training, **method_config(config, job).training}
     return TrainConfig(
-        target=config.target, unit=config.unit, seed=job.seed, progress_bar=False, **config.training
+        target=config.target, unit=config.unit, seed=job.seed, progress_bar=False, **training
     )
 
 
@@ -819,7 +926,12 @@ def changed_jobs(config: BenchmarkConfig, root: Path) -> dict[str, list[str]]:
             changed[str(job.folder(root))] = ["result.json is unreadable"]
             continue
         if "signature" in manifest:
-            found = differences(manifest["signature"], job_signature(config, job))
+            recorded = manifest["signature"]
+            if isinstance(recorded.get("source"), dict):  # written before SOURCE_LABELS
+                recorded["source"] = {
+                    k: v for k, v in recorded["source"].items() if k not in SOURCE_LABELS
+                }
+            found = differences(recorded, job_signature(config, job))
         else:  # results written before signatures: their training settings and source
             before, now = manifest.get("config", {}), _train_config(config, job).model_dump()
             shared = set(before) & set(now)

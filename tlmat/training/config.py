@@ -19,7 +19,9 @@ class TrainConfig(BaseModel):
     Venturi: 0.8, 25, 1e-6); ``cyclic`` is triangular between ``cyclic_low`` × LR and LR
     with a period of ``cyclic_period`` epochs (Hoffmann et al.); ``onecycle`` warms up
     from LR/25 to LR over ``warmup_fraction`` of the epochs, then decays it along a
-    cosine to LR/(25·10⁴) at the last step (for pretraining sources on a fixed budget).
+    cosine to LR/(25·10⁴) at the last step (for pretraining sources on a fixed budget);
+    ``step`` multiplies the LR by ``step_factor`` at each epoch of ``step_milestones``
+    (the CGCNN code's MultiStepLR, which Lee & Asahi keep: ×0.1 at epoch 100).
 
     Losses: ``l1`` and ``mse`` in the normalised target space; ``gaussian_nll`` trains a
     heteroscedastic model (:class:`~tlmat.models.targets.TargetSpec`: a head of width 2,
@@ -41,7 +43,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     momentum: float = 0.9
     weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["none", "plateau", "cyclic", "onecycle"] = "plateau"
+    scheduler: Literal["none", "plateau", "cyclic", "onecycle", "step"] = "plateau"
     plateau_factor: float = 0.8
     plateau_patience: int = 25
     min_lr: float = 1e-6
@@ -49,6 +51,9 @@ class TrainConfig(BaseModel):
     cyclic_low: float = 0.1
     #: fraction of the ``epochs`` the one-cycle schedule spends warming up to ``lr``
     warmup_fraction: float = Field(0.1, gt=0, lt=1)
+    #: the epochs after which the step schedule multiplies the LR by ``step_factor``
+    step_milestones: tuple[int, ...] = (100,)
+    step_factor: float = Field(0.1, gt=0)
     #: the gradient norm (2-norm over all parameters) is clipped to this, when set
     gradient_clip_val: float | None = Field(None, gt=0)
     #: a frozen prefix of the model (head-only; freeze-first-k where the architecture can

@@ -214,6 +214,17 @@ class PropertyModule(L.LightningModule):
                 "optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
             }
+        if c.scheduler == "step":
+            # stepped per optimiser step (milestones in steps), so that Lightning keeps
+            # its count in every checkpoint and a resumed run decays at the same epoch
+            milestones = [m * self.steps_per_epoch for m in c.step_milestones]
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=milestones, gamma=c.step_factor
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
         if c.scheduler == "onecycle":
             # warm-up then cosine decay to ~0 over exactly ``epochs``: on a fixed epoch
             # budget it ends lower than a plateau schedule, which never gets to decay
