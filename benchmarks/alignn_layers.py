@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -352,13 +351,10 @@ def pm(entry: dict) -> str:
 
 
 def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
+    """The machine, as every results file records it."""
+    from tlmat.machine import describe
+
+    return describe()
 
 
 def write(result: dict) -> None:

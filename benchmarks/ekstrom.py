@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +43,6 @@ import numpy as np
 import torch
 from pymatgen.core import Composition
 
-import tlmat
 from tlmat.data import GraphDataset, Split, kfold_splits, load_dataset, seeded_split
 from tlmat.datasets import data_dir
 from tlmat.evaluation.statistics import corrected_gain
@@ -140,20 +137,10 @@ def scratch_member(source: TrainedModel, seed: int):
 
 
 def machine() -> dict:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "tlmat": tlmat.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    """The machine, as every results file records it."""
+    from tlmat.machine import describe
+
+    return describe()
 
 
 def mae(y: np.ndarray, prediction: np.ndarray) -> float:

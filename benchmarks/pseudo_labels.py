@@ -23,7 +23,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -119,24 +118,10 @@ def label_chunk(copies: pd.DataFrame, part: Path, trained, references, cache_dir
 
 
 def machine() -> dict:
-    import torch
+    """The machine, as every results file records it."""
+    from tlmat.machine import describe
 
-    import tlmat
-
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "load_average_1min_at_end": os.getloadavg()[0],
-        "tlmat": tlmat.__version__,
-        "torch": torch.__version__,
-    }
+    return describe()
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

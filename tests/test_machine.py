@@ -75,3 +75,18 @@ def test_idle_threads_sleep_soon_unless_the_user_said_otherwise(monkeypatch) -> 
 @pytest.mark.parametrize("accelerator", ["cpu", "gpu"])
 def test_on_gpu_reads_the_accelerator(accelerator: str) -> None:
     assert machine.on_gpu(accelerator) == (accelerator == "gpu")
+
+
+def test_describe_says_what_a_benchmark_ran_on() -> None:
+    """Every results file records this: it must be plain JSON and agree with the process."""
+    import json
+
+    import torch
+
+    import tlmat
+
+    described = json.loads(json.dumps(machine.describe()))
+    assert described["granted_cpus"] == machine.granted_cpus() <= described["cpu_count"]
+    assert described["torch_threads"] == torch.get_num_threads()
+    assert described["torch"] == torch.__version__ and described["tlmat"] == tlmat.__version__
+    assert described["cpu"] and described["platform"]

@@ -88,3 +88,31 @@ def share_cores() -> int:
     if torch is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
+
+
+def describe() -> dict[str, object]:
+    """The machine a benchmark ran on, for its results file: platform, CPU model, the
+    machine's and the granted CPUs, torch's threads, the 1-minute load average (another
+    process's work slows a timing), and the Python, torch and tlmat versions."""
+    import platform
+
+    import torch
+
+    import tlmat
+
+    cpu = platform.processor()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        names = [line for line in info.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "granted_cpus": granted_cpus(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "tlmat": tlmat.__version__,
+    }
