@@ -39,15 +39,17 @@ PAIRS = {
     "full [mp-all]": "scratch",
     "lee-asahi-scratch": None,
     "lee-asahi [mp-all]": "lee-asahi-scratch",
+    "lee-asahi-scratch-500": None,
+    "lee-asahi-500 [mp-all]": "lee-asahi-scratch-500",
 }
 #: Lee & Asahi's test MAE (log10 ε_r, mean (std) over 10 trials, N = 500; Fig. 6 and
 #: Table S2): scratch, and fine-tuning from their ΔE_f (113k) and E_g (54k) sources
 PUBLISHED = {"scratch": 0.181, "transfer, ΔE_f source": 0.169, "transfer, E_g source": 0.163}
 #: what was cut or differs from the paper, said under the table
 NOTES = [
-    "Cut for the shared 2-core CPU: the recipe's 500 epochs to 150 (LR ×0.1 after "
-    "epoch 100 kept); the recipe's best validation epoch is at or next to the last one, "
-    "so its numbers are those of an unfinished run, not of the recipe.",
+    "`lee-asahi-scratch` and `lee-asahi`: the recipe cut to 150 epochs (LR ×0.1 after "
+    "epoch 100 kept), whose best validation epoch is at or next to the last one; "
+    "`-500`: the recipe's own 500 epochs.",
     "Not reproduced: the narrower FC layer (128 → 64) of Lee & Asahi's transferred "
     "models: `lee-asahi` fine-tunes the source's own head. Architecture: tlmat's "
     "cgcnn-mp (4 convolutions, FC 32), the source's, for every method.",
