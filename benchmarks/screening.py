@@ -1,6 +1,6 @@
 """Phase-diagram screening on real data (issue 11; Ekström, Lindsten & Armiento §IV C).
 
-Two demonstrations, each writing its numbers, figures and the command under
+Four demonstrations, each writing its numbers, figures and the command under
 benchmarks/results/screening/<name>/:
 
   mp   Held-out chemical systems of mp_cgcnn_36k. The ternary entries of a few systems
@@ -19,6 +19,15 @@ benchmarks/results/screening/<name>/:
        the final formation energy from that level's structures; the others are screened
        level by level. (Every candidate is relaxed once to know the all-oracle hull.)
 
+  decorate  A search where most candidates are far from stable: the commonest structure
+       types of mp_cgcnn_36k's small ternary oxides decorated into six ternary oxide
+       systems (every assignment of the three elements to the prototype's sites), each
+       relaxed by CHGNet (the oracle; MP's elements and binaries relaxed the same way are
+       the known phases). Levels unrelaxed / prerelaxed; the ensembles learn from the
+       other systems' oracle results plus a random fifth of the screened system's
+       (``--protocol neighbours``), or from a random fifth of every system (``sample``).
+       Sweeps the threshold k: oracle calls and cost saved, stable phases lost.
+
   hf   The Hf–Zn–N sample of TAATA (Tholander et al.): the related Ti–Zn–N and Zr–Zn–N
        phases, the elements and a handful of labelled Hf–Zn–N phases train an ensemble —
        fine-tuned from the MP formation-energy CGCNN, or the same architecture from
@@ -29,13 +38,13 @@ Usage:
     python3 benchmarks/screening.py mp --members 5 --epochs 8 --train-limit 12000
     python3 benchmarks/screening.py hf --members 5 --repeats 3 --labelled 6
     python3 benchmarks/screening.py chgnet --members 5 --labelled 16
+    python3 benchmarks/screening.py decorate --epochs 60 --patience 15
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from functools import partial
@@ -45,7 +54,6 @@ import numpy as np
 import torch
 from pymatgen.core import Composition
 
-import tlmat
 from tlmat.data import load_dataset, seeded_split
 from tlmat.datasets import data_dir
 from tlmat.screening import (
@@ -63,18 +71,17 @@ OUT = Path(__file__).parent / "results" / "screening"
 CACHE = Path("/tmp/tlmat-bench-cache")
 #: ternary systems of mp_cgcnn_36k with many entries and their binaries present
 MP_SYSTEMS = ["Li-O-Ti", "Na-O-Ti", "N-O-Zr", "Hf-N-O", "F-Fe-O"]
+#: ternary oxide systems decorated into prototypes: each has MP binaries and known ternaries
+DECORATE_SYSTEMS = ["Ba-Ti-O", "Sr-Sn-O", "Li-Al-O", "Na-Nb-O", "Ca-Zr-O", "K-Ta-O"]
 #: a full relaxation (every level of Ekström et al.), core-hours per phase
 FULL = sum(EKSTROM_COSTS_CORE_HOURS.values())
 
 
 def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "cpu_count": torch.get_num_threads(),
-        "tlmat": tlmat.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    """The machine, as every results file records it."""
+    from tlmat.machine import describe
+
+    return describe()
 
 
 def chemsys(formula: str) -> str:
@@ -86,8 +93,8 @@ def scratch_member(source, seed: int):
     return fresh_like(source, seed=seed), None
 
 
-def transfer_member(source, target: str, seed: int):
-    return prepare_transfer("full", source, target, seed=seed)
+def transfer_member(source, target: str, seed: int, keep_head: bool = False):
+    return prepare_transfer("full", source, target, seed=seed, keep_head=keep_head)
 
 
 def member_split(pool: np.ndarray, test: np.ndarray, val_size: float, seed: int):
@@ -385,30 +392,17 @@ def run_hf(args) -> None:
     print(json.dumps(means, indent=1))
 
 
-def chgnet_levels(run_dir: Path, prerelax_steps: int) -> dict:
-    """Every candidate at every level, computed once with CHGNet and kept in
-    ``chgnet-levels.json``: structures, final formation energy (eV/atom), seconds."""
-    from tlmat.io import read_records
-    from tlmat.screening import CHGNetOracle, substitute
-
-    path = run_dir / "chgnet-levels.json"
+def relax_levels(path: Path, structures: dict, oracle, prerelax_steps: int) -> dict:
+    """Every candidate at every level (unrelaxed, ``prerelax_steps`` CHGNet FIRE steps, a
+    full relaxation), its final formation energy (eV/atom) and the seconds each took, kept
+    in ``path`` after each candidate: a stopped run resumes where it was."""
     done = json.loads(path.read_text()) if path.is_file() else None
     if done is not None and done.get("complete"):
         return done
-    records = read_records(data_dir() / "taata_nitrides_sample" / "examples.json").records
-
-    def elements(record):
-        return {e.symbol for e in record.structure.composition}
-
-    prototypes = [r for r in records if elements(r) in ({"Ti", "Zn", "N"}, {"Zr", "Zn", "N"})]
-    references = [r.structure for r in records if elements(r) in ({"Hf"}, {"Zn"}, {"N"})]
-    structures = substitute([r.structure for r in prototypes], {"Ti": "Hf", "Zr": "Hf"})
-    ids = [f"sub-{n:02d}-{s.composition.reduced_formula}" for n, s in enumerate(structures)]
-    oracle = CHGNetOracle(dict(zip(ids, structures, strict=True)), references, steps=500)
     mu = oracle.chemical_potentials()
     out: dict = done or {"mu_eV_per_atom": mu, "prerelax_steps": prerelax_steps, "candidates": {}}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for n, (i, structure) in enumerate(zip(ids, structures, strict=True)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n, (i, structure) in enumerate(structures.items()):
         if i in out["candidates"]:  # relaxed by an earlier, interrupted run
             continue
         tic = time.perf_counter()
@@ -425,26 +419,54 @@ def chgnet_levels(run_dir: Path, prerelax_steps: int) -> dict:
             "steps": steps,
             "seconds": {"prerelax": pre_s, "final": time.perf_counter() - tic},
         }
-        print(f"{n + 1}/{len(ids)} {i}: E_f {e_f:.3f} eV/atom, {steps} steps", flush=True)
-        path.write_text(json.dumps(out))  # after each candidate: a stopped run resumes
+        print(f"{n + 1}/{len(structures)} {i}: E_f {e_f:.3f} eV/atom, {steps} steps", flush=True)
+        path.write_text(json.dumps(out))
     out["complete"] = True
     path.write_text(json.dumps(out))
     return out
 
 
-def run_chgnet(args) -> None:
+def chgnet_levels(run_dir: Path, prerelax_steps: int) -> dict:
+    """The Hf–Zn–N substitution candidates at every level (:func:`relax_levels`), in
+    ``chgnet-levels.json``."""
+    from tlmat.io import read_records
+    from tlmat.screening import CHGNetOracle, substitute
+
+    records = read_records(data_dir() / "taata_nitrides_sample" / "examples.json").records
+
+    def elements(record):
+        return {e.symbol for e in record.structure.composition}
+
+    prototypes = [r for r in records if elements(r) in ({"Ti", "Zn", "N"}, {"Zr", "Zn", "N"})]
+    references = [r.structure for r in records if elements(r) in ({"Hf"}, {"Zn"}, {"N"})]
+    structures = substitute([r.structure for r in prototypes], {"Ti": "Hf", "Zr": "Hf"})
+    ids = [f"sub-{n:02d}-{s.composition.reduced_formula}" for n, s in enumerate(structures)]
+    oracle = CHGNetOracle(dict(zip(ids, structures, strict=True)), references, steps=500)
+    return relax_levels(run_dir / "chgnet-levels.json", oracle.structures, oracle, prerelax_steps)
+
+
+def level_ensembles(
+    run_dir: Path,
+    levels_data: dict,
+    labelled: list,
+    screened: list,
+    args,
+    tag: str,
+    heads: tuple[bool, ...] = (False,),
+) -> tuple[list, dict]:
+    """Per level below the oracle, an ensemble fine-tuned from the MP CGCNN on the labelled
+    candidates' structures of that level (target: their final formation energy), and per
+    level the seconds and validation MSE of each variant trained. ``heads``: whether the
+    source's formation-energy head is kept (True) or a new one trained (False); with
+    both, each level keeps the ensemble of the lower mean validation MSE (the screened
+    candidates' energies are never looked at)."""
     from pymatgen.core import Structure
 
     from tlmat.io import records_from_structures, write_extxyz
 
-    run_dir = Path(args.run_dir)
-    levels_data = chgnet_levels(run_dir, args.prerelax_steps)
-    ids = sorted(levels_data["candidates"])
+    ids = [*labelled, *screened]
     e_f = {i: levels_data["candidates"][i]["E_f"] for i in ids}
     source = load_source("cgcnn/formation-energy-per-atom")
-    rng = np.random.default_rng(args.seed)
-    labelled = sorted(rng.choice(ids, args.labelled, replace=False).tolist())
-    screened = [i for i in ids if i not in set(labelled)]
     config = TrainConfig(
         target="E_f", unit="eV/atom", epochs=args.epochs, lr=args.lr, batch_size=16,
         scheduler="none", early_stopping_patience=args.patience, progress_bar=False,
@@ -453,23 +475,55 @@ def run_chgnet(args) -> None:
     costs = {"unrelaxed": 0.0, "prerelaxed": EKSTROM_COSTS_CORE_HOURS["prerelax"]}
     for name in ("unrelaxed", "prerelaxed"):
         structures = [Structure.from_dict(levels_data["candidates"][i][name]) for i in ids]
-        path = run_dir / f"chgnet-{name}.extxyz"
+        path = run_dir / f"{tag}-{name}.extxyz"
         result = records_from_structures(structures, ids, {"E_f": [e_f[i] for i in ids]})
         write_extxyz(result.records, path, overwrite=True)
         ds = load_dataset(path, source.model.graph_settings, ["E_f"], cache_dir=CACHE)
         where = {i: n for n, i in enumerate(ds.ids)}
-        tic = time.perf_counter()
-        ensemble = train_ensemble(
-            partial(transfer_member, source, "E_f"),
-            ds,
-            partial(member_split, np.array([where[i] for i in labelled]),
-                    np.array([where[i] for i in screened]), 0.25),
-            config,
-            run_dir / f"chgnet-ensemble-{name}-n{args.labelled}-s{args.seed}",
-            n_members=args.members,
-        )  # fmt: skip
-        seconds[name] = time.perf_counter() - tic
+        split = partial(member_split, np.array([where[i] for i in labelled]),
+                        np.array([where[i] for i in screened]), 0.25)  # fmt: skip
+        trained = {}
+        for keep in heads:
+            tic = time.perf_counter()
+            folder = f"{tag}-ensemble-{name}-n{len(labelled)}-s{args.seed}"
+            trained[keep] = train_ensemble(
+                partial(transfer_member, source, "E_f", keep_head=keep),
+                ds,
+                split,
+                config,
+                run_dir / (folder + ("-kept-head" if keep else "")),
+                n_members=args.members,
+            )
+            seconds[f"{name}, {'kept' if keep else 'new'} head"] = {
+                "seconds": time.perf_counter() - tic,
+                "val_mse": float(np.mean(trained[keep].val_mse)),
+            }
+        ensemble = min(trained.values(), key=lambda e: float(np.mean(e.val_mse)))
         levels.append(Level(name, ensemble_predictor(ensemble, ds), costs[name]))
+    return levels, seconds
+
+
+def level_costs() -> dict:
+    """Ekström's cost of each level and of the oracle, core-hours per candidate."""
+    return {
+        "unrelaxed": 0.0,
+        "prerelaxed": EKSTROM_COSTS_CORE_HOURS["prerelax"],
+        "oracle": EKSTROM_COSTS_CORE_HOURS["final"],
+    }
+
+
+def run_chgnet(args) -> None:
+    from pymatgen.core import Structure
+
+    run_dir = Path(args.run_dir)
+    levels_data = chgnet_levels(run_dir, args.prerelax_steps)
+    ids = sorted(levels_data["candidates"])
+    e_f = {i: levels_data["candidates"][i]["E_f"] for i in ids}
+    rng = np.random.default_rng(args.seed)
+    labelled = sorted(rng.choice(ids, args.labelled, replace=False).tolist())
+    screened = [i for i in ids if i not in set(labelled)]
+    levels, seconds = level_ensembles(run_dir, levels_data, labelled, screened, args, "chgnet")
+    costs = level_costs()
 
     def formula(i: str) -> str:
         return Structure.from_dict(
@@ -497,7 +551,7 @@ def run_chgnet(args) -> None:
         "labelled": labelled,
         "ensemble": {"members": args.members, "epochs": args.epochs, "train_seconds": seconds},
         "chgnet_mean_seconds_per_candidate": chgnet_seconds,
-        "costs_core_hours": {**costs, "oracle": EKSTROM_COSTS_CORE_HOURS["final"]},
+        "costs_core_hours": costs,
         "screening": s,
         "files": {k: str(v) for k, v in paths.items()},
     }
@@ -505,6 +559,266 @@ def run_chgnet(args) -> None:
     print({k: s[k] for k in ("candidates", "levels", "oracle_calls", "oracle_calls_saved",
                              "cost_saved", "precision", "recall", "same_stable_set")})  # fmt: skip
     print(s["calibration"])
+
+
+def decorate_setup(run_dir: Path, systems: list[str], max_sites: int, min_members: int) -> dict:
+    """Prototypes (the most common structure types among mp_cgcnn_36k's ternary oxides of
+    at most ``max_sites`` sites: a representative of each anonymous StructureMatcher group of
+    at least ``min_members`` entries), every decoration of each into each system, and per
+    system the known phases (MP's elements and binaries, the lowest-energy entry of each
+    reduced formula). Chosen once and kept in ``decorate-setup.json``."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from tlmat.io import read_records
+    from tlmat.screening import _numbered, decorate
+
+    path = run_dir / "decorate-setup.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    records = read_records(data_dir() / "mp_cgcnn_36k" / "mp_cgcnn_36k.csv.gz").records
+    energy = {r.id: float(r.targets["formation_energy_per_atom"]) for r in records}
+    oxides = [
+        r for r in records
+        if len(r.structure) <= max_sites and len(r.structure.composition.elements) == 3
+        and "O" in {e.symbol for e in r.structure.composition.elements}
+    ]  # fmt: skip
+    groups = StructureMatcher().group_structures([r.structure for r in oxides], anonymous=True)
+    by_structure = {id(r.structure): r for r in oxides}
+    chosen = [by_structure[id(g[0])] for g in sorted(groups, key=len, reverse=True)]
+    chosen = [r for r, g in zip(chosen, sorted(groups, key=len, reverse=True), strict=True)
+              if len(g) >= min_members]  # fmt: skip
+    element_sets = [{e.symbol for e in r.structure.composition} for r in records]
+    candidates, known, pure = {}, {}, {}
+    for system in systems:
+        elements = system.split("-")
+        made, names = [], []
+        for prototype in chosen:
+            decorated = decorate([prototype.structure], elements)
+            made += decorated
+            names += [f"{system}|{prototype.id}>{c.composition.reduced_formula}" for c in decorated]
+        candidates.update({i: c.as_dict() for i, c in zip(_numbered(names), made, strict=True)})
+        lowest: dict[str, object] = {}
+        for r, present in zip(records, element_sets, strict=True):
+            if present < set(elements):
+                f = next(iter(present)) if len(present) == 1 else r.structure.reduced_formula
+                if f not in lowest or energy[r.id] < energy[lowest[f].id]:
+                    lowest[f] = r
+        known[system] = {f: r.structure.as_dict() for f, r in lowest.items() if f not in elements}
+        for e in elements:  # the elemental references of the formation energies
+            pure[e] = lowest[e].structure.as_dict()
+    setup = {
+        "systems": systems,
+        "prototypes": [
+            {
+                "id": r.id,
+                "formula": r.structure.composition.reduced_formula,
+                "sites": len(r.structure),
+            }
+            for r in chosen
+        ],
+        "candidates": candidates,
+        "known": known,
+        "elements": pure,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(setup))
+    return setup
+
+
+def known_energies(run_dir: Path, setup: dict, oracle) -> dict[str, dict[str, float]]:
+    """Per system, the known phases' CHGNet formation energies (eV/atom; relaxed as the
+    candidates are), kept in ``decorate-known.json``."""
+    from pymatgen.core import Structure
+
+    path = run_dir / "decorate-known.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    out: dict[str, dict[str, float]] = {}
+    relaxed: dict[str, float] = {}
+    for system, phases in setup["known"].items():
+        out[system] = {}
+        for formula, structure in phases.items():
+            if formula not in relaxed:
+                s = Structure.from_dict(structure)
+                _, energy, _ = oracle.relax(s)
+                relaxed[formula] = oracle.formation_energy(s.composition, energy)
+            out[system][formula] = relaxed[formula]
+    path.write_text(json.dumps(out))
+    return out
+
+
+def screen_decorated(levels_data, known, plans: dict, k: float) -> dict:
+    """Each system screened with threshold ``k`` by its plan's ensembles (``plans``: system
+    → (levels, labelled ids, screened ids)); the hull of one system at a time: its
+    elements, binaries and labelled candidates are the known phases. Summed over systems;
+    the campaign cost counts the system's own labelled candidates, computed in full."""
+    from pymatgen.core import Structure
+
+    e_f = {i: c["E_f"] for i, c in levels_data["candidates"].items()}
+    oracle = TableOracle(e_f, EKSTROM_COSTS_CORE_HOURS["final"], "CHGNet 0.3.0 full relaxation")
+
+    def formula(i: str) -> str:
+        return Structure.from_dict(
+            levels_data["candidates"][i]["final"]
+        ).composition.reduced_formula
+
+    rows, results = [], {}
+    for system, (levels, labelled, screened) in plans.items():
+        ids = [i for i in screened if i.startswith(system + "|")]
+        own = [i for i in labelled if i.startswith(system + "|")]
+        phases = [(e, 0.0) for e in system.split("-")] + list(known[system].items())
+        phases += [(formula(i), e_f[i]) for i in own]
+        result = screen(ids, [formula(i) for i in ids], levels, oracle, phases, k=k,
+                        reference=True)  # fmt: skip
+        s = result.summary()
+        results[system] = (result, s)
+        rows.append({
+            "system": system, "labelled": len(own), "screened": len(ids),
+            "oracle_calls": s["oracle_calls"], "cost": s["cost_core_hours"],
+            "all_oracle_cost": s["all_oracle_cost_core_hours"],
+            "stable": len(s["reference_stable"]), "missed": len(s["missed"]),
+            "same_stable_set": s["same_stable_set"],
+            "mae": [level["mae"] for level in s["calibration"]],
+            "mean_sigma": [float(np.mean(level.sigma)) for level in result.levels],
+            "kept_per_level": [level["kept"] for level in s["levels"]],
+        })  # fmt: skip
+    screened_n = sum(r["screened"] for r in rows)
+    calls = sum(r["oracle_calls"] for r in rows)
+    cost, all_cost = sum(r["cost"] for r in rows), sum(r["all_oracle_cost"] for r in rows)
+    labelled_cost = sum(r["labelled"] for r in rows) * FULL
+    total = {
+        "k": k, "screened": screened_n, "oracle_calls": calls,
+        "oracle_calls_saved": 1 - calls / screened_n, "cost_saved": 1 - cost / all_cost,
+        "campaign_cost_saved": 1 - (cost + labelled_cost) / (all_cost + labelled_cost),
+        "stable": sum(r["stable"] for r in rows), "missed": sum(r["missed"] for r in rows),
+        "systems": rows,
+    }  # fmt: skip
+    return {"total": total, "results": results}
+
+
+def decorate_plans(run_dir, levels_data, systems, args) -> tuple[dict, dict]:
+    """Per system, the ensembles that screen it and what they trained on. ``sample``: one
+    pair of ensembles for every system, trained on a random ``labelled_fraction`` of all
+    candidates (a new head or the source's kept, chosen by validation). ``neighbours``:
+    each system's own, trained on every other system's oracle results (as Ekström et al.
+    transfer from neighbouring phase diagrams) plus a random ``labelled_fraction`` of its
+    own candidates, with the source's head kept."""
+    ids = list(levels_data["candidates"])
+    rng = np.random.default_rng(args.seed)
+    if args.protocol == "sample":
+        labelled = sorted(rng.choice(ids, round(args.labelled_fraction * len(ids)), False))
+        screened = [i for i in ids if i not in set(labelled)]
+        levels, info = level_ensembles(
+            run_dir, levels_data, labelled, screened, args, "decorate", heads=(False, True)
+        )
+        return {system: (levels, labelled, screened) for system in systems}, info
+    plans, info = {}, {}
+    for system in systems:
+        own = [i for i in ids if i.startswith(system + "|")]
+        sample = sorted(rng.choice(own, round(args.labelled_fraction * len(own)), False))
+        labelled = [i for i in ids if i not in set(own)] + sample
+        screened = [i for i in own if i not in set(sample)]
+        levels, info[system] = level_ensembles(
+            run_dir, levels_data, labelled, screened, args, f"decorate-{system}", heads=(True,)
+        )
+        plans[system] = (levels, labelled, screened)
+    return plans, info
+
+
+def plot_savings(rows: list[dict], path: Path) -> None:
+    """Cost saved and stable phases lost against the threshold k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ks = [r["k"] for r in rows]
+    ax.plot(ks, [100 * r["oracle_calls_saved"] for r in rows], "o-", label="oracle calls saved")
+    ax.plot(ks, [100 * r["campaign_cost_saved"] for r in rows], "s--",
+            label="campaign cost saved (labelled set included)")  # fmt: skip
+    ax.set_xlabel("threshold k (drop when E_hull > kσ)")
+    ax.set_ylabel("saved (%)")
+    ax.set_ylim(0, 100)
+    lost = ax.twinx()
+    lost.bar(ks, [r["missed"] for r in rows], width=0.15, color="tab:red", alpha=0.4)
+    lost.set_ylabel("stable phases lost", color="tab:red")
+    lost.set_ylim(0, max(3, max(r["missed"] for r in rows) + 1))
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def run_decorate(args) -> None:
+    from pymatgen.core import Structure
+
+    from tlmat.screening import CHGNetOracle
+
+    run_dir = Path(args.run_dir) / "decorate"
+    setup = decorate_setup(run_dir, args.systems, args.max_sites, args.min_members)
+    candidates = {i: Structure.from_dict(d) for i, d in setup["candidates"].items()}
+    print(f"{len(setup['prototypes'])} prototypes, {len(candidates)} candidates", flush=True)
+    elements = sorted({e for s in args.systems for e in s.split("-")})
+    references = [Structure.from_dict(setup["elements"][e]) for e in elements]
+    oracle = CHGNetOracle(candidates, references, steps=args.steps)
+    known = known_energies(run_dir, setup, oracle)
+    levels_data = relax_levels(run_dir / "decorate-levels.json", candidates, oracle,
+                               args.prerelax_steps)  # fmt: skip
+    ids = list(candidates)
+    plans, seconds = decorate_plans(run_dir, levels_data, args.systems, args)
+    out = OUT / (args.name or f"decorate-{args.protocol}")
+    sweep = []
+    for k in args.k_grid:
+        screened_k = screen_decorated(levels_data, known, plans, k)
+        sweep.append(screened_k["total"])
+        if k == args.k:
+            for system, (result, s) in screened_k["results"].items():
+                result.write(out / system, s)
+        print({key: v for key, v in screened_k["total"].items() if key != "systems"}, flush=True)
+    plot_savings(sweep, out / "savings.png")
+    e_f = np.array([levels_data["candidates"][i]["E_f"] for i in ids])
+    steps = np.array([levels_data["candidates"][i]["steps"] for i in ids])
+    summary = {
+        "command": "python3 benchmarks/screening.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "data": f"{len(ids)} candidates: {len(setup['prototypes'])} prototypes (the commonest "
+        f"structure types of mp_cgcnn_36k's ternary oxides of ≤ {args.max_sites} sites, "
+        f"≥ {args.min_members} entries each) decorated into {', '.join(args.systems)}",
+        "prototypes": setup["prototypes"],
+        "oracle": f"CHGNet 0.3.0 relaxation (FIRE, fmax 0.1 eV/Å, ≤ {args.steps} steps) after "
+        f"{args.prerelax_steps} prerelaxation steps; formation energies against CHGNet-relaxed "
+        "MP elements; known phases: MP's elements and binaries relaxed the same way",
+        "candidate_E_f_quantiles_eV_per_atom": np.quantile(e_f, [0.1, 0.5, 0.9]).tolist(),
+        "relaxations_unconverged": int((steps >= args.steps).sum()),
+        "protocol": args.protocol,
+        "labelled": {
+            "fraction": args.labelled_fraction,
+            "own": {
+                system: sorted(i for i in plan[1] if i.startswith(system + "|"))
+                for system, plan in plans.items()
+            },
+        },
+        "ensemble": {
+            "members": args.members,
+            "epochs": args.epochs,
+            "variants": seconds,
+            "head": "per level, the variant of the lower mean validation MSE"
+            if args.protocol == "sample"
+            else "the source's, kept (the lower validation MSE at both levels under sample)",
+            "source": "cgcnn/formation-energy-per-atom (saw MP's entries of these "
+            "systems, not the decorated candidates)",
+        },
+        "chgnet_mean_seconds_per_candidate": {
+            level: float(np.mean([c["seconds"][level] for c in levels_data["candidates"].values()]))
+            for level in ("prerelax", "final")
+        },
+        "costs_core_hours": level_costs(),
+        "k": args.k,
+        "sweep": sweep,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
 
 
 def main() -> None:
@@ -538,11 +852,34 @@ def main() -> None:
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--name", default="", help="results folder [chgnet]")
     ch.add_argument("--run-dir", default="/tmp/tlmat-screening-runs")
-    for sub_parser in (mp, hf, ch):
+    de = sub.add_parser("decorate")
+    de.add_argument("--systems", nargs="+", default=DECORATE_SYSTEMS)
+    de.add_argument("--max-sites", type=int, default=5)
+    de.add_argument("--min-members", type=int, default=5)
+    de.add_argument("--steps", type=int, default=200, help="largest full relaxation")
+    de.add_argument("--labelled-fraction", type=float, default=0.2)
+    de.add_argument(
+        "--protocol",
+        choices=["sample", "neighbours"],
+        default="neighbours",
+        help="what the ensembles learn from: a random sample of every system, or the "
+        "other systems' oracle results plus a sample of the screened one [neighbours]",
+    )
+    de.add_argument("--members", type=int, default=5)
+    de.add_argument("--prerelax-steps", type=int, default=10)
+    de.add_argument("--epochs", type=int, default=100)
+    de.add_argument("--patience", type=int, default=20)
+    de.add_argument("--lr", type=float, default=1e-3)
+    de.add_argument("--k", type=float, default=2.0)
+    de.add_argument("--k-grid", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    de.add_argument("--seed", type=int, default=0)
+    de.add_argument("--name", default="", help="results folder [decorate]")
+    de.add_argument("--run-dir", default="/tmp/tlmat-screening-runs")
+    for sub_parser in (mp, hf, ch, de):
         sub_parser.add_argument("--threads", type=int, default=2, help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"mp": run_mp, "hf": run_hf, "chgnet": run_chgnet}[args.demo](args)
+    {"mp": run_mp, "hf": run_hf, "chgnet": run_chgnet, "decorate": run_decorate}[args.demo](args)
 
 
 if __name__ == "__main__":
