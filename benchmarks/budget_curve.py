@@ -46,6 +46,8 @@ from tlmat.evaluation.statistics import loglog_fit  # noqa: E402
 CHEAP_HOURS = 1.0
 RATIOS = (5.0, 10.0, 50.0)
 EQUIVALENT_HSE = (100, 300, 1000)
+#: the sources of one curve: PBE band gaps (the grid also holds a formation-energy source)
+SERIES = "PBE band gap"
 #: (label, method prefix, sources left out)
 VARIANTS = (
     ("full", "full [", ()),
@@ -56,7 +58,11 @@ VARIANTS = (
 
 def fits(runs: pd.DataFrame, prefix: str, leave_out: tuple[str, ...]):
     """(two-size fit of the transfer runs, power law of the scratch runs) of ``runs``."""
-    transfer = runs[runs["method"].str.startswith(prefix) & ~runs["source"].isin(leave_out)]
+    transfer = runs[
+        runs["method"].str.startswith(prefix)
+        & ~runs["source"].isin(leave_out)
+        & (runs["series"] == SERIES)
+    ]
     scratch = runs[runs["method"] == "scratch"]
     return (
         fit_two_sizes(transfer["size"], transfer["n_pretrain"], transfer["mae"]),

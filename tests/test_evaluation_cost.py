@@ -59,9 +59,10 @@ def test_break_even_adds_the_source_to_its_fine_tuning() -> None:
 
 
 def grid_sizes() -> tuple[np.ndarray, np.ndarray]:
-    """(target size, pretraining size) of every fine-tuned run of the real grid."""
+    """(target size, pretraining size) of every run fine-tuned from the real grid's PBE-gap
+    sources (the grid also holds a formation-energy one, another curve)."""
     runs = load_runs(GRID)
-    full = runs[runs["method"].str.startswith("full [")]
+    full = runs[runs["method"].str.startswith("full [") & (runs["series"] == "PBE band gap")]
     return full["size"].to_numpy(float), full["n_pretrain"].to_numpy(float)
 
 
