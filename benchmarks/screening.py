@@ -725,6 +725,37 @@ def decorate_plans(run_dir, levels_data, systems, args) -> tuple[dict, dict]:
     return plans, info
 
 
+def recalibrated(levels_data, plans: dict) -> tuple[dict, dict]:
+    """``plans`` with each system's σ scaled, per level, by the factor that fits the *other*
+    systems' screened candidates best (:func:`tlmat.uncertainty.fit_sigma_scale` on each
+    other system's ensemble predicting its own screened candidates, which none of its
+    members trained or validated on, against their oracle energies: in a campaign, the
+    systems already computed). The screened system's own energies are never used."""
+    from tlmat.uncertainty import fit_sigma_scale
+
+    y = {i: c["E_f"] for i, c in levels_data["candidates"].items()}
+    seen = {}  # (system, level) → (y, mean, σ) on that system's screened candidates
+    for system, (levels, _, screened) in plans.items():
+        for j, level in enumerate(levels):
+            mean, sigma = level.predictor(screened)
+            seen[system, j] = (np.array([y[i] for i in screened]), mean, sigma)
+    out, scales = {}, {}
+    for system, (levels, labelled, screened) in plans.items():
+        scaled = []
+        for j, level in enumerate(levels):
+            others = [seen[t, j] for t in plans if t != system]
+            factor = fit_sigma_scale(*(np.concatenate(part) for part in zip(*others, strict=True)))
+            scales[f"{system}, {level.name}"] = factor
+
+            def predict(ids, predictor=level.predictor, factor=factor):
+                mean, sigma = predictor(ids)
+                return mean, factor * np.asarray(sigma)
+
+            scaled.append(Level(level.name, predict, level.cost_core_hours))
+        out[system] = (scaled, labelled, screened)
+    return out, scales
+
+
 def plot_savings(rows: list[dict], path: Path) -> None:
     """Cost saved and stable phases lost against the threshold k."""
     import matplotlib
@@ -767,7 +798,11 @@ def run_decorate(args) -> None:
                                args.prerelax_steps)  # fmt: skip
     ids = list(candidates)
     plans, seconds = decorate_plans(run_dir, levels_data, args.systems, args)
-    out = OUT / (args.name or f"decorate-{args.protocol}")
+    scales = {}
+    if args.recalibrate:
+        plans, scales = recalibrated(levels_data, plans)
+    recalibration = "-recalibrated" if args.recalibrate else ""
+    out = OUT / (args.name or f"decorate-{args.protocol}{recalibration}")
     sweep = []
     for k in args.k_grid:
         screened_k = screen_decorated(levels_data, known, plans, k)
@@ -815,6 +850,7 @@ def run_decorate(args) -> None:
         },
         "costs_core_hours": level_costs(),
         "k": args.k,
+        "sigma_scales": scales,
         "sweep": sweep,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -870,6 +906,12 @@ def main() -> None:
     de.add_argument("--epochs", type=int, default=100)
     de.add_argument("--patience", type=int, default=20)
     de.add_argument("--lr", type=float, default=1e-3)
+    de.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="neighbours only: scale each system's σ by the factor fitted on the other "
+        "systems' screened candidates (never its own)",
+    )
     de.add_argument("--k", type=float, default=2.0)
     de.add_argument("--k-grid", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
     de.add_argument("--seed", type=int, default=0)
