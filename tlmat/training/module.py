@@ -200,6 +200,46 @@ class PropertyModule(L.LightningModule):
             if getattr(self, "_plateau_state", None) is not None:
                 self.plateau.load_state_dict(self._plateau_state)
             return optimizer
+        scheduler = self._per_step_scheduler(optimizer)
+        if scheduler is None:
+            return optimizer
+        # stepped per optimiser step, so that Lightning keeps its count in every checkpoint
+        # and a resumed run follows the same schedule
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _per_step_scheduler(self, optimizer):
+        """The cyclic, step or one-cycle schedule of the learning rate, in optimiser steps
+        (``None`` for ``none``)."""
+        c = self.config
+        if c.scheduler == "cyclic":
+            half = max(c.cyclic_period * self.steps_per_epoch // 2, 1)
+            return torch.optim.lr_scheduler.CyclicLR(
+                optimizer,
+                base_lr=[g["lr"] * c.cyclic_low for g in self.param_groups],
+                max_lr=[g["lr"] for g in self.param_groups],
+                step_size_up=half,
+                mode="triangular",
+                cycle_momentum=c.optimizer == "sgd",
+            )
+        if c.scheduler == "step":  # milestones in epochs, counted in steps
+            milestones = [m * self.steps_per_epoch for m in c.step_milestones]
+            return torch.optim.lr_scheduler.MultiStepLR(
+                optimizer, milestones=milestones, gamma=c.step_factor
+            )
+        if c.scheduler == "onecycle":
+            # warm-up then cosine decay to ~0 over exactly ``epochs``: on a fixed epoch
+            # budget it ends lower than a plateau schedule, which never gets to decay
+            return torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[g["lr"] for g in self.param_groups],
+                total_steps=c.epochs * self.steps_per_epoch,
+                pct_start=c.warmup_fraction,
+                cycle_momentum=c.optimizer == "sgd",
+            )
+        return None
         if c.scheduler == "cyclic":
             half = max(c.cyclic_period * self.steps_per_epoch // 2, 1)
             scheduler = torch.optim.lr_scheduler.CyclicLR(
