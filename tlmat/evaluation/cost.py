@@ -261,13 +261,9 @@ def _point(
 
 def _scratch_point(scratch: LogLogFit, n_expensive: float) -> BudgetPoint:
     """The scratch learning curve at ``n_expensive``, its standard error by the delta
-    method with the slope–intercept covariance (as in ``equivalent_training_size``)."""
-    g = math.log10(n_expensive)
-    variance = (
-        scratch.intercept_stderr**2 + g**2 * scratch.slope_stderr**2 + 2 * g * scratch.covariance
-    )
+    method (:meth:`LogLogFit.log10_stderr`)."""
     mae = float(scratch.predict(n_expensive))
-    stderr = mae * math.log(10) * math.sqrt(max(variance, 0.0))
+    stderr = mae * math.log(10) * scratch.log10_stderr(n_expensive)
     outside = not scratch.min_size <= n_expensive <= scratch.max_size
     return BudgetPoint(n_expensive, 0.0, mae, stderr, outside)
 

@@ -193,6 +193,15 @@ class LogLogFit:
         """Error on the fitted curve at ``size`` training structures."""
         return 10.0 ** (self.intercept + self.slope * np.log10(np.asarray(size, float)))
 
+    def log10_stderr(self, size: float) -> float:
+        """Standard error of the fitted log10 error at ``size`` training structures: the
+        delta method with the slope–intercept covariance, ``var(b) + g² var(m) + 2 g
+        cov(b, m)`` with ``g = log10 size`` (NaN when the fit has no standard errors)."""
+        g = math.log10(size)
+        variance = self.intercept_stderr**2 + g**2 * self.slope_stderr**2 + 2 * g * self.covariance
+        # Rounding can leave a tiny negative variance for an exact power law.
+        return math.sqrt(max(variance, 0.0)) if not math.isnan(variance) else math.nan
+
 
 def loglog_fit(sizes, errors) -> LogLogFit:
     """Least-squares straight line through a learning curve in log10–log10 space (Lee &
@@ -278,16 +287,10 @@ def equivalent_training_size(
         )
     m, b = fit_scratch.slope, fit_scratch.intercept
     g = (math.log10(target_error) - b) / m
-    variance = (
-        fit_scratch.intercept_stderr**2
-        + g**2 * fit_scratch.slope_stderr**2
-        + 2 * g * fit_scratch.covariance
-    ) / m**2
-    # Rounding can leave a tiny negative variance for an exact power law.
-    stderr = math.sqrt(max(variance, 0.0)) if not math.isnan(variance) else math.nan
+    size = 10.0**g
+    stderr = fit_scratch.log10_stderr(size) / abs(m)
     dof = fit_scratch.n - 2
     half_width = float(stats.t.ppf(0.5 + confidence / 2, dof)) * stderr if dof > 0 else math.nan
-    size = 10.0**g
     return EquivalentSize(
         size=size,
         log10_size=g,
