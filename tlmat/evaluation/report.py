@@ -949,6 +949,43 @@ def _introduction(
     return lines
 
 
+#: what a table needs said under its heading: (heading begins with, ends with, the note)
+TABLE_NOTES = (
+    (
+        "cost and break-even",
+        "",
+        "Wall hours measured on the machine that ran each job (its command and "
+        "machine in each run.json), mean over seeds; a source's pretraining counted "
+        "in full for every method that starts from it. Break-even: the materials the "
+        "model must predict instead of computing to repay its training (Krawczuk & "
+        "Venturi, Table 4); inference, milliseconds a structure, left out.",
+    ),
+    (
+        "compute budget",
+        "fitted surface",
+        "Every seed's test MAE fitted as log10 MAE = c + α log10 N_target + β log10 "
+        "N_pretrain (a product of power laws: Hoffmann et al.'s parallel log–log lines; "
+        "± standard errors). Spending a share α/(α + β) of any budget on target "
+        "calculations minimises it, whatever the budget and the costs (Hoffmann et al. "
+        "Fig. 5).",
+    ),
+    (
+        "compute budget",
+        "best split",
+        "The optimum of each budget line and the baseline's power law given the whole "
+        "budget in target calculations; MAE ± the standard error of the fitted curve; "
+        "* = outside the sizes the fits were made on (an extrapolation). The seeds share "
+        "one pretrained source per size, so the source-to-source scatter is not in the "
+        "errors.",
+    ),
+    (
+        "test MAE vs pretraining",
+        "",
+        "Mean over seeds; slope of log10 MAE against log10 P (Hoffmann et al. Fig. 3).",
+    ),
+)
+
+
 def _table_sections(tables: dict[str, pd.DataFrame], unit: str, baseline: str) -> list[str]:
     """One section per table, with what its heading needs said (units, the fitted law)."""
     lines: list[str] = []
@@ -974,38 +1011,12 @@ def _table_sections(tables: dict[str, pd.DataFrame], unit: str, baseline: str) -
                 "range.",
                 "",
             ]
-        if name.startswith("cost and break-even"):
-            lines += [
-                "Wall hours measured on the machine that ran each job (its command and "
-                "machine in each run.json), mean over seeds; a source's pretraining counted "
-                "in full for every method that starts from it. Break-even: the materials the "
-                "model must predict instead of computing to repay its training (Krawczuk & "
-                "Venturi, Table 4); inference, milliseconds a structure, left out.",
-                "",
-            ]
-        if name.startswith("compute budget") and name.endswith("fitted surface"):
-            lines += [
-                "Every seed's test MAE fitted as log10 MAE = c + α log10 N_target + β log10 "
-                "N_pretrain (a product of power laws: Hoffmann et al.'s parallel log–log lines; "
-                "± standard errors). Spending a share α/(α + β) of any budget on target "
-                "calculations minimises it, whatever the budget and the costs (Hoffmann et al. "
-                "Fig. 5).",
-                "",
-            ]
-        if name.startswith("compute budget") and name.endswith("best split"):
-            lines += [
-                "The optimum of each budget line and the baseline's power law given the whole "
-                "budget in target calculations; MAE ± the standard error of the fitted curve; "
-                "* = outside the sizes the fits were made on (an extrapolation). The seeds share "
-                "one pretrained source per size, so the source-to-source scatter is not in the "
-                "errors.",
-                "",
-            ]
-        if name.startswith("test MAE vs pretraining"):
-            lines += [
-                "Mean over seeds; slope of log10 MAE against log10 P (Hoffmann et al. Fig. 3).",
-                "",
-            ]
+        lines += [
+            line
+            for begins, ends, note in TABLE_NOTES
+            if name.startswith(begins) and name.endswith(ends)
+            for line in (note, "")
+        ]
         lines += [*markdown_table(table), ""]
     return lines
 
