@@ -228,7 +228,7 @@ def test_step_schedule_decays_after_each_milestone_epoch(perovskites, tmp_path) 
     settings = quick(epochs=2, optimizer="sgd", scheduler="step", step_milestones=(1,), lr=0.01)
     result = fit(small_cgcnn(), perovskites, split, settings, tmp_path / "run")
     assert np.isfinite(result.best_val_mae)
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(0.001)
 
 
