@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -42,6 +40,7 @@ sys.path.insert(0, str(REPO))
 from tlmat.evaluation.cost import budget_curve, fit_two_sizes  # noqa: E402
 from tlmat.evaluation.report import load_runs  # noqa: E402
 from tlmat.evaluation.statistics import loglog_fit  # noqa: E402
+from tlmat.machine import describe  # noqa: E402
 
 CHEAP_HOURS = 1.0
 RATIOS = (5.0, 10.0, 50.0)
@@ -212,11 +211,7 @@ def main() -> None:
         "command": command,
         "grid": str(args.grid),
         "cheap_core_hours": CHEAP_HOURS,
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-        },
+        "machine": describe(),
         "fits": fit_rows,
         "budgets": rows,
     }

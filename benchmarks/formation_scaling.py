@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from tlmat.machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "benchmarks" / "results" / "lee-asahi-bulk"
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs.to_dict(orient="records"),
         "fits": fits,
         "against_control": {"source": args.pseudo[0], "control": args.control, "by_n": compared},
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "machine": describe(),
     }
     (args.output / "formation-scaling.json").write_text(json.dumps(result, indent=1))
     text = [

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +46,7 @@ from tlmat.data import Split, load_dataset  # noqa: E402
 from tlmat.data.fidelity import fidelity_of, fidelity_split, stack_fidelities, with_delta  # noqa: E402
 from tlmat.datasets import resolve  # noqa: E402
 from tlmat.io.table import join_labels  # noqa: E402
+from tlmat.machine import describe  # noqa: E402
 from tlmat.models import load_checkpoint  # noqa: E402
 from tlmat.models.registry import model_config  # noqa: E402
 from tlmat.training import TrainConfig, fit, predict  # noqa: E402
@@ -232,7 +232,7 @@ def write(args, rows: list[dict], started: str) -> None:
         "command": " ".join(["python3", *sys.argv]),
         "started": started,
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": describe(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows": rows,
     }

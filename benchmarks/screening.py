@@ -472,7 +472,7 @@ def level_ensembles(
         scheduler="none", early_stopping_patience=args.patience, progress_bar=False,
     )  # fmt: skip
     levels, seconds = [], {}
-    costs = {"unrelaxed": 0.0, "prerelaxed": EKSTROM_COSTS_CORE_HOURS["prerelax"]}
+    costs = level_costs()
     for name in ("unrelaxed", "prerelaxed"):
         structures = [Structure.from_dict(levels_data["candidates"][i][name]) for i in ids]
         path = run_dir / f"{tag}-{name}.extxyz"
@@ -503,6 +503,16 @@ def level_ensembles(
     return levels, seconds
 
 
+def final_formulas(levels_data: dict) -> dict[str, str]:
+    """Each candidate's reduced formula, from its relaxed structure, read once."""
+    from pymatgen.core import Structure
+
+    return {
+        i: Structure.from_dict(c["final"]).composition.reduced_formula
+        for i, c in levels_data["candidates"].items()
+    }
+
+
 def level_costs() -> dict:
     """Ekström's cost of each level and of the oracle, core-hours per candidate."""
     return {
@@ -513,8 +523,6 @@ def level_costs() -> dict:
 
 
 def run_chgnet(args) -> None:
-    from pymatgen.core import Structure
-
     run_dir = Path(args.run_dir)
     levels_data = chgnet_levels(run_dir, args.prerelax_steps)
     ids = sorted(levels_data["candidates"])
@@ -524,14 +532,9 @@ def run_chgnet(args) -> None:
     screened = [i for i in ids if i not in set(labelled)]
     levels, seconds = level_ensembles(run_dir, levels_data, labelled, screened, args, "chgnet")
     costs = level_costs()
-
-    def formula(i: str) -> str:
-        return Structure.from_dict(
-            levels_data["candidates"][i]["final"]
-        ).composition.reduced_formula
-
-    formulas = [formula(i) for i in screened]
-    known = [("Hf", 0.0), ("Zn", 0.0), ("N2", 0.0)] + [(formula(i), e_f[i]) for i in labelled]
+    formula = final_formulas(levels_data)
+    formulas = [formula[i] for i in screened]
+    known = [("Hf", 0.0), ("Zn", 0.0), ("N2", 0.0)] + [(formula[i], e_f[i]) for i in labelled]
     oracle = TableOracle({i: e_f[i] for i in screened}, EKSTROM_COSTS_CORE_HOURS["final"],
                          "CHGNet 0.3.0 full relaxation")  # fmt: skip
     result = screen(screened, formulas, levels, oracle, known, k=args.k, reference=True)
@@ -647,28 +650,21 @@ def known_energies(run_dir: Path, setup: dict, oracle) -> dict[str, dict[str, fl
     return out
 
 
-def screen_decorated(levels_data, known, plans: dict, k: float) -> dict:
+def screen_decorated(levels_data, known, plans: dict, k: float, formula: dict) -> dict:
     """Each system screened with threshold ``k`` by its plan's ensembles (``plans``: system
     → (levels, labelled ids, screened ids)); the hull of one system at a time: its
     elements, binaries and labelled candidates are the known phases. Summed over systems;
-    the campaign cost counts the system's own labelled candidates, computed in full."""
-    from pymatgen.core import Structure
-
+    the campaign cost counts the system's own labelled candidates, computed in full;
+    ``formula``: each candidate's reduced formula (:func:`final_formulas`)."""
     e_f = {i: c["E_f"] for i, c in levels_data["candidates"].items()}
     oracle = TableOracle(e_f, EKSTROM_COSTS_CORE_HOURS["final"], "CHGNet 0.3.0 full relaxation")
-
-    def formula(i: str) -> str:
-        return Structure.from_dict(
-            levels_data["candidates"][i]["final"]
-        ).composition.reduced_formula
-
     rows, results = [], {}
     for system, (levels, labelled, screened) in plans.items():
         ids = [i for i in screened if i.startswith(system + "|")]
         own = [i for i in labelled if i.startswith(system + "|")]
         phases = [(e, 0.0) for e in system.split("-")] + list(known[system].items())
-        phases += [(formula(i), e_f[i]) for i in own]
-        result = screen(ids, [formula(i) for i in ids], levels, oracle, phases, k=k,
+        phases += [(formula[i], e_f[i]) for i in own]
+        result = screen(ids, [formula[i] for i in ids], levels, oracle, phases, k=k,
                         reference=True)  # fmt: skip
         s = result.summary()
         results[system] = (result, s)
@@ -803,9 +799,9 @@ def run_decorate(args) -> None:
         plans, scales = recalibrated(levels_data, plans)
     recalibration = "-recalibrated" if args.recalibrate else ""
     out = OUT / (args.name or f"decorate-{args.protocol}{recalibration}")
-    sweep = []
+    sweep, formulas = [], final_formulas(levels_data)
     for k in args.k_grid:
-        screened_k = screen_decorated(levels_data, known, plans, k)
+        screened_k = screen_decorated(levels_data, known, plans, k, formulas)
         sweep.append(screened_k["total"])
         if k == args.k:
             for system, (result, s) in screened_k["results"].items():

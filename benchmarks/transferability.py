@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from tlmat.evaluation.report import load_runs  # noqa: E402
 from tlmat.experiments.benchmark import BenchmarkConfig, _data  # noqa: E402
+from tlmat.machine import describe  # noqa: E402
 from tlmat.models.registry import model_config  # noqa: E402
 from tlmat.transfer.sources import fresh_model, load_source  # noqa: E402
 from tlmat.transfer.transferability import transferability  # noqa: E402
@@ -120,7 +120,7 @@ def main() -> None:
     }
     result = {
         "command": " ".join(["python3", *sys.argv]),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": describe(),
         "rows": rows,
         "spearman": summary,
     }
