@@ -184,3 +184,35 @@ def test_a_run_killed_as_its_last_epoch_is_saved_finishes_as_the_whole(
     assert finish.returncode == 0 and "resuming" in said, said
     whole = _flat(_numbers("train", tmp_path / "whole"))
     assert _flat(_numbers("train", tmp_path / "cut")) == pytest.approx(whole, rel=0, nan_ok=True)
+
+
+def test_an_error_after_a_swallowed_stop_still_ends_as_the_stop() -> None:
+    """Found by CI: a SIGINT that lands inside an import is swallowed by a library trying
+    an optional import (pybind11 turns the stop into an ImportError), and the next import
+    of that module fails with an unrelated ImportError. The command must still end as
+    stopped (exit 128 + the signal, the resume hint), not as an internal error."""
+    import typer
+    from typer.testing import CliRunner
+
+    from tlmat.cli.common import reported_errors
+    from tlmat.training.fit import stopped_by_signals
+
+    def command(stop: bool) -> typer.Typer:
+        tiny = typer.Typer()
+
+        @tiny.command()
+        def go() -> None:
+            with reported_errors(), stopped_by_signals():
+                with contextlib.suppress(ImportError, RuntimeError):  # the library's fallback
+                    if stop:
+                        signal.raise_signal(signal.SIGINT)
+                raise ImportError('generic_type: type "ObjSense" is already registered!')
+
+        return tiny
+
+    result = CliRunner().invoke(command(stop=True), [])
+    assert result.exit_code == 128 + signal.SIGINT, result.output
+    assert "stopped:" in result.output and "internal error" not in result.output
+    # the next command in the same process starts afresh: with no stop, an internal error
+    after = CliRunner().invoke(command(stop=False), [])
+    assert after.exit_code == 1 and "internal error: ImportError" in after.output

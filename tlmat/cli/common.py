@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -215,6 +216,7 @@ def reported_errors() -> Iterator[None]:
     propagate, for a debugger)."""
     import click
 
+    _forget_stops()
     try:
         yield
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
@@ -228,6 +230,8 @@ def reported_errors() -> Iterator[None]:
     except Exception as error:
         if _named(error, ("RunInterrupted",)):
             interrupted(error)
+        if (stop := _stop_received()) is not None:
+            interrupted(stop)
         message = _user_message(error)
         if debug:
             if message is None:
@@ -239,6 +243,20 @@ def reported_errors() -> Iterator[None]:
                 "(run with --debug for the traceback)"
             )
         fail(message)
+
+
+def _stop_received():
+    """The stop by signal this command received during a run, if any (training is only
+    imported once a run began: before that, no handler could have raised one)."""
+    fit = sys.modules.get("tlmat.training.fit")
+    return fit.last_stop() if fit is not None else None
+
+
+def _forget_stops() -> None:
+    """A command starts with no stop received (commands run one after another in one
+    process, as in tests, must not inherit an earlier command's stop)."""
+    if (fit := sys.modules.get("tlmat.training.fit")) is not None:
+        fit.forget_stop()
 
 
 def interrupted(error) -> NoReturn:

@@ -154,6 +154,25 @@ class _EpochLines(L.Callback):
         self.on_train_end(trainer, module)  # a stopped run stops its heartbeat
 
 
+#: the stop a signal handler of this process last raised (see :func:`last_stop`)
+_last_stop: RunInterrupted | None = None
+
+
+def last_stop() -> RunInterrupted | None:
+    """The stop that SIGTERM or SIGINT raised in this process, if one did. A stop raised
+    inside an import can surface later as an unrelated error: a library that tries an
+    optional import swallows it (pybind11 turns it into an ImportError), and the next
+    import of that module fails with "type already registered". Whatever fails after a
+    stop is the stop's doing."""
+    return _last_stop
+
+
+def forget_stop() -> None:
+    """Clear :func:`last_stop` (a new command in the same process starts afresh)."""
+    global _last_stop
+    _last_stop = None
+
+
 @contextlib.contextmanager
 def stopped_by_signals():
     """Turn SIGTERM and SIGINT into :class:`RunInterrupted` while training (Lightning
@@ -163,7 +182,9 @@ def stopped_by_signals():
         return
 
     def stop(signum, frame):
-        raise RunInterrupted(signal.Signals(signum).name, signum)
+        global _last_stop
+        _last_stop = RunInterrupted(signal.Signals(signum).name, signum)
+        raise _last_stop
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
