@@ -503,6 +503,97 @@ def level_ensembles(
     return levels, seconds
 
 
+def level_features(run_dir: Path, levels_data: dict, source_name: str) -> dict:
+    """Per level below the oracle, every candidate's features from a published source:
+    each layer's atom features pooled by mean, standard deviation, min and max (cached
+    in ``run_dir``, as they never change): level → (ids, table)."""
+    from pymatgen.core import Structure
+
+    from tlmat.io import records_from_structures, write_extxyz
+    from tlmat.models.pooling import MOMENTS
+    from tlmat.transfer.features import feature_table, iter_layer_features
+
+    cache = run_dir / f"features-{source_name.replace('/', '-')}.npz"
+    if cache.exists():
+        stored = np.load(cache)
+        return {n: (list(stored[f"{n}_ids"]), stored[n]) for n in ("unrelaxed", "prerelaxed")}
+    source = load_source(source_name)
+    ids = list(levels_data["candidates"])
+    e_f = [levels_data["candidates"][i]["E_f"] for i in ids]
+    out = {}
+    for name in ("unrelaxed", "prerelaxed"):
+        structures = [Structure.from_dict(levels_data["candidates"][i][name]) for i in ids]
+        path = run_dir / f"features-{name}.extxyz"
+        result = records_from_structures(structures, ids, {"E_f": e_f})
+        write_extxyz(result.records, path, overwrite=True)
+        ds = load_dataset(path, source.model.graph_settings, ["E_f"], cache_dir=CACHE)
+        table, _ = feature_table(iter_layer_features(source, ds, statistics=MOMENTS))
+        out[name] = (list(ds.ids), table)
+    arrays = {n: t for n, (_, t) in out.items()} | {f"{n}_ids": i for n, (i, _) in out.items()}
+    np.savez(cache, **arrays)
+    return out
+
+
+def feature_ensembles(features: dict, levels_data: dict, labelled: list, args, tag: str) -> list:
+    """Per level, an ensemble of ``args.members`` MLPs (tlmat's ``features+mlp`` head) on
+    the source's pooled features of the labelled candidates' structures at that level
+    (target: the final formation energy), each member its own 75/25 split of the labelled
+    ones for early stopping; σ as Ekström et al.'s: √(mean validation MSE + the members'
+    variance). The members' predictions of every candidate are kept in ``tag``.npz."""
+    from tlmat.transfer.features import MLPRegressor
+
+    costs = level_costs()
+    levels = []
+    for name in ("unrelaxed", "prerelaxed"):
+        ids, table = features[name]
+        cache = Path(f"{tag}-{name}-n{len(labelled)}-e{args.mlp_epochs}-s{args.seed}.npz")
+        if cache.exists():
+            stored = np.load(cache)
+            values, val_mse = stored["values"], stored["val_mse"]
+        else:
+            row = {i: n for n, i in enumerate(ids)}
+            X = table[[row[i] for i in labelled]]
+            y = np.array([levels_data["candidates"][i]["E_f"] for i in labelled])
+            values, val_mse = [], []
+            for seed in range(args.members):
+                order = np.random.default_rng(seed).permutation(len(labelled))
+                val, train = order[: len(order) // 4], order[len(order) // 4 :]
+                member = MLPRegressor(epochs=args.mlp_epochs, patience=args.mlp_patience, seed=seed)
+                member.fit(X[train], y[train], X[val], y[val])
+                values.append(member.predict(table))
+                val_mse.append(float(np.mean((member.predict(X[val]) - y[val]) ** 2)))
+            values, val_mse = np.stack(values), np.array(val_mse)
+            np.savez(cache, values=values, val_mse=val_mse)
+        levels.append(Level(name, members_predictor(ids, values, val_mse), costs[name]))
+    return levels
+
+
+def members_predictor(ids: list, values: np.ndarray, val_mse: np.ndarray):
+    """Ekström's ensemble mean and σ = √(σ_a² + σ_e²) from the members' predictions."""
+    row = {i: n for n, i in enumerate(ids)}
+
+    def predict(wanted):
+        stack = values[:, [row[i] for i in wanted]]
+        return stack.mean(0), np.sqrt(float(np.mean(val_mse)) + stack.var(0))
+
+    return predict
+
+
+def combined_levels(first: list, second: list) -> list:
+    """Two ensembles' levels as one equal mixture: the mean of their means; σ² the mean
+    of their σ² plus the spread of their means, ¼ (m₁ − m₂)² (a deep ensemble's mixture)."""
+    out = []
+    for a, b in zip(first, second, strict=True):
+
+        def predict(wanted, a=a.predictor, b=b.predictor):
+            (m1, s1), (m2, s2) = a(wanted), b(wanted)
+            m1, s1, m2, s2 = (np.asarray(x, dtype=float) for x in (m1, s1, m2, s2))
+            return (m1 + m2) / 2, np.sqrt((s1**2 + s2**2) / 2 + (m1 - m2) ** 2 / 4)
+
+        out.append(Level(a.name, predict, a.cost_core_hours))
+    return out
+
+
 def final_formulas(levels_data: dict) -> dict[str, str]:
     """Each candidate's reduced formula, from its relaxed structure, read once."""
     from pymatgen.core import Structure
@@ -709,14 +800,26 @@ def decorate_plans(run_dir, levels_data, systems, args) -> tuple[dict, dict]:
         )
         return {system: (levels, labelled, screened) for system in systems}, info
     plans, info = {}, {}
+    models = args.model.split("+")
     for system in systems:
         own = [i for i in ids if i.startswith(system + "|")]
         sample = sorted(rng.choice(own, round(args.labelled_fraction * len(own)), False))
         labelled = [i for i in ids if i not in set(own)] + sample
         screened = [i for i in own if i not in set(sample)]
-        levels, info[system] = level_ensembles(
-            run_dir, levels_data, labelled, screened, args, f"decorate-{system}", heads=(True,)
-        )
+        per_model, info[system] = [], {}
+        for model in models:
+            tic = time.perf_counter()
+            if model == "cgcnn":
+                levels, info[system][model] = level_ensembles(
+                    run_dir, levels_data, labelled, screened, args, f"decorate-{system}", (True,)
+                )
+            else:
+                features = level_features(run_dir, levels_data, model)
+                tag = str(run_dir / f"mlp-{model.replace('/', '-')}-{system}")
+                levels = feature_ensembles(features, levels_data, labelled, args, tag)
+                info[system][model] = {"seconds": time.perf_counter() - tic}
+            per_model.append(levels)
+        levels = per_model[0] if len(per_model) == 1 else combined_levels(*per_model)
         plans[system] = (levels, labelled, screened)
     return plans, info
 
@@ -777,6 +880,35 @@ def plot_savings(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def ensemble_record(args, seconds: dict) -> dict:
+    """What screened each system, for the summary: the model(s), members and training."""
+    record: dict = {"members": args.members, "model": args.model, "variants": seconds}
+    if "cgcnn" in args.model.split("+"):
+        record["cgcnn"] = {
+            "epochs": args.epochs,
+            "head": "per level, the variant of the lower mean validation MSE"
+            if args.protocol == "sample"
+            else "the source's, kept (the lower validation MSE at both levels under sample)",
+            "source": "cgcnn/formation-energy-per-atom (saw MP's entries of these "
+            "systems, not the decorated candidates)",
+        }
+    for model in (m for m in args.model.split("+") if m != "cgcnn"):
+        record[model] = {
+            "features": "every layer's atom features pooled by mean, std, min and max",
+            "head": "tlmat's features+mlp MLP (Gupta's 17 layers), each member its own "
+            "75/25 split of the labelled candidates",
+            "epochs": args.mlp_epochs,
+            "patience": args.mlp_patience,
+            "sigma": "sqrt(mean validation MSE + members' variance) (Ekström et al.)",
+            "source": f"{model} (trained on MPtrj: saw MP's relaxations of these systems' "
+            "known phases, not the decorated candidates; same training data as the CHGNet "
+            "oracle, so closer to it than to DFT)",
+        }
+    if "+" in args.model:
+        record["combined"] = "equal mixture: mean of means; sigma^2 = mean sigma^2 + (m1-m2)^2/4"
+    return record
+
+
 def run_decorate(args) -> None:
     from pymatgen.core import Structure
 
@@ -830,16 +962,7 @@ def run_decorate(args) -> None:
                 for system, plan in plans.items()
             },
         },
-        "ensemble": {
-            "members": args.members,
-            "epochs": args.epochs,
-            "variants": seconds,
-            "head": "per level, the variant of the lower mean validation MSE"
-            if args.protocol == "sample"
-            else "the source's, kept (the lower validation MSE at both levels under sample)",
-            "source": "cgcnn/formation-energy-per-atom (saw MP's entries of these "
-            "systems, not the decorated candidates)",
-        },
+        "ensemble": ensemble_record(args, seconds),
         "chgnet_mean_seconds_per_candidate": {
             level: float(np.mean([c["seconds"][level] for c in levels_data["candidates"].values()]))
             for level in ("prerelax", "final")
@@ -898,6 +1021,15 @@ def main() -> None:
         "other systems' oracle results plus a sample of the screened one [neighbours]",
     )
     de.add_argument("--members", type=int, default=5)
+    de.add_argument(
+        "--model",
+        default="cgcnn",
+        help="cgcnn (fine-tuned from the MP CGCNN), a published source whose pooled "
+        "features an MLP ensemble learns from (e.g. sevennet/0), or two of them joined "
+        "by + as one equal mixture (cgcnn+sevennet/0); neighbours protocol only",
+    )
+    de.add_argument("--mlp-epochs", type=int, default=500, help="an MLP member's most")
+    de.add_argument("--mlp-patience", type=int, default=50)
     de.add_argument("--prerelax-steps", type=int, default=10)
     de.add_argument("--epochs", type=int, default=100)
     de.add_argument("--patience", type=int, default=20)
