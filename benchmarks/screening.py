@@ -61,6 +61,8 @@ from tlmat.screening import (
     Level,
     TableOracle,
     ensemble_predictor,
+    members_predictor,
+    mixture_predictor,
     screen,
 )
 from tlmat.training import TrainConfig
@@ -568,30 +570,12 @@ def feature_ensembles(features: dict, levels_data: dict, labelled: list, args, t
     return levels
 
 
-def members_predictor(ids: list, values: np.ndarray, val_mse: np.ndarray):
-    """Ekström's ensemble mean and σ = √(σ_a² + σ_e²) from the members' predictions."""
-    row = {i: n for n, i in enumerate(ids)}
-
-    def predict(wanted):
-        stack = values[:, [row[i] for i in wanted]]
-        return stack.mean(0), np.sqrt(float(np.mean(val_mse)) + stack.var(0))
-
-    return predict
-
-
 def combined_levels(first: list, second: list) -> list:
-    """Two ensembles' levels as one equal mixture: the mean of their means; σ² the mean
-    of their σ² plus the spread of their means, ¼ (m₁ − m₂)² (a deep ensemble's mixture)."""
-    out = []
-    for a, b in zip(first, second, strict=True):
-
-        def predict(wanted, a=a.predictor, b=b.predictor):
-            (m1, s1), (m2, s2) = a(wanted), b(wanted)
-            m1, s1, m2, s2 = (np.asarray(x, dtype=float) for x in (m1, s1, m2, s2))
-            return (m1 + m2) / 2, np.sqrt((s1**2 + s2**2) / 2 + (m1 - m2) ** 2 / 4)
-
-        out.append(Level(a.name, predict, a.cost_core_hours))
-    return out
+    """Two ensembles' levels as one equal mixture (:func:`tlmat.screening.mixture_predictor`)."""
+    return [
+        Level(a.name, mixture_predictor(a.predictor, b.predictor), a.cost_core_hours)
+        for a, b in zip(first, second, strict=True)
+    ]
 
 
 def final_formulas(levels_data: dict) -> dict[str, str]:

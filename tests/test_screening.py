@@ -16,6 +16,8 @@ from tlmat.screening import (
     below_hull,
     decorate,
     hull_energies,
+    members_predictor,
+    mixture_predictor,
     read_energy_table,
     screen,
 )
@@ -368,3 +370,26 @@ def test_the_oracle_name_picks_the_calculator_only_by_chgnets_registered_name(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "chgnet").write_text("id,formation_energy_per_atom\n")
     assert OracleConfig.from_name("chgnet").table == "chgnet"
+
+
+def test_members_sigma_is_ekstroms_and_a_mixture_of_ensembles_is_their_union() -> None:
+    """σ = √(mean validation MSE + the members' variance); an equal mixture of two
+    ensembles of as many members and the same validation MSE predicts exactly what one
+    ensemble of all their members would (the variance of a union: the mean of the
+    variances plus the variance of the means)."""
+    rng = np.random.default_rng(0)
+    ids = [f"c{n}" for n in range(6)]
+    first, second = rng.normal(-1, 0.3, (5, 6)), rng.normal(-0.8, 0.2, (5, 6))  # eV/atom
+    wanted = ["c4", "c0", "c2"]
+    columns = [4, 0, 2]
+    mean, sigma = members_predictor(ids, first, [0.01] * 5)(wanted)
+    assert mean == pytest.approx(first[:, columns].mean(0))
+    assert sigma == pytest.approx(np.sqrt(0.01 + first[:, columns].var(0)))
+    mixed = mixture_predictor(
+        members_predictor(ids, first, [0.01] * 5), members_predictor(ids, second, [0.01] * 5)
+    )(wanted)
+    union = members_predictor(ids, np.vstack([first, second]), [0.01] * 10)(wanted)
+    assert mixed[0] == pytest.approx(union[0]) and mixed[1] == pytest.approx(union[1])
+    # a mixture with itself changes nothing
+    alone = members_predictor(ids, first, [0.01] * 5)
+    assert mixture_predictor(alone, alone)(wanted)[1] == pytest.approx(sigma)

@@ -635,6 +635,37 @@ def ensemble_predictor(ensemble: Ensemble, dataset: GraphDataset) -> Predictor:
     return predict
 
 
+def members_predictor(
+    ids: Sequence[str], values: np.ndarray, val_mse: Sequence[float]
+) -> Predictor:
+    """The predictor of an ensemble given by its members' predictions of every candidate
+    (``values``: members × ``ids``, eV/atom) and their validation MSE ((eV/atom)²), with
+    Ekström et al.'s σ = √(σ_a² + σ_e²): σ_a² the mean validation MSE, σ_e² the members'
+    variance — for ensembles that are not tlmat models (e.g. MLPs on pooled features)."""
+    row = {i: n for n, i in enumerate(ids)}
+    values = np.asarray(values, dtype=float)
+    sigma_a2 = float(np.mean(val_mse))
+
+    def predict(wanted: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        stack = values[:, [row[i] for i in wanted]]
+        return stack.mean(0), np.sqrt(sigma_a2 + stack.var(0))
+
+    return predict
+
+
+def mixture_predictor(*predictors: Predictor) -> Predictor:
+    """Several ensembles' predictors as one equal mixture (a deep ensemble of ensembles):
+    the mean of their means; σ² the mean of their σ² plus the variance of their means."""
+
+    def predict(wanted: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [predictor(wanted) for predictor in predictors]
+        means = np.stack([np.asarray(mean, dtype=float) for mean, _ in pairs])
+        sigmas = np.stack([np.asarray(sigma, dtype=float) for _, sigma in pairs])
+        return means.mean(0), np.sqrt((sigmas**2).mean(0) + means.var(0))
+
+    return predict
+
+
 def decorate(
     prototypes: Iterable[Structure],
     elements: Sequence[str],
