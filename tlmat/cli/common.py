@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -218,20 +220,19 @@ def reported_errors() -> Iterator[None]:
 
     _forget_stops()
     try:
-        yield
+        with _ctrl_c_recorded():
+            yield
     except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.Abort):
         raise  # an exit already decided (fail() inside, --help, a usage error)
     except KeyboardInterrupt:  # Ctrl-C before a run's own handler was set (reading data)
-        console.print(
-            "[bold yellow]stopped:[/] by SIGINT before training began; nothing was lost "
-            "(graphs read so far are cached): run the same command again"
-        )
-        raise typer.Exit(128 + 2) from None
+        _stopped_by_ctrl_c()
     except Exception as error:
         if _named(error, ("RunInterrupted",)):
             interrupted(error)
         if (stop := _stop_received()) is not None:
             interrupted(stop)
+        if _ctrl_c_seen:
+            _stopped_by_ctrl_c()
         message = _user_message(error)
         if debug:
             if message is None:
@@ -243,6 +244,43 @@ def reported_errors() -> Iterator[None]:
                 "(run with --debug for the traceback)"
             )
         fail(message)
+
+
+#: whether Ctrl-C reached this command outside a run's own handler (see _ctrl_c_recorded)
+_ctrl_c_seen = False
+
+
+def _record_ctrl_c(signum, frame) -> NoReturn:
+    global _ctrl_c_seen
+    _ctrl_c_seen = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _ctrl_c_recorded() -> Iterator[None]:
+    """Ctrl-C still raises KeyboardInterrupt, and is remembered: a library that swallows
+    it inside an import leaves a later, unrelated error that is the stop's doing (see
+    :func:`tlmat.training.fit.last_stop`). A SIGINT the process ignores (a background
+    job's) stays ignored."""
+    global _ctrl_c_seen
+    _ctrl_c_seen = False
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _record_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _stopped_by_ctrl_c() -> NoReturn:
+    console.print(
+        "[bold yellow]stopped:[/] by SIGINT before training began; nothing was lost "
+        "(graphs read so far are cached): run the same command again"
+    )
+    raise typer.Exit(128 + signal.SIGINT) from None
 
 
 def _stop_received():
