@@ -154,6 +154,13 @@ def test_scratch_and_feature_strategies_fit_too(perovskites) -> None:
     assert forest.regressor_ is not None and np.isfinite(forest.score(X[80:], y[80:]))
     with pytest.raises(ValueError, match="needs an ensemble"):
         forest.predict(X[80:], return_std=True)
+    # the strategy's own regressor and pooling (once an MLP on mean features, whatever
+    # the name said)
+    boosted = TransferRegressor(**QUICK, strategy="moments+gbt").fit(X[:40], y[:40])
+    assert type(boosted.regressor_).__name__ == "BoostedRegressor"
+    widths = boosted.regressor_.trees.n_features_in_, forest.regressor_.forest.n_features_in_
+    assert widths[0] > 3 * widths[1] // 2  # mean, std, min and max of each layer
+    assert np.all(np.isfinite(boosted.predict(X[80:])))
 
 
 @pytest.mark.parametrize(

@@ -217,7 +217,8 @@ class TransferRegressor(_StructureRegressor):
             mean, sigma = (np.asarray(arrays[k], dtype=np.float64) for k in ("mean", "sigma"))
             return (mean, sigma) if return_std else mean
         if self.regressor_ is not None:
-            return self.regressor_.predict(_features(trained, dataset)).astype(np.float64)
+            features = _features(trained, dataset, self.spec_.strategy)
+            return self.regressor_.predict(features).astype(np.float64)
         from tlmat.models.prediction import predict
 
         return np.asarray(predict(trained, dataset), dtype=np.float64).reshape(len(dataset))
@@ -286,6 +287,7 @@ class TransferRegressor(_StructureRegressor):
         from tlmat.evaluation.metrics import regression_metrics
         from tlmat.experiments.runspec import loaded_source, scaled_defaults
         from tlmat.transfer.features import feature_regressor
+        from tlmat.transfer.strategies import FEATURE_METHODS
 
         if spec.ensemble > 1:
             raise ValueError(
@@ -294,11 +296,11 @@ class TransferRegressor(_StructureRegressor):
             )
         source = loaded_source(spec.source)
         dataset = graph_dataset(records, source.model, self.target)
-        features = _features(source, dataset)
+        features = _features(source, dataset, spec.strategy)
         config = scaled_defaults(spec.training, len(train))
         y = dataset.targets[self.target]
         regressor = feature_regressor(
-            "rf" if spec.strategy.endswith("rf") else "mlp",
+            FEATURE_METHODS[spec.strategy][1],
             config.seed,
             epochs=config.epochs,
             patience=config.early_stopping_patience or config.epochs,
@@ -549,8 +551,11 @@ def _load_fitted(spec: RunSpec) -> Any:
     return load_checkpoint(spec.run_dir / "model.pt")
 
 
-def _features(source: Any, dataset: GraphDataset) -> np.ndarray:
-    """The source's pooled features after every layer, as a ``features+`` run reads them."""
+def _features(source: Any, dataset: GraphDataset, strategy: str) -> np.ndarray:
+    """The source's features after every layer, pooled as the ``features+`` or
+    ``moments+`` ``strategy`` pools them (the same as its run reads them)."""
     from tlmat.transfer.features import extract_features
+    from tlmat.transfer.strategies import FEATURE_METHODS
 
-    return extract_features(source, dataset, None, "layers")
+    statistics = FEATURE_METHODS[strategy][0]
+    return extract_features(source, dataset, None, "layers", statistics=statistics)
