@@ -280,8 +280,9 @@ class TransferRegressor(_StructureRegressor):
     def _fit_features(
         self, spec: RunSpec, records: list[Record], train: np.ndarray, val: np.ndarray
     ) -> None:
-        """A ``features+`` strategy: the frozen source's pooled layer features, then an
-        MLP or a random forest, as :func:`tlmat.experiments.runs.run_strategy` fits them.
+        """A ``features+`` or ``moments+`` strategy: the frozen source's pooled layer
+        features, then its MLP, random forest or boosted trees, as
+        :func:`tlmat.experiments.runs.run_strategy` fits them.
         A run keeps no fitted regressor (only its test predictions), so this fits it
         here, with the same functions and settings."""
         from tlmat.evaluation.metrics import regression_metrics
