@@ -338,6 +338,9 @@ class Screening:
     reference_energies: np.ndarray | None = None  # the oracle's value for every candidate
     reference_e_hull: np.ndarray | None = None  # E_hull of every candidate, all-oracle hull
     seconds: float = 0.0
+    #: whether two candidates are one phase (e.g. their relaxed structures match): a
+    #: stable candidate is not lost when a twin of it is on the hull found
+    same_phase: Callable[[str, str], bool] | None = None
 
     @cached_property
     def _index(self) -> dict[str, int]:
@@ -389,13 +392,27 @@ class Screening:
         return len(self.ids) * per_candidate
 
     # the comparison with the all-oracle hull ----------------------------------------
+    def found_as(self) -> dict[str, str]:
+        """Stable candidates of the all-oracle hull that were dropped but whose phase was
+        found all the same: each one's twin on the hull found (by ``same_phase``)."""
+        if self.same_phase is None:
+            return {}
+        found = self.found_stable
+        out = {}
+        for i in self.reference_stable:
+            twins = [j for j in found if j != i and self.same_phase(i, j)]
+            if i not in set(found) and twins:
+                out[i] = twins[0]
+        return out
+
     def missed(self) -> list[dict[str, Any]]:
-        """Stable phases of the all-oracle hull that the screening lost: where they were
-        dropped, their prediction and σ there, and how far below the found hull they lie
-        (eV/atom)."""
+        """Stable phases of the all-oracle hull that the screening lost (none of their
+        candidates is on the hull found): where they were dropped, their prediction and σ
+        there, and how far below the found hull they lie (eV/atom)."""
         if self.reference_energies is None:
             return []
-        lost = [i for i in self.reference_stable if i not in set(self.found_stable)]
+        found, twins = set(self.found_stable), self.found_as()
+        lost = [i for i in self.reference_stable if i not in found and i not in twins]
         if not lost:
             return []
         index = self._index
@@ -459,6 +476,7 @@ class Screening:
                 precision=precision,
                 recall=recall,
                 missed=self.missed(),
+                found_as=self.found_as(),
                 calibration=self.calibration(),
             )
         return out
@@ -546,12 +564,15 @@ def screen(
     known: Sequence[tuple[str, float]] = (),
     k: float = 2.0,
     reference: bool = False,
+    same_phase: Callable[[str, str], bool] | None = None,
 ) -> Screening:
     """Screen candidates (``ids`` with their ``formulas``) level by level, dropping those
     with E_hull > k·σ, then run the ``oracle`` on the survivors and build the final
     hull with the ``known`` phases ``(formula, eV/atom)``. With ``reference``, the
     oracle is also asked for every candidate (only sensible for a table) to compare the
-    hull found with the all-oracle hull."""
+    hull found with the all-oracle hull; ``same_phase(a, b)`` tells whether two candidates
+    are one phase (e.g. they relax to the same crystal), so that a dropped candidate whose
+    twin was found is not counted as a lost phase."""
     if k < 0:
         raise ValueError(f"k must be ≥ 0 (E_hull > k·σ drops a candidate), not {k}")
     if len(set(ids)) != len(ids):
@@ -603,6 +624,7 @@ def screen(
         alive,
         computed,
         computed_e_hull,
+        same_phase=same_phase,
     )
     if reference:
         screening.reference_energies = oracle(ids)
