@@ -20,13 +20,18 @@ benchmarks/results/screening/<name>/:
        level by level. (Every candidate is relaxed once to know the all-oracle hull.)
 
   decorate  A search where most candidates are far from stable: the commonest structure
-       types of mp_cgcnn_36k's small ternary oxides decorated into six ternary oxide
-       systems (every assignment of the three elements to the prototype's sites), each
-       relaxed by CHGNet (the oracle; MP's elements and binaries relaxed the same way are
-       the known phases). Levels unrelaxed / prerelaxed; the ensembles learn from the
-       other systems' oracle results plus a random fifth of the screened system's
-       (``--protocol neighbours``), or from a random fifth of every system (``sample``).
-       Sweeps the threshold k: oracle calls and cost saved, stable phases lost.
+       types of mp_cgcnn_36k's small ternary oxides decorated into ternary oxide
+       systems (six by default, ``--systems`` for more; every assignment of the three
+       elements to the prototype's sites), each relaxed by CHGNet (the oracle; MP's
+       elements and binaries relaxed the same way are the known phases). Levels
+       unrelaxed / prerelaxed; the ensembles (CGCNNs fine-tuned from MP, or MLPs / ridge
+       probes on a foundation model's features, ``--model``, ``--head``; with
+       ``--level-energy`` the prerelaxed level also sees its prerelaxation's energy)
+       learn from the other systems' oracle results plus a random fifth of the screened
+       system's (``--protocol neighbours``), or from a random fifth of every system
+       (``sample``). Sweeps the threshold k: oracle calls and cost saved, stable phases
+       lost (two candidates that relax to the same crystal are one phase), and each
+       system at the k its neighbours' results vouch for.
 
   hf   The Hf–Zn–N sample of TAATA (Tholander et al.): the related Ti–Zn–N and Zr–Zn–N
        phases, the elements and a handful of labelled Hf–Zn–N phases train an ensemble —
@@ -39,6 +44,7 @@ Usage:
     python3 benchmarks/screening.py hf --members 5 --repeats 3 --labelled 6
     python3 benchmarks/screening.py chgnet --members 5 --labelled 16
     python3 benchmarks/screening.py decorate --epochs 60 --patience 15
+    python3 benchmarks/screening.py decorate --model sevennet/0 --head ridge --level-energy
 """
 
 from __future__ import annotations
@@ -399,7 +405,7 @@ def relax_levels(path: Path, structures: dict, oracle, prerelax_steps: int) -> d
     full relaxation), its final formation energy (eV/atom) and the seconds each took, kept
     in ``path`` after each candidate: a stopped run resumes where it was."""
     done = json.loads(path.read_text()) if path.is_file() else None
-    if done is not None and done.get("complete"):
+    if done is not None and set(structures) <= set(done["candidates"]):
         return done
     mu = oracle.chemical_potentials()
     out: dict = done or {"mu_eV_per_atom": mu, "prerelax_steps": prerelax_steps, "candidates": {}}
@@ -462,12 +468,7 @@ def level_ensembles(
     source's formation-energy head is kept (True) or a new one trained (False); with
     both, each level keeps the ensemble of the lower mean validation MSE (the screened
     candidates' energies are never looked at)."""
-    from pymatgen.core import Structure
-
-    from tlmat.io import records_from_structures, write_extxyz
-
     ids = [*labelled, *screened]
-    e_f = {i: levels_data["candidates"][i]["E_f"] for i in ids}
     source = load_source("cgcnn/formation-energy-per-atom")
     config = TrainConfig(
         target="E_f", unit="eV/atom", epochs=args.epochs, lr=args.lr, batch_size=16,
@@ -476,11 +477,7 @@ def level_ensembles(
     levels, seconds = [], {}
     costs = level_costs()
     for name in ("unrelaxed", "prerelaxed"):
-        structures = [Structure.from_dict(levels_data["candidates"][i][name]) for i in ids]
-        path = run_dir / f"{tag}-{name}.extxyz"
-        result = records_from_structures(structures, ids, {"E_f": [e_f[i] for i in ids]})
-        write_extxyz(result.records, path, overwrite=True)
-        ds = load_dataset(path, source.model.graph_settings, ["E_f"], cache_dir=CACHE)
+        ds = level_dataset(run_dir / f"{tag}-{name}.extxyz", levels_data, ids, name, source)
         where = {i: n for n, i in enumerate(ds.ids)}
         split = partial(member_split, np.array([where[i] for i in labelled]),
                         np.array([where[i] for i in screened]), 0.25)  # fmt: skip
@@ -505,50 +502,105 @@ def level_ensembles(
     return levels, seconds
 
 
-def level_features(run_dir: Path, levels_data: dict, source_name: str) -> dict:
-    """Per level below the oracle, every candidate's features from a published source:
-    each layer's atom features pooled by mean, standard deviation, min and max (cached
-    in ``run_dir``, as they never change): level → (ids, table)."""
+def level_dataset(path: Path, levels_data: dict, ids: list, level: str, source):
+    """The candidates ``ids`` at one level as a graph dataset for ``source`` (target: their
+    final formation energy, eV/atom), by way of an extxyz file at ``path``."""
     from pymatgen.core import Structure
 
     from tlmat.io import records_from_structures, write_extxyz
-    from tlmat.models.pooling import MOMENTS
-    from tlmat.transfer.features import feature_table, iter_layer_features
 
+    candidates = levels_data["candidates"]
+    structures = [Structure.from_dict(candidates[i][level]) for i in ids]
+    result = records_from_structures(structures, ids, {"E_f": [candidates[i]["E_f"] for i in ids]})
+    write_extxyz(result.records, path, overwrite=True)
+    return load_dataset(path, source.model.graph_settings, ["E_f"], cache_dir=CACHE)
+
+
+def level_features(run_dir: Path, levels_data: dict, source_name: str) -> dict:
+    """Per level below the oracle, every candidate's features from a published source:
+    each layer's atom features pooled by mean, standard deviation, min and max (cached
+    in ``run_dir``, as they never change; candidates added later are computed and joined
+    to them): level → (ids, table)."""
     cache = run_dir / f"features-{source_name.replace('/', '-')}.npz"
+    out: dict = {}
     if cache.exists():
         stored = np.load(cache)
-        return {n: (list(stored[f"{n}_ids"]), stored[n]) for n in ("unrelaxed", "prerelaxed")}
+        out = {n: (list(stored[f"{n}_ids"]), stored[n]) for n in ("unrelaxed", "prerelaxed")}
+    missing = [i for i in levels_data["candidates"] if i not in set(out.get("unrelaxed", ([],))[0])]
+    if not missing:
+        return out
     source = load_source(source_name)
-    ids = list(levels_data["candidates"])
-    e_f = [levels_data["candidates"][i]["E_f"] for i in ids]
-    out = {}
     for name in ("unrelaxed", "prerelaxed"):
-        structures = [Structure.from_dict(levels_data["candidates"][i][name]) for i in ids]
-        path = run_dir / f"features-{name}.extxyz"
-        result = records_from_structures(structures, ids, {"E_f": e_f})
-        write_extxyz(result.records, path, overwrite=True)
-        ds = load_dataset(path, source.model.graph_settings, ["E_f"], cache_dir=CACHE)
-        table, _ = feature_table(iter_layer_features(source, ds, statistics=MOMENTS))
-        out[name] = (list(ds.ids), table)
+        ids, table = source_features(run_dir, source, levels_data, missing, name)
+        if name in out:
+            ids, table = out[name][0] + ids, np.concatenate([out[name][1], table])
+        out[name] = (ids, table)
     arrays = {n: t for n, (_, t) in out.items()} | {f"{n}_ids": i for n, (i, _) in out.items()}
     np.savez(cache, **arrays)
     return out
 
 
-def feature_ensembles(features: dict, levels_data: dict, labelled: list, args, tag: str) -> list:
-    """Per level, an ensemble of ``args.members`` MLPs (tlmat's ``features+mlp`` head) on
-    the source's pooled features of the labelled candidates' structures at that level
-    (target: the final formation energy), each member its own 75/25 split of the labelled
-    ones for early stopping; σ as Ekström et al.'s: √(mean validation MSE + the members'
-    variance). The members' predictions of every candidate are kept in ``tag``.npz."""
-    from tlmat.transfer.features import MLPRegressor
+def source_features(run_dir: Path, source, levels_data: dict, ids: list, level: str):
+    """The pooled layer features (:func:`level_features`) of ``ids`` at one level."""
+    from tlmat.models.pooling import MOMENTS
+    from tlmat.transfer.features import feature_table, iter_layer_features
 
+    ds = level_dataset(run_dir / f"features-{level}.extxyz", levels_data, ids, level, source)
+    table, _ = feature_table(iter_layer_features(source, ds, statistics=MOMENTS))
+    return list(ds.ids), table
+
+
+def prerelaxed_energies(run_dir: Path, levels_data: dict, oracle) -> dict[str, float]:
+    """Each candidate's formation energy (eV/atom) at its prerelaxed structure: what the
+    prerelaxation computed besides the structure (one CHGNet evaluation of the stored
+    structure), kept in ``decorate-prerelaxed-energies.json``."""
+    from pymatgen.core import Structure
+
+    from tlmat.screening import load_chgnet
+
+    path = run_dir / "decorate-prerelaxed-energies.json"
+    out: dict[str, float] = json.loads(path.read_text()) if path.is_file() else {}
+    missing = [i for i in levels_data["candidates"] if i not in out]
+    if missing:
+        model = load_chgnet(oracle.version)
+        for i in missing:
+            structure = Structure.from_dict(levels_data["candidates"][i]["prerelaxed"])
+            energy = float(model.predict_structure(structure, task="e")["e"])
+            out[i] = oracle.formation_energy(structure.composition, energy)
+        path.write_text(json.dumps(out))
+    return out
+
+
+def member_regressor(head: str, seed: int, args):
+    """One member of a feature ensemble: tlmat's features+mlp MLP or a ridge probe."""
+    from tlmat.transfer.features import MLPRegressor, RidgeRegressor
+
+    if head == "ridge":
+        return RidgeRegressor()
+    return MLPRegressor(epochs=args.mlp_epochs, patience=args.mlp_patience, seed=seed)
+
+
+def feature_ensembles(
+    features: dict, levels_data: dict, labelled: list, args, tag: str, energies: dict | None
+) -> list:
+    """Per level, an ensemble of ``args.members`` regressors (``args.head``: tlmat's
+    ``features+mlp`` MLP or a ridge probe) on the source's pooled features of the labelled
+    candidates' structures at that level (target: the final formation energy), each
+    member its own 75/25 split of the labelled ones for early stopping or the penalty;
+    with ``energies`` (:func:`prerelaxed_energies`), the prerelaxed level also sees the
+    energy its calculation gave. σ as Ekström et al.'s: √(mean validation MSE + the
+    members' variance). The members' predictions of every candidate are kept in
+    ``tag``.npz."""
     costs = level_costs()
     levels = []
     for name in ("unrelaxed", "prerelaxed"):
         ids, table = features[name]
-        cache = Path(f"{tag}-{name}-n{len(labelled)}-e{args.mlp_epochs}-s{args.seed}.npz")
+        with_energy = energies is not None and name == "prerelaxed"
+        if with_energy:
+            table = np.column_stack([table, [energies[i] for i in ids]])
+        head = "" if args.head == "mlp" else f"-{args.head}"
+        cache = Path(f"{tag}-{name}{'-E' if with_energy else ''}{head}"
+                     f"-n{len(labelled)}-e{args.mlp_epochs}-s{args.seed}.npz")  # fmt: skip
         if cache.exists():
             stored = np.load(cache)
             values, val_mse = stored["values"], stored["val_mse"]
@@ -560,7 +612,7 @@ def feature_ensembles(features: dict, levels_data: dict, labelled: list, args, t
             for seed in range(args.members):
                 order = np.random.default_rng(seed).permutation(len(labelled))
                 val, train = order[: len(order) // 4], order[len(order) // 4 :]
-                member = MLPRegressor(epochs=args.mlp_epochs, patience=args.mlp_patience, seed=seed)
+                member = member_regressor(args.head, seed, args)
                 member.fit(X[train], y[train], X[val], y[val])
                 values.append(member.predict(table))
                 val_mse.append(float(np.mean((member.predict(X[val]) - y[val]) ** 2)))
@@ -651,8 +703,9 @@ def decorate_setup(run_dir: Path, systems: list[str], max_sites: int, min_member
     from tlmat.screening import _numbered, decorate
 
     path = run_dir / "decorate-setup.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    earlier = json.loads(path.read_text()) if path.is_file() else None
+    if earlier is not None and set(systems) <= set(earlier["systems"]):
+        return earlier
     records = read_records(data_dir() / "mp_cgcnn_36k" / "mp_cgcnn_36k.csv.gz").records
     energy = {r.id: float(r.targets["formation_energy_per_atom"]) for r in records}
     oxides = [
@@ -666,8 +719,10 @@ def decorate_setup(run_dir: Path, systems: list[str], max_sites: int, min_member
     chosen = [r for r, g in zip(chosen, sorted(groups, key=len, reverse=True), strict=True)
               if len(g) >= min_members]  # fmt: skip
     element_sets = [{e.symbol for e in r.structure.composition} for r in records]
+    if earlier is not None and [r.id for r in chosen] != [p["id"] for p in earlier["prototypes"]]:
+        raise SystemExit(f"{path}: other prototypes than these data give; move it away")
     candidates, known, pure = {}, {}, {}
-    for system in systems:
+    for system in (t for t in systems if earlier is None or t not in earlier["systems"]):
         elements = system.split("-")
         made, names = [], []
         for prototype in chosen:
@@ -684,6 +739,10 @@ def decorate_setup(run_dir: Path, systems: list[str], max_sites: int, min_member
         known[system] = {f: r.structure.as_dict() for f, r in lowest.items() if f not in elements}
         for e in elements:  # the elemental references of the formation energies
             pure[e] = lowest[e].structure.as_dict()
+    if earlier is not None:  # systems added later: the earlier ones' candidates stay as they were
+        systems = [*earlier["systems"], *(t for t in systems if t not in earlier["systems"])]
+        candidates = earlier["candidates"] | candidates
+        known, pure = earlier["known"] | known, earlier["elements"] | pure
     setup = {
         "systems": systems,
         "prototypes": [
@@ -709,11 +768,13 @@ def known_energies(run_dir: Path, setup: dict, oracle) -> dict[str, dict[str, fl
     from pymatgen.core import Structure
 
     path = run_dir / "decorate-known.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    out: dict[str, dict[str, float]] = {}
-    relaxed: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.is_file() else {}
+    if set(setup["known"]) <= set(out):
+        return out
+    relaxed = {formula: e for phases in out.values() for formula, e in phases.items()}
     for system, phases in setup["known"].items():
+        if system in out:
+            continue
         out[system] = {}
         for formula, structure in phases.items():
             if formula not in relaxed:
@@ -733,6 +794,7 @@ def screen_decorated(levels_data, known, plans: dict, k: float, formula: dict) -
     ``formula``: each candidate's reduced formula (:func:`final_formulas`)."""
     e_f = {i: c["E_f"] for i, c in levels_data["candidates"].items()}
     oracle = TableOracle(e_f, EKSTROM_COSTS_CORE_HOURS["final"], "CHGNet 0.3.0 full relaxation")
+    twins = same_relaxed_phase(levels_data)
     rows, results = [], {}
     for system, (levels, labelled, screened) in plans.items():
         ids = [i for i in screened if i.startswith(system + "|")]
@@ -740,7 +802,7 @@ def screen_decorated(levels_data, known, plans: dict, k: float, formula: dict) -
         phases = [(e, 0.0) for e in system.split("-")] + list(known[system].items())
         phases += [(formula[i], e_f[i]) for i in own]
         result = screen(ids, [formula[i] for i in ids], levels, oracle, phases, k=k,
-                        reference=True)  # fmt: skip
+                        reference=True, same_phase=twins)  # fmt: skip
         s = result.summary()
         results[system] = (result, s)
         rows.append({
@@ -748,32 +810,75 @@ def screen_decorated(levels_data, known, plans: dict, k: float, formula: dict) -
             "oracle_calls": s["oracle_calls"], "cost": s["cost_core_hours"],
             "all_oracle_cost": s["all_oracle_cost_core_hours"],
             "stable": len(s["reference_stable"]), "missed": len(s["missed"]),
-            "same_stable_set": s["same_stable_set"],
+            "found_as_twin": s["found_as"], "same_stable_set": s["same_stable_set"],
             "mae": [level["mae"] for level in s["calibration"]],
             "mean_sigma": [float(np.mean(level.sigma)) for level in result.levels],
             "kept_per_level": [level["kept"] for level in s["levels"]],
         })  # fmt: skip
+    return {"total": systems_total(rows, k), "results": results}
+
+
+def systems_total(rows: list[dict], k) -> dict:
+    """The systems' screens summed: oracle calls, the share of calls and of cost saved
+    (the campaign's cost counting each system's labelled candidates, computed in full),
+    stable phases and the ones lost."""
     screened_n = sum(r["screened"] for r in rows)
     calls = sum(r["oracle_calls"] for r in rows)
     cost, all_cost = sum(r["cost"] for r in rows), sum(r["all_oracle_cost"] for r in rows)
     labelled_cost = sum(r["labelled"] for r in rows) * FULL
-    total = {
+    return {
         "k": k, "screened": screened_n, "oracle_calls": calls,
         "oracle_calls_saved": 1 - calls / screened_n, "cost_saved": 1 - cost / all_cost,
         "campaign_cost_saved": 1 - (cost + labelled_cost) / (all_cost + labelled_cost),
         "stable": sum(r["stable"] for r in rows), "missed": sum(r["missed"] for r in rows),
         "systems": rows,
     }  # fmt: skip
-    return {"total": total, "results": results}
 
 
-def decorate_plans(run_dir, levels_data, systems, args) -> tuple[dict, dict]:
+def k_from_neighbours(sweep: list[dict]) -> dict:
+    """Each system screened at the k its neighbours vouch for, chosen without its own
+    results: the smallest k of the sweep from which on no stable phase of the *other*
+    systems is lost (a campaign has their oracle results). Summed as :func:`systems_total`,
+    with each system's k."""
+    by_k = {t["k"]: {r["system"]: r for r in t["systems"]} for t in sweep}
+    ks = sorted(by_k, reverse=True)
+    rows = []
+    for system in by_k[ks[0]]:
+        chosen = ks[0]
+        for k in ks:  # from the largest down, while the neighbours lose nothing
+            if any(r["missed"] for t, r in by_k[k].items() if t != system):
+                break
+            chosen = k
+        rows.append({**by_k[chosen][system], "k": chosen})
+    return systems_total(rows, "chosen by the other systems")
+
+
+def same_relaxed_phase(levels_data: dict):
+    """Whether two candidates relaxed to the same crystal (pymatgen's StructureMatcher on
+    the oracle's relaxed structures): two decorations of one prototype can relax into one
+    phase, a fraction of a meV/atom apart, and finding either finds that phase."""
+    from functools import cache
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.core import Structure
+
+    matcher = StructureMatcher()
+    relaxed = cache(lambda i: Structure.from_dict(levels_data["candidates"][i]["final"]))
+
+    def same(a: str, b: str) -> bool:
+        return matcher.fit(relaxed(a), relaxed(b))
+
+    return same
+
+
+def decorate_plans(run_dir, levels_data, systems, args, energies=None) -> tuple[dict, dict]:
     """Per system, the ensembles that screen it and what they trained on. ``sample``: one
     pair of ensembles for every system, trained on a random ``labelled_fraction`` of all
     candidates (a new head or the source's kept, chosen by validation). ``neighbours``:
     each system's own, trained on every other system's oracle results (as Ekström et al.
     transfer from neighbouring phase diagrams) plus a random ``labelled_fraction`` of its
-    own candidates, with the source's head kept."""
+    own candidates, with the source's head kept. ``energies``: the prerelaxation's own
+    energies, an input of a feature ensemble's prerelaxed level (:func:`feature_ensembles`)."""
     ids = list(levels_data["candidates"])
     rng = np.random.default_rng(args.seed)
     if args.protocol == "sample":
@@ -800,7 +905,7 @@ def decorate_plans(run_dir, levels_data, systems, args) -> tuple[dict, dict]:
             else:
                 features = level_features(run_dir, levels_data, model)
                 tag = str(run_dir / f"mlp-{model.replace('/', '-')}-{system}")
-                levels = feature_ensembles(features, levels_data, labelled, args, tag)
+                levels = feature_ensembles(features, levels_data, labelled, args, tag, energies)
                 info[system][model] = {"seconds": time.perf_counter() - tic}
             per_model.append(levels)
         levels = per_model[0] if len(per_model) == 1 else combined_levels(*per_model)
@@ -900,7 +1005,11 @@ def run_decorate(args) -> None:
 
     run_dir = Path(args.run_dir) / "decorate"
     setup = decorate_setup(run_dir, args.systems, args.max_sites, args.min_members)
-    candidates = {i: Structure.from_dict(d) for i, d in setup["candidates"].items()}
+    candidates = {
+        i: Structure.from_dict(d)
+        for i, d in setup["candidates"].items()
+        if i.split("|")[0] in args.systems  # the setup may hold more systems than this run's
+    }
     print(f"{len(setup['prototypes'])} prototypes, {len(candidates)} candidates", flush=True)
     elements = sorted({e for s in args.systems for e in s.split("-")})
     references = [Structure.from_dict(setup["elements"][e]) for e in elements]
@@ -908,8 +1017,13 @@ def run_decorate(args) -> None:
     known = known_energies(run_dir, setup, oracle)
     levels_data = relax_levels(run_dir / "decorate-levels.json", candidates, oracle,
                                args.prerelax_steps)  # fmt: skip
+    levels_data = {
+        **levels_data,
+        "candidates": {i: levels_data["candidates"][i] for i in candidates},
+    }
     ids = list(candidates)
-    plans, seconds = decorate_plans(run_dir, levels_data, args.systems, args)
+    energies = prerelaxed_energies(run_dir, levels_data, oracle) if args.level_energy else None
+    plans, seconds = decorate_plans(run_dir, levels_data, args.systems, args, energies)
     scales = {}
     if args.recalibrate:
         plans, scales = recalibrated(levels_data, plans)
@@ -924,6 +1038,11 @@ def run_decorate(args) -> None:
                 result.write(out / system, s)
         print({key: v for key, v in screened_k["total"].items() if key != "systems"}, flush=True)
     plot_savings(sweep, out / "savings.png")
+    chosen = None
+    if args.protocol == "neighbours":  # under sample, one ensemble screens every system
+        chosen = k_from_neighbours(sweep)
+        print({key: v for key, v in chosen.items() if key != "systems"}, flush=True)
+        print({r["system"]: r["k"] for r in chosen["systems"]}, flush=True)
     e_f = np.array([levels_data["candidates"][i]["E_f"] for i in ids])
     steps = np.array([levels_data["candidates"][i]["steps"] for i in ids])
     summary = {
@@ -955,6 +1074,7 @@ def run_decorate(args) -> None:
         "k": args.k,
         "sigma_scales": scales,
         "sweep": sweep,
+        "k_from_neighbours": chosen,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -1011,6 +1131,18 @@ def main() -> None:
         help="cgcnn (fine-tuned from the MP CGCNN), a published source whose pooled "
         "features an MLP ensemble learns from (e.g. sevennet/0), or two of them joined "
         "by + as one equal mixture (cgcnn+sevennet/0); neighbours protocol only",
+    )
+    de.add_argument(
+        "--head",
+        choices=["mlp", "ridge"],
+        default="mlp",
+        help="a feature ensemble's members: tlmat's features+mlp MLP or a ridge probe [mlp]",
+    )
+    de.add_argument(
+        "--level-energy",
+        action="store_true",
+        help="feature ensembles: the prerelaxed level also sees the energy its "
+        "prerelaxation computed (CHGNet, eV/atom)",
     )
     de.add_argument("--mlp-epochs", type=int, default=500, help="an MLP member's most")
     de.add_argument("--mlp-patience", type=int, default=50)
