@@ -526,7 +526,8 @@ def level_features(run_dir: Path, levels_data: dict, source_name: str) -> dict:
     if cache.exists():
         stored = np.load(cache)
         out = {n: (list(stored[f"{n}_ids"]), stored[n]) for n in ("unrelaxed", "prerelaxed")}
-    missing = [i for i in levels_data["candidates"] if i not in set(out.get("unrelaxed", ([],))[0])]
+    have = set(out["unrelaxed"][0]) if out else set()
+    missing = [i for i in levels_data["candidates"] if i not in have]
     if not missing:
         return out
     source = load_source(source_name)
@@ -571,11 +572,12 @@ def prerelaxed_energies(run_dir: Path, levels_data: dict, oracle) -> dict[str, f
     return out
 
 
-def member_regressor(head: str, seed: int, args):
-    """One member of a feature ensemble: tlmat's features+mlp MLP or a ridge probe."""
+def member_regressor(args, seed: int):
+    """One member of a feature ensemble (``args.head``): tlmat's features+mlp MLP or a
+    ridge probe."""
     from tlmat.transfer.features import MLPRegressor, RidgeRegressor
 
-    if head == "ridge":
+    if args.head == "ridge":
         return RidgeRegressor()
     return MLPRegressor(epochs=args.mlp_epochs, patience=args.mlp_patience, seed=seed)
 
@@ -612,7 +614,7 @@ def feature_ensembles(
             for seed in range(args.members):
                 order = np.random.default_rng(seed).permutation(len(labelled))
                 val, train = order[: len(order) // 4], order[len(order) // 4 :]
-                member = member_regressor(args.head, seed, args)
+                member = member_regressor(args, seed)
                 member.fit(X[train], y[train], X[val], y[val])
                 values.append(member.predict(table))
                 val_mse.append(float(np.mean((member.predict(X[val]) - y[val]) ** 2)))

@@ -399,11 +399,11 @@ class Screening:
             return {}
         found = self.found_stable
         out = {}
-        for i in self.reference_stable:
-            twins = [j for j in found if j != i and self.same_phase(i, j)]
-            if i not in set(found) and twins:
-                out[i] = twins[0]
-        return out
+        for i in set(self.reference_stable) - set(found):  # only dropped ones need a match
+            twin = next((j for j in found if self.same_phase(i, j)), None)
+            if twin is not None:
+                out[i] = twin
+        return dict(sorted(out.items()))
 
     def missed(self) -> list[dict[str, Any]]:
         """Stable phases of the all-oracle hull that the screening lost (none of their
