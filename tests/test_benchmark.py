@@ -287,6 +287,46 @@ def test_source_needs_one_origin(small_csv: Path) -> None:
         BenchmarkConfig(**config_for(small_csv, sources={"x": {"methods": ["full"]}}))
 
 
+def test_concatenated_sources_join_their_members_features(small_csv: Path, tmp_path) -> None:
+    """A ``concat`` source runs the feature methods on its members' tables side by side
+    (each computed once), runs no network method, and is marked when a member saw test
+    materials."""
+    from tlmat.experiments.benchmark import OUTPUTS, _data, source_outputs
+    from tlmat.models.pooling import MEAN
+    from tlmat.transfer.features import statistic_columns
+
+    sources = {
+        "eform": "cgcnn/formation-energy-per-atom",
+        "gap": {"checkpoint": "cgcnn/band-gap", "saw_test": "planted for this test"},
+        "both": {"concat": ["eform", "gap"]},
+    }
+    config = BenchmarkConfig(
+        **config_for(small_csv, sizes=[20], seeds=[0], methods=["full", "features+rf"],
+                     sources=sources, executor={"kind": "debug"})
+    )  # fmt: skip
+    assert {j.method for j in jobs(config) if j.source == "both"} == {"features+rf"}
+    assert config.sources["both"].saw_test.startswith("joins gap")
+    root = tmp_path / "results"
+    run_benchmark(config, root, tmp_path / "cache")
+    dataset, _ = _data(config, tmp_path / "cache")
+    joined, names, _ = source_outputs(config, "both", root, None, dataset)
+    members = [np.load(root / m / OUTPUTS) for m in ("eform", "gap")]
+    np.testing.assert_array_equal(joined, np.hstack([m["features"] for m in members]))
+    assert names[0].startswith("eform/") and names[-1].startswith("gap/")
+    assert not (root / "both" / OUTPUTS).exists()  # nothing stored twice
+    done = json.loads((root / "both" / "n20-s0" / "features+rf" / "result.json").read_text())
+    one = json.loads((root / "eform" / "n20-s0" / "features+rf" / "result.json").read_text())
+    means = statistic_columns(names, MEAN).sum()
+    assert done["n_features"] == means == 2 * one["n_features"] < joined.shape[1]
+    assert json.loads((root / "sources.json").read_text())["both"]["concat"] == ["eform", "gap"]
+    for bad, match in (
+        ({"both": {"concat": ["eform", "nowhere"]}}, "not a checkpoint"),
+        ({"both": {"concat": ["eform", "gap"], "methods": ["full"]}}, "feature methods"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            BenchmarkConfig(**config_for(small_csv, sources={**sources, **bad}))
+
+
 def test_disjoint_sub_splits_protocol(small_csv: Path, tmp_path: Path) -> None:
     """Krawczuk & Venturi: 40 → 2×20 → 4×10, disjoint within a size, nested across."""
     config = BenchmarkConfig(

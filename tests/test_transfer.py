@@ -147,7 +147,10 @@ def test_feature_extraction_shapes(kind, source, perovskites) -> None:
     np.testing.assert_array_equal(features, again)
 
 
-@pytest.mark.parametrize("name", ["features+rf", "features+mlp", "moments+mlp", "moments+gbt"])
+@pytest.mark.parametrize(
+    "name",
+    ["features+rf", "features+mlp", "features+mlps", "moments+mlp", "moments+gbt", "moments+ridge"],
+)
 def test_feature_strategies_run(name, source, perovskites, tmp_path: Path) -> None:
     split = random_split(len(perovskites), (40, 20, 30), seed=0)
     config = TrainConfig(target="heat_ref", epochs=5, early_stopping_patience=3)
@@ -157,6 +160,25 @@ def test_feature_strategies_run(name, source, perovskites, tmp_path: Path) -> No
     # the CGCNN's five layers of 64 and its embedding of 32; moments pool layers 4 ways
     width = 64 * 5 * (4 if name.startswith("moments") else 1) + 32
     assert result.extra["n_features"] == width
+
+
+def test_mlp_ensemble_averages_its_seeded_members(source, perovskites) -> None:
+    """``+mlps`` is the mean of MLPs of seeds seed … seed + 4, each as ``+mlp`` fits it."""
+    from tlmat.transfer.features import feature_regressor
+
+    X = extract_features(source, perovskites, list(range(60)), "layers")
+    y = perovskites.targets["heat_ref"][:60]
+    ensemble = feature_regressor("mlps", seed=3, epochs=4, patience=4)
+    ensemble.fit(X[:40], y[:40], X[40:50], y[40:50])
+    alone = [
+        feature_regressor("mlp", seed=s, epochs=4, patience=4).fit(
+            X[:40], y[:40], X[40:50], y[40:50]
+        )
+        for s in range(3, 8)
+    ]
+    expected = np.mean([m.predict(X[50:]) for m in alone], axis=0)
+    np.testing.assert_allclose(ensemble.predict(X[50:]), expected, rtol=1e-6)
+    assert np.ptp([m.predict(X[50:])[0] for m in alone]) > 0  # the members differ
 
 
 def test_frozen_groups_stay_in_eval_mode(source) -> None:

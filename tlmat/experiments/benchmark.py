@@ -174,14 +174,18 @@ METHOD_PRESETS: dict[str, MethodConfig] = {
 
 
 class SourceConfig(BaseModel):
-    """A published ``checkpoint`` (registered name or file) or a source to ``pretrain``;
-    ``methods`` overrides the grid's transfer methods for this source; ``saw_test`` says
-    why the source has seen test materials (its rows are marked, not headline numbers)."""
+    """A published ``checkpoint`` (registered name or file), a source to ``pretrain``, or
+    the ``concat``-enation of other sources of the grid (their pooled features joined
+    side by side, for the feature methods only); ``methods`` overrides the grid's
+    transfer methods for this source; ``saw_test`` says why the source has seen test
+    materials (its rows are marked, not headline numbers)."""
 
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str | None = None
     pretrain: PretrainConfig | None = None
+    #: names of other sources of this grid whose features this one joins, in order
+    concat: list[str] | None = Field(None, min_length=2)
     methods: list[str | MethodConfig] | None = None
     saw_test: str | None = None
     #: the error-vs-pretraining-size curve the source is a point of (default: what it
@@ -190,8 +194,9 @@ class SourceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_origin(self) -> SourceConfig:
-        if (self.checkpoint is None) == (self.pretrain is None):
-            raise ValueError("a source needs exactly one of checkpoint: or pretrain:")
+        origins = [self.checkpoint, self.pretrain, self.concat]
+        if sum(origin is not None for origin in origins) != 1:
+            raise ValueError("a source needs exactly one of checkpoint:, pretrain: or concat:")
         return self
 
 
@@ -266,6 +271,35 @@ class BenchmarkConfig(BaseModel):
         names = [m.name for m in method_configs(self.methods)]
         if len(set(names)) != len(names):
             raise ValueError(f"method names must be unique: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _concatenations(self) -> BenchmarkConfig:
+        """A concatenation joins sources of the grid that have weights, runs feature
+        methods only (there is no one network to fine-tune), and is marked when one of
+        its members saw test materials."""
+        from tlmat.transfer.strategies import FEATURE_STRATEGIES
+
+        for name, source in self.sources.items():
+            if source.concat is None:
+                continue
+            for member in source.concat:
+                if member not in self.sources or self.sources[member].concat is not None:
+                    raise ValueError(
+                        f"source {name} concatenates {member!r}, which is not a checkpoint "
+                        f"or pretrained source of this grid ({', '.join(self.sources)})"
+                    )
+            methods = method_configs(source.methods or self.methods)
+            trained = [m.name for m in methods if m.strategy not in FEATURE_STRATEGIES]
+            if trained and source.methods is not None:
+                raise ValueError(
+                    f"source {name} concatenates features: it runs feature methods only "
+                    f"({', '.join(FEATURE_STRATEGIES)}), not {', '.join(trained)}"
+                )
+            if source.saw_test is None:
+                seen = [m for m in source.concat if self.sources[m].saw_test]
+                if seen:
+                    source.saw_test = f"joins {', '.join(seen)}: {self.sources[seen[0]].saw_test}"
         return self
 
     @classmethod
@@ -395,6 +429,10 @@ def jobs(config: BenchmarkConfig) -> list[Job]:
     for name, source in config.sources.items():
         entries = method_configs(source.methods or config.methods)
         methods = [m for m in entries if not m.source_free]
+        if source.concat is not None:  # joined features train no network
+            from tlmat.transfer.strategies import FEATURE_STRATEGIES
+
+            methods = [m for m in methods if m.strategy in FEATURE_STRATEGIES]
         out += [
             Job(size, seed, name, m.name) for size, seed in grid for m in methods if fits(m, size)
         ]
@@ -414,6 +452,8 @@ def job_settings(config: BenchmarkConfig, job: Job, root: Path):
     if job.source == COMMON:
         return model_settings(method_config(config, job).model or config.model)
     source = config.sources[job.source]
+    if source.concat is not None:  # its jobs read features only: its first member's graphs
+        return job_settings(config, Job(job.size, job.seed, source.concat[0], job.method), root)
     if source.pretrain is not None:
         return model_settings(source.pretrain.model)
     return checkpoint_settings(source.checkpoint)
@@ -440,7 +480,7 @@ def grid_settings(config: BenchmarkConfig) -> list:
     for source in config.sources.values():
         if source.pretrain is not None:
             found.append(model_settings(source.pretrain.model))
-        else:
+        elif source.checkpoint is not None:  # a concatenation's members are listed
             found.append(checkpoint_settings(source.checkpoint))
     unique = {settings.key(): settings for settings in found}
     return list(unique.values())
@@ -612,8 +652,11 @@ def grid_held_out(
 
 
 def source_path(config: BenchmarkConfig, name: str, root: Path) -> str | Path:
-    """A source's checkpoint: the published one, or the one pretrained under ``root``."""
+    """A source's checkpoint: the published one, or the one pretrained under ``root``
+    (a concatenation's: its first member's, the featuriser its runs record)."""
     source = config.sources[name]
+    if source.concat is not None:
+        return source_path(config, source.concat[0], root)
     return source.checkpoint if source.pretrain is None else root / "sources" / name / "model.pt"
 
 
@@ -656,7 +699,9 @@ def prepare_sources(
     described = {}
     for name, source in config.sources.items():
         entry: dict[str, Any] = {"saw_test": source.saw_test}
-        if source.pretrain is None:
+        if source.concat is not None:
+            entry.update(kind="concatenation", concat=list(source.concat))
+        elif source.pretrain is None:
             entry.update(kind="checkpoint", checkpoint=source.checkpoint)
             if source.checkpoint in cards:
                 entry.update(clean_source_check(config, name, source, ids, formulas))
@@ -696,13 +741,24 @@ def source_outputs(
     ``<root>/<name>/outputs.npz`` for the zero-shot rows and every features+MLP/RF job: a
     foundation model takes 7–30 ms per structure on a CPU, too slow to repeat for each
     size and seed. A table written for other structures or another source is computed
-    again."""
+    again. ``source``: the loaded source, or ``None`` to load it only when the table
+    must be computed. A concatenation's table joins its members' (each computed once),
+    columns named ``<member>/<layer>…``, with no predictions of its own (no columns)."""
     import os
 
     from tlmat.models.pooling import MOMENTS
     from tlmat.models.prediction import predict
     from tlmat.transfer.features import feature_table, iter_layer_features
+    from tlmat.transfer.sources import load_source
 
+    members = config.sources[name].concat
+    if members is not None:
+        parts = [source_outputs(config, member, root, None, dataset) for member in members]
+        names = [
+            f"{m}/{column}" for m, part in zip(members, parts, strict=True) for column in part[1]
+        ]
+        features = np.concatenate([part[0] for part in parts], axis=1)
+        return features, names, np.zeros((len(dataset), 0), dtype=np.float32)
     path = root / name / OUTPUTS
     origin = str(source_path(config, name, root))
     if path.exists():
@@ -712,6 +768,7 @@ def source_outputs(
                 names = [str(n) for n in stored["names"]]
                 return stored["features"], names, stored["predictions"]
         logger.info("%s: written for other structures or another source; computing again", path)
+    source = source if source is not None else load_source(origin)
     features, names = feature_table(
         iter_layer_features(source, dataset, None, None, statistics=MOMENTS)
     )
@@ -733,13 +790,11 @@ def source_outputs(
 
 def prepare_outputs(config: BenchmarkConfig, root: Path, cache_dir: Path | None, todo) -> None:
     """Compute each source's outputs table before the jobs that share it run in parallel."""
-    from tlmat.transfer.sources import load_source
 
     for name in sorted({j.source for j in todo if j.source != COMMON}):
         dataset, _ = _data(config, cache_dir, job_settings(config, Job(0, 0, name, ""), root))
-        source = load_source(source_path(config, name, root))
         start = time.perf_counter()
-        features, _, _ = source_outputs(config, name, root, source, dataset)
+        features, _, _ = source_outputs(config, name, root, None, dataset)
         logger.info(
             "%s: %d features of %d structures in %.0f s",
             name,
@@ -774,7 +829,8 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
     if job.source != COMMON:
         source = loaded_source(spec.source)
         features, names, predictions = source_outputs(config, job.source, root, source, dataset)
-        _job_zero_shot(config, job, root, source, dataset, split, predictions)
+        if predictions.shape[1]:  # a concatenation predicts nothing of its own
+            _job_zero_shot(config, job, root, source, dataset, split, predictions)
         if spec.strategy in FEATURE_METHODS:
             features = features[:, statistic_columns(names, FEATURE_METHODS[spec.strategy][0])]
     result = run(spec, dataset=dataset, features=features)
@@ -875,11 +931,15 @@ def job_signature(config: BenchmarkConfig, job: Job) -> dict[str, Any]:
         "grid": config.model_dump(exclude={*GRID_ONLY, "training"}),
         "training": _train_config(config, job).model_dump(exclude={"unit"}),
         "method": method_config(config, job).model_dump(),
-        "source": None
-        if job.source == COMMON
-        else config.sources[job.source].model_dump(exclude=SOURCE_LABELS),
+        "source": None if job.source == COMMON else _source_signature(config.sources[job.source]),
         "job": job.__dict__,
     }
+
+
+def _source_signature(source: SourceConfig) -> dict[str, Any]:
+    # ``concat`` joined the fields after grids were run: absent, a signature is as before
+    labels = SOURCE_LABELS if source.concat is not None else {*SOURCE_LABELS, "concat"}
+    return source.model_dump(exclude=labels)
 
 
 def _train_config(config: BenchmarkConfig, job: Job) -> TrainConfig:

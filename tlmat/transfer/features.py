@@ -1,5 +1,6 @@
 """Feature extraction (Gupta et al.): the frozen source network as a featuriser, then a
-17-layer MLP, a random forest or gradient-boosted trees on the pooled features."""
+17-layer MLP (or five, averaged), a random forest, gradient-boosted trees or ridge
+regression on the pooled features."""
 
 from __future__ import annotations
 
@@ -300,12 +301,40 @@ def feature_model(
     return TrainedModel(model, fitted, provenance)
 
 
+class MLPEnsembleRegressor:
+    """``members`` of Gupta's MLPs (:class:`MLPRegressor`) with seeds ``seed``,
+    ``seed + 1`` …, each early-stopped on the same validation set, their predictions
+    averaged: a deep MLP on a hundred structures depends on its initialisation, which
+    averaging removes (Lakshminarayanan et al. 2017)."""
+
+    def __init__(self, seed: int = 0, members: int = 5, epochs: int = 500, patience: int = 50):
+        self.members = [
+            MLPRegressor(epochs=epochs, patience=patience, seed=seed + m) for m in range(members)
+        ]
+
+    def fit(self, X, y, X_val, y_val) -> MLPEnsembleRegressor:
+        for member in self.members:
+            member.fit(X, y, X_val, y_val)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        return np.mean([member.predict(X) for member in self.members], axis=0)
+
+
+RegressorKind = Literal["mlp", "mlps", "rf", "gbt", "ridge"]
+
+
 def feature_regressor(
-    kind: Literal["mlp", "rf", "gbt"], seed: int = 0, epochs: int = 500, patience: int = 50
-) -> MLPRegressor | ForestRegressor | BoostedRegressor:
-    """The regressor of ``features+mlp`` / ``+rf`` / ``+gbt`` (and ``moments+…``)."""
+    kind: RegressorKind, seed: int = 0, epochs: int = 500, patience: int = 50
+) -> MLPRegressor | MLPEnsembleRegressor | ForestRegressor | BoostedRegressor | RidgeRegressor:
+    """The regressor of ``features+mlp`` / ``+mlps`` (five MLPs averaged) / ``+rf`` /
+    ``+gbt`` / ``+ridge`` (and ``moments+…``)."""
     if kind == "rf":
         return ForestRegressor(seed)
     if kind == "gbt":
         return BoostedRegressor(seed)
+    if kind == "ridge":
+        return RidgeRegressor()
+    if kind == "mlps":
+        return MLPEnsembleRegressor(seed, epochs=epochs, patience=patience)
     return MLPRegressor(epochs=epochs, patience=patience, seed=seed)

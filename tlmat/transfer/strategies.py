@@ -19,8 +19,9 @@ group but the head) and ``head``, so every strategy works on every architecture.
 | ``replay`` | source replay (arXiv 2606.12704) | all; each step also fits the source's outputs |
 
 ``features+mlp`` / ``features+rf`` (Gupta et al.) use the frozen backbone as a featuriser,
-each layer's atom features pooled by their mean; ``features+gbt`` fits gradient-boosted
-trees; ``moments+…`` pool them by mean, standard deviation, minimum and maximum; see
+each layer's atom features pooled by their mean; ``features+mlps`` averages five MLPs,
+``features+gbt`` fits gradient-boosted trees, ``features+ridge`` a ridge regression;
+``moments+…`` pool them by mean, standard deviation, minimum and maximum; see
 :mod:`tlmat.transfer.features`.
 ``base`` (Gupta et al.'s "Base" model) predicts the training mean.
 """
@@ -40,12 +41,9 @@ from tlmat.transfer.lora import add_adapters
 #: the frozen source as a featuriser: strategy → (how layers are pooled, the regressor):
 #: the mean (Gupta et al.), or the mean, standard deviation and extremes (arXiv 2512.05717)
 FEATURE_METHODS: dict[str, tuple[tuple[str, ...], str]] = {
-    "features+mlp": (MEAN, "mlp"),
-    "features+rf": (MEAN, "rf"),
-    "features+gbt": (MEAN, "gbt"),
-    "moments+mlp": (MOMENTS, "mlp"),
-    "moments+rf": (MOMENTS, "rf"),
-    "moments+gbt": (MOMENTS, "gbt"),
+    f"{pooling}+{head}": (statistics, head)
+    for pooling, statistics in (("features", MEAN), ("moments", MOMENTS))
+    for head in ("mlp", "mlps", "rf", "gbt", "ridge")
 }
 FEATURE_STRATEGIES = tuple(FEATURE_METHODS)
 #: the presets that train a network, in the order of the table above
