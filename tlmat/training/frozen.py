@@ -6,18 +6,26 @@ learn cost: for a foundation backbone with a new head, a small MLP instead of th
 backbone's forward pass.
 
 The cached state is what :meth:`~tlmat.models.base.Backbone.state_after` gives, computed
-for each structure alone and kept in memory up to a size limit (beyond it, the other
-structures are computed each epoch as before). Frozen groups run in eval mode
-(:func:`keep_frozen_in_eval`), so their output does not depend on the epoch; resuming
-from it equals the uncached forward pass exactly on the same batch, and to float32
-rounding on another (matrix products of another row count round their last bits
-differently), which is why each structure's state is computed alone: the same whatever
-batch it first came in.
+for each structure alone and kept in memory up to a size limit. Beyond it, the states go
+to disk beside the graph cache the dataset was read from
+(``<cache>/frozen-<graph settings>/<digest of the frozen weights and split>/<graph>.pt``,
+read with ``weights_only=True``; a damaged file is computed again), so a data set larger
+than memory still trains at the cached speed and a later run from the same source reads
+them back; a dataset without a writable graph cache computes them each epoch as before.
+Frozen groups run in eval mode (:func:`keep_frozen_in_eval`), so their output does not
+depend on the epoch; resuming from it equals the uncached forward pass exactly on the
+same batch, and to float32 rounding on another (matrix products of another row count
+round their last bits differently), which is why each structure's state is computed
+alone: the same whatever batch it first came in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+from pathlib import Path
 
 import torch
 from torch_geometric.data import Batch
@@ -53,10 +61,13 @@ class FrozenPrefix:
     """The states after ``group`` of the structures seen so far, by their position in
     the dataset (``batch.index``)."""
 
-    def __init__(self, model: CrystalModel, group: str, max_bytes: int = MAX_BYTES):
-        self.model, self.group, self.max_bytes = model, group, max_bytes
+    def __init__(
+        self, model: CrystalModel, group: str, max_bytes: int = MAX_BYTES, to_disk: bool = True
+    ):
+        self.model, self.group, self.max_bytes, self.to_disk = model, group, max_bytes, to_disk
         self.rows: dict[int, dict[str, torch.Tensor]] = {}
         self.bytes = 0
+        self._digest: str | None = None
 
     @classmethod
     def of(cls, model: CrystalModel) -> FrozenPrefix | None:
@@ -65,7 +76,7 @@ class FrozenPrefix:
         if model.head.pooled_layers is not None:
             return None
         group = frozen_split(model)
-        return None if group is None else cls(model, group)
+        return None if group is None else cls(model, group, MAX_BYTES)
 
     @torch.no_grad()
     def state(
@@ -78,16 +89,57 @@ class FrozenPrefix:
         once the cache is full, the batch is computed as a whole."""
         keys = batch.index.tolist()
         missing = [key for key in dict.fromkeys(keys) if key not in self.rows]
-        if missing and (dataset is None or self.bytes >= self.max_bytes):
+        full = self.bytes >= self.max_bytes
+        folder = self.folder(dataset) if missing and full and dataset is not None else None
+        if missing and (dataset is None or (full and folder is None)):
             computed = self.model.backbone.state_after(batch, self.group)
             if self.bytes < self.max_bytes:
                 self._keep(keys, computed)
             return self.group, {name: values for name, (values, _) in computed.items()}
-        for key in missing:
-            alone = dataset.batch([key]).to(batch.z.device)
-            self._keep([key], self.model.backbone.state_after(alone, self.group))
-        names = self.rows[keys[0]]
-        return self.group, {name: torch.cat([self.rows[k][name] for k in keys]) for name in names}
+        device = batch.z.device
+        read = {key: self._alone(key, dataset, folder, device) for key in missing}
+        rows = [self.rows[k] if k in self.rows else read[k] for k in keys]
+        return self.group, {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
+
+    def _alone(
+        self, key: int, dataset: GraphDataset, folder: Path | None, device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Structure ``key``'s state, computed alone: kept in memory while there is room,
+        else read from (or first written to) ``folder``."""
+        if self.bytes < self.max_bytes or folder is None:
+            self._keep(
+                [key], self.model.backbone.state_after(dataset.batch([key]).to(device), self.group)
+            )
+            return self.rows[key]
+        shard, row, _ = dataset.graphs.entries[key]
+        path = folder / f"{shard}-{row}.pt"
+        if path.exists():
+            try:
+                return torch.load(path, map_location=device, weights_only=True)
+            except Exception as error:  # a file cut short or overwritten: computed again
+                logger.warning("%s unreadable (%s); computing it again", path, error)
+        computed = self.model.backbone.state_after(dataset.batch([key]).to(device), self.group)
+        state = {name: values.detach().clone() for name, (values, _) in computed.items()}
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save({k: v.cpu() for k, v in state.items()}, partial)
+            os.replace(partial, path)  # a reader never sees half a file
+        except OSError as error:
+            logger.warning("frozen states not written to %s (%s)", folder, error)
+            self.to_disk = False
+        return state
+
+    def folder(self, dataset: GraphDataset) -> Path | None:
+        """Where states that do not fit in memory go: beside ``dataset``'s graph cache,
+        under a digest of the frozen weights, the split and the graph settings; ``None``
+        when the graphs have no writable cache (or ``to_disk`` is off)."""
+        cache = getattr(getattr(dataset, "graphs", None), "cache", None)
+        if not self.to_disk or cache is None or cache.unwritable is not None:
+            return None
+        if self._digest is None:
+            self._digest = prefix_digest(self.model, self.group)
+        return cache.directory.parent / f"frozen-{cache.settings.key()}" / self._digest
 
     def _keep(self, keys: list[int], computed: dict[str, tuple[torch.Tensor, torch.Tensor]]):
         for name, (values, owner) in computed.items():
@@ -107,3 +159,17 @@ class FrozenPrefix:
                 self.bytes // 1024**2,
                 len(self.rows),
             )
+
+
+def prefix_digest(model: CrystalModel, group: str) -> str:
+    """A short SHA-256 of what decides a frozen state: the architecture's settings, the
+    split point and every weight and buffer of the groups up to it."""
+    digest = hashlib.sha256(json.dumps(model.config.model_dump(), sort_keys=True).encode())
+    digest.update(group.encode())
+    for name, module in model.backbone.groups().items():
+        for key, value in module.state_dict().items():
+            digest.update(f"{name}.{key}".encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        if name == group:
+            break
+    return digest.hexdigest()[:20]
