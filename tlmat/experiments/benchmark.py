@@ -49,6 +49,15 @@ sources) and each extra scratch method its own (``benchmarks/configs/model-zoo-*
 Every graph setting the grid's models need is built once, and only the structures that
 every model can use are kept, so all methods are scored on the same materials.
 
+Several sources' features, side by side, are one more source (``concat``): it runs the
+feature methods only, on its members' pooled features (each member's computed once), and
+is marked when a member saw test materials (``benchmarks/configs/concat-*.yaml``)::
+
+    sources:
+      chgnet: chgnet/0.3.0
+      sevennet: sevennet/0
+      both: {concat: [chgnet, sevennet], methods: [moments+mlp, moments+ridge]}
+
 A method can carry its own training settings, merged over the grid's ``training`` for
 that method only; a named recipe (:data:`METHOD_PRESETS`) is such a method, and an entry
 whose ``strategy`` names one starts from it (here with fewer epochs)::
