@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from tlmat.experiments.benchmark import (  # noqa: E402
     BenchmarkConfig,
-    _data,
+    grid_data,
     held_out_materials,
     training_subset,
 )
@@ -88,7 +88,7 @@ def target_data(cache: Path):
     graphs, a foundation model's among them, are not built)."""
     config = BenchmarkConfig.from_yaml(GRID)
     settings = model_config(MODEL).graph_settings()
-    dataset, fixed = _data(config, cache, settings, every_model=False)
+    dataset, fixed = grid_data(config, cache, settings, every_model=False)
     return config, dataset, fixed
 
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tlmat.evaluation.report import load_runs  # noqa: E402
-from tlmat.experiments.benchmark import BenchmarkConfig, _data  # noqa: E402
+from tlmat.experiments.benchmark import BenchmarkConfig, grid_data  # noqa: E402
 from tlmat.machine import describe  # noqa: E402
 from tlmat.models.registry import model_config  # noqa: E402
 from tlmat.transfer.sources import fresh_model, load_source  # noqa: E402
@@ -77,7 +77,7 @@ def score_task(task: str, cache: Path | None) -> list[dict]:
             )
             # the structures as this source's graphs
             settings = source.model.graph_settings
-            dataset, _ = _data(config, cache, settings, every_model=False)
+            dataset, _ = grid_data(config, cache, settings, every_model=False)
             position = {structure_id: k for k, structure_id in enumerate(dataset.ids)}
             train = [position[i] for i in trains[seed]]
             scores.append(transferability(source, dataset, config.target, train, seed=seed))

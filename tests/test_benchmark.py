@@ -291,7 +291,7 @@ def test_concatenated_sources_join_their_members_features(small_csv: Path, tmp_p
     """A ``concat`` source runs the feature methods on its members' tables side by side
     (each computed once), runs no network method, and is marked when a member saw test
     materials."""
-    from tlmat.experiments.benchmark import OUTPUTS, _data, source_outputs
+    from tlmat.experiments.benchmark import OUTPUTS, grid_data, source_outputs
     from tlmat.models.pooling import MEAN
     from tlmat.transfer.features import statistic_columns
 
@@ -308,7 +308,7 @@ def test_concatenated_sources_join_their_members_features(small_csv: Path, tmp_p
     assert config.sources["both"].saw_test.startswith("joins gap")
     root = tmp_path / "results"
     run_benchmark(config, root, tmp_path / "cache")
-    dataset, _ = _data(config, tmp_path / "cache")
+    dataset, _ = grid_data(config, tmp_path / "cache")
     joined, names, _ = source_outputs(config, "both", root, None, dataset)
     members = [np.load(root / m / OUTPUTS) for m in ("eform", "gap")]
     np.testing.assert_array_equal(joined, np.hstack([m["features"] for m in members]))
@@ -500,7 +500,7 @@ def test_lee_asahi_presets_expand_to_the_papers_recipe(small_csv: Path) -> None:
 def test_source_outputs_are_computed_once_as_each_job_would(small_csv: Path, tmp_path) -> None:
     """Features and raw predictions of every structure, computed once per source for the
     zero-shot rows and the features+MLP/RF jobs, equal what a job computes alone."""
-    from tlmat.experiments.benchmark import OUTPUTS, _data
+    from tlmat.experiments.benchmark import OUTPUTS, grid_data
     from tlmat.models.pooling import MEAN, MOMENTS
     from tlmat.models.prediction import predict
     from tlmat.transfer.features import extract_features, statistic_columns
@@ -513,7 +513,7 @@ def test_source_outputs_are_computed_once_as_each_job_would(small_csv: Path, tmp
     root = tmp_path / "results"
     run_benchmark(config, root, tmp_path / "cache")
     stored = np.load(root / "cgcnn-mp" / OUTPUTS)
-    dataset, fixed = _data(config, tmp_path / "cache")
+    dataset, fixed = grid_data(config, tmp_path / "cache")
     assert stored["ids"].tolist() == dataset.ids
     source = load_source("cgcnn/formation-energy-per-atom")
     alone = extract_features(source, dataset, fixed.test, "layers", statistics=MOMENTS)
@@ -586,17 +586,17 @@ def test_a_config_that_is_no_yaml_mapping_names_the_file(tmp_path: Path) -> None
 
 
 def test_extrapolation_protocol_tests_on_the_lowest_targets(small_csv: Path, tmp_path) -> None:
-    from tlmat.experiments.benchmark import _data
+    from tlmat.experiments.benchmark import grid_data
 
     config = BenchmarkConfig(**config_for(small_csv, protocol="extrapolation", test_size=0.1))
-    dataset, fixed = _data(config, tmp_path / "cache")
+    dataset, fixed = grid_data(config, tmp_path / "cache")
     y = dataset.targets["heat_ref"]
     assert len(fixed.test) == 8  # 10 % of 80 perovskites
     seen = np.concatenate([fixed.train, fixed.val])
     assert y[fixed.test].max() <= y[seen].min()  # eV/cell: none of those targets is seen
     assert len(np.intersect1d(seen, fixed.test)) == 0 and len(fixed.val) == 10
     with pytest.raises(ValueError, match="draws its own test set"):
-        _data(
+        grid_data(
             BenchmarkConfig(**config_for(small_csv, protocol="extrapolation", test=str(small_csv))),
             tmp_path / "cache",
         )
@@ -605,7 +605,7 @@ def test_extrapolation_protocol_tests_on_the_lowest_targets(small_csv: Path, tmp
 def test_where_keeps_only_rows_inside_other_columns_ranges(data: Path, tmp_path) -> None:
     """Lee & Asahi's non-metal formation energies: a grid of one column restricted by
     another (here the perovskites without an indirect gap, 114 of the first 120)."""
-    from tlmat.experiments.benchmark import _data
+    from tlmat.experiments.benchmark import grid_data
     from tlmat.io import read_records, write_csv
 
     path = tmp_path / "perov120.csv"
@@ -613,10 +613,10 @@ def test_where_keeps_only_rows_inside_other_columns_ranges(data: Path, tmp_path)
         read_records(data / "perov_5" / "val.csv.gz", ["heat_ref", "ind_gap"], limit=120), path
     )
     raw = config_for(path, sizes=[20], seeds=[0], test_size=10, where={"ind_gap": [None, 0.0]})
-    dataset, split = _data(BenchmarkConfig(**raw), tmp_path / "cache", every_model=False)
+    dataset, split = grid_data(BenchmarkConfig(**raw), tmp_path / "cache", every_model=False)
     gaps = dataset.targets["ind_gap"]
     used = np.concatenate([split.train, split.val, split.test])
     assert (gaps[used] <= 0.0).all()
     assert (gaps > 0.0).sum() >= 5  # rows that were there to drop
     with pytest.raises(ValueError, match="matbench protocol keeps every row"):
-        _data(BenchmarkConfig(**{**raw, "protocol": "matbench"}), tmp_path / "cache")
+        grid_data(BenchmarkConfig(**{**raw, "protocol": "matbench"}), tmp_path / "cache")

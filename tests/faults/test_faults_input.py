@@ -204,7 +204,7 @@ def test_log10_of_non_positive_targets_names_the_ids(cgcnn_folder: Path, tmp_pat
 
 
 def test_benchmark_log10_skips_non_positive_targets_by_id(cgcnn_folder: Path, tmp_path) -> None:
-    from tlmat.experiments.benchmark import BenchmarkConfig, _data
+    from tlmat.experiments.benchmark import BenchmarkConfig, grid_data
 
     id_prop = cgcnn_folder / "id_prop.csv"
     id_prop.write_text(id_prop.read_text().replace("1000050,2.0", "1000050,0"))
@@ -212,7 +212,7 @@ def test_benchmark_log10_skips_non_positive_targets_by_id(cgcnn_folder: Path, tm
         name="log", data=str(cgcnn_folder), target="target", log10=True, sizes=[4],
         val_size=2, test_size=2,
     )  # fmt: skip
-    dataset, split = _data(config, tmp_path)
+    dataset, split = grid_data(config, tmp_path)
     assert "1000050" not in dataset.ids and len(dataset) == 9 and len(split.test) == 2
     assert all(np.isfinite(dataset.targets["target"]))
 

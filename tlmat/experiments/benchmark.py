@@ -495,7 +495,9 @@ def grid_settings(config: BenchmarkConfig) -> list:
     return list(unique.values())
 
 
-def _data(config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_model: bool = True):
+def grid_data(
+    config: BenchmarkConfig, cache_dir: Path | None, settings=None, every_model: bool = True
+):
     """The dataset (pool [+ val] [+ test]) built with ``settings`` (default: the grid
     model's) and the fixed split every job draws from. Only structures that every model
     of the grid can use are kept, so every job sees the same ids in the same order
@@ -654,7 +656,7 @@ def grid_held_out(
     out = {}
     for config in configs:
         fixed_table = config.test is not None or config.protocol == "matbench"
-        dataset, fixed = _data(config, cache_dir, every_model=not fixed_table)
+        dataset, fixed = grid_data(config, cache_dir, every_model=not fixed_table)
         ids, formulas = held_out_materials(config, dataset, fixed)
         out[config.name] = {"ids": ids, "formulas": formulas}
     return out
@@ -801,7 +803,7 @@ def prepare_outputs(config: BenchmarkConfig, root: Path, cache_dir: Path | None,
     """Compute each source's outputs table before the jobs that share it run in parallel."""
 
     for name in sorted({j.source for j in todo if j.source != COMMON}):
-        dataset, _ = _data(config, cache_dir, job_settings(config, Job(0, 0, name, ""), root))
+        dataset, _ = grid_data(config, cache_dir, job_settings(config, Job(0, 0, name, ""), root))
         start = time.perf_counter()
         features, _, _ = source_outputs(config, name, root, None, dataset)
         logger.info(
@@ -827,7 +829,7 @@ def run_job(config: BenchmarkConfig, job: Job, root: Path, cache_dir: Path | Non
 
     torch.set_num_threads(config.executor.threads_per_job)  # several jobs share the cores
     start = time.perf_counter()
-    dataset, fixed = _data(config, cache_dir, job_settings(config, job, root))
+    dataset, fixed = grid_data(config, cache_dir, job_settings(config, job, root))
     if config.protocol == "matbench":
         fixed = _matbench_fold(config, dataset, job.seed)
     # a size beyond the pool means "all of it" (Matbench's full-data point)
@@ -1085,7 +1087,7 @@ def run_benchmark(
     logger.info("%s: %d jobs, %d to run", config.name, len(jobs(config)), len(todo))
     # build the graph cache of every graph setting (``_data`` loads them all to keep the
     # materials every model can use) once, before jobs read it in parallel
-    dataset, fixed = _data(config, cache)
+    dataset, fixed = grid_data(config, cache)
     threads = torch.get_num_threads()
     torch.set_num_threads(config.executor.workers * config.executor.threads_per_job)
     try:
