@@ -467,8 +467,9 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 ORDER = [
     "base", "magpie", "soap", "sine", "scratch", "zero-shot", "zero-shot+linear", "full",
     "discriminative", "l2-sp", "lora", "replay", "freeze-embedding", "freeze-first",
-    "head-only", "features+mlp", "features+rf", "features+gbt", "moments+mlp", "moments+rf",
-    "moments+gbt",
+    "head-only", "features+mlp", "features+mlps", "features+rf", "features+gbt",
+    "features+ridge", "moments+mlp", "moments+mlps", "moments+rf", "moments+gbt",
+    "moments+ridge",
 ]  # fmt: skip
 
 
@@ -528,10 +529,12 @@ def _variant(method: str) -> str:
 
 
 #: further colours for methods whose family colour another method of the figure took:
-#: the rest of Okabe–Ito's, then Paul Tol's muted and light schemes (colour-blind safe)
+#: the rest of Okabe–Ito's, then Paul Tol's muted, light and vibrant schemes (colour-blind
+#: safe)
 SPARE_COLOURS = [
     *PALETTE, "#882255", "#117733", "#332288", "#AA4499", "#44AA99", "#661100", "#CC6677",
     "#DDCC77", "#88CCEE", "#999933", "#6699CC", "#EE8866", "#BBCC33", "#77AADD", "#FFAABB",
+    "#EE7733", "#0077BB", "#33BBEE", "#EE3377", "#CC3311", "#009988",
 ]  # fmt: skip
 #: a line style per method, so that a greyscale print still tells them apart
 LINE_STYLES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (8, 2)), (0, (1, 3))]
