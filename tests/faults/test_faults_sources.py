@@ -95,3 +95,40 @@ def test_results_from_a_source_since_replaced_are_refused(tmp_path) -> None:
     # the pretrained source moved with its folder: the same; mp-all is now another model
     assert list(changed) == [str(j.folder(results)) for j in jobs(config) if j.source == "mp-all"]
     assert "→ tlmat/mp-eform-cgcnn" in changed[next(iter(changed))][0]
+
+
+def test_a_source_whose_features_are_not_numbers_stores_nothing(perovskites, tmp_path) -> None:
+    """A source that gives NaN for some structures (a foundation model once gave NaN and
+    1e29 for most structures in one grid process) stops the grid naming the source and
+    a structure, and writes no table that every job would read; an MLP refuses such
+    features rather than failing deep inside training."""
+    import numpy as np
+    import torch
+
+    from tlmat.experiments.benchmark import OUTPUTS, source_outputs
+    from tlmat.transfer.features import MLPRegressor
+
+    config = BenchmarkConfig(
+        name="nan", data="perov_5/val", target="heat_ref", sizes=[10],
+        sources={"cgcnn-mp": "cgcnn/formation-energy-per-atom"},
+        methods=["features+mlp"],
+    )  # fmt: skip
+    source = load_source("cgcnn/formation-energy-per-atom")
+    dataset = perovskites.subset(list(range(12)))
+    real = source.model.backbone.layer_features
+
+    def with_nan(batch, statistics):
+        features = real(batch, statistics)
+        first = next(iter(features))
+        features[first] = features[first].clone()
+        features[first][0, 0] = torch.nan  # the first structure of every batch
+        return features
+
+    source.model.backbone.layer_features = with_nan
+    with pytest.raises(ValueError, match=r"source cgcnn-mp: non-finite .* for \d+ of 12"):
+        source_outputs(config, "cgcnn-mp", tmp_path, source, dataset)
+    assert not (tmp_path / "cgcnn-mp" / OUTPUTS).exists()
+    X = np.ones((10, 3))
+    X[2, 1] = np.inf
+    with pytest.raises(ValueError, match="1 training rows of features are not finite"):
+        MLPRegressor(epochs=1).fit(X, np.arange(10.0), X[:0] + 1, np.arange(0.0))

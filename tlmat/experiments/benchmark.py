@@ -784,6 +784,7 @@ def source_outputs(
         iter_layer_features(source, dataset, None, None, statistics=MOMENTS)
     )
     predictions = predict(source, dataset, None).reshape(len(dataset), -1)
+    _check_outputs(name, dataset, features, predictions)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.partial")
     with partial.open("wb") as handle:  # a reader never sees a half-written table
@@ -797,6 +798,19 @@ def source_outputs(
         )
     os.replace(partial, path)
     return features, names, predictions
+
+
+def _check_outputs(name: str, dataset, features: np.ndarray, predictions: np.ndarray) -> None:
+    """Refuse a source's table with values that are not numbers: every job of the grid
+    would read them (a foundation model once gave NaN and 1e29 for most structures in
+    one long grid process)."""
+    broken = ~np.isfinite(features).all(axis=1) | ~np.isfinite(predictions).all(axis=1)
+    if broken.any():
+        first = dataset.ids[int(np.flatnonzero(broken)[0])]
+        raise ValueError(
+            f"source {name}: non-finite features or predictions for {int(broken.sum())} of "
+            f"{len(broken)} structures (e.g. {first}); nothing was stored: run the grid again"
+        )
 
 
 def prepare_outputs(config: BenchmarkConfig, root: Path, cache_dir: Path | None, todo) -> None:

@@ -141,6 +141,10 @@ class MLPRegressor:
         self.epochs, self.patience, self.seed = epochs, patience, seed
 
     def fit(self, X, y, X_val, y_val) -> MLPRegressor:
+        for part, values in (("training", X), ("validation", X_val)):
+            rows = int((~np.isfinite(values)).any(axis=1).sum())
+            if rows:
+                raise ValueError(f"{rows} {part} rows of features are not finite (NaN or inf)")
         torch.manual_seed(self.seed)
         self.mu, self.sigma = X.mean(0), X.std(0) + 1e-8
         self.y_mu, self.y_sigma = float(y.mean()), float(y.std() or 1.0)
