@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from tlmat.cli import app
 from tlmat.experiments.selection import Candidate, FitSpec, default_candidates, select_model
 
-#: the cheapest real candidates: the shipped CGCNN's pooled features + MLP, and scratch
-CHEAP = ["features+mlp [tlmat/mp-eform-cgcnn]"]
+#: the cheapest real candidates: the shipped CGCNN's pooled features + MLP or ridge, and
+#: scratch
+CHEAP = ["features+mlp [tlmat/mp-eform-cgcnn]", "features+ridge [tlmat/mp-eform-cgcnn]"]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,7 @@ def test_candidates_parse_and_default() -> None:
             Candidate.parse(bad)
     labels = [c.label for c in default_candidates(["runs/mine/model.pt"])]
     assert "scratch" in labels and "features+mlp [chgnet/0.3.0]" in labels
+    assert "features+ridge [chgnet/0.3.0]" in labels
     assert "full [runs/mine/model.pt]" in labels
     spec = FitSpec(data="x.csv", target="y", candidates=CHEAP)
     assert [c.label for c in spec.chosen_candidates()] == [*CHEAP, "scratch"]

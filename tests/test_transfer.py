@@ -352,3 +352,44 @@ def test_ridge_regressor_picks_alpha_by_validation(source, perovskites) -> None:
     assert again.predict(rescaled[val]) == pytest.approx(ridge.predict(X[val]), rel=1e-4, abs=1e-5)
     # without a validation set, generalised cross-validation chooses among the same
     assert RidgeRegressor().fit(X[train], y[train]).alpha in ridge.alphas
+
+
+def test_a_fitted_ridge_is_a_model_head_that_predicts_as_it_does(source, perovskites) -> None:
+    """``features+ridge`` as one model (what ``tlmat fit`` saves): the source's backbone
+    with the ridge, its standardisation folded into the head, predicts from structures
+    what the ridge predicts from the features."""
+    from tlmat.models.prediction import predict
+    from tlmat.models.targets import TargetSpec
+    from tlmat.transfer.features import RidgeRegressor, feature_model
+
+    rows = list(range(40))
+    X = extract_features(source, perovskites, rows, "layers")
+    y = perovskites.targets["heat_ref"][rows]
+    ridge = RidgeRegressor().fit(X[:30], y[:30], X[30:], y[30:])
+    layers = [n for n in source.model.layer_features(perovskites.batch([0]))]
+    model = feature_model(source, ridge, layers, TargetSpec(name="heat_ref"), "features+ridge")
+    assert model.provenance["strategy"] == "features+ridge"
+    np.testing.assert_allclose(
+        predict(model, perovskites, rows).ravel(), ridge.predict(X), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("kind", ["ridge", "mlp"])
+def test_a_column_constant_in_training_cannot_move_a_prediction(kind, source, perovskites) -> None:
+    """A feature that does not vary over the training structures (30 of a CGCNN's did on
+    100 perovskites) carries no information: a new structure's value of it, however far
+    off, leaves the prediction of the ridge or MLP (and of its folded head) unchanged."""
+    from tlmat.transfer.features import feature_regressor, informative_columns
+
+    rows = list(range(60))
+    X = extract_features(source, perovskites, rows, "layers").astype(np.float64)
+    # constant in training to float32 rounding, and off on the structures predicted below
+    X[:, 5] = 1234.5 + 1e-5 * np.random.default_rng(0).normal(size=len(X))
+    y = perovskites.targets["heat_ref"][rows]
+    assert not informative_columns(X[:40])[5] and informative_columns(X[:40]).sum() > 100
+    regressor = feature_regressor(kind, seed=0, epochs=5, patience=5)
+    regressor.fit(X[:40], y[:40], X[40:50], y[40:50])
+    moved = X[50:].copy()
+    moved[:, 5] = 1e6
+    np.testing.assert_array_equal(regressor.predict(moved), regressor.predict(X[50:]))
+    assert np.abs(regressor.predict(X[50:]) - y[50:]).mean() < 10 * np.std(y)

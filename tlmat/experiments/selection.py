@@ -65,9 +65,12 @@ FINETUNE_SOURCES = ("tlmat/mp-eform-cgcnn", "chgnet/0.3.0")
 #: the order candidates are tried in: tlmat's own measurements, best first (Castelli
 #: perovskites at N = 100 and 500, benchmarks/results/perovskites-foundation: CHGNet
 #: features + MLP 0.180 / 0.109 eV/cell, M3GNet 0.186 / 0.126, fine-tuned CHGNet 0.185 /
-#: 0.118, fine-tuned tlmat source 0.293 / 0.143, scratch 0.370 / 0.164)
+#: 0.118, fine-tuned tlmat source 0.293 / 0.143, scratch 0.370 / 0.164;
+#: benchmarks/results/concat-perovskites: CHGNet features + ridge 0.172 / 0.126, seconds
+#: where the MLP takes a minute)
 PRIOR = (
     "features+mlp [chgnet/0.3.0]",
+    "features+ridge [chgnet/0.3.0]",
     "features+mlp [m3gnet/mp-2018.6.1-eform]",
     "full [chgnet/0.3.0]",
     "full [tlmat/mp-eform-cgcnn]",
@@ -77,7 +80,7 @@ PRIOR = (
 #: strategies a candidate may use: each gives a model that predicts from structures
 USABLE = (
     "scratch", "full", "freeze-embedding", "head-only", "discriminative", "l2-sp",
-    "lora", "features+mlp", "moments+mlp",
+    "lora", "features+mlp", "moments+mlp", "features+ridge", "moments+ridge",
 )  # fmt: skip
 #: share of the budget the cross-validated search may plan for; the rest refits the
 #: winner, calibrates its σ and scores the test set
@@ -105,6 +108,11 @@ class Candidate:
         return self.strategy in FEATURE_STRATEGIES
 
     @property
+    def head(self) -> str:
+        """The regressor on the features (``mlp`` or ``ridge``) of a feature candidate."""
+        return FEATURE_METHODS[self.strategy][1]
+
+    @property
     def features(self) -> tuple[str, tuple[str, ...]]:
         """The source and the statistics its features are pooled by (features+ and
         moments+ candidates)."""
@@ -127,10 +135,12 @@ def slug(text: str) -> str:
 
 
 def default_candidates(sources: list[str] | None = None) -> list[Candidate]:
-    """Scratch, the foundation and shipped sources' features + MLP, full fine-tuning of
-    the shipped source and CHGNet, and full fine-tuning and features + MLP of each of
-    ``sources`` (the user's own checkpoints or other names)."""
+    """Scratch, the foundation and shipped sources' features + MLP, CHGNet's features +
+    ridge, full fine-tuning of the shipped source and CHGNet, and full fine-tuning and
+    features + MLP of each of ``sources`` (the user's own checkpoints or other names)."""
     out = [Candidate("features+mlp", s) for s in FEATURE_SOURCES]
+    # a linear probe of the strongest features: the best at N = 100 in seconds
+    out.append(Candidate("features+ridge", FEATURE_SOURCES[0]))
     out += [Candidate("full", s) for s in FINETUNE_SOURCES]
     for source in sources or []:
         out += [Candidate("full", source), Candidate("features+mlp", source)]
@@ -391,17 +401,18 @@ def _train_step_seconds(candidate: Candidate, pool: Pool, rows: np.ndarray) -> f
     return seconds / len(rows)
 
 
-def _mlp_epoch_seconds(width: int, n_train: int) -> float:
-    """Measured seconds of one epoch of the features+mlp regressor on ``n_train`` rows of
-    ``width`` features (two epochs timed on random rows)."""
+def _head_epoch_seconds(kind: str, width: int, n_train: int) -> float:
+    """Measured seconds of one epoch of the feature regressor ``kind`` (``mlp``: two
+    epochs timed; ``ridge``, which has no epochs: its whole fit) on ``n_train`` random
+    rows of ``width`` features."""
     from tlmat.transfer.features import feature_regressor
 
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(n_train, width)), rng.normal(size=n_train)
-    regressor = feature_regressor("mlp", epochs=2, patience=2)
+    regressor = feature_regressor(kind, epochs=2, patience=2)
     start = time.perf_counter()
     regressor.fit(X.astype(np.float32), y, X[:8].astype(np.float32), y[:8])
-    return (time.perf_counter() - start) / 2
+    return (time.perf_counter() - start) / (2 if kind == "mlp" else 1)
 
 
 def probe(candidate: Candidate, pool: Pool, n_train: int) -> dict[str, float]:
@@ -425,12 +436,12 @@ def probe(candidate: Candidate, pool: Pool, n_train: int) -> dict[str, float]:
     _, names = feature_table(iter_layer_features(net, dataset, rows, statistics=MOMENTS))
     extract = (time.perf_counter() - start) / len(rows)
     width = int(statistic_columns(names, candidate.features[1]).sum())
-    per_epoch = _mlp_epoch_seconds(width, n_train)
+    per_epoch = _head_epoch_seconds(candidate.head, width, n_train)
     return {
         "feature_seconds_per_structure": extract,
         "seconds_per_structure_epoch": per_epoch / n_train,
         "extract_seconds": extract * len(pool.ids),
-        "fold_seconds": per_epoch * epochs,
+        "fold_seconds": per_epoch * (epochs if candidate.head == "mlp" else 1),
     }
 
 
@@ -558,15 +569,16 @@ def _save_plan(spec: FitSpec, plan: dict) -> None:
     write_json(spec.run_dir / "plan.json", plan)
 
 
-def _fit_mlps(X, y, train, val, seeds: list[int], config: TrainConfig):
-    """``features+mlp`` regressors, one per seed, on rows ``train`` (early stopping on
-    ``val``), with their validation MSE (target unit²)."""
+def _fit_heads(kind: str, X, y, train, val, seeds: list[int], config: TrainConfig):
+    """Feature regressors ``kind`` (``mlp``, ``ridge``), one per seed, on rows ``train``
+    (early stopping, or the ridge penalty, chosen on ``val``), with their validation
+    MSE (target unit²)."""
     from tlmat.transfer.features import feature_regressor
 
     out = []
     for seed in seeds:
         regressor = feature_regressor(
-            "mlp",
+            kind,
             seed,
             epochs=config.epochs,
             patience=config.early_stopping_patience or config.epochs,
@@ -577,7 +589,7 @@ def _fit_mlps(X, y, train, val, seeds: list[int], config: TrainConfig):
 
 
 def _out_of_fold_features(spec: FitSpec, pool: Pool, candidate: Candidate, members: int):
-    """Out-of-fold (y, mean, σ) of a features+mlp ensemble: per fold, ``members`` MLPs
+    """Out-of-fold (y, mean, σ) of a feature ensemble: per fold, ``members`` MLPs (ridges)
     trained without the fold predict it (σ as the deep ensemble defines it)."""
     dataset = pool.dataset(candidate.source)
     X, _ = pool.features(*candidate.features)
@@ -587,7 +599,7 @@ def _out_of_fold_features(spec: FitSpec, pool: Pool, candidate: Candidate, membe
     for _, split_file in pool.folds.items():
         split = Split.load(split_file, dataset.ids)
         config, _ = _expected_epochs(spec, len(split.train))
-        fitted = _fit_mlps(X, y, split.train, split.val, seeds, config)
+        fitted = _fit_heads(candidate.head, X, y, split.train, split.val, seeds, config)
         values = np.stack([regressor.predict(X[split.test]) for regressor, _ in fitted])
         sigma = np.sqrt(np.mean([mse for _, mse in fitted]) + values.var(axis=0))
         parts.append((y[split.test], values.mean(axis=0), sigma))
@@ -595,7 +607,7 @@ def _out_of_fold_features(spec: FitSpec, pool: Pool, candidate: Candidate, membe
 
 
 def _final_features(spec: FitSpec, pool: Pool, candidate: Candidate, folder: Path):
-    """The features+mlp winner refit on all training data: ``ensemble`` MLPs, each with
+    """The feature winner refit on all training data: ``ensemble`` MLPs (ridges), each with
     its own 15 % validation part, each joined to the source's backbone as one model."""
     from tlmat.transfer.features import feature_model
     from tlmat.uncertainty import save_ensemble
@@ -610,8 +622,11 @@ def _final_features(spec: FitSpec, pool: Pool, candidate: Candidate, folder: Pat
         seed = spec.training.seed + m
         split = _own_split(pool, candidate.source, seed)
         config, _ = _expected_epochs(spec, len(split.train))
-        [(regressor, mse)] = _fit_mlps(X, y, split.train, split.val, [seed], config)
-        members.append(feature_model(pool.model(candidate.source), regressor, layers, target))
+        [(regressor, mse)] = _fit_heads(
+            candidate.head, X, y, split.train, split.val, [seed], config
+        )
+        source = pool.model(candidate.source)
+        members.append(feature_model(source, regressor, layers, target, candidate.strategy))
         val_mse.append(mse)
         seeds.append(seed)
     return save_ensemble(members, val_mse, seeds, folder)
