@@ -755,10 +755,10 @@ def source_outputs(
     again. ``source``: the loaded source, or ``None`` to load it only when the table
     must be computed. A concatenation's table joins its members' (each computed once),
     columns named ``<member>/<layer>…``, with no predictions of its own (no columns)."""
-    import os
 
     from tlmat.models.pooling import MOMENTS
     from tlmat.models.prediction import predict
+    from tlmat.training.rundir import replaced
     from tlmat.transfer.features import feature_table, iter_layer_features
     from tlmat.transfer.sources import load_source
 
@@ -786,8 +786,8 @@ def source_outputs(
     predictions = predict(source, dataset, None).reshape(len(dataset), -1)
     _check_outputs(name, dataset, features, predictions)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    with partial.open("wb") as handle:  # a reader never sees a half-written table
+    # a reader never sees a half-written table
+    with replaced(path) as partial, partial.open("wb") as handle:
         np.savez(
             handle,
             features=features,
@@ -796,7 +796,6 @@ def source_outputs(
             ids=np.array(dataset.ids),
             source=np.array(origin),
         )
-    os.replace(partial, path)
     return features, names, predictions
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from torch_geometric.data import Batch
 
 from tlmat.data.dataset import GraphDataset
 from tlmat.models.base import CrystalModel
+from tlmat.training.rundir import replaced
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +107,7 @@ class FrozenPrefix:
         """Structure ``key``'s state, computed alone: kept in memory while there is room,
         else read from (or first written to) ``folder``."""
         if self.bytes < self.max_bytes or folder is None:
-            self._keep(
-                [key], self.model.backbone.state_after(dataset.batch([key]).to(device), self.group)
-            )
+            self._keep([key], self._computed(key, dataset, device))
             return self.rows[key]
         shard, row, _ = dataset.graphs.entries[key]
         path = folder / f"{shard}-{row}.pt"
@@ -118,17 +116,19 @@ class FrozenPrefix:
                 return torch.load(path, map_location=device, weights_only=True)
             except Exception as error:  # a file cut short or overwritten: computed again
                 logger.warning("%s unreadable (%s); computing it again", path, error)
-        computed = self.model.backbone.state_after(dataset.batch([key]).to(device), self.group)
+        computed = self._computed(key, dataset, device)
         state = {name: values.detach().clone() for name, (values, _) in computed.items()}
-        partial = path.with_suffix(f".{os.getpid()}.partial")
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.cpu() for k, v in state.items()}, partial)
-            os.replace(partial, path)  # a reader never sees half a file
+            with replaced(path) as partial:  # a reader never sees half a file
+                torch.save({k: v.cpu() for k, v in state.items()}, partial)
         except OSError as error:
             logger.warning("frozen states not written to %s (%s)", folder, error)
             self.to_disk = False
         return state
+
+    def _computed(self, key: int, dataset: GraphDataset, device: torch.device):
+        return self.model.backbone.state_after(dataset.batch([key]).to(device), self.group)
 
     def folder(self, dataset: GraphDataset) -> Path | None:
         """Where states that do not fit in memory go: beside ``dataset``'s graph cache,
